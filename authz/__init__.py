@@ -1,0 +1,1 @@
+"""Capability checks and record scope."""

@@ -1,0 +1,1 @@
+"""Two-level cache (process memory + Redis)."""

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from uuid import UUID
+
+from sqlalchemy import literal, select
+
+from meridian.accounts.models import Account
+from meridian.crud.repository import TenantRepository
+
+SORTABLE = {
+    "name": Account.name,
+    "created_at": Account.created_at,
+    "updated_at": Account.updated_at,
+}
+
+
+class AccountRepository(TenantRepository[Account]):
+    model = Account
+
+    async def ancestors_include(self, start: UUID, candidate: UUID) -> bool:
+        """Whether ``candidate`` is ``start`` or one of its ancestors (cycle check)."""
+        tid = self.tenant_id
+        base = (
+            select(Account.id, Account.parent_id, literal(0).label("depth"))
+            .where(Account.tenant_id == tid, Account.id == start)
+            .cte("chain", recursive=True)
+        )
+        step = select(Account.id, Account.parent_id, (base.c.depth + 1)).where(
+            Account.tenant_id == tid, Account.id == base.c.parent_id, base.c.depth < 1000
+        )
+        chain = base.union_all(step)
+        found = await self.session.scalar(
+            select(chain.c.id).where(chain.c.id == candidate).limit(1)
+        )
+        return found is not None

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from meridian.accounts.models import Account
+from meridian.accounts.repository import SORTABLE, AccountRepository
+from meridian.accounts.schemas import AccountCreate, AccountRead, AccountUpdate
+from meridian.accounts.service import account as account_service
+from meridian.crud import endpoints
+from meridian.crud.http import (
+    CursorQuery,
+    IdempotencyKeyHeader,
+    IfMatchHeader,
+    LimitQuery,
+    SortQuery,
+)
+from meridian.crud.pagination import parse_sort
+from meridian.crud.schemas import Page
+from meridian.deps import ReadAccess, WriteAccess
+
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+KIND = "account"
+
+
+@router.post("", status_code=201, response_model=AccountRead)
+async def create_account(
+    body: AccountCreate,
+    request: Request,
+    access: WriteAccess,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await endpoints.create(
+        access,
+        request,
+        idempotency_key,
+        body,
+        lambda session: account_service.create(session, access.tenant, body),
+    )
+
+
+@router.get("", response_model=Page)
+async def list_accounts(
+    access: ReadAccess,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    sort: SortQuery = None,
+    domain: Annotated[str | None, Query(max_length=255)] = None,
+    name: Annotated[str | None, Query(max_length=255)] = None,
+    parent_id: UUID | None = None,
+    owner_id: UUID | None = None,
+) -> Response:
+    filters = {
+        "domain": domain and domain.lower(),
+        "name": name,
+        "parent_id": parent_id,
+        "owner_id": owner_id,
+    }
+    where = [getattr(Account, k) == v for k, v in filters.items() if v is not None]
+    return await endpoints.listing(
+        access,
+        AccountRepository,
+        where=where,
+        filters=filters,
+        sort=parse_sort(sort, SORTABLE, "created_at"),
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/{account_id}", response_model=AccountRead)
+async def get_account(account_id: UUID, request: Request, access: ReadAccess) -> Response:
+    return await endpoints.fetch(access, AccountRepository, KIND, account_id, request)
+
+
+@router.patch("/{account_id}", response_model=AccountRead)
+async def update_account(
+    account_id: UUID,
+    body: AccountUpdate,
+    access: WriteAccess,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    return await endpoints.change(
+        access,
+        KIND,
+        account_id,
+        if_match,
+        lambda session, version: account_service.update(
+            session, access.tenant, account_id, body, version
+        ),
+    )
+
+
+@router.delete("/{account_id}", status_code=204)
+async def delete_account(
+    account_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+) -> Response:
+    return await endpoints.remove(access, AccountRepository, KIND, account_id, if_match)

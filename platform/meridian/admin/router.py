@@ -1,0 +1,103 @@
+"""Platform-admin API (``/admin/v1``): tenants and shards. Needs ``platform:admin``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from meridian.admin.schemas import (
+    ClientCreate,
+    ClientCredentials,
+    ShardRead,
+    TenantCreate,
+    TenantCreated,
+    TenantRead,
+)
+from meridian.admin.service import tenant_admin
+from meridian.crud.http import IdempotencyKeyHeader
+from meridian.crud.schemas import Page
+from meridian.deps import AdminPrincipal, RuntimeDep
+from meridian.web.responses import json_response
+from tenancy.context import TenantStatus
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+
+@router.post("/tenants", status_code=201, response_model=TenantCreated)
+async def create_tenant(
+    body: TenantCreate,
+    rt: RuntimeDep,
+    _: AdminPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    row, created_now = await tenant_admin.onboard(rt, body, idempotency_key)
+    headers = {"Location": f"/admin/v1/tenants/{row['id']}"}
+    if not created_now:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(row, 201, headers)
+
+
+@router.get("/tenants", response_model=Page)
+async def list_tenants(
+    rt: RuntimeDep,
+    _: AdminPrincipal,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: UUID | None = None,
+    status: TenantStatus | None = None,
+    region: Annotated[str | None, Query(max_length=32)] = None,
+    shard_id: Annotated[str | None, Query(max_length=63)] = None,
+) -> Response:
+    rows = await tenant_admin.list_tenants(
+        rt,
+        status=status.value if status else None,
+        region=region,
+        shard_id=shard_id,
+        after=cursor,
+        limit=limit,
+    )
+    next_cursor = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return json_response({"data": rows[:limit], "next_cursor": next_cursor})
+
+
+@router.get("/tenants/{tenant_id}", response_model=TenantRead)
+async def get_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    return json_response(await tenant_admin.get(rt, tenant_id))
+
+
+@router.post("/tenants/{tenant_id}/suspend", response_model=TenantRead)
+async def suspend_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """Naturally idempotent: suspending a suspended tenant changes nothing."""
+    row = await tenant_admin.set_status(
+        rt, tenant_id, to=TenantStatus.SUSPENDED, allowed_from={TenantStatus.ACTIVE}
+    )
+    return json_response(row)
+
+
+@router.post("/tenants/{tenant_id}/resume", response_model=TenantRead)
+async def resume_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """Naturally idempotent: resuming an active tenant changes nothing."""
+    row = await tenant_admin.set_status(
+        rt, tenant_id, to=TenantStatus.ACTIVE, allowed_from={TenantStatus.SUSPENDED}
+    )
+    return json_response(row)
+
+
+@router.post("/tenants/{tenant_id}/clients", status_code=201, response_model=ClientCredentials)
+async def create_tenant_client(
+    tenant_id: UUID,
+    body: ClientCreate,
+    rt: RuntimeDep,
+    _: AdminPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    client, created_now = await tenant_admin.add_client(rt, tenant_id, body, idempotency_key)
+    headers = {} if created_now else {"Idempotent-Replayed": "true"}
+    return json_response(client, 201, headers)
+
+
+@router.get("/shards", response_model=list[ShardRead])
+async def list_shards(rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    return json_response(await tenant_admin.shards(rt))

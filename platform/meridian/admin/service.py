@@ -1,0 +1,288 @@
+"""Platform administration: onboarding, suspension, clients, topology.
+
+Onboarding spans two databases (control plane, then the tenant's shard), so it is a
+small resumable sequence rather than one transaction: the tenant is written as
+``provisioning`` first, the shard is prepared (residency row, default pipeline; both
+idempotent), then the tenant turns ``active`` and gets its first client. A retry of
+the same request (same slug and Idempotency-Key) resumes wherever the last one stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from meridian.admin.schemas import ClientCreate, TenantCreate
+from meridian.crud.idempotency import request_fingerprint, validate_key
+from meridian.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
+from meridian.ids import new_id
+from meridian.oauth.clients import create_client
+from meridian.oauth.models import OAuthClient
+from meridian.oauth.principal import TENANT_SCOPES
+from meridian.pipelines.defaults import seed_default_pipeline
+from meridian.runtime import Runtime
+from sharding.models import Shard
+from sharding.placement import PlacementError, choose_shard
+from tenancy.context import TenantStatus
+from tenancy.models import DirectoryEntry, Tenant
+
+_PLACEMENT_LOCK = 0x504C4143  # "PLAC": serialises placement decisions
+
+
+def _tenant_columns() -> list[Any]:
+    return [
+        Tenant.id,
+        Tenant.slug,
+        Tenant.name,
+        Tenant.region,
+        DirectoryEntry.shard_id,
+        DirectoryEntry.epoch,
+        Tenant.status,
+        Tenant.plan,
+        Tenant.created_at,
+    ]
+
+
+async def _tenant_row(conn: AsyncConnection, tenant_id: UUID) -> dict[str, Any] | None:
+    row = (
+        (
+            await conn.execute(
+                select(*_tenant_columns())
+                .join(DirectoryEntry, DirectoryEntry.tenant_id == Tenant.id)
+                .where(Tenant.id == tenant_id)
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row is not None else None
+
+
+class TenantAdminService:
+    async def onboard(
+        self, rt: Runtime, body: TenantCreate, idempotency_key: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Returns (tenant with first client, created_now)."""
+        key = validate_key(idempotency_key) if idempotency_key else None
+        fingerprint = request_fingerprint("POST", "/admin/v1/tenants", body.model_dump(mode="json"))
+        async with rt.control.begin() as conn:
+            existing = (
+                await conn.execute(
+                    select(
+                        Tenant.id, Tenant.status, Tenant.creation_key, Tenant.creation_fingerprint
+                    ).where(Tenant.slug == body.slug)
+                )
+            ).one_or_none()
+            if existing is not None:
+                if key is None or existing.creation_key != key:
+                    raise Conflict(f"A tenant with slug {body.slug!r} exists.")
+                if existing.creation_fingerprint != fingerprint:
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was used for a different request; use a new key."
+                    )
+                tenant_id = existing.id
+                resumed = True
+            else:
+                tenant_id = await self._place(rt, conn, body, key, fingerprint)
+                resumed = False
+        row = await self._finish(rt, tenant_id, body.name)
+        return row, not resumed
+
+    async def _place(
+        self,
+        rt: Runtime,
+        conn: AsyncConnection,
+        body: TenantCreate,
+        key: str | None,
+        fingerprint: bytes,
+    ) -> UUID:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PLACEMENT_LOCK})
+        shards = await rt.reload_topology()
+        if body.shard_id is not None:
+            shard = next((s for s in shards if s.id == body.shard_id), None)
+            if shard is None:
+                raise ValidationFailed(f"shard_id: no shard {body.shard_id!r}.")
+            if shard.state == "offline":
+                raise ValidationFailed(f"shard_id: shard {shard.id!r} is offline.")
+            if body.region is not None and body.region != shard.region:
+                raise ValidationFailed(
+                    f"region: shard {shard.id!r} is in region {shard.region!r}, "
+                    f"not {body.region!r}."
+                )
+        else:
+            assert body.region is not None
+            try:
+                shard = choose_shard(shards, await rt.tenant_counts(), body.region)
+            except PlacementError as exc:
+                raise ValidationFailed(f"region: {exc}.") from exc
+        tenant_id = new_id()
+        await conn.execute(
+            insert(Tenant).values(
+                id=tenant_id,
+                slug=body.slug,
+                name=body.name,
+                region=shard.region,
+                status=TenantStatus.PROVISIONING.value,
+                plan=body.plan,
+                creation_key=key,
+                creation_fingerprint=fingerprint,
+            )
+        )
+        await conn.execute(
+            insert(DirectoryEntry).values(tenant_id=tenant_id, shard_id=shard.id, epoch=1)
+        )
+        return tenant_id
+
+    async def _finish(self, rt: Runtime, tenant_id: UUID, name: str) -> dict[str, Any]:
+        ctx = await rt.directory.load(tenant_id)
+        assert ctx is not None
+        if ctx.status is TenantStatus.PROVISIONING:
+            if ctx.shard_id not in rt.engines.shards:
+                await rt.reload_topology()
+            async with rt.router.transaction(ctx, write=True, admit=True) as session:
+                await seed_default_pipeline(session, ctx)
+        async with rt.control.begin() as conn:
+            client_secret: str | None = None
+            client = (
+                await conn.execute(
+                    select(OAuthClient.client_id, OAuthClient.scope)
+                    .where(OAuthClient.tenant_id == tenant_id)
+                    .order_by(OAuthClient.created_at)
+                    .limit(1)
+                )
+            ).one_or_none()
+            if client is None:
+                new = await create_client(
+                    conn,
+                    name=f"{name} (first client)",
+                    scope=" ".join(TENANT_SCOPES),
+                    tenant_id=tenant_id,
+                )
+                client_id, scope, client_secret = new.client_id, new.scope, new.client_secret
+            else:
+                client_id, scope = client.client_id, client.scope
+            await conn.execute(
+                update(Tenant)
+                .where(Tenant.id == tenant_id, Tenant.status == TenantStatus.PROVISIONING.value)
+                .values(status=TenantStatus.ACTIVE.value, updated_at=func.now())
+            )
+            row = await _tenant_row(conn, tenant_id)
+        rt.directory.invalidate(tenant_id)
+        assert row is not None
+        row["client"] = {"client_id": client_id, "client_secret": client_secret, "scope": scope}
+        return row
+
+    async def get(self, rt: Runtime, tenant_id: UUID) -> dict[str, Any]:
+        async with rt.control.connect() as conn:
+            row = await _tenant_row(conn, tenant_id)
+        if row is None:
+            raise NotFound(f"No tenant with id {tenant_id}.")
+        return row
+
+    async def list_tenants(
+        self,
+        rt: Runtime,
+        *,
+        status: str | None,
+        region: str | None,
+        shard_id: str | None,
+        after: UUID | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        stmt = select(*_tenant_columns()).join(
+            DirectoryEntry, DirectoryEntry.tenant_id == Tenant.id
+        )
+        if status:
+            stmt = stmt.where(Tenant.status == status)
+        if region:
+            stmt = stmt.where(Tenant.region == region)
+        if shard_id:
+            stmt = stmt.where(DirectoryEntry.shard_id == shard_id)
+        if after:
+            stmt = stmt.where(Tenant.id > after)
+        stmt = stmt.order_by(Tenant.id).limit(limit + 1)
+        async with rt.control.connect() as conn:
+            return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def set_status(
+        self, rt: Runtime, tenant_id: UUID, *, to: TenantStatus, allowed_from: set[TenantStatus]
+    ) -> dict[str, Any]:
+        async with rt.control.begin() as conn:
+            current = await conn.scalar(
+                select(Tenant.status).where(Tenant.id == tenant_id).with_for_update()
+            )
+            if current is None:
+                raise NotFound(f"No tenant with id {tenant_id}.")
+            if current != to.value:
+                if TenantStatus(current) not in allowed_from:
+                    raise Conflict(f"A {current} tenant cannot become {to.value}.")
+                await conn.execute(
+                    update(Tenant)
+                    .where(Tenant.id == tenant_id)
+                    .values(status=to.value, updated_at=func.now())
+                )
+            row = await _tenant_row(conn, tenant_id)
+        rt.directory.invalidate(tenant_id)
+        assert row is not None
+        return row
+
+    async def add_client(
+        self, rt: Runtime, tenant_id: UUID, body: ClientCreate, idempotency_key: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        key = validate_key(idempotency_key) if idempotency_key else None
+        async with rt.control.begin() as conn:
+            status = await conn.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
+            if status is None or status == TenantStatus.DELETED.value:
+                raise NotFound(f"No tenant with id {tenant_id}.")
+            if key is not None:
+                found = (
+                    await conn.execute(
+                        select(OAuthClient.client_id, OAuthClient.scope, OAuthClient.name).where(
+                            OAuthClient.tenant_id == tenant_id, OAuthClient.creation_key == key
+                        )
+                    )
+                ).one_or_none()
+                if found is not None:
+                    if (found.name, found.scope) != (body.name, body.scope):
+                        raise IdempotencyKeyReused(
+                            "This Idempotency-Key was used for a different request."
+                        )
+                    return {
+                        "client_id": found.client_id,
+                        "client_secret": None,
+                        "scope": found.scope,
+                    }, False
+            new = await create_client(conn, name=body.name, scope=body.scope, tenant_id=tenant_id)
+            if key is not None:
+                await conn.execute(
+                    update(OAuthClient)
+                    .where(OAuthClient.client_id == new.client_id)
+                    .values(creation_key=key)
+                )
+        return {
+            "client_id": new.client_id,
+            "client_secret": new.client_secret,
+            "scope": new.scope,
+        }, True
+
+    async def shards(self, rt: Runtime) -> list[dict[str, Any]]:
+        counts = await rt.tenant_counts()
+        async with rt.control.connect() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(Shard.id, Shard.region, Shard.state, Shard.capacity).order_by(
+                            Shard.id
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [{**r, "tenant_count": counts.get(r["id"], 0)} for r in rows]
+
+
+tenant_admin = TenantAdminService()

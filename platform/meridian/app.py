@@ -1,0 +1,62 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from meridian import __version__
+from meridian.accounts.router import router as accounts_router
+from meridian.activities.router import router as activities_router
+from meridian.admin.router import router as admin_router
+from meridian.contacts.router import router as contacts_router
+from meridian.health import router as health_router
+from meridian.oauth.router import router as oauth_router
+from meridian.opportunities.router import router as opportunities_router
+from meridian.pipelines.router import router as pipelines_router
+from meridian.runtime import Runtime
+from meridian.settings import Settings, get_settings
+from meridian.web.limits import BodySizeLimit
+from meridian.web.problems import install_problem_handlers
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings)
+        app.state.runtime = runtime
+        # Start-up objects never die: freezing them keeps the GC from rescanning them,
+        # which cut read p99 several-fold on this kind of machine.
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Meridian CRM API",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for router in (
+        health_router,
+        oauth_router,
+        admin_router,
+        accounts_router,
+        contacts_router,
+        pipelines_router,
+        opportunities_router,
+        activities_router,
+    ):
+        app.include_router(router)
+    return app

@@ -1,0 +1,2 @@
+"""The shared record machinery of every CRM resource: repository, pagination,
+idempotency and conditional requests."""

@@ -1,0 +1,131 @@
+"""The request flows every resource shares: create, read, list, update, delete.
+
+Routers stay thin: they parse HTTP and call these with their repository and service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from fastapi import Request
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from meridian.crud.http import (
+    created,
+    expected_version,
+    page_response,
+    record_response,
+    stored_response,
+)
+from meridian.crud.idempotency import request_fingerprint, run_idempotent
+from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
+from meridian.crud.repository import TenantRepository, VersionMismatch
+from meridian.deps import TenantAccess
+from meridian.errors import NotFound, PreconditionFailed
+from meridian.web.responses import json_response
+
+Row = dict[str, Any]
+
+
+def not_found(kind: str, record_id: UUID) -> NotFound:
+    return NotFound(f"No {kind} with id {record_id}.")
+
+
+async def create(
+    access: TenantAccess,
+    request: Request,
+    idempotency_key: str | None,
+    body: BaseModel,
+    make: Callable[[AsyncSession], Awaitable[Row]],
+) -> Response:
+    fingerprint = request_fingerprint("POST", request.url.path, body.model_dump(mode="json"))
+
+    async with access.write() as session:
+
+        async def produce() -> Any:
+            row = await make(session)
+            return created(row, f"{request.url.path.rstrip('/')}/{row['id']}")
+
+        stored = await run_idempotent(
+            session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
+        )
+    return stored_response(stored)
+
+
+async def fetch(
+    access: TenantAccess,
+    repo: type[TenantRepository[Any]],
+    kind: str,
+    record_id: UUID,
+    request: Request,
+) -> Response:
+    async with access.read() as session:
+        row = await repo(session, access.tenant).get(record_id)
+    if row is None:
+        raise not_found(kind, record_id)
+    return record_response(row, request)
+
+
+async def listing(
+    access: TenantAccess,
+    repo: type[TenantRepository[Any]],
+    *,
+    where: Sequence[ColumnElement[bool]],
+    filters: Mapping[str, Any],
+    sort: Sort,
+    limit: int | None,
+    cursor: str | None,
+) -> Response:
+    size = check_limit(limit)
+    digest = filters_digest(filters)
+    after = Cursor.decode(cursor, sort=sort, digest=digest) if cursor else None
+    async with access.read() as session:
+        rows = await repo(session, access.tenant).page(
+            where=where, sort=sort, limit=size, cursor=after
+        )
+    return page_response(rows, limit=size, sort=sort, digest=digest)
+
+
+async def change(
+    access: TenantAccess,
+    kind: str,
+    record_id: UUID,
+    if_match: str | None,
+    apply: Callable[[AsyncSession, int | None], Awaitable[Row | None]],
+) -> Response:
+    version = expected_version(if_match)
+    try:
+        async with access.write() as session:
+            row = await apply(session, version)
+    except VersionMismatch as exc:
+        raise PreconditionFailed(
+            f"The {kind} has changed since the ETag was issued; read it again."
+        ) from exc
+    if row is None:
+        raise not_found(kind, record_id)
+    return json_response(row, headers={"ETag": f'"{row["version"]}"'})
+
+
+async def remove(
+    access: TenantAccess,
+    repo: type[TenantRepository[Any]],
+    kind: str,
+    record_id: UUID,
+    if_match: str | None,
+) -> Response:
+    version = expected_version(if_match)
+    try:
+        async with access.write() as session:
+            deleted = await repo(session, access.tenant).delete(record_id, expected_version=version)
+    except VersionMismatch as exc:
+        raise PreconditionFailed(
+            f"The {kind} has changed since the ETag was issued; read it again."
+        ) from exc
+    if not deleted:
+        raise not_found(kind, record_id)
+    return Response(status_code=204)

@@ -1,0 +1,145 @@
+"""One error hierarchy, rendered as RFC 9457 ``application/problem+json``.
+
+Expected outcomes are 4xx with a stable ``type``; only bugs are 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "urn:meridian:problem:"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class MeridianError(Exception):
+    status_code: ClassVar[int] = 500
+    type_slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extensions = extensions
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.type_slug
+
+
+class BadRequest(MeridianError):
+    status_code = 400
+    type_slug = "bad-request"
+    title = "Bad request"
+
+
+class InvalidCursor(BadRequest):
+    type_slug = "invalid-cursor"
+    title = "Invalid pagination cursor"
+
+
+class Unauthorized(MeridianError):
+    status_code = 401
+    type_slug = "unauthorized"
+    title = "Authentication required"
+
+    def __init__(self, detail: str | None = None, **kw: Any) -> None:
+        kw.setdefault("headers", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        super().__init__(detail, **kw)
+
+
+class Forbidden(MeridianError):
+    status_code = 403
+    type_slug = "forbidden"
+    title = "Forbidden"
+
+
+class InsufficientScope(Forbidden):
+    type_slug = "insufficient-scope"
+    title = "The token lacks a required scope"
+
+
+class TenantSuspended(Forbidden):
+    type_slug = "tenant-suspended"
+    title = "The tenant is suspended"
+
+
+class NotFound(MeridianError):
+    status_code = 404
+    type_slug = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(MeridianError):
+    status_code = 405
+    type_slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class Conflict(MeridianError):
+    status_code = 409
+    type_slug = "conflict"
+    title = "Conflict"
+
+
+class PreconditionFailed(MeridianError):
+    status_code = 412
+    type_slug = "precondition-failed"
+    title = "Precondition failed"
+
+
+class PayloadTooLarge(MeridianError):
+    status_code = 413
+    type_slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(MeridianError):
+    status_code = 415
+    type_slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class ValidationFailed(MeridianError):
+    status_code = 422
+    type_slug = "validation"
+    title = "The request is not valid"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    type_slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused with a different request"
+
+
+class ServiceUnavailable(MeridianError):
+    status_code = 503
+    type_slug = "unavailable"
+    title = "Service unavailable"
+
+
+class ShardUnavailable(ServiceUnavailable):
+    type_slug = "shard-unavailable"
+    title = "The tenant's shard is unavailable"
+
+
+def problem_body(
+    status: int,
+    type_: str,
+    title: str,
+    detail: str | None = None,
+    instance: str | None = None,
+    **extensions: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    body.update(extensions)
+    return body

@@ -1,0 +1,58 @@
+"""Liveness (``/healthz``) and readiness (``/readyz``: control plane, shards, Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.responses import Response
+
+from meridian.deps import RuntimeDep
+from meridian.web.responses import json_response
+
+router = APIRouter(tags=["health"])
+_TIMEOUT = 2.0
+
+
+async def _ping_engine(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def _check(name: str, probe: Any) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(probe, _TIMEOUT)
+    except Exception as exc:  # any failure means "not ready"; the name says where
+        return name, f"down: {type(exc).__name__}"
+    return name, "ok"
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(rt: RuntimeDep) -> Response:
+    probes = [_check("control", _ping_engine(rt.control))]
+    for shard_id in rt.engines.shards:
+        try:
+            engine = rt.engines.engine(shard_id)
+        except Exception as exc:  # breaker open: report without waiting
+            probes.append(_fail(f"shard:{shard_id}", exc))
+            continue
+        probes.append(_check(f"shard:{shard_id}", _ping_engine(engine)))
+    if rt.redis is not None:
+        probes.append(_check("redis", rt.redis.ping()))
+    results = dict(await asyncio.gather(*probes))
+    ready = all(v == "ok" for v in results.values())
+    return json_response(
+        {"status": "ready" if ready else "degraded", "checks": results}, 200 if ready else 503
+    )
+
+
+async def _fail(name: str, exc: Exception) -> tuple[str, str]:
+    return name, f"down: {type(exc).__name__}"

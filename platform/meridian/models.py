@@ -1,0 +1,28 @@
+"""Imports every model so each plane's metadata is complete (Alembic, tests)."""
+
+from __future__ import annotations
+
+from meridian.accounts.models import Account
+from meridian.activities.models import Activity
+from meridian.contacts.models import Contact
+from meridian.crud.idempotency import IdempotencyKey
+from meridian.oauth.models import OAuthClient, SigningKey
+from meridian.opportunities.models import Opportunity
+from meridian.pipelines.models import Pipeline, PipelineStage
+from sharding.models import Shard, TenantResidency
+from tenancy.models import DirectoryEntry, Tenant
+from tenancy.planes import ControlBase, ShardBase
+
+CONTROL_MODELS = (Tenant, DirectoryEntry, Shard, OAuthClient, SigningKey)
+SHARD_MODELS = (
+    TenantResidency,
+    IdempotencyKey,
+    Account,
+    Contact,
+    Pipeline,
+    PipelineStage,
+    Opportunity,
+    Activity,
+)
+control_metadata = ControlBase.metadata
+shard_metadata = ShardBase.metadata

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from decimal import Decimal
+from uuid import UUID
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from meridian.crud.model import Record
+from tenancy.planes import ShardBase
+
+
+class Pipeline(Record, ShardBase):
+    __tablename__ = "pipeline"
+    __table_args__ = (
+        # At most one default pipeline per tenant (the unique key includes tenant_id).
+        Index(
+            "uq_pipeline_default",
+            "tenant_id",
+            unique=True,
+            postgresql_where=text("is_default"),
+        ),
+        Index("ix_pipeline_name", "tenant_id", "name", "id"),
+        Index("ix_pipeline_created", "tenant_id", "created_at", "id"),
+    )
+
+    name: Mapped[str] = mapped_column(String(200))
+    is_default: Mapped[bool] = mapped_column(Boolean, server_default="false")
+
+
+class PipelineStage(Record, ShardBase):
+    __tablename__ = "pipeline_stage"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "pipeline_id"],
+            ["pipeline.tenant_id", "pipeline.id"],
+            name="fk_pipeline_stage_pipeline",
+            ondelete="CASCADE",
+        ),
+        # Lets opportunities reference (pipeline, stage) together, so a stage of
+        # another pipeline can never be set.
+        UniqueConstraint("tenant_id", "pipeline_id", "id", name="uq_pipeline_stage_pipeline_id"),
+        CheckConstraint("probability >= 0 AND probability <= 100", name="probability_range"),
+        CheckConstraint("kind IN ('open', 'won', 'lost')", name="kind"),
+        Index("ix_pipeline_stage_order", "tenant_id", "pipeline_id", "position", "id"),
+    )
+
+    pipeline_id: Mapped[UUID]
+    name: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int] = mapped_column(Integer)
+    # Win probability in percent, used for the weighted pipeline value.
+    probability: Mapped[Decimal] = mapped_column(Numeric(5, 2))
+    kind: Mapped[str] = mapped_column(String(8), server_default="open")

@@ -1,0 +1,61 @@
+"""All configuration: one pydantic-settings object, environment prefix ``MERIDIAN_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ShardConfig(BaseModel):
+    """A shard declared in configuration (registered in the control plane at start-up)."""
+
+    id: str
+    region: str
+    dsn: str
+    admin_dsn: str | None = None
+    capacity: int = 1000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MERIDIAN_", extra="ignore")
+
+    # Control-plane database: the app role's DSN and the owner's (for migrations).
+    control_dsn: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/meridian_control"
+    control_admin_dsn: str | None = None
+    # Shards to register at start-up; more can be added with `meridian shards add`.
+    shards: Annotated[list[ShardConfig], NoDecode] = Field(default_factory=list)
+    # The unprivileged role the API uses on shards; migrations grant it DML only.
+    app_db_role: str = "meridian_app"
+    redis_url: str | None = None
+
+    issuer: str = "http://127.0.0.1:8000"
+    audience: str = "meridian-api"
+    access_token_ttl: int = Field(default=900, ge=60, le=86_400)
+
+    directory_ttl: float = Field(default=5.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    shard_pool_size: int = Field(default=10, ge=1)
+    shard_connect_timeout: float = Field(default=2.0, gt=0)
+    shard_cooldown: float = Field(default=2.0, gt=0)
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _parse_shards(cls, value: object) -> object:
+        # MERIDIAN_SHARDS is JSON: [{"id": "us-1", "region": "us", "dsn": "..."}, ...]
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value) if value.strip() else []
+        return value
+
+    @property
+    def control_migrate_dsn(self) -> str:
+        return self.control_admin_dsn or self.control_dsn
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,51 @@
+"""Refuses request bodies over a size limit before they are read into memory."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from meridian.errors import PayloadTooLarge, problem_body
+from meridian.web.responses import problem_response
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: checks Content-Length up front and counts chunked bodies."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_bytes + 1
+                if declared > self.max_bytes:
+                    await self._refuse(scope, receive, send)
+                    return
+                break
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Rendered as 413 problem+json by the app's error handler.
+                    raise PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
+        body = problem_body(
+            err.status_code, err.type, err.title, err.detail, instance=scope.get("path")
+        )
+        await problem_response(body, {"Connection": "close"})(scope, receive, send)

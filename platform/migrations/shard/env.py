@@ -1,0 +1,18 @@
+"""Alembic environment of the shard plane (run through meridian.migrate)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from meridian.models import shard_metadata
+
+config = context.config
+connection = config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=shard_metadata,
+    version_table="alembic_version",
+    transaction_per_migration=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,1 @@
+"""Shard topology, per-shard engines, the tenant-entering router and placement."""

@@ -1,0 +1,164 @@
+"""Runs a tenant's transaction on the shard that holds it.
+
+Every transaction enters the tenant through one function on the shard,
+``meridian_enter_tenant(tenant, epoch, write)``, which checks the residency row (the
+fence against stale directory entries) and runs ``SET LOCAL app.tenant_id`` for RLS.
+On top of RLS, every ORM statement of a shard session gets a ``tenant_id`` criterion
+added, so ORM bulk UPDATE/DELETE are scoped even when written carelessly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+
+from sharding.engines import ShardEngines
+from sharding.errors import ResidencyError, ShardUnavailableError
+from tenancy.context import TenantContext
+from tenancy.planes import TenantScoped
+
+ENTER_TENANT = text("SELECT meridian_enter_tenant(:tenant_id, :epoch, :write)")
+ADMIT_TENANT = text("SELECT meridian_admit_tenant(:tenant_id, :epoch)")
+RESIDENCY_SQLSTATES = frozenset({"MR001", "MR002", "MR003"})
+# Connection-level failures: the server is gone, refusing, or shutting down.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "08006"})
+
+
+class ShardSession(Session):
+    """Sync session class of shard sessions; carries the tenant in ``info``."""
+
+
+@event.listens_for(ShardSession, "do_orm_execute")
+def _scope_to_tenant(state: ORMExecuteState) -> None:
+    if not (state.is_select or state.is_update or state.is_delete):
+        return
+    if state.is_column_load or state.is_relationship_load:
+        return
+    tenant_id: UUID | None = state.session.info.get("tenant_id")
+    if tenant_id is None:
+        # Fail closed: a shard session without a tenant must never run a query.
+        raise RuntimeError("shard session used without a tenant")
+    state.statement = state.statement.options(
+        with_loader_criteria(
+            TenantScoped,
+            lambda cls: cls.tenant_id == tenant_id,
+            include_aliases=True,
+        )
+    )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an exception means the shard cannot be reached (vs. a query error)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate in _UNAVAILABLE_SQLSTATES:
+            return True
+        exc = exc.orig.__cause__ or exc.orig if exc.orig is not None else exc
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.AdminShutdownError
+        | asyncpg.ConnectionDoesNotExistError,
+    )
+
+
+OnStale = Callable[[TenantContext], Awaitable[TenantContext | None]]
+
+
+class ShardRouter:
+    def __init__(self, engines: ShardEngines) -> None:
+        self.engines = engines
+
+    def session(self, tenant: TenantContext) -> AsyncSession:
+        """A new, not yet begun session on the tenant's shard (prefer ``transaction``)."""
+        return AsyncSession(
+            self.engines.engine(tenant.shard_id),
+            sync_session_class=ShardSession,
+            info={"tenant_id": tenant.tenant_id},
+            expire_on_commit=False,
+            autoflush=False,
+        )
+
+    async def _begin(
+        self, tenant: TenantContext, write: bool, *, admit: bool = False
+    ) -> AsyncSession:
+        session = self.session(tenant)
+        try:
+            await session.begin()
+            if admit:
+                await session.execute(
+                    ADMIT_TENANT, {"tenant_id": tenant.tenant_id, "epoch": tenant.epoch}
+                )
+            await session.execute(
+                ENTER_TENANT,
+                {"tenant_id": tenant.tenant_id, "epoch": tenant.epoch, "write": write},
+            )
+        except BaseException as exc:
+            await session.close()
+            raise self._translate(tenant.shard_id, exc) from exc
+        return session
+
+    @asynccontextmanager
+    async def transaction(
+        self,
+        tenant: TenantContext,
+        *,
+        write: bool,
+        on_stale: OnStale | None = None,
+        admit: bool = False,
+    ) -> AsyncIterator[AsyncSession]:
+        """A transaction inside the tenant; commits on success, rolls back on error.
+
+        When the shard says the directory entry is stale, ``on_stale`` is asked for a
+        fresh context and the transaction is retried once on it. ``admit`` first writes
+        the tenant's residency row (onboarding; a no-op if it exists).
+        """
+        try:
+            session = await self._begin(tenant, write, admit=admit)
+        except ResidencyError as err:
+            if not err.stale or on_stale is None:
+                raise
+            fresh = await on_stale(tenant)
+            if fresh is None or (fresh.shard_id, fresh.epoch) == (tenant.shard_id, tenant.epoch):
+                raise
+            tenant = fresh
+            session = await self._begin(tenant, write)
+        try:
+            yield session
+            await session.commit()
+        except BaseException as exc:
+            await session.rollback()
+            translated = self._translate(tenant.shard_id, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            await session.close()
+        self.engines.mark_up(tenant.shard_id)
+
+    def _translate(self, shard_id: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, sa_exc.DBAPIError):
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate in RESIDENCY_SQLSTATES:
+                cause: Any = exc.orig
+                return ResidencyError(sqlstate, str(getattr(cause, "args", [""])[0]))
+        if isinstance(exc, sa_exc.TimeoutError):
+            # Pool exhausted: the shard is overloaded, not down; do not trip the breaker.
+            return ShardUnavailableError(shard_id, retry_after=1.0)
+        if is_unavailable(exc):
+            return self.engines.mark_down(shard_id)
+        return exc

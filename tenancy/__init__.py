@@ -1,0 +1,1 @@
+"""Tenant context, the control-plane directory and tenant resolution."""

@@ -1,0 +1,59 @@
+"""Control-plane tables for tenants and the tenant → shard directory."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tenancy.context import TenantStatus
+from tenancy.planes import ControlBase
+
+TENANT_STATUSES = tuple(s.value for s in TenantStatus)
+
+
+class Tenant(ControlBase):
+    __tablename__ = "tenant"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('provisioning', 'active', 'suspended', 'deleted')", name="status"
+        ),
+        CheckConstraint("slug ~ '^[a-z0-9][a-z0-9-]{1,62}$'", name="slug_format"),
+    )
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    region: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    plan: Mapped[str] = mapped_column(String(32), server_default="standard")
+    # The Idempotency-Key and request digest of the onboarding call: a retry with the
+    # same key resumes or replays it instead of failing on the taken slug.
+    creation_key: Mapped[str | None] = mapped_column(String(255))
+    creation_fingerprint: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DirectoryEntry(ControlBase):
+    """Which shard holds a tenant; ``epoch`` grows by one on every move."""
+
+    __tablename__ = "tenant_directory"
+
+    tenant_id: Mapped[UUID] = mapped_column(
+        ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True
+    )
+    shard_id: Mapped[str] = mapped_column(ForeignKey("shard.id"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer, server_default="1")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
