@@ -85,6 +85,9 @@ class RequireTenant:
             raise ServiceUnavailable(
                 "The tenant is still being provisioned.", headers={"Retry-After": "1"}
             )
+        if tenant.shard_id not in runtime.engines.shards:
+            # Placed on a shard registered after this instance last read the topology.
+            await runtime.reload_topology()
         current_tenant_id.set(tenant.tenant_id)
         return TenantAccess(principal, tenant, runtime)
 
