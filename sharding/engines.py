@@ -11,6 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sharding.errors import ShardUnavailableError, UnknownShardError
@@ -29,6 +30,8 @@ class ShardInfo:
 class PoolOptions:
     pool_size: int = 10
     max_overflow: int = 10
+    # Connections of the raw asyncpg pool that serves hot reads (see ShardRouter.reader).
+    read_pool_size: int = 10
     pool_timeout: float = 5.0
     connect_timeout: float = 2.0
     # Per statement; a hung shard must not hold a request (and its pool slot) forever.
@@ -50,6 +53,8 @@ class ShardEngines:
         self._options = options or PoolOptions()
         self._shards = {s.id: s for s in shards}
         self._engines: dict[str, AsyncEngine] = {}
+        self._read_pools: dict[str, asyncpg.Pool] = {}
+        self._pool_locks: dict[str, asyncio.Lock] = {}
         self._breakers: dict[str, _Breaker] = {}
 
     @property
@@ -64,15 +69,53 @@ class ShardEngines:
                 engine = self._engines.pop(sid, None)
                 if engine is not None:
                     asyncio.get_running_loop().create_task(engine.dispose())
+                pool = self._read_pools.pop(sid, None)
+                if pool is not None:
+                    asyncio.get_running_loop().create_task(pool.close())
         self._shards = new
 
-    def engine(self, shard_id: str) -> AsyncEngine:
-        """The shard's engine; raises at once if the shard is known to be down."""
+    def check_breaker(self, shard_id: str) -> None:
+        """Raise at once if the shard is known to be down (its breaker is open)."""
         breaker = self._breakers.get(shard_id)
         if breaker is not None:
             wait = breaker.down_until - time.monotonic()
             if wait > 0:
                 raise ShardUnavailableError(shard_id, retry_after=wait)
+
+    async def read_pool(self, shard_id: str) -> asyncpg.Pool:
+        """The shard's raw asyncpg pool for hot reads, created on first use."""
+        self.check_breaker(shard_id)
+        pool = self._read_pools.get(shard_id)
+        if pool is not None:
+            return pool
+        info = self._shards.get(shard_id)
+        if info is None:
+            raise UnknownShardError(shard_id)
+        lock = self._pool_locks.setdefault(shard_id, asyncio.Lock())
+        async with lock:
+            pool = self._read_pools.get(shard_id)
+            if pool is None:
+                o = self._options
+                try:
+                    pool = await asyncpg.create_pool(
+                        info.dsn.replace("postgresql+asyncpg://", "postgresql://", 1),
+                        min_size=1,
+                        max_size=o.read_pool_size,
+                        timeout=o.connect_timeout,
+                        reset=_reset_connection,
+                        server_settings={
+                            "statement_timeout": str(o.statement_timeout_ms),
+                            "application_name": f"meridian:{info.id}:read",
+                        },
+                    )
+                except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                    raise self.mark_down(shard_id) from exc
+                self._read_pools[shard_id] = pool
+        return pool
+
+    def engine(self, shard_id: str) -> AsyncEngine:
+        """The shard's engine; raises at once if the shard is known to be down."""
+        self.check_breaker(shard_id)
         engine = self._engines.get(shard_id)
         if engine is None:
             info = self._shards.get(shard_id)
@@ -111,4 +154,17 @@ class ShardEngines:
 
     async def dispose(self) -> None:
         engines, self._engines = self._engines, {}
-        await asyncio.gather(*(e.dispose() for e in engines.values()))
+        pools, self._read_pools = self._read_pools, {}
+        await asyncio.gather(
+            *(e.dispose() for e in engines.values()), *(p.close() for p in pools.values())
+        )
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """On release: end a transaction left open (it would carry the tenant's SET LOCAL).
+
+    asyncpg's default reset costs a round trip on every release (RESET ALL, UNLISTEN,
+    ...); the reader only ever leaves transaction state behind, so this is the whole reset.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")

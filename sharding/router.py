@@ -150,7 +150,61 @@ class ShardRouter:
             await session.close()
         self.engines.mark_up(tenant.shard_id)
 
+    @asynccontextmanager
+    async def reader(
+        self, tenant: TenantContext, *, on_stale: OnStale | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A read transaction inside the tenant on a raw asyncpg connection.
+
+        The hot read path: no ORM session and one round trip to begin and enter the
+        tenant (a simple-protocol batch), one per query, one to commit. Queries run here
+        must name ``tenant_id`` themselves, as every repository query does.
+        """
+        try:
+            conn, pool = await self._begin_read(tenant)
+        except ResidencyError as err:
+            if not err.stale or on_stale is None:
+                raise
+            fresh = await on_stale(tenant)
+            if fresh is None or (fresh.shard_id, fresh.epoch) == (tenant.shard_id, tenant.epoch):
+                raise
+            tenant = fresh
+            conn, pool = await self._begin_read(tenant)
+        try:
+            yield conn
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            translated = self._translate(tenant.shard_id, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            # The pool's reset rolls back anything left open, so no SET LOCAL survives.
+            await pool.release(conn)
+        self.engines.mark_up(tenant.shard_id)
+
+    async def _begin_read(self, tenant: TenantContext) -> tuple[asyncpg.Connection, asyncpg.Pool]:
+        pool = await self.engines.read_pool(tenant.shard_id)
+        try:
+            conn = await pool.acquire()
+        except BaseException as exc:
+            raise self._translate(tenant.shard_id, exc) from exc
+        try:
+            # Literals, not parameters: the simple protocol sends BEGIN and the enter
+            # call in one round trip. Both values are typed (UUID, int), never text
+            # from a client, so formatting them is safe.
+            await conn.execute(
+                f"BEGIN READ ONLY; SELECT meridian_enter_tenant("
+                f"'{UUID(str(tenant.tenant_id))}'::uuid, {int(tenant.epoch)}, false)"
+            )
+        except BaseException as exc:
+            await pool.release(conn)
+            raise self._translate(tenant.shard_id, exc) from exc
+        return conn, pool
+
     def _translate(self, shard_id: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in RESIDENCY_SQLSTATES:
+            return ResidencyError(exc.sqlstate, str(exc))
         if isinstance(exc, sa_exc.DBAPIError):
             sqlstate = getattr(exc.orig, "sqlstate", None)
             if sqlstate in RESIDENCY_SQLSTATES:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -56,6 +57,14 @@ class TenantAccess:
             self.tenant, write=False, on_stale=self.runtime.refresh_tenant
         ) as session:
             yield session
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[asyncpg.Connection]:
+        """The hot read path: a raw asyncpg connection inside the tenant (no ORM)."""
+        async with self.runtime.router.reader(
+            self.tenant, on_stale=self.runtime.refresh_tenant
+        ) as conn:
+            yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

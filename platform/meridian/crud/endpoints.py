@@ -64,8 +64,8 @@ async def fetch(
     record_id: UUID,
     request: Request,
 ) -> Response:
-    async with access.read() as session:
-        row = await repo(session, access.tenant).get(record_id)
+    async with access.reader() as conn:
+        row = await repo.fetch_one(conn, access.tenant.tenant_id, record_id)
     if row is None:
         raise not_found(kind, record_id)
     return record_response(row, request)
@@ -84,9 +84,9 @@ async def listing(
     size = check_limit(limit)
     digest = filters_digest(filters)
     after = Cursor.decode(cursor, sort=sort, digest=digest) if cursor else None
-    async with access.read() as session:
-        rows = await repo(session, access.tenant).page(
-            where=where, sort=sort, limit=size, cursor=after
+    async with access.reader() as conn:
+        rows = await repo.fetch_page(
+            conn, access.tenant.tenant_id, where=where, sort=sort, limit=size, cursor=after
         )
     return page_response(rows, limit=size, sort=sort, digest=digest)
 

@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, select, update
+import asyncpg
+from sqlalchemy import ColumnElement, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from meridian.crud.compiled import compile_sql, fetch
 from meridian.crud.pagination import Cursor, Sort, after, order_by
 from tenancy.context import TenantContext
 from tenancy.planes import ShardBase
@@ -23,6 +25,8 @@ M = TypeVar("M", bound=ShardBase)
 
 # Never part of an API representation: the tenant is implied by the token.
 _HIDDEN = frozenset({"tenant_id"})
+# SQL of the by-id read, compiled once per repository class.
+_GET_SQL: dict[type[Any], str] = {}
 
 
 class VersionMismatch(Exception):
@@ -54,7 +58,53 @@ class TenantRepository(Generic[M]):
     def select_rows(self) -> Select[Any]:
         return select(*self.read_columns()).where(self.scoped())
 
-    # -- reads ----------------------------------------------------------------------
+    @classmethod
+    def page_statement(
+        cls,
+        tenant_id: UUID,
+        *,
+        where: Sequence[ColumnElement[bool]],
+        sort: Sort,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> Select[Any]:
+        """Up to ``limit + 1`` rows (the extra one tells whether a next page exists)."""
+        id_col = cls.attr("id")
+        stmt = select(*cls.read_columns()).where(cls.attr("tenant_id") == tenant_id, *where)
+        if cursor is not None:
+            stmt = stmt.where(after(sort, id_col, cursor))
+        return stmt.order_by(*order_by(sort, id_col)).limit(limit + 1)
+
+    # -- hot reads on a raw connection (ShardRouter.reader) ---------------------------
+    @classmethod
+    async def fetch_one(
+        cls, conn: asyncpg.Connection, tenant_id: UUID, record_id: UUID
+    ) -> dict[str, Any] | None:
+        sql = _GET_SQL.get(cls)
+        if sql is None:
+            stmt = select(*cls.read_columns()).where(
+                cls.attr("tenant_id") == bindparam("tenant_id"),
+                cls.attr("id") == bindparam("id"),
+            )
+            sql = _GET_SQL[cls] = compile_sql(stmt, ("tenant_id", "id"))
+        row = await conn.fetchrow(sql, tenant_id, record_id)
+        return dict(row) if row is not None else None
+
+    @classmethod
+    async def fetch_page(
+        cls,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        *,
+        where: Sequence[ColumnElement[bool]],
+        sort: Sort,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> list[dict[str, Any]]:
+        stmt = cls.page_statement(tenant_id, where=where, sort=sort, limit=limit, cursor=cursor)
+        return [dict(r) for r in await fetch(conn, stmt)]
+
+    # -- reads in a session ---------------------------------------------------------
     async def get(self, record_id: UUID) -> dict[str, Any] | None:
         stmt = self.select_rows().where(self.attr("id") == record_id)
         row = (await self.session.execute(stmt)).mappings().one_or_none()
@@ -76,12 +126,9 @@ class TenantRepository(Generic[M]):
         limit: int,
         cursor: Cursor | None,
     ) -> list[dict[str, Any]]:
-        """Up to ``limit + 1`` rows (the extra one tells whether a next page exists)."""
-        id_col = self.attr("id")
-        stmt = self.select_rows().where(*where)
-        if cursor is not None:
-            stmt = stmt.where(after(sort, id_col, cursor))
-        stmt = stmt.order_by(*order_by(sort, id_col)).limit(limit + 1)
+        stmt = self.page_statement(
+            self.tenant_id, where=where, sort=sort, limit=limit, cursor=cursor
+        )
         result = await self.session.execute(stmt)
         return [dict(r) for r in result.mappings()]
 
