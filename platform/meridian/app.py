@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from meridian import __version__
 from meridian.accounts.router import router as accounts_router
 from meridian.activities.router import router as activities_router
+from meridian.activities.router import timeline_router
 from meridian.admin.router import router as admin_router
 from meridian.contacts.router import router as contacts_router
 from meridian.health import router as health_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pipelines_router,
         opportunities_router,
         activities_router,
+        timeline_router,
     ):
         app.include_router(router)
     return app

@@ -1,5 +1,179 @@
+"""Activities (``/v1/activities``) and the timelines of contacts, accounts and
+opportunities (``timeline_router``, no prefix).
+
+Activities are immutable: there is no PATCH or DELETE (the database role cannot update
+or delete them either), and their ETag is a constant because the representation never
+changes. A timeline is newest first by ``(occurred_at, id)``, keyset paginated.
+"""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from pydantic import AwareDatetime
+from starlette.responses import Response
+
+from meridian.activities.models import Activity
+from meridian.activities.repository import SORTABLE, ActivityRepository
+from meridian.activities.schemas import ActivityCreate, ActivityRead, ActivityType
+from meridian.activities.service import activity as activity_service
+from meridian.crud import endpoints
+from meridian.crud.http import (
+    CursorQuery,
+    IdempotencyKeyHeader,
+    LimitQuery,
+    SortQuery,
+    page_response,
+    stored_response,
+)
+from meridian.crud.idempotency import StoredResponse, request_fingerprint, run_idempotent
+from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest, parse_sort
+from meridian.crud.schemas import Page
+from meridian.deps import ReadAccess, WriteAccess
+from meridian.errors import NotFound
+from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1/activities", tags=["activities"])
+timeline_router = APIRouter(tags=["activities"])
+KIND = "activity"
+# Strong and constant: an activity's representation never changes.
+ETAG = '"1"'
+NEWEST_FIRST = Sort("occurred_at", Activity.occurred_at, descending=True)
+
+
+def _record_response(row: dict[str, Any], request: Request) -> Response:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and ETAG in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers={"ETag": ETAG})
+    return json_response(row, headers={"ETag": ETAG})
+
+
+@router.post("", status_code=201, response_model=ActivityRead)
+async def create_activity(
+    body: ActivityCreate,
+    request: Request,
+    access: WriteAccess,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """At least one of contact_id, account_id, opportunity_id; each must exist. Without
+    account_id, the opportunity's (else the contact's) account is recorded."""
+    # endpoints.create derives the ETag from a version column, which activities lack.
+    fingerprint = request_fingerprint("POST", request.url.path, body.model_dump(mode="json"))
+    async with access.write() as session:
+
+        async def produce() -> StoredResponse:
+            row = await activity_service.create(session, access.tenant, body)
+            location = f"{request.url.path.rstrip('/')}/{row['id']}"
+            return StoredResponse(201, row, {"Location": location, "ETag": ETAG})
+
+        stored = await run_idempotent(
+            session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
+        )
+    return stored_response(stored)
+
+
+@router.get("", response_model=Page)
+async def list_activities(
+    access: ReadAccess,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    sort: SortQuery = None,
+    type_: Annotated[ActivityType | None, Query(alias="type")] = None,
+    contact_id: UUID | None = None,
+    account_id: UUID | None = None,
+    opportunity_id: UUID | None = None,
+    owner_id: UUID | None = None,
+    occurred_after: Annotated[
+        AwareDatetime | None, Query(description="Inclusive lower bound (with a time zone).")
+    ] = None,
+    occurred_before: Annotated[
+        AwareDatetime | None, Query(description="Exclusive upper bound (with a time zone).")
+    ] = None,
+) -> Response:
+    """Sort: ``occurred_at``, ``created_at``; default ``-occurred_at`` (newest first)."""
+    filters = {
+        "type": type_,
+        "contact_id": contact_id,
+        "account_id": account_id,
+        "opportunity_id": opportunity_id,
+        "owner_id": owner_id,
+    }
+    where = [getattr(Activity, k) == v for k, v in filters.items() if v is not None]
+    if occurred_after is not None:
+        where.append(Activity.occurred_at >= occurred_after)
+    if occurred_before is not None:
+        where.append(Activity.occurred_at < occurred_before)
+    return await endpoints.listing(
+        access,
+        ActivityRepository,
+        where=where,
+        filters={
+            **filters,
+            "occurred_after": occurred_after,
+            "occurred_before": occurred_before,
+        },
+        sort=parse_sort(sort, SORTABLE, "-occurred_at"),
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/{activity_id}", response_model=ActivityRead)
+async def get_activity(activity_id: UUID, request: Request, access: ReadAccess) -> Response:
+    async with access.reader() as conn:
+        row = await ActivityRepository.fetch_one(conn, access.tenant.tenant_id, activity_id)
+    if row is None:
+        raise endpoints.not_found(KIND, activity_id)
+    return _record_response(row, request)
+
+
+async def _timeline(
+    access: ReadAccess, field: str, parent_id: UUID, limit: int | None, cursor: str | None
+) -> Response:
+    size = check_limit(limit)
+    # The parent is part of the digest: a cursor works only on the timeline it came from.
+    digest = filters_digest({field: parent_id})
+    after = Cursor.decode(cursor, sort=NEWEST_FIRST, digest=digest) if cursor else None
+    async with access.reader() as conn:
+        rows = await ActivityRepository.fetch_timeline(
+            conn,
+            access.tenant.tenant_id,
+            field,
+            parent_id,
+            sort=NEWEST_FIRST,
+            limit=size,
+            cursor=after,
+        )
+    if rows is None:
+        raise NotFound(f"No {field.removesuffix('_id')} with id {parent_id}.")
+    return page_response(rows, limit=size, sort=NEWEST_FIRST, digest=digest)
+
+
+@timeline_router.get("/v1/contacts/{contact_id}/timeline", response_model=Page)
+async def get_contact_timeline(
+    contact_id: UUID, access: ReadAccess, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Response:
+    """The contact's activities, newest first."""
+    return await _timeline(access, "contact_id", contact_id, limit, cursor)
+
+
+@timeline_router.get("/v1/accounts/{account_id}/timeline", response_model=Page)
+async def get_account_timeline(
+    account_id: UUID, access: ReadAccess, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Response:
+    """The account's activities, newest first, including those of its contacts and
+    opportunities (their account is recorded on the activity when it is created)."""
+    return await _timeline(access, "account_id", account_id, limit, cursor)
+
+
+@timeline_router.get("/v1/opportunities/{opportunity_id}/timeline", response_model=Page)
+async def get_opportunity_timeline(
+    opportunity_id: UUID,
+    access: ReadAccess,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> Response:
+    """The opportunity's activities, newest first."""
+    return await _timeline(access, "opportunity_id", opportunity_id, limit, cursor)

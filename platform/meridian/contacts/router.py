@@ -1,5 +1,105 @@
+"""Contact endpoints: HTTP only, the flows live in meridian.crud.endpoints."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from meridian.contacts.models import Contact
+from meridian.contacts.repository import SORTABLE, ContactRepository
+from meridian.contacts.schemas import ContactCreate, ContactRead, ContactUpdate, normalise_email
+from meridian.contacts.service import contact as contact_service
+from meridian.crud import endpoints
+from meridian.crud.http import (
+    CursorQuery,
+    IdempotencyKeyHeader,
+    IfMatchHeader,
+    LimitQuery,
+    SortQuery,
+)
+from meridian.crud.pagination import parse_sort
+from meridian.crud.schemas import Page
+from meridian.deps import ReadAccess, WriteAccess
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
+KIND = "contact"
+
+
+@router.post("", status_code=201, response_model=ContactRead)
+async def create_contact(
+    body: ContactCreate,
+    request: Request,
+    access: WriteAccess,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await endpoints.create(
+        access,
+        request,
+        idempotency_key,
+        body,
+        lambda session: contact_service.create(session, access.tenant, body),
+    )
+
+
+@router.get("", response_model=Page)
+async def list_contacts(
+    access: ReadAccess,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    sort: SortQuery = None,
+    account_id: UUID | None = None,
+    email: Annotated[
+        str | None, Query(max_length=320, description="Exact address, case-insensitive.")
+    ] = None,
+    last_name: Annotated[str | None, Query(max_length=100)] = None,
+    owner_id: UUID | None = None,
+) -> Response:
+    filters = {
+        "account_id": account_id,
+        "email": email and normalise_email(email),
+        "last_name": last_name,
+        "owner_id": owner_id,
+    }
+    where = [getattr(Contact, k) == v for k, v in filters.items() if v is not None]
+    return await endpoints.listing(
+        access,
+        ContactRepository,
+        where=where,
+        filters=filters,
+        sort=parse_sort(sort, SORTABLE, "created_at"),
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/{contact_id}", response_model=ContactRead)
+async def get_contact(contact_id: UUID, request: Request, access: ReadAccess) -> Response:
+    return await endpoints.fetch(access, ContactRepository, KIND, contact_id, request)
+
+
+@router.patch("/{contact_id}", response_model=ContactRead)
+async def update_contact(
+    contact_id: UUID,
+    body: ContactUpdate,
+    access: WriteAccess,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    return await endpoints.change(
+        access,
+        KIND,
+        contact_id,
+        if_match,
+        lambda session, version: contact_service.update(
+            session, access.tenant, contact_id, body, version
+        ),
+    )
+
+
+@router.delete("/{contact_id}", status_code=204)
+async def delete_contact(
+    contact_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+) -> Response:
+    return await endpoints.remove(access, ContactRepository, KIND, contact_id, if_match)

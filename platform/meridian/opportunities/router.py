@@ -1,5 +1,124 @@
+"""Opportunity endpoints: HTTP only, the flows live in meridian.crud.endpoints."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import date
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import ColumnElement
+from starlette.responses import Response
+
+from meridian.crud import endpoints
+from meridian.crud.http import (
+    CursorQuery,
+    IdempotencyKeyHeader,
+    IfMatchHeader,
+    LimitQuery,
+    SortQuery,
+)
+from meridian.crud.pagination import parse_sort
+from meridian.crud.schemas import Page
+from meridian.deps import ReadAccess, WriteAccess
+from meridian.errors import BadRequest
+from meridian.opportunities.models import Opportunity
+from meridian.opportunities.repository import SORTABLE, OpportunityRepository
+from meridian.opportunities.schemas import (
+    OpportunityCreate,
+    OpportunityRead,
+    OpportunityUpdate,
+)
+from meridian.opportunities.service import opportunity as opportunity_service
 
 router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
+KIND = "opportunity"
+
+
+@router.post("", status_code=201, response_model=OpportunityRead)
+async def create_opportunity(
+    body: OpportunityCreate,
+    request: Request,
+    access: WriteAccess,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await endpoints.create(
+        access,
+        request,
+        idempotency_key,
+        body,
+        lambda session: opportunity_service.create(session, access.tenant, body),
+    )
+
+
+@router.get("", response_model=Page)
+async def list_opportunities(
+    access: ReadAccess,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    sort: SortQuery = None,
+    account_id: UUID | None = None,
+    pipeline_id: UUID | None = None,
+    stage_id: UUID | None = None,
+    owner_id: UUID | None = None,
+    close_after: Annotated[
+        date | None, Query(description="Expected close on or after this date.")
+    ] = None,
+    close_before: Annotated[
+        date | None, Query(description="Expected close on or before this date.")
+    ] = None,
+) -> Response:
+    if close_after and close_before and close_after > close_before:
+        raise BadRequest("close_after must not be later than close_before.")
+    equal = {
+        "account_id": account_id,
+        "pipeline_id": pipeline_id,
+        "stage_id": stage_id,
+        "owner_id": owner_id,
+    }
+    where: list[ColumnElement[bool]] = [
+        getattr(Opportunity, k) == v for k, v in equal.items() if v is not None
+    ]
+    if close_after is not None:
+        where.append(Opportunity.expected_close_date >= close_after)
+    if close_before is not None:
+        where.append(Opportunity.expected_close_date <= close_before)
+    return await endpoints.listing(
+        access,
+        OpportunityRepository,
+        where=where,
+        filters={**equal, "close_after": close_after, "close_before": close_before},
+        sort=parse_sort(sort, SORTABLE, "created_at"),
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/{opportunity_id}", response_model=OpportunityRead)
+async def get_opportunity(opportunity_id: UUID, request: Request, access: ReadAccess) -> Response:
+    return await endpoints.fetch(access, OpportunityRepository, KIND, opportunity_id, request)
+
+
+@router.patch("/{opportunity_id}", response_model=OpportunityRead)
+async def update_opportunity(
+    opportunity_id: UUID,
+    body: OpportunityUpdate,
+    access: WriteAccess,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    return await endpoints.change(
+        access,
+        KIND,
+        opportunity_id,
+        if_match,
+        lambda session, version: opportunity_service.update(
+            session, access.tenant, opportunity_id, body, version
+        ),
+    )
+
+
+@router.delete("/{opportunity_id}", status_code=204)
+async def delete_opportunity(
+    opportunity_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+) -> Response:
+    return await endpoints.remove(access, OpportunityRepository, KIND, opportunity_id, if_match)

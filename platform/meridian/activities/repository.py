@@ -1,0 +1,83 @@
+"""Activities, and the records they link to (contacts, accounts, opportunities)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy import Select, select
+from sqlalchemy.orm import InstrumentedAttribute
+
+from meridian.accounts.models import Account
+from meridian.activities.models import Activity
+from meridian.contacts.models import Contact
+from meridian.crud.compiled import fetchrow
+from meridian.crud.pagination import Cursor, Sort
+from meridian.crud.repository import TenantRepository
+from meridian.opportunities.models import Opportunity
+
+SORTABLE = {
+    "occurred_at": Activity.occurred_at,
+    "created_at": Activity.created_at,
+}
+
+
+class _Link(NamedTuple):
+    model: type[Any]
+    # The account a record of this kind belongs to (an account is its own).
+    account: InstrumentedAttribute[Any]
+    # The activity column holding a link of this kind.
+    column: InstrumentedAttribute[Any]
+
+
+LINKS: dict[str, _Link] = {
+    "contact_id": _Link(Contact, Contact.account_id, Activity.contact_id),
+    "account_id": _Link(Account, Account.id, Activity.account_id),
+    "opportunity_id": _Link(Opportunity, Opportunity.account_id, Activity.opportunity_id),
+}
+
+
+class LinkedRecord(NamedTuple):
+    account_id: UUID | None
+
+
+def _linked_statement(tenant_id: UUID, field: str, record_id: UUID) -> Select[Any]:
+    link = LINKS[field]
+    return select(link.account).where(link.model.tenant_id == tenant_id, link.model.id == record_id)
+
+
+class ActivityRepository(TenantRepository[Activity]):
+    model = Activity
+
+    async def linked(self, field: str, record_id: UUID) -> LinkedRecord | None:
+        """The record a link field names, if it exists in this tenant, with its account."""
+        stmt = _linked_statement(self.tenant_id, field, record_id)
+        row = (await self.session.execute(stmt)).first()
+        return LinkedRecord(row[0]) if row is not None else None
+
+    # -- timelines, on the raw read path (ShardRouter.reader) ---------------------------
+    @classmethod
+    async def fetch_timeline(
+        cls,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        field: str,
+        parent_id: UUID,
+        *,
+        sort: Sort,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> list[dict[str, Any]] | None:
+        """Activities linked to a contact, account or opportunity (``field`` names which),
+        up to ``limit + 1``; None when that record does not exist in the tenant."""
+        if await fetchrow(conn, _linked_statement(tenant_id, field, parent_id)) is None:
+            return None
+        return await cls.fetch_page(
+            conn,
+            tenant_id,
+            where=[LINKS[field].column == parent_id],
+            sort=sort,
+            limit=limit,
+            cursor=cursor,
+        )

@@ -1,0 +1,44 @@
+"""Contact storage: the shared tenant repository plus the reference checks it needs."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from sqlalchemy import select
+
+from meridian.accounts.models import Account
+from meridian.contacts.models import Contact
+from meridian.crud.repository import TenantRepository
+
+SORTABLE = {
+    "last_name": Contact.last_name,
+    "created_at": Contact.created_at,
+    "updated_at": Contact.updated_at,
+}
+
+
+class ContactRepository(TenantRepository[Contact]):
+    model = Contact
+
+    async def version_of(self, contact_id: UUID) -> int | None:
+        """The current version, locking the row for the update that follows."""
+        stmt = (
+            select(Contact.version)
+            .where(self.scoped(), Contact.id == contact_id)
+            .with_for_update(key_share=True)
+        )
+        version: int | None = await self.session.scalar(stmt)
+        return version
+
+    async def account_exists(self, account_id: UUID) -> bool:
+        """Whether the tenant has the account; the row stays locked until commit.
+
+        FOR KEY SHARE (the lock the foreign key check itself takes) keeps the account
+        from being deleted between this check and the write it guards.
+        """
+        stmt = (
+            select(Account.id)
+            .where(Account.tenant_id == self.tenant_id, Account.id == account_id)
+            .with_for_update(read=True, key_share=True)
+        )
+        return await self.session.scalar(stmt) is not None

@@ -1,0 +1,83 @@
+"""Opportunity storage, and the reads of accounts and pipelines its rules need."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import select
+
+from meridian.accounts.models import Account
+from meridian.crud.repository import TenantRepository
+from meridian.opportunities.models import Opportunity
+from meridian.pipelines.models import Pipeline, PipelineStage
+
+SORTABLE = {
+    "created_at": Opportunity.created_at,
+    "updated_at": Opportunity.updated_at,
+    "amount": Opportunity.amount,
+    "name": Opportunity.name,
+}
+
+
+class OpportunityRepository(TenantRepository[Opportunity]):
+    model = Opportunity
+
+    async def placement(self, opportunity_id: UUID) -> dict[str, Any] | None:
+        """Version, pipeline and stage, locking the row for the update that follows."""
+        stmt = (
+            select(Opportunity.version, Opportunity.pipeline_id, Opportunity.stage_id)
+            .where(self.scoped(), Opportunity.id == opportunity_id)
+            .with_for_update(key_share=True)
+        )
+        row = (await self.session.execute(stmt)).mappings().one_or_none()
+        return dict(row) if row is not None else None
+
+    # Referenced accounts and stages are read FOR KEY SHARE (the lock a foreign key
+    # check takes), so they cannot vanish between the check and the write it guards.
+    # Pipelines need no lock: the stage row is what the foreign key names.
+
+    async def account_exists(self, account_id: UUID) -> bool:
+        stmt = (
+            select(Account.id)
+            .where(Account.tenant_id == self.tenant_id, Account.id == account_id)
+            .with_for_update(read=True, key_share=True)
+        )
+        return await self.session.scalar(stmt) is not None
+
+    async def pipeline_exists(self, pipeline_id: UUID) -> bool:
+        stmt = select(Pipeline.id).where(
+            Pipeline.tenant_id == self.tenant_id, Pipeline.id == pipeline_id
+        )
+        return await self.session.scalar(stmt) is not None
+
+    async def default_pipeline(self) -> UUID | None:
+        stmt = select(Pipeline.id).where(
+            Pipeline.tenant_id == self.tenant_id, Pipeline.is_default.is_(True)
+        )
+        pipeline_id: UUID | None = await self.session.scalar(stmt)
+        return pipeline_id
+
+    async def first_stage(self, pipeline_id: UUID) -> UUID | None:
+        stmt = (
+            select(PipelineStage.id)
+            .where(
+                PipelineStage.tenant_id == self.tenant_id,
+                PipelineStage.pipeline_id == pipeline_id,
+            )
+            .order_by(PipelineStage.position, PipelineStage.id)
+            .limit(1)
+            .with_for_update(read=True, key_share=True)
+        )
+        stage_id: UUID | None = await self.session.scalar(stmt)
+        return stage_id
+
+    async def pipeline_of_stage(self, stage_id: UUID) -> UUID | None:
+        """The pipeline the tenant's stage belongs to; None if there is no such stage."""
+        stmt = (
+            select(PipelineStage.pipeline_id)
+            .where(PipelineStage.tenant_id == self.tenant_id, PipelineStage.id == stage_id)
+            .with_for_update(read=True, key_share=True)
+        )
+        pipeline_id: UUID | None = await self.session.scalar(stmt)
+        return pipeline_id

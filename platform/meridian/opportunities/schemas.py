@@ -1,0 +1,90 @@
+"""Opportunity request and response bodies: money as exact decimals in ISO 4217 codes."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+from meridian.crud.schemas import InputModel, RecordRead
+
+# ISO 4217 List One (current currencies and funds) as of amendment 180 (2026-01-01:
+# BGN withdrawn). Left out on purpose: precious metals (XAG, XAU, XPD, XPT), bond-market
+# units (XBA-XBD), XTS (testing) and XXX (no currency), which never price a deal.
+# fmt: off
+ISO_4217 = frozenset((
+    "AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BHD",
+    "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF",
+    "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE", "CZK", "DJF",
+    "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP",
+    "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR",
+    "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT",
+    "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP",
+    "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR",
+    "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB",
+    "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN",
+    "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH",
+    "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAD",
+    "XAF", "XCD", "XCG", "XDR", "XOF", "XPF", "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG",
+))
+# fmt: on
+
+_CENT = Decimal("0.01")
+
+
+def _check_currency(value: str) -> str:
+    value = value.upper()
+    if value not in ISO_4217:
+        raise ValueError("must be an active ISO 4217 currency code such as USD or EUR")
+    return value
+
+
+def _to_cents(value: Decimal) -> Decimal:
+    # One representation per amount ("10.5", "10.50", -0 are the same money).
+    return value.quantize(_CENT) if value else Decimal("0.00")
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+# Numeric(18, 2) in the database; a JSON number or a decimal string is accepted.
+Amount = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2), AfterValidator(_to_cents)]
+Currency = Annotated[
+    str, StringConstraints(min_length=3, max_length=3), AfterValidator(_check_currency)
+]
+
+
+class OpportunityCreate(InputModel):
+    account_id: UUID
+    name: Name
+    amount: Amount = Decimal("0.00")
+    currency: Currency
+    # Omitted: the tenant's default pipeline and its first stage.
+    pipeline_id: UUID | None = None
+    stage_id: UUID | None = None
+    expected_close_date: date | None = None
+    owner_id: UUID | None = None
+
+
+class OpportunityUpdate(InputModel):
+    # Optional, but an explicit null is refused by the service except on the last two.
+    account_id: UUID | None = None
+    name: Name | None = None
+    amount: Amount | None = None
+    currency: Currency | None = None
+    pipeline_id: UUID | None = None
+    stage_id: UUID | None = None
+    expected_close_date: date | None = None
+    owner_id: UUID | None = None
+
+
+class OpportunityRead(RecordRead):
+    account_id: UUID
+    name: str
+    amount: Decimal = Field(description='A decimal string with two places, e.g. "1250.00".')
+    currency: str
+    pipeline_id: UUID
+    stage_id: UUID
+    expected_close_date: date | None
+    owner_id: UUID | None
