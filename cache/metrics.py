@@ -1,0 +1,35 @@
+"""Prometheus instruments of the cache (registered on a registry the caller owns)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        kw = {"registry": registry} if registry is not None else {}
+        self.requests = Counter(
+            "meridian_cache_requests",
+            "Cache look-ups by level, kind and result.",
+            ["level", "kind", "result"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.load_seconds = Histogram(
+            "meridian_cache_load_seconds",
+            "Time to load a value on a miss (the source of truth).",
+            ["kind"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            **kw,  # type: ignore[arg-type]
+        )
+        self.invalidation_lag_seconds = Histogram(
+            "meridian_cache_invalidation_lag_seconds",
+            "From publishing an invalidation to applying it on this instance.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+            **kw,  # type: ignore[arg-type]
+        )
+        self.l2_errors = Counter(
+            "meridian_cache_l2_errors",
+            "Failed or skipped L2 operations.",
+            ["reason"],
+            **kw,  # type: ignore[arg-type]
+        )
