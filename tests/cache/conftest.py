@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from cache.breaker import CircuitBreaker
 from cache.core import AnyRedis, TwoLevelCache
 from cache.metrics import CacheMetrics
-from prometheus_client import CollectorRegistry
 from tests.fixtures.redis_servers import RedisClusterServers
 
 STANDALONE_URL = "redis://127.0.0.1:6379/0"

@@ -25,7 +25,7 @@ def counter(value: object, delay: float = 0.0):  # type: ignore[no-untyped-def]
 
 
 def hits(cache: TwoLevelCache, level: str, kind: str, result: str) -> float:
-    return cache.metrics.requests.labels(level, kind, result)._value.get()  # noqa: SLF001
+    return cache.metrics.requests.labels(level, kind, result)._value.get()
 
 
 async def test_miss_then_l1_hit_then_l2_hit_on_another_instance(make_cache: CacheFactory) -> None:
