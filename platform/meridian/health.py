@@ -1,4 +1,5 @@
-"""Liveness (``/healthz``) and readiness (``/readyz``: control plane, shards, Redis)."""
+"""Liveness (``/healthz``), readiness (``/readyz``: control plane, shards, Redis) and
+Prometheus metrics (``/metrics``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
@@ -56,3 +58,8 @@ async def readyz(rt: RuntimeDep) -> Response:
 
 async def _fail(name: str, exc: Exception) -> tuple[str, str]:
     return name, f"down: {type(exc).__name__}"
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(rt: RuntimeDep) -> Response:
+    return Response(generate_latest(rt.metrics), media_type=CONTENT_TYPE_LATEST)

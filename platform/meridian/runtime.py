@@ -1,4 +1,4 @@
-"""The process-wide runtime: engines, router, directory, keys — built once at start-up."""
+"""The process-wide runtime: engines, router, cache, directory, keys — built at start-up."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from cache.breaker import CircuitBreaker
+from cache.core import AnyRedis, Policy, TwoLevelCache
+from cache.metrics import CacheMetrics
+from meridian.directory import CachedDirectory
 from meridian.oauth.keys import KeyStore
 from meridian.oauth.server import MeridianAuthorizationServer
 from meridian.oauth.verifier import TokenVerifier
@@ -31,11 +37,15 @@ class Runtime:
     control: AsyncEngine
     engines: ShardEngines
     router: ShardRouter
-    directory: TenantDirectory
+    directory: CachedDirectory
     keys: KeyStore
     verifier: TokenVerifier
     oauth: MeridianAuthorizationServer
-    redis: Redis | None = None
+    cache: TwoLevelCache
+    metrics: CollectorRegistry
+    # Kinds whose single-record reads are cached, and how (see record_policies()).
+    record_cache: dict[str, Policy] = field(default_factory=dict)
+    redis: AnyRedis | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -56,12 +66,24 @@ class Runtime:
             ),
         )
         keys = KeyStore(control, token_ttl=settings.access_token_ttl)
+        redis = connect_redis(settings)
+        # One registry per app, so several apps in one process (tests) do not collide.
+        registry = CollectorRegistry()
+        cache = TwoLevelCache(
+            redis,
+            l1_max_entries=settings.cache_l1_max_entries,
+            op_timeout=settings.cache_op_timeout,
+            breaker=CircuitBreaker(failure_threshold=3, cooldown=settings.cache_cooldown),
+            metrics=CacheMetrics(registry),
+        )
         rt = cls(
             settings=settings,
             control=control,
             engines=engines,
             router=ShardRouter(engines),
-            directory=TenantDirectory(control, ttl_seconds=settings.directory_ttl),
+            directory=CachedDirectory(
+                TenantDirectory(control), cache, l1_ttl=settings.directory_ttl
+            ),
             keys=keys,
             verifier=TokenVerifier(keys, issuer=settings.issuer, audience=settings.audience),
             oauth=MeridianAuthorizationServer(
@@ -70,11 +92,12 @@ class Runtime:
                 audience=settings.audience,
                 ttl=settings.access_token_ttl,
             ),
+            cache=cache,
+            metrics=registry,
+            record_cache=record_policies(settings),
+            redis=redis,
         )
-        if settings.redis_url:
-            rt.redis = Redis.from_url(
-                settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-            )
+        await cache.start()
         await rt.register_configured_shards()
         await rt.reload_topology()
         await keys.ensure_active_key()
@@ -85,6 +108,7 @@ class Runtime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.cache.close()
         await self.engines.dispose()
         await self.control.dispose()
         if self.redis is not None:
@@ -127,7 +151,7 @@ class Runtime:
 
     async def refresh_tenant(self, tenant: TenantContext) -> TenantContext | None:
         """Called when a shard says our directory entry is stale: drop it, read again."""
-        self.directory.invalidate(tenant.tenant_id)
+        await self.directory.invalidate(tenant.tenant_id)
         fresh = await self.directory.resolve(tenant.tenant_id)
         if fresh is not None and fresh.shard_id not in self.engines.shards:
             await self.reload_topology()
@@ -142,3 +166,28 @@ class Runtime:
                 await self.keys.refresh()
             except Exception:
                 log.warning("periodic topology/key refresh failed", exc_info=True)
+
+
+def connect_redis(settings: Settings) -> AnyRedis | None:
+    """A Redis (or Redis Cluster) client; None runs the cache on L1 alone."""
+    if not settings.redis_url:
+        return None
+    # Short socket timeouts: a Redis that hangs must not hold requests (the cache's
+    # breaker and per-operation timeout take it out of the path).
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+    return Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+
+def record_policies(settings: Settings) -> dict[str, Policy]:
+    """Which records are cached. Contacts stay out of Redis: their email and phone are
+    personal data, which is kept out of shared caches."""
+    if not settings.cache_records:
+        return {}
+    shared = Policy(ttl=settings.cache_record_ttl, l1_ttl=settings.cache_record_l1_ttl)
+    local = Policy(
+        ttl=settings.cache_record_l1_ttl, l1_ttl=settings.cache_record_l1_ttl, use_l2=False
+    )
+    return {"account": shared, "opportunity": shared, "contact": local}

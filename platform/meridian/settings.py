@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     # The unprivileged role the API uses on shards; migrations grant it DML only.
     app_db_role: str = "meridian_app"
     redis_url: str | None = None
+    redis_cluster: bool = False  # redis_url names a node of a Redis Cluster
+
+    # Cache: L1 is per process; L2 is Redis when redis_url is set.
+    cache_l1_max_entries: int = Field(default=50_000, ge=100)
+    cache_op_timeout: float = Field(default=0.05, gt=0)  # per Redis operation
+    cache_cooldown: float = Field(default=2.0, gt=0)  # breaker open time after failures
+    cache_records: bool = True  # single-record reads of contacts, accounts, opportunities
+    cache_record_ttl: float = Field(default=300.0, gt=0)  # L2 lifetime
+    cache_record_l1_ttl: float = Field(default=10.0, gt=0)  # staleness bound without Redis
 
     issuer: str = "http://127.0.0.1:8000"
     audience: str = "meridian-api"

@@ -170,7 +170,7 @@ class TenantAdminService:
                 .values(status=TenantStatus.ACTIVE.value, updated_at=func.now())
             )
             row = await _tenant_row(conn, tenant_id)
-        rt.directory.invalidate(tenant_id)
+        await rt.directory.invalidate(tenant_id)
         assert row is not None
         row["client"] = {"client_id": client_id, "client_secret": client_secret, "scope": scope}
         return row
@@ -225,7 +225,7 @@ class TenantAdminService:
                     .values(status=to.value, updated_at=func.now())
                 )
             row = await _tenant_row(conn, tenant_id)
-        rt.directory.invalidate(tenant_id)
+        await rt.directory.invalidate(tenant_id)
         assert row is not None
         return row
 

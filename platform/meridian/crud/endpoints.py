@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
+import orjson
 from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from cache.codec import JSON
 from meridian.crud.http import (
     created,
     expected_version,
@@ -27,7 +29,7 @@ from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
 from meridian.crud.repository import TenantRepository, VersionMismatch
 from meridian.deps import TenantAccess
 from meridian.errors import NotFound, PreconditionFailed
-from meridian.web.responses import json_response
+from meridian.web.responses import dumps, json_response
 
 Row = dict[str, Any]
 
@@ -64,11 +66,34 @@ async def fetch(
     record_id: UUID,
     request: Request,
 ) -> Response:
-    async with access.reader() as conn:
-        row = await repo.fetch_one(conn, access.tenant.tenant_id, record_id)
+    tenant_id = access.tenant.tenant_id
+
+    async def load() -> Row | None:
+        async with access.reader() as conn:
+            return await repo.fetch_one(conn, tenant_id, record_id)
+
+    policy = access.runtime.record_cache.get(kind)
+    if policy is None:
+        row = await load()
+    else:
+
+        async def load_json() -> Row | None:
+            # Cached as JSON-ready values: what the response serialises anyway.
+            found = await load()
+            return orjson.loads(dumps(found)) if found is not None else None
+
+        row = await access.runtime.cache.get_or_load(
+            str(tenant_id), kind, str(record_id), load_json, JSON, policy
+        )
     if row is None:
         raise not_found(kind, record_id)
     return record_response(row, request)
+
+
+async def invalidate(access: TenantAccess, kind: str) -> None:
+    """After a committed change: other readers must stop using cached copies."""
+    if kind in access.runtime.record_cache:
+        await access.runtime.cache.invalidate(str(access.tenant.tenant_id), kind)
 
 
 async def listing(
@@ -108,6 +133,7 @@ async def change(
         ) from exc
     if row is None:
         raise not_found(kind, record_id)
+    await invalidate(access, kind)
     return json_response(row, headers={"ETag": f'"{row["version"]}"'})
 
 
@@ -128,4 +154,5 @@ async def remove(
         ) from exc
     if not deleted:
         raise not_found(kind, record_id)
+    await invalidate(access, kind)
     return Response(status_code=204)

@@ -10,6 +10,7 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 from joserfc.jwt import JWTClaimsRegistry
 
+from cache.l1 import LocalCache
 from meridian.errors import Unauthorized
 from meridian.oauth.keys import ALGORITHM, KeyStore
 from meridian.oauth.principal import Principal
@@ -30,28 +31,18 @@ class TokenVerifier:
             client_id={"essential": True},
             jti={"essential": True},
         )
-        # Verified tokens until they expire: signature checks cost ~50 µs each.
-        self._cache: dict[str, Principal] = {}
+        # Verified tokens until they expire: a signature check costs ~50 µs, a hit ~1 µs.
+        # Process memory only: a Redis round trip would cost more than the check saves.
+        self._cache: LocalCache[Principal] = LocalCache(_CACHE_MAX)
 
     async def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
-        now = time.time()
         if cached is not None:
-            if cached.expires_at > now:
-                return cached
-            del self._cache[token]
+            return cached
+        now = time.time()
         principal = await self._verify(token, now)
-        if len(self._cache) >= _CACHE_MAX:
-            self._evict(now)
-        self._cache[token] = principal
+        self._cache.set(token, principal, principal.expires_at - now)
         return principal
-
-    def _evict(self, now: float) -> None:
-        expired = [t for t, p in self._cache.items() if p.expires_at <= now]
-        for t in expired:
-            del self._cache[t]
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
 
     async def _verify(self, token: str, now: float) -> Principal:
         if len(token) > _MAX_TOKEN_BYTES:

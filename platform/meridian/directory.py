@@ -1,0 +1,52 @@
+"""The tenant directory behind the two-level cache.
+
+Entries live briefly in L1 (``directory_ttl``, the bound on how long a suspension or a
+move takes to reach an instance whose invalidations were lost) and longer in Redis;
+suspension, resumption and moves invalidate them at once on every instance.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import orjson
+
+from cache.codec import Codec
+from cache.core import Policy, TwoLevelCache
+from tenancy.context import TenantContext, TenantStatus
+from tenancy.directory import TenantDirectory
+
+KIND = "directory"
+
+
+def _encode(ctx: TenantContext) -> bytes:
+    return orjson.dumps(
+        [str(ctx.tenant_id), ctx.slug, ctx.shard_id, ctx.region, ctx.status.value, ctx.epoch]
+    )
+
+
+def _decode(raw: bytes) -> TenantContext:
+    tid, slug, shard_id, region, status, epoch = orjson.loads(raw)
+    return TenantContext(UUID(tid), slug, shard_id, region, TenantStatus(status), int(epoch))
+
+
+CODEC: Codec[TenantContext] = Codec(_encode, _decode)
+
+
+class CachedDirectory:
+    def __init__(self, loader: TenantDirectory, cache: TwoLevelCache, *, l1_ttl: float) -> None:
+        self.loader = loader
+        self._cache = cache
+        self._policy = Policy(ttl=300, l1_ttl=l1_ttl, negative_ttl=min(5.0, l1_ttl))
+
+    async def resolve(self, tenant_id: UUID) -> TenantContext | None:
+        return await self._cache.get_or_load(
+            str(tenant_id), KIND, "ctx", lambda: self.loader.load(tenant_id), CODEC, self._policy
+        )
+
+    async def load(self, tenant_id: UUID) -> TenantContext | None:
+        """Uncached read (admin paths that must see the latest state)."""
+        return await self.loader.load(tenant_id)
+
+    async def invalidate(self, tenant_id: UUID) -> None:
+        await self._cache.invalidate(str(tenant_id), KIND)
