@@ -45,6 +45,7 @@ class Runtime:
     metrics: CollectorRegistry
     # Kinds whose single-record reads are cached, and how (see record_policies()).
     record_cache: dict[str, Policy] = field(default_factory=dict)
+    list_cache: dict[str, Policy] = field(default_factory=dict)
     redis: AnyRedis | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -95,6 +96,7 @@ class Runtime:
             cache=cache,
             metrics=registry,
             record_cache=record_policies(settings),
+            list_cache=list_policies(settings),
             redis=redis,
         )
         await cache.start()
@@ -190,4 +192,13 @@ def record_policies(settings: Settings) -> dict[str, Policy]:
     local = Policy(
         ttl=settings.cache_record_l1_ttl, l1_ttl=settings.cache_record_l1_ttl, use_l2=False
     )
+    return {"account": shared, "opportunity": shared, "contact": local}
+
+
+def list_policies(settings: Settings) -> dict[str, Policy]:
+    """Which list pages are cached: short-lived, and gone with any write of their kind."""
+    if not settings.cache_lists:
+        return {}
+    shared = Policy(ttl=60, l1_ttl=5)
+    local = Policy(ttl=5, l1_ttl=5, use_l2=False)
     return {"account": shared, "opportunity": shared, "contact": local}

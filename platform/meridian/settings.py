@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     cache_op_timeout: float = Field(default=0.05, gt=0)  # per Redis operation
     cache_cooldown: float = Field(default=2.0, gt=0)  # breaker open time after failures
     cache_records: bool = True  # single-record reads of contacts, accounts, opportunities
+    cache_lists: bool = True  # list pages of the same kinds (5 s in process, 60 s in Redis)
     cache_record_ttl: float = Field(default=300.0, gt=0)  # L2 lifetime
     cache_record_l1_ttl: float = Field(default=10.0, gt=0)  # staleness bound without Redis
 

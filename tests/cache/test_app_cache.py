@@ -140,3 +140,24 @@ async def test_api_keeps_answering_when_redis_dies_and_recovers(
             assert counter(client, "l2", "account", "miss") > before
     finally:
         server.stop()
+
+
+async def test_cached_list_pages_follow_writes_on_another_instance(
+    settings: Settings, admin_headers: dict[str, str], app_client: httpx.AsyncClient
+) -> None:
+    tenant = await onboard(app_client, admin_headers, slug=f"list-{uuid.uuid4().hex[:8]}")
+    async with api(settings) as a, api(settings) as b:
+        for inst in (a, b):
+            await asyncio.wait_for(inst.app.state.runtime.cache.subscribed.wait(), 5)  # type: ignore[attr-defined]
+        await a.post("/v1/accounts", json={"name": "first"}, headers=tenant.headers)
+        for _ in range(2):
+            page = await b.get("/v1/accounts?sort=name", headers=tenant.headers)
+            assert [x["name"] for x in page.json()["data"]] == ["first"]
+        assert counter(b, "l1", "account-list", "hit") >= 1
+        await a.post("/v1/accounts", json={"name": "second"}, headers=tenant.headers)
+        started = time.monotonic()
+        while (
+            len((await b.get("/v1/accounts?sort=name", headers=tenant.headers)).json()["data"]) != 2
+        ):
+            assert time.monotonic() - started < 1.0, "B served the old page for over 1 s"
+            await asyncio.sleep(0.001)

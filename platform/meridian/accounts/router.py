@@ -39,6 +39,7 @@ async def create_account(
         idempotency_key,
         body,
         lambda session: account_service.create(session, access.tenant, body),
+        kind=KIND,
     )
 
 

@@ -41,6 +41,7 @@ async def create_contact(
         idempotency_key,
         body,
         lambda session: contact_service.create(session, access.tenant, body),
+        kind=KIND,
     )
 
 

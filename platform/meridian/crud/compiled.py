@@ -37,7 +37,14 @@ def compile_statement(stmt: ClauseElement) -> tuple[str, list[Any]]:
     params = compiled.construct_params(
         extracted_parameters=key.bindparams if key is not None else None,
         escape_names=False,
+        _no_postcompile=True,
     )
+    if compiled.post_compile_params or compiled.literal_execute_params:
+        # "Expanding" parameters (IN lists) are rendered per execution, as SQLAlchemy's
+        # own execution does; the cached string holds a __[POSTCOMPILE_...] placeholder.
+        expanded = compiled._process_parameters_for_postcompile(params)
+        names = expanded.positiontup or []
+        return expanded.statement, [expanded.parameters[name] for name in names]
     order = compiled.positiontup or []
     return compiled.string, [params[name] for name in order]
 

@@ -6,7 +6,7 @@ Routers stay thin: they parse HTTP and call these with their repository and serv
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -20,7 +20,7 @@ from cache.codec import JSON
 from meridian.crud.http import (
     created,
     expected_version,
-    page_response,
+    page_body,
     record_response,
     stored_response,
 )
@@ -44,7 +44,10 @@ async def create(
     idempotency_key: str | None,
     body: BaseModel,
     make: Callable[[AsyncSession], Awaitable[Row]],
+    *,
+    kind: str | None = None,
 ) -> Response:
+    """``kind`` names the cached lists the new record belongs to."""
     fingerprint = request_fingerprint("POST", request.url.path, body.model_dump(mode="json"))
 
     async with access.write() as session:
@@ -56,6 +59,8 @@ async def create(
         stored = await run_idempotent(
             session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
         )
+    if kind is not None and not stored.replayed:
+        await invalidate(access, kind, records=False)
     return stored_response(stored)
 
 
@@ -90,10 +95,17 @@ async def fetch(
     return record_response(row, request)
 
 
-async def invalidate(access: TenantAccess, kind: str) -> None:
-    """After a committed change: other readers must stop using cached copies."""
-    if kind in access.runtime.record_cache:
-        await access.runtime.cache.invalidate(str(access.tenant.tenant_id), kind)
+async def invalidate(access: TenantAccess, kind: str, *, records: bool = True) -> None:
+    """After a committed change: other readers must stop using cached copies.
+
+    A creation changes lists only (nobody can have cached a record that did not exist,
+    beyond a brief "not found"); updates and deletions change both.
+    """
+    tenant = str(access.tenant.tenant_id)
+    if records and kind in access.runtime.record_cache:
+        await access.runtime.cache.invalidate(tenant, kind)
+    if kind in access.runtime.list_cache:
+        await access.runtime.cache.invalidate(tenant, f"{kind}-list")
 
 
 async def listing(
@@ -109,11 +121,30 @@ async def listing(
     size = check_limit(limit)
     digest = filters_digest(filters)
     after = Cursor.decode(cursor, sort=sort, digest=digest) if cursor else None
-    async with access.reader() as conn:
-        rows = await repo.fetch_page(
-            conn, access.tenant.tenant_id, where=where, sort=sort, limit=size, cursor=after
-        )
-    return page_response(rows, limit=size, sort=sort, digest=digest)
+    tenant_id = access.tenant.tenant_id
+
+    async def load() -> Row:
+        async with access.reader() as conn:
+            rows = await repo.fetch_page(
+                conn, tenant_id, where=where, sort=sort, limit=size, cursor=after
+            )
+        return page_body(rows, limit=size, sort=sort, digest=digest)
+
+    kind = repo.model.__tablename__
+    policy = access.runtime.list_cache.get(kind)
+    if policy is None:
+        return json_response(await load())
+
+    async def load_json() -> Row:
+        return cast(Row, orjson.loads(dumps(await load())))
+
+    # The page is named by everything that shapes it; the generation of the tenant's
+    # "<kind>-list" changes with every write of that kind.
+    page_key = f"{sort.token}|{digest}|{size}|{cursor or ''}"
+    body = await access.runtime.cache.get_or_load(
+        str(tenant_id), f"{kind}-list", page_key, load_json, JSON, policy
+    )
+    return json_response(body)
 
 
 async def change(

@@ -62,13 +62,20 @@ def stored_response(stored: StoredResponse) -> Response:
     return json_response(stored.body, stored.status_code, headers)
 
 
-def page_response(
+def page_body(
     rows: Sequence[dict[str, Any]], *, limit: int, sort: Sort, digest: str
-) -> Response:
+) -> dict[str, Any]:
+    """``rows`` holds up to limit + 1 rows; the extra one only says a next page exists."""
     more = len(rows) > limit
     data = list(rows[:limit])
     next_cursor = None
     if more and data:
         last = data[-1]
         next_cursor = Cursor(sort.token, last[sort.name], last["id"], digest).encode()
-    return json_response({"data": data, "next_cursor": next_cursor})
+    return {"data": data, "next_cursor": next_cursor}
+
+
+def page_response(
+    rows: Sequence[dict[str, Any]], *, limit: int, sort: Sort, digest: str
+) -> Response:
+    return json_response(page_body(rows, limit=limit, sort=sort, digest=digest))

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import ColumnElement, tuple_
+from sqlalchemy import BigInteger, ColumnElement, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from meridian.errors import BadRequest, InvalidCursor
@@ -43,7 +43,7 @@ def parse_sort(
 ) -> Sort:
     value = raw or default
     descending = value.startswith("-")
-    name = value.lstrip("-")
+    name = value[1:] if descending else value
     column = allowed.get(name)
     if column is None:
         options = ", ".join(sorted(allowed))
@@ -80,6 +80,27 @@ def _decode_value(tagged: Any) -> Any:
     raise ValueError("bad cursor value")
 
 
+def _fits(sort: Sort, value: Any) -> bool:
+    """Whether a decoded cursor value has the sort column's type.
+
+    A tampered cursor (right sort and digest, value of another type) would otherwise
+    reach PostgreSQL as e.g. ``timestamptz > varchar`` and fail as a 500.
+    """
+    try:
+        expected: type[Any] = sort.column.type.python_type
+    except NotImplementedError:
+        return True
+    if expected is str:
+        # PostgreSQL text cannot hold NUL; it would fail as a database error.
+        return isinstance(value, str) and "\x00" not in value
+    if expected is date:
+        return type(value) is date
+    if expected is int:
+        bits = 63 if isinstance(sort.column.type, BigInteger) else 31
+        return type(value) is int and -(2**bits) <= value < 2**bits
+    return isinstance(value, expected)
+
+
 def filters_digest(filters: Mapping[str, Any]) -> str:
     canonical = orjson.dumps(
         {k: str(v) for k, v in filters.items() if v is not None}, option=orjson.OPT_SORT_KEYS
@@ -114,6 +135,8 @@ class Cursor:
             raise InvalidCursor("The cursor is malformed.") from exc
         if cursor.sort != sort.token or cursor.digest != digest:
             raise InvalidCursor("The cursor was issued for a different sort or filter.")
+        if not _fits(sort, cursor.value):
+            raise InvalidCursor("The cursor is malformed.")
         return cursor
 
 

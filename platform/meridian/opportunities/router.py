@@ -48,6 +48,7 @@ async def create_opportunity(
         idempotency_key,
         body,
         lambda session: opportunity_service.create(session, access.tenant, body),
+        kind=KIND,
     )
 
 
