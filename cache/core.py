@@ -38,6 +38,12 @@ T = TypeVar("T")
 log = logging.getLogger("meridian.cache")
 
 AnyRedis = Redis | RedisCluster
+
+
+def _scoped(kind: str, scope: str) -> str:
+    return f"{kind}/{scope}" if scope else kind
+
+
 UNKNOWN = -1  # generation when Redis cannot be asked
 
 
@@ -155,8 +161,13 @@ class TwoLevelCache:
         fut.set_result(value)
         return value
 
-    async def invalidate(self, tenant: str, kind: str) -> None:
-        """Call after a commit that changed values of ``kind`` for ``tenant``."""
+    async def invalidate(self, tenant: str, kind: str, scope: str = "") -> None:
+        """Call after a commit that changed values of ``kind`` for ``tenant``.
+
+        ``scope`` narrows the generation to a slice of the kind (e.g. a bucket of record
+        ids), so one write does not invalidate every cached value of the tenant's kind.
+        """
+        kind = _scoped(kind, scope)
         pair = (tenant, kind)
         # Local first: this instance reads its own writes even if Redis is down.
         self._local_gens[pair] = self._local_gens.get(pair, 0) + 1
@@ -179,17 +190,20 @@ class TwoLevelCache:
         loader: Callable[[], Awaitable[T | None]],
         codec: Codec[T],
         policy: Policy,
+        scope: str = "",
     ) -> T | None:
+        label = kind  # metrics stay per kind, whatever the scope
+        kind = _scoped(kind, scope)
         gen = await self.generation(tenant, kind)
         l1_key = (tenant, kind, gen, self._local_gens.get((tenant, kind), 0), item)
         entry = self._l1.get(l1_key)
         if entry is not None:
             if l1_key in self._inflight or not _xfetch_due(entry, policy.beta, time.time()):
-                self.metrics.requests.labels("l1", kind, "hit").inc()
+                self.metrics.requests.labels("l1", label, "hit").inc()
                 value: T | None = entry.value
                 return value
         else:
-            self.metrics.requests.labels("l1", kind, "miss").inc()
+            self.metrics.requests.labels("l1", label, "miss").inc()
         pending = self._inflight.get(l1_key)
         if pending is not None:
             shared: T | None = await asyncio.shield(pending)
@@ -197,7 +211,7 @@ class TwoLevelCache:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[l1_key] = fut
         try:
-            result = await self._fill(tenant, kind, gen, item, l1_key, loader, codec, policy)
+            result = await self._fill(tenant, kind, label, gen, item, l1_key, loader, codec, policy)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved here; waiters re-raise it
@@ -211,6 +225,7 @@ class TwoLevelCache:
         self,
         tenant: str,
         kind: str,
+        label: str,
         gen: int,
         item: str,
         l1_key: Hashable,
@@ -231,14 +246,14 @@ class TwoLevelCache:
                 if env is not None:
                     entry = _Entry(value, env.delta, env.expiry)
                     if not _xfetch_due(entry, policy.beta, time.time()):
-                        self.metrics.requests.labels("l2", kind, "hit").inc()
+                        self.metrics.requests.labels("l2", label, "hit").inc()
                         self._l1.set(l1_key, entry, min(policy.l1_ttl, env.expiry - time.time()))
                         return value
-            self.metrics.requests.labels("l2", kind, "miss").inc()
+            self.metrics.requests.labels("l2", label, "miss").inc()
         started = time.perf_counter()
         loaded = await loader()
         delta = time.perf_counter() - started
-        self.metrics.load_seconds.labels(kind).observe(delta)
+        self.metrics.load_seconds.labels(label).observe(delta)
         ttl = policy.ttl if loaded is not None else policy.negative_ttl
         entry = _Entry(loaded, delta, time.time() + ttl)
         self._l1.set(l1_key, entry, min(policy.l1_ttl, ttl))
@@ -296,7 +311,8 @@ class TwoLevelCache:
                         # Idle: a ping notices a half-open socket within seconds.
                         await asyncio.wait_for(pubsub.ping(), 2.0)
                         continue
-                    self._apply(message.get("data"))
+                    if message.get("type") == "message":  # not the pings' pongs
+                        self._apply(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: start over with a fresh connection

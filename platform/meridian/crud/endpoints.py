@@ -60,7 +60,7 @@ async def create(
             session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
         )
     if kind is not None and not stored.replayed:
-        await invalidate(access, kind, records=False)
+        await invalidate(access, kind)
     return stored_response(stored)
 
 
@@ -88,22 +88,37 @@ async def fetch(
             return orjson.loads(dumps(found)) if found is not None else None
 
         row = await access.runtime.cache.get_or_load(
-            str(tenant_id), kind, str(record_id), load_json, JSON, policy
+            str(tenant_id),
+            kind,
+            str(record_id),
+            load_json,
+            JSON,
+            policy,
+            scope=record_bucket(record_id),
         )
     if row is None:
         raise not_found(kind, record_id)
     return record_response(row, request)
 
 
-async def invalidate(access: TenantAccess, kind: str, *, records: bool = True) -> None:
+# Record generations are kept per bucket of ids, so a write invalidates 1/64 of the
+# tenant's cached records of its kind instead of all of them.
+RECORD_BUCKETS = 64
+
+
+def record_bucket(record_id: UUID) -> str:
+    return str(record_id.int % RECORD_BUCKETS)
+
+
+async def invalidate(access: TenantAccess, kind: str, record_id: UUID | None = None) -> None:
     """After a committed change: other readers must stop using cached copies.
 
-    A creation changes lists only (nobody can have cached a record that did not exist,
-    beyond a brief "not found"); updates and deletions change both.
+    A creation (no ``record_id``) changes lists only: nobody can have cached a record
+    that did not exist, beyond a brief "not found". Updates and deletions change both.
     """
     tenant = str(access.tenant.tenant_id)
-    if records and kind in access.runtime.record_cache:
-        await access.runtime.cache.invalidate(tenant, kind)
+    if record_id is not None and kind in access.runtime.record_cache:
+        await access.runtime.cache.invalidate(tenant, kind, record_bucket(record_id))
     if kind in access.runtime.list_cache:
         await access.runtime.cache.invalidate(tenant, f"{kind}-list")
 
@@ -164,7 +179,7 @@ async def change(
         ) from exc
     if row is None:
         raise not_found(kind, record_id)
-    await invalidate(access, kind)
+    await invalidate(access, kind, record_id)
     return json_response(row, headers={"ETag": f'"{row["version"]}"'})
 
 
@@ -185,5 +200,5 @@ async def remove(
         ) from exc
     if not deleted:
         raise not_found(kind, record_id)
-    await invalidate(access, kind)
+    await invalidate(access, kind, record_id)
     return Response(status_code=204)
