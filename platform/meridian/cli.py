@@ -26,10 +26,19 @@ def dev(
         ".meridian"
     ),
 ) -> None:
-    """The whole platform on this machine, with embedded defaults."""
-    from meridian.dev import run_dev
+    """The whole platform on this machine, with embedded defaults.
 
-    run_dev(host=host, port=port, data_dir=data_dir)
+    Without MERIDIAN_CONTROL_DSN: a private PostgreSQL and Redis under --data-dir.
+
+    URLs and credentials (platform admin, demo tenant) go to .meridian/dev.json.
+    """
+    from meridian.dev import DevError, run_dev
+
+    try:
+        run_dev(host=host, port=port, data_dir=data_dir)
+    except DevError as exc:
+        typer.echo(f"meridian dev: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command()

@@ -1,0 +1,239 @@
+"""Tenants on two PostgreSQL servers: each tenant's rows live only on its own server,
+and a server that goes down fails only its own tenants, fast (503 + Retry-After).
+
+Tenant A sits on shard us-1 of the main server; tenant B on a shard of a throwaway
+cluster. Their app has its own control plane, so registering (and killing) the extra
+shard never touches the session-wide app's topology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from meridian.app import create_app
+from meridian.bootstrap import create_admin_client, migrate_all
+from meridian.localpg import LocalCluster
+from meridian.migrate import upgrade
+from meridian.settings import ShardConfig
+from sharding.registry import upsert_shard
+from tests.fixtures.api import Tenant, onboard, token_for
+from tests.fixtures.databases import APP_ROLE, PG_PORT, dsn, raw_dsn, recreate_database
+from tests.fixtures.pgcluster import StartCluster, pg_clusters
+
+if TYPE_CHECKING:  # a plain import would make pytest try to collect it as a test class
+    from tests.fixtures.databases import TestDatabases
+
+__all__ = ["pg_clusters"]  # a fixture: imported to register it here
+
+pytestmark = pytest.mark.slow
+
+REMOTE_SHARD = "xs-1"
+REMOTE_REGION = "xs"  # a region of its own, so placement never picks it by accident
+CONNECT_TIMEOUT = 5.0
+COOLDOWN = 2.0
+
+
+@dataclass
+class Servers:
+    client: httpx.AsyncClient
+    admin_headers: dict[str, str]
+    local_db: str  # shard us-1's database on the main server
+    remote: LocalCluster
+    remote_db: str
+
+
+@dataclass
+class TwoServers(Servers):
+    a: Tenant  # on us-1, the main server
+    b: Tenant  # on xs-1, the throwaway server
+
+
+@pytest.fixture(scope="module")
+def remote_server(pg_clusters: StartCluster) -> LocalCluster:
+    return pg_clusters()
+
+
+@pytest.fixture(scope="module")
+async def servers(databases: TestDatabases, remote_server: LocalCluster) -> AsyncIterator[Servers]:
+    prefix = databases.control.removesuffix("_control")
+    control_db, remote_db = f"{prefix}_x2_control", f"{prefix}_x2_remote"
+    region, local_db = databases.shards["us-1"]
+    await recreate_database(control_db)
+    await asyncio.to_thread(remote_server.ensure_database, remote_db)
+    settings = databases.settings(
+        control_dsn=dsn(control_db, APP_ROLE),
+        control_admin_dsn=dsn(control_db),
+        shards=[
+            ShardConfig(
+                id="us-1", region=region, dsn=dsn(local_db, APP_ROLE), admin_dsn=dsn(local_db)
+            )
+        ],
+        shard_connect_timeout=CONNECT_TIMEOUT,
+        shard_cooldown=COOLDOWN,
+    )
+    await migrate_all(settings)
+    # The extra shard the way an operator adds one (`meridian shards add`): migrate it,
+    # then register it in the topology.
+    await upgrade("shard", remote_server.dsn(remote_db), app_role=APP_ROLE)
+    control = create_async_engine(settings.control_migrate_dsn)
+    try:
+        async with control.begin() as conn:
+            await upsert_shard(
+                conn,
+                shard_id=REMOTE_SHARD,
+                region=REMOTE_REGION,
+                dsn=remote_server.dsn(remote_db, APP_ROLE),
+                admin_dsn=remote_server.dsn(remote_db),
+                capacity=100,
+            )
+    finally:
+        await control.dispose()
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            admin = await create_admin_client(settings, "two-servers admin")
+            token = await token_for(client, admin.client_id, admin.client_secret)
+            headers = {"Authorization": f"Bearer {token}"}
+            yield Servers(client, headers, local_db, remote_server, remote_db)
+    conn = await asyncpg.connect(raw_dsn("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{control_db}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def two_servers(servers: Servers) -> TwoServers:
+    """A fresh tenant on each server, so each test sees only its own rows."""
+    run = uuid.uuid4().hex[:8]
+    a = await onboard(servers.client, servers.admin_headers, shard_id="us-1", slug=f"two-a-{run}")
+    b = await onboard(
+        servers.client, servers.admin_headers, shard_id=REMOTE_SHARD, slug=f"two-b-{run}"
+    )
+    assert (a.shard_id, b.shard_id) == ("us-1", REMOTE_SHARD)
+    return TwoServers(**vars(servers), a=a, b=b)
+
+
+async def _create_accounts(client: httpx.AsyncClient, tenant: Tenant, names: list[str]) -> None:
+    for name in names:
+        resp = await client.post("/v1/accounts", json={"name": name}, headers=tenant.headers)
+        assert resp.status_code == 201, resp.text
+
+
+async def _rows(url: str, table: str, tenants: list[str]) -> list[tuple[str, str]]:
+    """(tenant_id, port) of every row of the tenants, read as superuser (RLS bypassed)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            f"SELECT tenant_id::text AS t, inet_server_port()::text AS p FROM {table} "
+            "WHERE tenant_id = ANY($1::uuid[])",
+            tenants,
+        )
+    finally:
+        await conn.close()
+    return [(r["t"], r["p"]) for r in rows]
+
+
+async def test_each_tenants_rows_live_only_on_its_own_server(two_servers: TwoServers) -> None:
+    s = two_servers
+    await _create_accounts(s.client, s.a, ["A one", "A two"])
+    await _create_accounts(s.client, s.b, ["B one", "B two", "B three"])
+    for tenant, expected in ((s.a, {"A one", "A two"}), (s.b, {"B one", "B two", "B three"})):
+        listed = await s.client.get("/v1/accounts", headers=tenant.headers)
+        assert listed.status_code == 200, listed.text
+        assert {row["name"] for row in listed.json()["data"]} == expected
+
+    both = [s.a.id, s.b.id]
+    main_url = raw_dsn(s.local_db)
+    remote_url = s.remote.url(s.remote_db)
+    assert s.remote.port != PG_PORT
+    for table, a_count, b_count in (("account", 2, 3), ("tenant_residency", 1, 1)):
+        on_main = await _rows(main_url, table, both)
+        on_remote = await _rows(remote_url, table, both)
+        assert on_main == [(s.a.id, str(PG_PORT))] * a_count, table
+        assert on_remote == [(s.b.id, str(s.remote.port))] * b_count, table
+
+    # The shard databases themselves exist on one server each.
+    main = await asyncpg.connect(raw_dsn("postgres"))
+    try:
+        assert not await main.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", s.remote_db)
+    finally:
+        await main.close()
+    found = await asyncio.to_thread(
+        s.remote.sql, f"SELECT count(*) FROM pg_database WHERE datname = '{s.local_db}'"
+    )
+    assert found == "0"
+
+
+def _assert_fast_503(resp: httpx.Response) -> None:
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert int(resp.headers["retry-after"]) >= 1
+    assert resp.json()["status"] == 503
+
+
+async def _hit_shard(client: httpx.AsyncClient, tenant: Tenant) -> list[httpx.Response]:
+    """Requests that must reach the tenant's shard: a write, and a read no cache holds
+    (cached reads may rightly be served while the shard is down)."""
+    unique = uuid.uuid4().hex
+    return [
+        await client.post("/v1/accounts", json={"name": unique}, headers=tenant.headers),
+        await client.get("/v1/accounts", params={"name": unique}, headers=tenant.headers),
+    ]
+
+
+async def test_shard_down_fails_only_its_tenants_fast(two_servers: TwoServers) -> None:
+    s = two_servers
+    await _create_accounts(s.client, s.b, ["B survives"])
+    for tenant in (s.a, s.b):  # both shards healthy, both pools warm
+        assert [r.status_code for r in await _hit_shard(s.client, tenant)] == [201, 200]
+
+    await asyncio.to_thread(s.remote.stop, "immediate")
+    try:
+        started = time.monotonic()
+        for resp in await _hit_shard(s.client, s.b):
+            _assert_fast_503(resp)
+        assert time.monotonic() - started < CONNECT_TIMEOUT + 1
+
+        # Within the cooldown the breaker answers at once; tenant A is untouched.
+        for _ in range(5):
+            started = time.monotonic()
+            failed = await _hit_shard(s.client, s.b)
+            elapsed = time.monotonic() - started
+            for resp in failed:
+                _assert_fast_503(resp)
+            assert elapsed < CONNECT_TIMEOUT / 10, elapsed
+            assert [r.status_code for r in await _hit_shard(s.client, s.a)] == [201, 200]
+
+        ready = await s.client.get("/readyz")
+        assert ready.status_code == 503
+        checks = ready.json()["checks"]
+        assert checks[f"shard:{REMOTE_SHARD}"].startswith("down")
+        assert checks["shard:us-1"] == "ok"
+        assert checks["control"] == "ok"
+    finally:
+        await asyncio.to_thread(s.remote.start)
+
+    # Back up: B recovers by itself once the cooldown has passed.
+    deadline = time.monotonic() + 30
+    while True:
+        statuses = [r.status_code for r in await _hit_shard(s.client, s.b)]
+        if statuses == [201, 200]:
+            break
+        assert set(statuses) <= {201, 200, 503}, statuses
+        assert time.monotonic() < deadline, f"tenant B did not recover: {statuses}"
+        await asyncio.sleep(0.2)
+    listed = await s.client.get("/v1/accounts", params={"name": "B survives"}, headers=s.b.headers)
+    assert [row["name"] for row in listed.json()["data"]] == ["B survives"]
