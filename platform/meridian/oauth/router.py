@@ -18,6 +18,7 @@ from meridian.oauth.server import (
     SUPPORTED_SCOPES,
     StarletteOAuth2Request,
     requested_client_id,
+    requested_client_secret,
 )
 from meridian.web.responses import json_response
 from tenancy.context import TenantStatus
@@ -43,7 +44,10 @@ async def issue_token(request: Request, rt: RuntimeDep) -> Response:
     if client_id:
         async with rt.control.connect() as conn:
             client = await find_client(conn, client_id)
-    if client is not None and client.tenant_id is not None:
+    # Only a caller holding the secret learns the tenant's state; anyone else gets the
+    # usual invalid_client from the authorization server below.
+    secret = requested_client_secret(request.headers, form)
+    if client is not None and client.tenant_id is not None and client.secret_matches(secret or ""):
         tenant = await rt.directory.resolve(client.tenant_id)
         if tenant is None or tenant.status is not TenantStatus.ACTIVE:
             state = tenant.status.value if tenant else "deleted"

@@ -127,7 +127,9 @@ class MeridianAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     def query_client(self, client_id: str) -> Client | None:
         record = _prefetched.get()
         if record is None or record.client_id != client_id or record.revoked:
-            return None
+            # Unknown and revoked clients fail like a wrong secret (401 invalid_client,
+            # same text): a distinct answer would tell which client ids exist.
+            record = ClientRecord(client_id, secret_hash="", tenant_id=None, scope="", revoked=True)
         return Client(record)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
@@ -159,15 +161,29 @@ class MeridianAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         return await run_in_threadpool(run)
 
 
-def requested_client_id(headers: Mapping[str, str], form: Mapping[str, str]) -> str | None:
-    """The client id the request claims, from Basic auth or the form (before checking)."""
+def _requested_credentials(
+    headers: Mapping[str, str], form: Mapping[str, str]
+) -> tuple[str | None, str | None]:
     auth = headers.get("authorization", "")
     if auth[:6].lower() == "basic ":
         try:
             decoded = base64.b64decode(auth[6:].strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            return None
-        user, sep, _ = decoded.partition(":")
-        return unquote(user) if sep else None
-    value = form.get("client_id")
-    return value if isinstance(value, str) else None
+            return None, None
+        user, sep, secret = decoded.partition(":")
+        return (unquote(user), unquote(secret)) if sep else (None, None)
+    form_id, form_secret = form.get("client_id"), form.get("client_secret")
+    return (
+        form_id if isinstance(form_id, str) else None,
+        form_secret if isinstance(form_secret, str) else None,
+    )
+
+
+def requested_client_id(headers: Mapping[str, str], form: Mapping[str, str]) -> str | None:
+    """The client id the request claims, from Basic auth or the form (before checking)."""
+    return _requested_credentials(headers, form)[0]
+
+
+def requested_client_secret(headers: Mapping[str, str], form: Mapping[str, str]) -> str | None:
+    """The client secret the request presents, from Basic auth or the form."""
+    return _requested_credentials(headers, form)[1]

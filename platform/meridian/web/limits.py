@@ -30,18 +30,36 @@ class BodySizeLimit:
                     return
                 break
         seen = 0
+        overflow = False
+        started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, overflow
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    # Rendered as 413 problem+json by the app's error handler.
+                    overflow = True
                     raise PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if overflow and not started:
+                # Whatever the app made of the aborted read (FastAPI turns any error while
+                # parsing a body into a 400), the answer is the 413 sent below.
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not overflow or started:
+                raise
+        if overflow and not started:
+            await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         err = PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")

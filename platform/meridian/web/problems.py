@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from meridian.errors import (
     PROBLEM_BASE,
@@ -66,12 +68,31 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return render(ValidationFailed(summary, errors=details), request)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    # The router's 405 names the methods of the first route matching the path only; a
+    # resource's methods are spread over several routes (GET and POST /v1/accounts).
+    routes = request.app.router.routes
+    return {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    }
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     slug, title = _HTTP_TITLES.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
     body = problem_body(exc.status_code, PROBLEM_BASE + slug, title, detail, request.url.path)
-    return problem_response(body, exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (methods := _allowed_methods(request)):
+        headers["Allow"] = ", ".join(sorted(methods))
+    return problem_response(body, headers)
 
 
 async def _shard_unavailable(request: Request, exc: Exception) -> Response:
@@ -127,6 +148,22 @@ async def _integrity(request: Request, exc: Exception) -> Response:
     return render(Conflict("The change conflicts with existing data."), request)
 
 
+# Text PostgreSQL cannot store (NUL, or not representable in the database encoding):
+# the client's input, not a bug.
+_BAD_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    # A DBAPIError from a session, or asyncpg's own error from the raw read path.
+    origin = exc.orig if isinstance(exc, DBAPIError) else exc
+    if getattr(origin, "sqlstate", None) in _BAD_TEXT_SQLSTATES:
+        return render(
+            ValidationFailed("A text value contains a character that cannot be stored (NUL)."),
+            request,
+        )
+    return await _unhandled(request, exc)
+
+
 async def _unhandled(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return render(MeridianError("An unexpected error occurred."), request)
@@ -140,4 +177,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnknownShardError, _unknown_shard)
     app.add_exception_handler(ResidencyError, _residency)
     app.add_exception_handler(IntegrityError, _integrity)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.PostgresError, _database_error)
     app.add_exception_handler(Exception, _unhandled)

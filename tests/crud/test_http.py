@@ -1,0 +1,153 @@
+"""Conditional requests on accounts: ETag on reads and writes, If-None-Match → 304,
+a stale If-Match → 412 with nothing changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.api import Tenant
+
+PROBLEM = "urn:meridian:problem:"
+
+
+@pytest.fixture
+async def account(app_client: httpx.AsyncClient, tenant: Tenant) -> dict[str, Any]:
+    resp = await app_client.post(
+        "/v1/accounts", json={"name": "Tagged", "domain": "tagged.example"}, headers=tenant.headers
+    )
+    assert resp.status_code == 201
+    assert resp.headers["etag"] == '"1"'
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _url(account: dict[str, Any]) -> str:
+    return f"/v1/accounts/{account['id']}"
+
+
+async def _current(
+    client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> dict[str, Any]:
+    resp = await client.get(_url(account), headers=tenant.headers)
+    assert resp.status_code == 200
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def test_get_returns_a_strong_etag_of_the_version(
+    app_client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> None:
+    resp = await app_client.get(_url(account), headers=tenant.headers)
+    assert resp.status_code == 200
+    assert resp.headers["etag"] == f'"{account["version"]}"'
+    assert not resp.headers["etag"].startswith("W/")
+
+
+async def test_if_none_match_gives_304_until_the_record_changes(
+    app_client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> None:
+    url = _url(account)
+    for value in ('"1"', '"7", "1"', ' "1" '):
+        cached = await app_client.get(url, headers={**tenant.headers, "If-None-Match": value})
+        assert cached.status_code == 304, value
+        assert cached.content == b""
+        assert cached.headers["etag"] == '"1"'
+    other = await app_client.get(url, headers={**tenant.headers, "If-None-Match": '"2"'})
+    assert other.status_code == 200
+    assert other.json() == account
+    changed = await app_client.patch(url, json={"name": "Retagged"}, headers=tenant.headers)
+    assert changed.headers["etag"] == '"2"'
+    stale = await app_client.get(url, headers={**tenant.headers, "If-None-Match": '"1"'})
+    assert stale.status_code == 200
+    assert stale.json()["name"] == "Retagged"
+    assert stale.headers["etag"] == '"2"'
+
+
+async def test_patch_with_current_etag_succeeds_and_returns_the_next(
+    app_client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> None:
+    resp = await app_client.patch(
+        _url(account), json={"name": "Next"}, headers={**tenant.headers, "If-Match": '"1"'}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["etag"] == '"2"'
+    assert resp.json()["version"] == 2
+
+
+async def test_patch_with_stale_etag_is_412_and_changes_nothing(
+    app_client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> None:
+    url = _url(account)
+    first = await app_client.patch(
+        url, json={"name": "Winner"}, headers={**tenant.headers, "If-Match": '"1"'}
+    )
+    assert first.status_code == 200
+    before = await _current(app_client, tenant, account)
+    for tag in ('"1"', '"3"', '"999"'):
+        lost = await app_client.patch(
+            url,
+            json={"name": "Loser", "domain": "loser.example"},
+            headers={**tenant.headers, "If-Match": tag},
+        )
+        assert lost.status_code == 412, lost.text
+        assert lost.headers["content-type"] == "application/problem+json"
+        assert lost.json()["type"] == PROBLEM + "precondition-failed"
+    assert await _current(app_client, tenant, account) == before
+
+
+async def test_delete_with_stale_etag_is_412_and_keeps_the_record(
+    app_client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> None:
+    url = _url(account)
+    await app_client.patch(url, json={"name": "v2"}, headers=tenant.headers)
+    refused = await app_client.delete(url, headers={**tenant.headers, "If-Match": '"1"'})
+    assert refused.status_code == 412, refused.text
+    assert refused.json()["type"] == PROBLEM + "precondition-failed"
+    assert (await _current(app_client, tenant, account))["name"] == "v2"
+    done = await app_client.delete(url, headers={**tenant.headers, "If-Match": '"2"'})
+    assert done.status_code == 204
+    assert (await app_client.get(url, headers=tenant.headers)).status_code == 404
+
+
+async def test_if_match_star_means_any_version(
+    app_client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> None:
+    url = _url(account)
+    await app_client.patch(url, json={"name": "v2"}, headers=tenant.headers)
+    resp = await app_client.patch(
+        url, json={"name": "v3"}, headers={**tenant.headers, "If-Match": "*"}
+    )
+    assert resp.status_code == 200
+    assert resp.json()["version"] == 3
+
+
+async def test_if_match_on_a_missing_record_is_404(
+    app_client: httpx.AsyncClient, tenant: Tenant, account: dict[str, Any]
+) -> None:
+    url = _url(account)
+    assert (await app_client.delete(url, headers=tenant.headers)).status_code == 204
+    for method in ("PATCH", "DELETE"):
+        kwargs: dict[str, Any] = {"json": {"name": "x"}} if method == "PATCH" else {}
+        resp = await app_client.request(
+            method, url, headers={**tenant.headers, "If-Match": '"1"'}, **kwargs
+        )
+        assert resp.status_code == 404, (method, resp.text)
+
+
+async def test_etag_of_another_tenants_record_is_404_not_412(
+    app_client: httpx.AsyncClient, tenant: Tenant, other_tenant: Tenant, account: dict[str, Any]
+) -> None:
+    # A 412 would confirm that the id exists in some tenant.
+    for tag in ('"1"', '"2"'):
+        resp = await app_client.patch(
+            _url(account), json={"name": "x"}, headers={**other_tenant.headers, "If-Match": tag}
+        )
+        assert resp.status_code == 404, resp.text
+        resp = await app_client.delete(
+            _url(account), headers={**other_tenant.headers, "If-Match": tag}
+        )
+        assert resp.status_code == 404, resp.text
+    assert await _current(app_client, tenant, account) == account
