@@ -22,6 +22,7 @@ from meridian.errors import (
     TenantSuspended,
     Unauthorized,
 )
+from meridian.identity import Actor, resolve_actor
 from meridian.oauth.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
 from tenancy.context import TenantContext, TenantStatus, current_tenant_id
@@ -50,6 +51,7 @@ class TenantAccess:
     principal: Principal
     tenant: TenantContext
     runtime: Runtime
+    actor: Actor
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -98,7 +100,8 @@ class RequireTenant:
             # Placed on a shard registered after this instance last read the topology.
             await runtime.reload_topology()
         current_tenant_id.set(tenant.tenant_id)
-        return TenantAccess(principal, tenant, runtime)
+        actor = await resolve_actor(runtime, tenant, principal)
+        return TenantAccess(principal, tenant, runtime, actor)
 
 
 async def require_admin(request: Request) -> Principal:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from authz.models import CasbinRule, RecordShare, UserClosure
 from meridian.accounts.models import Account
 from meridian.activities.models import Activity
 from meridian.contacts.models import Contact
 from meridian.crud.idempotency import IdempotencyKey
-from meridian.oauth.models import OAuthClient, SigningKey
+from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRevocation
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
+from meridian.users.models import AppUser
 from sharding.models import Shard, TenantResidency
 from tenancy.models import DirectoryEntry, Tenant
 from tenancy.planes import ControlBase, ShardBase
 
-CONTROL_MODELS = (Tenant, DirectoryEntry, Shard, OAuthClient, SigningKey)
+CONTROL_MODELS = (
+    Tenant,
+    DirectoryEntry,
+    Shard,
+    OAuthClient,
+    SigningKey,
+    RefreshToken,
+    TokenRevocation,
+    CasbinRule,
+)
 SHARD_MODELS = (
     TenantResidency,
     IdempotencyKey,
@@ -23,6 +34,9 @@ SHARD_MODELS = (
     PipelineStage,
     Opportunity,
     Activity,
+    AppUser,
+    UserClosure,
+    RecordShare,
 )
 control_metadata = ControlBase.metadata
 shard_metadata = ShardBase.metadata

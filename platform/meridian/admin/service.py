@@ -160,6 +160,7 @@ class TenantAdminService:
                     name=f"{name} (first client)",
                     scope=" ".join(TENANT_SCOPES),
                     tenant_id=tenant_id,
+                    role="admin",  # the tenant's first client administers it
                 )
                 client_id, scope, client_secret = new.client_id, new.scope, new.client_secret
             else:

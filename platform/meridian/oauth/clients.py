@@ -39,7 +39,12 @@ class NewClient:
 
 
 async def create_client(
-    conn: AsyncConnection, *, name: str, scope: str, tenant_id: UUID | None
+    conn: AsyncConnection,
+    *,
+    name: str,
+    scope: str,
+    tenant_id: UUID | None,
+    role: str = "integration",
 ) -> NewClient:
     prefix = "mc_" if tenant_id is not None else "ma_"
     client_id = prefix + secrets.token_urlsafe(18)
@@ -51,6 +56,7 @@ async def create_client(
             tenant_id=tenant_id,
             name=name,
             scope=scope,
+            role=role,
         )
     )
     return NewClient(client_id=client_id, client_secret=secret, tenant_id=tenant_id, scope=scope)

@@ -35,6 +35,8 @@ class OAuthClient(ControlBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     creation_key: Mapped[str | None] = mapped_column(String(255))
+    # The role the client acts with inside its tenant (the first client: admin).
+    role: Mapped[str] = mapped_column(String(64), server_default="integration")
 
 
 class SigningKey(ControlBase):
@@ -51,3 +53,35 @@ class SigningKey(ControlBase):
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RefreshToken(ControlBase):
+    """An opaque refresh token, stored as a SHA-256 digest. Rotated on every use; a
+    token used twice revokes its whole family (every token descended from one login)."""
+
+    __tablename__ = "refresh_token"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    family_id: Mapped[UUID] = mapped_column(index=True)
+    tenant_id: Mapped[UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    user_id: Mapped[UUID] = mapped_column(index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("oauth_client.client_id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TokenRevocation(ControlBase):
+    """Emergency revocation: tokens of a user (``subject`` = user id) or of a whole
+    tenant (``subject`` = ``*``) issued before ``not_before`` are refused."""
+
+    __tablename__ = "token_revocation"
+
+    tenant_id: Mapped[UUID] = mapped_column(
+        ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -19,6 +19,8 @@ class Principal:
     scopes: frozenset[str]
     token_id: str
     expires_at: int
-    # The seam for users and roles (a later step): who acts, and as what.
+    issued_at: int = 0
+    # A user's token names the user; its role is read from the user record, so role
+    # changes apply at once. A client's token carries the role the client acts with.
     user_id: UUID | None = None
-    roles: tuple[str, ...] = ()
+    role: str | None = None
