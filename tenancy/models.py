@@ -9,11 +9,13 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,3 +59,34 @@ class DirectoryEntry(ControlBase):
     shard_id: Mapped[str] = mapped_column(ForeignKey("shard.id"), index=True)
     epoch: Mapped[int] = mapped_column(Integer, server_default="1")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TenantKey(ControlBase):
+    """A tenant's data key, version by version, wrapped by a KEK.
+
+    Backups of this table must be kept for a shorter time than backups of the shards:
+    crypto-shredding erases ``wrapped_key``, and a restored copy would bring it back.
+    """
+
+    __tablename__ = "tenant_key"
+    __table_args__ = (
+        CheckConstraint("state IN ('active', 'decrypt_only', 'destroyed')", name="state"),
+        # At most one active version per tenant.
+        Index(
+            "uq_tenant_key_active",
+            "tenant_id",
+            unique=True,
+            postgresql_where=text("state = 'active'"),
+        ),
+    )
+
+    tenant_id: Mapped[UUID] = mapped_column(
+        ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    kek_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    rewrapped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    destroyed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -12,7 +12,7 @@ from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
 from meridian.users.models import AppUser
 from sharding.models import Shard, TenantResidency
-from tenancy.models import DirectoryEntry, Tenant
+from tenancy.models import DirectoryEntry, Tenant, TenantKey
 from tenancy.planes import ControlBase, ShardBase
 
 CONTROL_MODELS = (
@@ -24,6 +24,7 @@ CONTROL_MODELS = (
     RefreshToken,
     TokenRevocation,
     CasbinRule,
+    TenantKey,
 )
 SHARD_MODELS = (
     TenantResidency,

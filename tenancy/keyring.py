@@ -1,0 +1,268 @@
+"""Per-tenant data keys, wrapped by a key-encryption key (KEK) from a ``KeyProvider``.
+
+Wrapped keys live in the control plane (``tenant_key``: version, state
+active | decrypt_only | destroyed); unwrapped keys only in this process's memory, for a
+TTL — never in Redis, logs or errors. Deleting a tenant destroys its wrapped keys first
+(crypto-shredding): its rows on the shard become unreadable to anyone.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tenancy.crypto import FieldCipher
+from tenancy.models import TenantKey
+
+
+class KeyProvider(Protocol):
+    """Wraps and unwraps data keys. A KMS or Vault Transit provider implements the same
+    two calls (``context`` maps to their encryption context / associated data)."""
+
+    @property
+    def primary_id(self) -> str: ...
+
+    async def wrap(self, key: bytes, context: bytes) -> bytes: ...
+
+    async def unwrap(self, wrapped: bytes, context: bytes) -> bytes: ...
+
+
+class KeyUnavailable(Exception):
+    """No usable key: destroyed (crypto-shredded), unknown, or the KEK cannot unwrap it."""
+
+
+class LocalKeyProvider:
+    """KEKs held locally (a file or an environment secret): for development and tests.
+
+    Several KEKs may be loaded so that wrapped keys can be re-wrapped to a new primary.
+    The wrapped form is ``len(id) | id | nonce | AES-256-GCM(kek, key, aad=context)``.
+    """
+
+    def __init__(self, keks: dict[str, bytes], primary: str) -> None:
+        if primary not in keks or any(len(k) != 32 for k in keks.values()):
+            raise ValueError("the primary KEK must be among the KEKs, all of 32 bytes")
+        self._keks = {kid: AESGCM(k) for kid, k in keks.items()}
+        self._primary = primary
+
+    @property
+    def primary_id(self) -> str:
+        return self._primary
+
+    @classmethod
+    def from_secret(cls, secret: str) -> LocalKeyProvider:
+        """A base64 32-byte key, or JSON ``{"primary": id, "keys": {id: base64}}``."""
+        text = secret.strip()
+        if text.startswith("{"):
+            doc = json.loads(text)
+            keys = {str(k): base64.b64decode(v) for k, v in doc["keys"].items()}
+            return cls(keys, str(doc["primary"]))
+        return cls({"local-1": base64.b64decode(text)}, "local-1")
+
+    @classmethod
+    def from_file(cls, path: Path) -> LocalKeyProvider:
+        return cls.from_secret(path.read_text())
+
+    @staticmethod
+    def generate_secret() -> str:
+        return base64.b64encode(os.urandom(32)).decode()
+
+    async def wrap(self, key: bytes, context: bytes) -> bytes:
+        kid = self._primary.encode()
+        nonce = os.urandom(12)
+        return (
+            bytes([len(kid)]) + kid + nonce + self._keks[self._primary].encrypt(nonce, key, context)
+        )
+
+    async def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        n = wrapped[0]
+        kid = wrapped[1 : 1 + n].decode()
+        cipher = self._keks.get(kid)
+        if cipher is None:
+            raise KeyUnavailable(f"KEK {kid!r} is not loaded")
+        nonce, body = wrapped[1 + n : 13 + n], wrapped[13 + n :]
+        try:
+            return cipher.decrypt(nonce, body, context)
+        except InvalidTag as exc:
+            raise KeyUnavailable("a wrapped key did not authenticate") from exc
+
+
+def kek_id_of(wrapped: bytes) -> str:
+    return wrapped[1 : 1 + wrapped[0]].decode()
+
+
+def _context(tenant_id: UUID, version: int) -> bytes:
+    # Binds a wrapped key to its tenant and version: swapping rows cannot re-target it.
+    return b"meridian-tenant-key" + tenant_id.bytes + struct.pack(">I", version)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    version: int
+    state: str
+
+
+class TenantKeyring:
+    def __init__(self, control: AsyncEngine, provider: KeyProvider, *, ttl: float = 300.0) -> None:
+        self._control = control
+        self._provider = provider
+        self._ttl = ttl
+        self._ciphers: dict[tuple[UUID, int], tuple[float, FieldCipher]] = {}
+        self._active: dict[UUID, tuple[float, int]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def create_key(self, conn: AsyncConnection, tenant_id: UUID) -> int:
+        """A new active version; the previous active one becomes decrypt-only."""
+        current = await conn.scalar(
+            select(func.max(TenantKey.version)).where(TenantKey.tenant_id == tenant_id)
+        )
+        version = int(current or 0) + 1
+        wrapped = await self._provider.wrap(os.urandom(32), _context(tenant_id, version))
+        await conn.execute(
+            update(TenantKey)
+            .where(TenantKey.tenant_id == tenant_id, TenantKey.state == "active")
+            .values(state="decrypt_only")
+        )
+        await conn.execute(
+            insert(TenantKey).values(
+                tenant_id=tenant_id,
+                version=version,
+                wrapped_key=wrapped,
+                kek_id=self._provider.primary_id,
+                state="active",
+            )
+        )
+        self.forget(tenant_id)
+        return version
+
+    async def ensure_key(self, conn: AsyncConnection, tenant_id: UUID) -> int:
+        """The active version, creating the first one (onboarding; safe to re-run)."""
+        version = await conn.scalar(
+            select(TenantKey.version).where(
+                TenantKey.tenant_id == tenant_id, TenantKey.state == "active"
+            )
+        )
+        return int(version) if version is not None else await self.create_key(conn, tenant_id)
+
+    async def retire(self, conn: AsyncConnection, tenant_id: UUID, version: int) -> None:
+        """Destroy a decrypt-only version once no row uses it."""
+        await conn.execute(
+            update(TenantKey)
+            .where(
+                TenantKey.tenant_id == tenant_id,
+                TenantKey.version == version,
+                TenantKey.state == "decrypt_only",
+            )
+            .values(state="destroyed", wrapped_key=None, destroyed_at=func.now())
+        )
+        self.forget(tenant_id)
+
+    async def destroy_all(self, conn: AsyncConnection, tenant_id: UUID) -> int:
+        """Crypto-shredding: every version destroyed, wrapped key material erased."""
+        result = await conn.execute(
+            update(TenantKey)
+            .where(TenantKey.tenant_id == tenant_id, TenantKey.state != "destroyed")
+            .values(state="destroyed", wrapped_key=None, destroyed_at=func.now())
+        )
+        self.forget(tenant_id)
+        return int(result.rowcount or 0)
+
+    async def rewrap_all(self) -> int:
+        """KEK rotation: re-wrap every live tenant key under the provider's primary KEK."""
+        done = 0
+        async with self._control.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(TenantKey.tenant_id, TenantKey.version, TenantKey.wrapped_key)
+                    .where(
+                        TenantKey.state != "destroyed",
+                        TenantKey.kek_id != self._provider.primary_id,
+                    )
+                    .with_for_update()
+                )
+            ).all()
+            for row in rows:
+                ctx = _context(row.tenant_id, row.version)
+                key = await self._provider.unwrap(row.wrapped_key, ctx)
+                wrapped = await self._provider.wrap(key, ctx)
+                await conn.execute(
+                    update(TenantKey)
+                    .where(TenantKey.tenant_id == row.tenant_id, TenantKey.version == row.version)
+                    .values(
+                        wrapped_key=wrapped,
+                        kek_id=self._provider.primary_id,
+                        rewrapped_at=datetime.now(UTC),
+                    )
+                )
+                done += 1
+        return done
+
+    # -- use ---------------------------------------------------------------------------
+    async def versions(self, tenant_id: UUID) -> list[KeyInfo]:
+        async with self._control.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(TenantKey.version, TenantKey.state)
+                    .where(TenantKey.tenant_id == tenant_id)
+                    .order_by(TenantKey.version)
+                )
+            ).all()
+        return [KeyInfo(r.version, r.state) for r in rows]
+
+    async def active_cipher(self, tenant_id: UUID) -> FieldCipher:
+        now = time.monotonic()
+        hit = self._active.get(tenant_id)
+        if hit is None or hit[0] <= now:
+            async with self._control.connect() as conn:
+                version = await conn.scalar(
+                    select(TenantKey.version).where(
+                        TenantKey.tenant_id == tenant_id, TenantKey.state == "active"
+                    )
+                )
+            if version is None:
+                raise KeyUnavailable(f"tenant {tenant_id} has no active data key")
+            hit = self._active[tenant_id] = (now + self._ttl, int(version))
+        return await self.cipher(tenant_id, hit[1])
+
+    async def cipher(self, tenant_id: UUID, version: int) -> FieldCipher:
+        """The cipher of one key version (to decrypt rows written with it)."""
+        now = time.monotonic()
+        hit = self._ciphers.get((tenant_id, version))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._control.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(TenantKey.wrapped_key, TenantKey.state).where(
+                        TenantKey.tenant_id == tenant_id, TenantKey.version == version
+                    )
+                )
+            ).one_or_none()
+        if row is None or row.state == "destroyed" or row.wrapped_key is None:
+            raise KeyUnavailable(f"key version {version} of tenant {tenant_id} is not usable")
+        key = await self._provider.unwrap(row.wrapped_key, _context(tenant_id, version))
+        cipher = FieldCipher(tenant_id, version, key)
+        self._ciphers[(tenant_id, version)] = (now + self._ttl, cipher)
+        return cipher
+
+    def forget(self, tenant_id: UUID | None = None) -> None:
+        """Drop unwrapped keys from memory (all, or one tenant's)."""
+        if tenant_id is None:
+            self._ciphers.clear()
+            self._active.clear()
+            return
+        self._active.pop(tenant_id, None)
+        for key in [k for k in self._ciphers if k[0] == tenant_id]:
+            del self._ciphers[key]
