@@ -1,0 +1,1 @@
+"""Sensitive fields: which they are, and how rows cross the encryption boundary."""

@@ -1,0 +1,106 @@
+"""Encrypting and decrypting the sensitive fields of a row.
+
+The set of sensitive fields is declared here, once per table. On the shard a field
+``x`` is stored as ``x_enc`` (AES-256-GCM, see tenancy.crypto) and ``x_bidx`` (its blind
+index, for equality search); the row's ``enc_version`` names the data-key version of all
+its ciphertexts, which the re-encryption job uses to find rows still on old keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from tenancy.crypto import NORMALIZERS, DecryptionError, FieldCipher, key_version_of
+from tenancy.keyring import KeyUnavailable, TenantKeyring
+
+log = logging.getLogger("meridian.encryption")
+
+SENSITIVE: dict[str, tuple[str, ...]] = {
+    "contact": ("email", "phone", "tax_id"),
+    "account": ("tax_id",),
+}
+
+
+class FieldUnreadable(Exception):
+    """A stored ciphertext could not be decrypted (tampered, moved, or keys destroyed).
+
+    Carries no plaintext and no key material; the API answers 500 with a stable type."""
+
+    def __init__(self, table: str, column: str, row_id: UUID, reason: str) -> None:
+        super().__init__(f"{table}.{column} of row {row_id}: {reason}")
+        self.table = table
+        self.column = column
+        self.row_id = row_id
+
+
+def storage_columns(table: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for field in SENSITIVE.get(table, ()):
+        out += [f"{field}_enc", f"{field}_bidx"]
+    return (*out, "enc_version")
+
+
+def encrypt_values(
+    cipher: FieldCipher, table: str, row_id: UUID, plain: Mapping[str, str | None]
+) -> dict[str, Any]:
+    """Storage columns for every sensitive field of ``table`` (all of them, so that a
+    row's ciphertexts always share one key version)."""
+    out: dict[str, Any] = {"enc_version": cipher.version}
+    for field in SENSITIVE[table]:
+        value = plain.get(field)
+        if value is None:
+            out[f"{field}_enc"] = None
+            out[f"{field}_bidx"] = None
+        else:
+            out[f"{field}_enc"] = cipher.encrypt(table, field, row_id, value)
+            out[f"{field}_bidx"] = cipher.blind_index(table, field, NORMALIZERS[field](value))
+    return out
+
+
+async def decrypt_values(
+    keyring: TenantKeyring, tenant_id: UUID, table: str, row_id: UUID, stored: Mapping[str, Any]
+) -> dict[str, str | None]:
+    """Plaintext of every sensitive field from a row's ``<field>_enc`` columns."""
+    out: dict[str, str | None] = {}
+    for field in SENSITIVE[table]:
+        blob = stored.get(f"{field}_enc")
+        if blob is None:
+            out[field] = None
+            continue
+        if isinstance(blob, str):  # rows that went through a JSON cache carry base64
+            blob = base64.b64decode(blob)
+        try:
+            cipher = await keyring.cipher(tenant_id, key_version_of(bytes(blob)))
+            out[field] = cipher.decrypt(table, field, row_id, bytes(blob))
+        except (DecryptionError, KeyUnavailable) as exc:
+            log.error(
+                "encrypted field unreadable",
+                extra={
+                    "table": table,
+                    "column": field,
+                    "row_id": str(row_id),
+                    "tenant_id": str(tenant_id),
+                    "reason": type(exc).__name__,
+                },
+            )
+            raise FieldUnreadable(table, field, row_id, type(exc).__name__) from exc
+    return out
+
+
+async def search_indexes(
+    keyring: TenantKeyring, tenant_id: UUID, table: str, field: str, value: str
+) -> list[bytes]:
+    """Blind indexes of ``value`` under every live key version: during a rotation rows
+    carry either version's index, and a search must find both."""
+    normalized = NORMALIZERS[field](value)
+    out = []
+    for info in await keyring.versions(tenant_id):
+        if info.state == "destroyed":
+            continue
+        cipher = await keyring.cipher(tenant_id, info.version)
+        out.append(cipher.blind_index(table, field, normalized))
+    return out
