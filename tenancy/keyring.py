@@ -121,6 +121,7 @@ class TenantKeyring:
         self._ttl = ttl
         self._ciphers: dict[tuple[UUID, int], tuple[float, FieldCipher]] = {}
         self._active: dict[UUID, tuple[float, int]] = {}
+        self._versions: dict[UUID, tuple[float, list[KeyInfo]]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
     async def create_key(self, conn: AsyncConnection, tenant_id: UUID) -> int:
@@ -211,6 +212,11 @@ class TenantKeyring:
 
     # -- use ---------------------------------------------------------------------------
     async def versions(self, tenant_id: UUID) -> list[KeyInfo]:
+        """The tenant's key versions (cached for the TTL: searches ask on every call)."""
+        now = time.monotonic()
+        hit = self._versions.get(tenant_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         async with self._control.connect() as conn:
             rows = (
                 await conn.execute(
@@ -219,7 +225,9 @@ class TenantKeyring:
                     .order_by(TenantKey.version)
                 )
             ).all()
-        return [KeyInfo(r.version, r.state) for r in rows]
+        infos = [KeyInfo(r.version, r.state) for r in rows]
+        self._versions[tenant_id] = (now + self._ttl, infos)
+        return infos
 
     async def active_cipher(self, tenant_id: UUID) -> FieldCipher:
         now = time.monotonic()
@@ -262,7 +270,9 @@ class TenantKeyring:
         if tenant_id is None:
             self._ciphers.clear()
             self._active.clear()
+            self._versions.clear()
             return
         self._active.pop(tenant_id, None)
+        self._versions.pop(tenant_id, None)
         for key in [k for k in self._ciphers if k[0] == tenant_id]:
             del self._ciphers[key]
