@@ -1,0 +1,504 @@
+"""Meridian's Locust scenarios: people and machines using a seeded platform.
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 \\
+           --credentials loadtest-credentials.json          # written by `meridian seed`
+
+Each simulated user belongs to one tenant, picked with a Zipf skew over the tenants of
+the credentials file (so hot tenants exist), and gets its token from the real token
+endpoint (cached per tenant and refreshed before it expires). Requests are named by
+template (``/v1/contacts/{id}``) so statistics group per endpoint.
+
+- SalesRep: browses and filters lists page by page, opens records and timelines,
+  moves deals along the pipeline (If-Match with the ETag just read), logs activities.
+- Manager: the pipeline board (opportunities per stage), deals closing soon, the
+  biggest deals, account and opportunity timelines, recent activity.
+- IntegrationClient: imports batches (an account, its contacts, a deal) with an
+  Idempotency-Key per record, retrying the same key after timeouts and 5xx/429, and
+  now and then replaying a request whose answer it "lost" to check it is not applied
+  twice.
+- PlatformAdmin (one per test): lists tenants and shards, looks tenants up, and
+  onboards a new tenant now and then.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+# Locust puts this file's folder on sys.path, not the repository: make `loadtests`
+# importable when the file is run from a checkout that is not installed.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from locust import events, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.exception import StopUser  # noqa: E402
+
+from loadtests.api import (  # noqa: E402
+    DEFAULT_CREDENTIALS,
+    DEFAULT_THINK_TIME,
+    DEFAULT_ZIPF_S,
+    Json,
+    MeridianUser,
+    Reply,
+    platform,
+)
+from loadtests.credentials import Client  # noqa: E402
+
+SORTS = {
+    "contacts": ("last_name", "-updated_at", "created_at", "-created_at"),
+    "accounts": ("name", "-updated_at", "created_at"),
+}
+ACTIVITY_SUBJECTS = {
+    "call": ("Follow-up call", "Pricing discussion", "Left a voicemail"),
+    "email": ("Sent the proposal", "Answered security questions", "Shared a case study"),
+    "meeting": ("Demo", "Quarterly review", "Contract negotiation"),
+    "note": ("Budget confirmed", "New decision maker", "Competitor in the deal"),
+}
+TITLES = ("Head of Sales", "VP Operations", "IT Director", "Procurement Lead", "CFO")
+# Statuses worth retrying with the same Idempotency-Key: no answer, overload, outage.
+RETRYABLE = frozenset({0, 429, 500, 502, 503, 504})
+
+
+def _add_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("Meridian")
+    group.add_argument(
+        "--credentials",
+        type=str,
+        env_var="MERIDIAN_LOADTEST_CREDENTIALS",
+        default=DEFAULT_CREDENTIALS,
+        help="Credentials file written by `meridian seed --out` (tenants and admin client).",
+    )
+    group.add_argument(
+        "--zipf-s",
+        type=float,
+        env_var="MERIDIAN_LOADTEST_ZIPF_S",
+        default=DEFAULT_ZIPF_S,
+        help="Zipf exponent of the tenant skew (0 = uniform; 1.1 = a few hot tenants).",
+    )
+    group.add_argument(
+        "--think-time",
+        type=str,
+        env_var="MERIDIAN_LOADTEST_THINK_TIME",
+        default=DEFAULT_THINK_TIME,
+        help="Seconds a person waits between actions, as MIN-MAX (e.g. 0.5-2).",
+    )
+
+
+def _load_credentials(environment: Environment, **_: Any) -> None:
+    # Fail at start-up, in every process, rather than in the first user.
+    platform(environment)
+
+
+# Locust's event hooks are untyped; registering through Any keeps that contained here.
+_events: Any = events
+_events.init_command_line_parser.add_listener(_add_arguments)
+_events.init.add_listener(_load_credentials)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _key() -> str:
+    return f"lt-{uuid.uuid4()}"
+
+
+class SalesRep(MeridianUser):
+    weight = 6
+
+    def on_start(self) -> None:
+        owners = self.tenant.owner_ids
+        self.me = self.rng.choice(owners) if owners else None
+
+    @task(4)
+    def browse_contacts(self) -> None:
+        rows = self.browse(
+            "/v1/contacts",
+            name="/v1/contacts",
+            params={"limit": "25", "sort": self.rng.choice(SORTS["contacts"])},
+            kind="contact",
+            pages=self.rng.randint(1, 3),
+        )
+        self.state.remember("email", (str(r["email"]) for r in rows if r.get("email")))
+
+    @task(2)
+    def my_contacts(self) -> None:
+        if self.me is None:
+            return
+        self.browse(
+            "/v1/contacts",
+            name="/v1/contacts?owner_id={id}",
+            params={"limit": "25", "owner_id": self.me, "sort": "-updated_at"},
+            kind="contact",
+            pages=self.rng.randint(1, 2),
+        )
+
+    @task(2)
+    def find_contact(self) -> None:
+        """Search by e-mail (exact) or by account, as from a search box or a company page."""
+        email = self.state.any("email", self.rng)
+        if email is not None and self.rng.random() < 0.5:
+            self.page("/v1/contacts", name="/v1/contacts?email", params={"email": email})
+            return
+        account = self.known_or_listed("account", "/v1/accounts", "/v1/accounts")
+        if account is not None:
+            self.page(
+                "/v1/contacts",
+                name="/v1/contacts?account_id={id}",
+                params={"account_id": account, "limit": "50"},
+                kind="contact",
+            )
+
+    @task(4)
+    def open_contact(self) -> None:
+        contact = self.known_or_listed("contact", "/v1/contacts", "/v1/contacts")
+        if contact is None:
+            return
+        self.call("GET", f"/v1/contacts/{contact}", name="/v1/contacts/{id}")
+        if self.rng.random() < 0.5:
+            self.call(
+                "GET",
+                f"/v1/contacts/{contact}/timeline",
+                name="/v1/contacts/{id}/timeline",
+                params={"limit": "20"},
+            )
+
+    @task(2)
+    def open_account(self) -> None:
+        if self.rng.random() < 0.3:
+            self.browse(
+                "/v1/accounts",
+                name="/v1/accounts",
+                params={"limit": "25", "sort": self.rng.choice(SORTS["accounts"])},
+                kind="account",
+                pages=self.rng.randint(1, 2),
+            )
+        account = self.known_or_listed("account", "/v1/accounts", "/v1/accounts")
+        if account is None:
+            return
+        self.call("GET", f"/v1/accounts/{account}", name="/v1/accounts/{id}")
+        self.page(
+            "/v1/opportunities",
+            name="/v1/opportunities?account_id={id}",
+            params={"account_id": account},
+            kind="opportunity",
+        )
+
+    @task(2)
+    def advance_deal(self) -> None:
+        """Move one of my open deals to its next stage, with the ETag just read."""
+        pipeline = self.pipeline()
+        if pipeline is None:
+            return
+        params = {"limit": "25", "sort": "-updated_at"}
+        if self.me is not None:
+            params["owner_id"] = self.me
+        deals = self.page(
+            "/v1/opportunities",
+            name="/v1/opportunities?owner_id={id}" if self.me else "/v1/opportunities",
+            params=params,
+            kind="opportunity",
+        ).data
+        open_ids = {s["id"] for s in pipeline.stages if s.get("kind") == "open"}
+        candidates = [d for d in deals if d.get("stage_id") in open_ids]
+        if not candidates:
+            return
+        deal_id = str(self.rng.choice(candidates)["id"])
+        for _ in range(2):  # a 412 means someone else moved it: read again, retry once
+            current = self.call(
+                "GET", f"/v1/opportunities/{deal_id}", name="/v1/opportunities/{id}"
+            )
+            etag = current.headers.get("etag")
+            if not current.ok or etag is None or not isinstance(current.body, dict):
+                return
+            target = self._next_stage(pipeline.stages, current.body)
+            if target is None:
+                return
+            reply = self.call(
+                "PATCH",
+                f"/v1/opportunities/{deal_id}",
+                name="/v1/opportunities/{id}",
+                body={"stage_id": target},
+                headers={"If-Match": etag},
+                expect=(200, 412),
+            )
+            if reply.status != 412:
+                return
+
+    def _next_stage(self, stages: list[Json], deal: Json) -> str | None:
+        open_stages = [s for s in stages if s.get("kind") == "open"]
+        closed = [s for s in stages if s.get("kind") in ("won", "lost")]
+        position = next((i for i, s in enumerate(open_stages) if s["id"] == deal["stage_id"]), None)
+        if position is None:
+            return None  # already won or lost
+        if position + 1 < len(open_stages):
+            return str(open_stages[position + 1]["id"])
+        return str(self.rng.choice(closed)["id"]) if closed else None
+
+    @task(2)
+    def log_activity(self) -> None:
+        contact = self.known_or_listed("contact", "/v1/contacts", "/v1/contacts")
+        if contact is None:
+            return
+        kind = self.rng.choice(tuple(ACTIVITY_SUBJECTS))
+        body: Json = {
+            "type": kind,
+            "subject": self.rng.choice(ACTIVITY_SUBJECTS[kind]),
+            "occurred_at": _now(),
+            "contact_id": contact,
+        }
+        if self.rng.random() < 0.5:
+            body["body"] = "Logged from the load test."
+        self.call(
+            "POST",
+            "/v1/activities",
+            name="/v1/activities",
+            body=body,
+            headers={"Idempotency-Key": _key()},
+            expect=(201,),
+        )
+
+    @task(1)
+    def update_contact(self) -> None:
+        contact = self.known_or_listed("contact", "/v1/contacts", "/v1/contacts")
+        if contact is None:
+            return
+        current = self.call("GET", f"/v1/contacts/{contact}", name="/v1/contacts/{id}")
+        etag = current.headers.get("etag")
+        if not current.ok or etag is None:
+            return
+        self.call(
+            "PATCH",
+            f"/v1/contacts/{contact}",
+            name="/v1/contacts/{id}",
+            body={"title": self.rng.choice(TITLES)},
+            headers={"If-Match": etag},
+            expect=(200, 412),  # 412: another user changed it first, as designed
+        )
+
+
+class Manager(MeridianUser):
+    weight = 2
+
+    @task(3)
+    def pipeline_board(self) -> None:
+        """The board: one column of deals per stage."""
+        pipeline = self.pipeline()
+        if pipeline is None:
+            return
+        for stage in pipeline.stages:
+            self.page(
+                "/v1/opportunities",
+                name="/v1/opportunities?stage_id={id}",
+                params={"pipeline_id": pipeline.id, "stage_id": str(stage["id"]), "limit": "20"},
+                kind="opportunity",
+            )
+
+    @task(2)
+    def closing_soon(self) -> None:
+        today = date.today()  # noqa: DTZ011 - the manager's calendar day is what matters
+        self.browse(
+            "/v1/opportunities",
+            name="/v1/opportunities?close_after&close_before",
+            params={
+                "close_after": today.isoformat(),
+                "close_before": (today + timedelta(days=30)).isoformat(),
+                "limit": "50",
+            },
+            kind="opportunity",
+            pages=self.rng.randint(1, 2),
+        )
+
+    @task(1)
+    def biggest_deals(self) -> None:
+        self.page(
+            "/v1/opportunities",
+            name="/v1/opportunities?sort=-amount",
+            params={"sort": "-amount", "limit": "20"},
+            kind="opportunity",
+        )
+
+    @task(1)
+    def rep_pipeline(self) -> None:
+        owners = self.tenant.owner_ids
+        if owners:
+            self.page(
+                "/v1/opportunities",
+                name="/v1/opportunities?owner_id={id}",
+                params={"owner_id": self.rng.choice(owners), "limit": "50"},
+                kind="opportunity",
+            )
+
+    @task(3)
+    def account_timeline(self) -> None:
+        account = self.known_or_listed("account", "/v1/accounts", "/v1/accounts")
+        if account is not None:
+            self.browse(
+                f"/v1/accounts/{account}/timeline",
+                name="/v1/accounts/{id}/timeline",
+                params={"limit": "25"},
+                pages=self.rng.randint(1, 2),
+            )
+
+    @task(2)
+    def opportunity_timeline(self) -> None:
+        deal = self.known_or_listed("opportunity", "/v1/opportunities", "/v1/opportunities")
+        if deal is not None:
+            self.call("GET", f"/v1/opportunities/{deal}", name="/v1/opportunities/{id}")
+            self.call(
+                "GET",
+                f"/v1/opportunities/{deal}/timeline",
+                name="/v1/opportunities/{id}/timeline",
+                params={"limit": "25"},
+            )
+
+    @task(1)
+    def recent_activity(self) -> None:
+        since = (datetime.now(UTC) - timedelta(days=7)).isoformat(timespec="seconds")
+        self.page(
+            "/v1/activities",
+            name="/v1/activities?occurred_after",
+            params={"occurred_after": since, "limit": "50"},
+        )
+
+
+class IntegrationClient(MeridianUser):
+    """A machine importing from another system: bursts of creates, safe retries."""
+
+    weight = 1
+    # A batch is a burst of requests; the pause after it keeps writes a minority of the
+    # traffic, as on a CRM people mostly read. Pauses stay under uvicorn's 5 s keep-alive:
+    # a POST sent as the server closes an idle connection fails (and is not retried by
+    # the HTTP client, POST not being idempotent).
+    think_factor = 2.0
+
+    def create(self, path: str, body: Json) -> Json | None:
+        """POST with an Idempotency-Key; on no answer or a retryable status, the same
+        key and body again (with backoff), so the record is created exactly once."""
+        key = _key()
+        headers = {"Idempotency-Key": key}
+        for attempt in range(4):
+            reply = self.call(
+                "POST",
+                path,
+                name=path if attempt == 0 else f"{path} (retry)",
+                body=body,
+                headers=headers,
+                expect=(201,),
+            )
+            if reply.status == 201 and isinstance(reply.body, dict):
+                if self.rng.random() < 0.05:
+                    self._replay(path, body, headers, reply.body)
+                return reply.body
+            if reply.status not in RETRYABLE:
+                return None
+            retry_after = reply.headers.get("retry-after", "")
+            delay = float(retry_after) if retry_after.isdigit() else 0.2 * 2**attempt
+            time.sleep(min(delay, 5.0) * self.rng.uniform(0.5, 1.5))  # gevent-patched
+        return None
+
+    def _replay(self, path: str, body: Json, headers: dict[str, str], first: Json) -> None:
+        """The answer was "lost": the same request again must return the same record."""
+
+        def same_record(reply: Reply) -> str | None:
+            if reply.headers.get("idempotent-replayed") != "true":
+                return "replay not marked Idempotent-Replayed"
+            if not isinstance(reply.body, dict) or reply.body.get("id") != first.get("id"):
+                return "replay returned a different record"
+            return None
+
+        self.call(
+            "POST",
+            path,
+            name=f"{path} (replay)",
+            body=body,
+            headers=headers,
+            expect=(201,),
+            check=same_record,
+        )
+
+    @task
+    def import_batch(self) -> None:
+        tag = uuid.uuid4().hex[:10]
+        account = self.create(
+            "/v1/accounts", {"name": f"Imported {tag}", "domain": f"imported-{tag}.example.com"}
+        )
+        if account is None:
+            return
+        for n in range(self.rng.randint(3, 10)):
+            self.create(
+                "/v1/contacts",
+                {
+                    "first_name": "Imported",
+                    "last_name": f"Contact {n}",
+                    "email": f"contact{n}.{tag}@imported-{tag}.example.com",
+                    "account_id": account["id"],
+                },
+            )
+        self.create(
+            "/v1/opportunities",
+            {
+                "account_id": account["id"],
+                "name": f"Imported deal {tag}",
+                "amount": f"{self.rng.randint(1, 500) * 100}.00",
+                "currency": "EUR" if self.tenant.region == "eu" else "USD",
+            },
+        )
+
+
+class PlatformAdmin(MeridianUser):
+    """One per test, whatever the user count: admins are few."""
+
+    fixed_count = 1
+    think_factor = 2.0  # with onboarding one task in eight: a new tenant every ~20 s
+
+    def on_start(self) -> None:
+        if self.platform.credentials.admin is None:
+            raise StopUser()  # the credentials file has no admin client
+
+    @property
+    def client_credentials(self) -> Client | None:
+        return self.platform.credentials.admin
+
+    @task(3)
+    def list_tenants(self) -> None:
+        self.browse(
+            "/admin/v1/tenants",
+            name="/admin/v1/tenants",
+            params={"limit": "50"},
+            pages=self.rng.randint(1, 3),
+        )
+
+    @task(2)
+    def get_tenant(self) -> None:
+        tenant = self.platform.zipf.pick(self.rng)
+        self.call("GET", f"/admin/v1/tenants/{tenant.id}", name="/admin/v1/tenants/{id}")
+
+    @task(2)
+    def list_shards(self) -> None:
+        self.call("GET", "/admin/v1/shards", name="/admin/v1/shards")
+
+    @task(1)
+    def onboard_tenant(self) -> None:
+        slug = f"lt-{uuid.uuid4().hex[:12]}"
+        regions = self.platform.credentials.regions or ("us",)
+        body = {"slug": slug, "name": f"Load test {slug}", "region": self.rng.choice(regions)}
+        headers = {"Idempotency-Key": _key()}
+        for attempt in range(3):
+            reply = self.call(
+                "POST",
+                "/admin/v1/tenants",
+                name="/admin/v1/tenants" if attempt == 0 else "/admin/v1/tenants (retry)",
+                body=body,
+                headers=headers,
+                expect=(201,),
+            )
+            if reply.status not in RETRYABLE:
+                return
+            time.sleep(0.5 * 2**attempt)

@@ -1,0 +1,961 @@
+"""Seeding at scale for load tests: many tenants with realistic CRM data.
+
+Tenants are onboarded through the same code as ``POST /admin/v1/tenants`` (validation,
+placement, residency, default pipeline, first client); their data is then bulk-loaded
+per tenant in one transaction that enters the tenant like every API transaction, as the
+app role, so RLS checks every row. PostgreSQL refuses ``COPY FROM`` into a table under
+row-level security, so rows are COPYed into a temporary staging table and moved with
+one ``INSERT ... SELECT`` per table, which the policies' WITH CHECK do see.
+
+Re-running with the same prefix is safe: tenants already loaded are skipped (a tenant
+is loaded in one transaction, so it has either all of its data or none), tenants only
+onboarded are loaded, and the credentials file keeps or renews each tenant's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from meridian.admin.schemas import ClientCreate, TenantCreate
+from meridian.admin.service import tenant_admin
+from meridian.bootstrap import create_admin_client
+from meridian.errors import Conflict, IdempotencyKeyReused, MeridianError
+from meridian.ids import new_id
+from meridian.oauth.clients import find_client
+from meridian.runtime import Runtime
+from meridian.settings import Settings
+from tenancy.context import TenantContext, TenantStatus
+from tenancy.models import Tenant
+
+FILE_VERSION = 1
+_PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,50}$")
+# Seeders of one tenant (two runs at once) queue on this, then see the other's rows.
+_LOCK_NAMESPACE = 0x5345  # "SE"
+Row = tuple[Any, ...]
+
+
+class SeedError(Exception):
+    """A problem the user can fix (bad arguments, a slug taken by a real tenant, ...)."""
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SeededTenant:
+    slug: str
+    id: UUID
+    region: str
+    shard_id: str
+    client_id: str
+    client_secret: str
+    owner_ids: tuple[UUID, ...]
+    # What this run did: "loaded" (data written now) or "skipped" (already seeded).
+    status: str
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def credentials(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "id": str(self.id),
+            "region": self.region,
+            "shard_id": self.shard_id,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "owner_ids": [str(o) for o in self.owner_ids],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SeedResult:
+    tenants: tuple[SeededTenant, ...]
+    onboarded: int  # tenants created by this run
+    loaded: int  # tenants whose data this run loaded
+    skipped: int  # tenants that were already fully seeded
+    rows: dict[str, int]  # rows inserted by this run, per table
+    seconds: float
+    out: Path | None
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    def summary(self) -> str:
+        rate = self.total_rows / self.seconds if self.seconds > 0 else 0.0
+        parts = ", ".join(f"{n} {table}" for table, n in self.rows.items())
+        return (
+            f"{len(self.tenants)} tenants ({self.onboarded} onboarded, {self.loaded} loaded, "
+            f"{self.skipped} already seeded); rows: {parts or 'none'}; "
+            f"{self.seconds:.1f} s ({rate:,.0f} rows/s)"
+            + (f"; credentials in {self.out}" if self.out else "")
+        )
+
+
+# -- word lists (small and embedded: no Faker dependency) ---------------------------------
+
+FIRST_NAMES = (
+    "Ada", "Alan", "Alice", "Amara", "Andre", "Anna", "Arjun", "Ava", "Ben", "Bianca",
+    "Carlos", "Chen", "Chloe", "Daniel", "Diego", "Elena", "Emil", "Emma", "Fatima", "Felix",
+    "Grace", "Hannah", "Hiro", "Ines", "Isaac", "Jack", "Jana", "Javier", "Julia", "Kai",
+    "Karin", "Lars", "Leila", "Liam", "Lucia", "Maja", "Marco", "Maria", "Mateo", "Mei",
+    "Mia", "Noah", "Nora", "Olga", "Omar", "Paul", "Priya", "Rafael", "Rosa", "Sam",
+    "Sara", "Sofia", "Tariq", "Theo", "Tom", "Valentina", "Victor", "Yara", "Yusuf", "Zoe",
+)  # fmt: skip
+LAST_NAMES = (
+    "Adams", "Ahmed", "Andersen", "Baker", "Bauer", "Becker", "Bianchi", "Brown", "Castro",
+    "Chen", "Clarke", "Costa", "Dubois", "Eriksson", "Evans", "Fischer", "Garcia", "Gomez",
+    "Green", "Hansen", "Hoffmann", "Hughes", "Ivanova", "Jensen", "Johnson", "Kaur", "Kim",
+    "Klein", "Kowalski", "Larsen", "Laurent", "Lee", "Lopez", "Martin", "Meyer", "Moreau",
+    "Muller", "Murphy", "Nakamura", "Nguyen", "Nielsen", "Novak", "Okafor", "Olsen", "Patel",
+    "Perez", "Petrov", "Rossi", "Russo", "Santos", "Schmidt", "Schneider", "Silva", "Singh",
+    "Smith", "Sousa", "Tanaka", "Taylor", "Thomas", "Walker", "Wang", "Weber", "Wilson",
+    "Wright", "Yilmaz", "Young", "Zhang",
+)  # fmt: skip
+COMPANY_FIRST = (
+    "Acme", "Apex", "Arrow", "Atlas", "Aurora", "Beacon", "Blue", "Bright", "Cedar",
+    "Clear", "Cobalt", "Copper", "Crest", "Delta", "Evergreen", "Falcon", "First", "Granite",
+    "Harbor", "Horizon", "Iron", "Juniper", "Keystone", "Lumen", "Maple", "Meridian", "Nimbus",
+    "North", "Nova", "Oak", "Orbit", "Pine", "Pioneer", "Polar", "Quantum", "Redwood", "Silver",
+    "Summit", "Terra", "Vertex",
+)  # fmt: skip
+COMPANY_SECOND = (
+    "Analytics", "Bio", "Capital", "Cloud", "Dynamics", "Energy", "Foods", "Freight",
+    "Health", "Industries", "Insights", "Labs", "Logistics", "Media", "Metrics", "Mobility",
+    "Networks", "Partners", "Robotics", "Security", "Software", "Solutions", "Systems",
+    "Technologies", "Telecom", "Textiles", "Therapeutics", "Ventures", "Works",
+)  # fmt: skip
+COMPANY_SUFFIX = {
+    "us": ("Inc.", "LLC", "Corp.", "Co.", ""),
+    "eu": ("GmbH", "SA", "BV", "AB", "Ltd", "SAS", "S.p.A.", ""),
+}
+TLDS = {
+    "us": ("com", "com", "com", "io", "co", "net"),
+    "eu": ("com", "eu", "de", "fr", "nl", "se", "co.uk", "it", "io"),
+}
+PERSONAL_DOMAINS = ("gmail.com", "outlook.com", "proton.me", "yahoo.com", "icloud.com")
+TITLES = (
+    "CEO", "CFO", "CTO", "COO", "VP Sales", "VP Engineering", "VP Marketing",
+    "Head of Procurement", "Head of IT", "Director of Operations", "Engineering Manager",
+    "Product Manager", "Account Executive", "Sales Manager", "Marketing Manager",
+    "IT Administrator", "Solutions Architect", "Data Analyst", "Office Manager",
+    "Purchasing Manager", "Customer Success Manager", "Software Engineer", "Consultant",
+    "Finance Manager", "HR Director", "Legal Counsel", "Project Manager", "Founder",
+)  # fmt: skip
+PRODUCTS = (
+    "Platform licence", "Enterprise plan", "Support renewal", "Pilot", "Expansion",
+    "Onboarding package", "Data migration", "Analytics add-on", "Security review",
+    "Training", "Multi-year renewal", "Integration project", "Upgrade", "Seats top-up",
+)  # fmt: skip
+ACTIVITY_TYPES = ("email", "call", "meeting", "note", "task")
+ACTIVITY_CUM_WEIGHTS = (35, 60, 75, 90, 100)
+SUBJECTS = {
+    "email": (
+        "Follow-up on our call", "Pricing proposal", "Re: contract questions",
+        "Intro and next steps", "Case study you asked for", "Renewal reminder",
+        "Meeting recap", "Re: security questionnaire",
+    ),
+    "call": (
+        "Discovery call", "Pricing discussion", "Check-in call", "Renewal call",
+        "Technical questions", "Left a voicemail", "Budget review",
+    ),
+    "meeting": (
+        "Product demo", "Quarterly business review", "Technical deep dive", "Kick-off",
+        "On-site workshop", "Executive sponsor meeting", "Contract negotiation",
+    ),
+    "note": (
+        "Budget approved", "Decision maker identified", "Competitor also in the running",
+        "Prefers e-mail contact", "Champion moving to another team", "Legal review started",
+    ),
+    "task": (
+        "Send proposal", "Prepare demo environment", "Schedule follow-up", "Update forecast",
+        "Share references", "Draft statement of work",
+    ),
+}  # fmt: skip
+BODIES = (
+    "Went well; they want a written proposal by the end of the month.",
+    "Main concern is migration effort from their current CRM.",
+    "Asked for references from customers in the same industry.",
+    "Procurement needs the security questionnaire filled in first.",
+    "Interested in the analytics add-on; will loop in their data team.",
+    "Timeline slipped one quarter because of a reorganisation.",
+    "Agreed on the scope; pricing to be confirmed by finance.",
+)
+CURRENCIES = {
+    "us": (("USD", 88), ("CAD", 8), ("MXN", 4)),
+    "eu": (("EUR", 70), ("GBP", 15), ("CHF", 6), ("SEK", 5), ("PLN", 4)),
+}
+
+
+def _rng_for(random_seed: int, prefix: str, index: int, part: str) -> random.Random:
+    # One generator per tenant and purpose: a tenant's data does not depend on which
+    # tenants run concurrently, or were skipped, in this run.
+    return random.Random(f"{random_seed}:{prefix}:{index}:{part}")  # noqa: S311 - not crypto
+
+
+def _uuid4(rng: random.Random) -> UUID:
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+def _company(rng: random.Random, region: str) -> str:
+    suffix = rng.choice(COMPANY_SUFFIX.get(region, COMPANY_SUFFIX["us"]))
+    name = f"{rng.choice(COMPANY_FIRST)} {rng.choice(COMPANY_SECOND)}"
+    return f"{name} {suffix}".strip()
+
+
+def _domain_label(name: str) -> str:
+    words = name.lower().replace(".", "").split()[:2]
+    return "".join(ch for ch in "".join(words) if ch.isalnum())
+
+
+def _phone(rng: random.Random, region: str) -> str:
+    if region == "eu":
+        return rng.choice(
+            (
+                f"+44 20 7946 {rng.randint(0, 999):04d}",
+                f"+49 30 {rng.randint(1_000_000, 9_999_999)}",
+                f"+33 1 {rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(10, 99)} "
+                f"{rng.randint(10, 99)}",
+            )
+        )
+    # 555-01xx numbers are reserved for fiction in North America.
+    return f"+1 ({rng.randint(201, 989)}) 555-01{rng.randint(0, 99):02d}"
+
+
+def _stage_weights(stages: Sequence[asyncpg.Record]) -> list[float]:
+    """Most deals sit in early stages; some are won or lost."""
+    weights: list[float] = []
+    open_seen = 0
+    for stage in stages:
+        if stage["kind"] == "won":
+            weights.append(15.0)
+        elif stage["kind"] == "lost":
+            weights.append(10.0)
+        else:
+            weights.append(30.0 * 0.7**open_seen)
+            open_seen += 1
+    return weights
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    contacts: int
+    accounts: int
+    opportunities_per_account: float
+    activities_per_contact: int
+
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "account": (
+        "tenant_id", "id", "name", "domain", "parent_id", "owner_id", "created_at",
+        "updated_at", "version",
+    ),
+    "contact": (
+        "tenant_id", "id", "first_name", "last_name", "email", "phone", "title", "account_id",
+        "owner_id", "created_at", "updated_at", "version",
+    ),
+    "opportunity": (
+        "tenant_id", "id", "account_id", "name", "amount", "currency", "pipeline_id",
+        "stage_id", "expected_close_date", "owner_id", "created_at", "updated_at", "version",
+    ),
+    "activity": (
+        "tenant_id", "id", "type", "subject", "body", "occurred_at", "contact_id", "account_id",
+        "opportunity_id", "owner_id", "created_at",
+    ),
+}  # fmt: skip
+
+
+def generate(
+    rng: random.Random,
+    tenant_id: UUID,
+    region: str,
+    stages: Sequence[asyncpg.Record],
+    owner_ids: Sequence[UUID],
+    plan: Plan,
+    now: datetime,
+) -> dict[str, list[Row]]:
+    """All rows of one tenant, in foreign-key order (accounts first)."""
+    day = timedelta(days=1)
+    year_ago = now - 365 * day
+    today = now.date()
+    tlds = TLDS.get(region, TLDS["us"])
+    currencies, currency_weights = zip(*CURRENCIES.get(region, CURRENCIES["us"]), strict=True)
+
+    def past(max_days: int, not_before: datetime | None = None) -> datetime:
+        start = max(not_before or now - max_days * day, now - max_days * day)
+        return start + (now - start) * rng.random()
+
+    accounts: list[Row] = []
+    account_info: list[tuple[UUID, str, str, UUID, datetime]] = []
+    domains: set[str] = set()
+    for n in range(plan.accounts):
+        name = _company(rng, region)
+        label = _domain_label(name)
+        domain = f"{label}.{rng.choice(tlds)}"
+        while domain in domains:
+            domain = f"{label}{rng.randint(2, 999)}.{rng.choice(tlds)}"
+        domains.add(domain)
+        account_id = new_id()
+        owner = rng.choice(owner_ids)
+        created = past(3 * 365)
+        # A few subsidiaries: the parent is an earlier account (self-references in one
+        # INSERT are checked at its end, so order within the batch does not matter).
+        parent = account_info[rng.randrange(n)][0] if n >= 10 and rng.random() < 0.05 else None
+        accounts.append(
+            (tenant_id, account_id, name, domain, parent, owner, created, past(365, created), 1)
+        )
+        account_info.append((account_id, name, domain, owner, created))
+
+    weights = _stage_weights(stages)
+    opportunities: list[Row] = []
+    opps_of: dict[UUID, list[UUID]] = {}
+    for account_id, account_name, _, owner, account_created in account_info:
+        count = round(rng.uniform(0, 2 * plan.opportunities_per_account))
+        for _ in range(count):
+            stage = rng.choices(stages, weights)[0]
+            created = past(400, account_created)
+            if stage["kind"] == "open":
+                close: date | None = today + rng.randint(7, 180) * day
+            else:
+                close = min(today, (created + rng.randint(14, 200) * day).date())
+            amount = Decimal(int(rng.lognormvariate(9.4, 1.1)) // 100 * 100 + 500)
+            opp_id = new_id()
+            opportunities.append(
+                (
+                    tenant_id,
+                    opp_id,
+                    account_id,
+                    f"{' '.join(account_name.split()[:2])} - {rng.choice(PRODUCTS)}",
+                    amount,
+                    rng.choices(currencies, currency_weights)[0],
+                    stage["pipeline_id"],
+                    stage["id"],
+                    close if rng.random() < 0.95 else None,
+                    owner if rng.random() < 0.8 else rng.choice(owner_ids),
+                    created,
+                    past(200, created),
+                    1,
+                )
+            )
+            opps_of.setdefault(account_id, []).append(opp_id)
+
+    contacts: list[Row] = []
+    activities: list[Row] = []
+    emails: set[str] = set()
+    spread = plan.activities_per_contact // 2
+    for _ in range(plan.contacts):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        account = rng.choice(account_info) if rng.random() < 0.9 else None
+        contact_account: UUID | None = None
+        if account is not None:
+            contact_account, host = account[0], account[2]
+            owner = account[3] if rng.random() < 0.7 else rng.choice(owner_ids)
+            local = rng.choice((f"{first}.{last}", f"{first[0]}{last}", f"{first}"))
+        else:
+            host, owner = rng.choice(PERSONAL_DOMAINS), rng.choice(owner_ids)
+            local = f"{first}.{last}{rng.randint(1, 99)}"
+        email = f"{local}@{host}".lower()
+        while email in emails:
+            email = f"{local}{rng.randint(2, 999)}@{host}".lower()
+        emails.add(email)
+        contact_id = new_id()
+        created = past(2 * 365)
+        contacts.append(
+            (
+                tenant_id,
+                contact_id,
+                first,
+                last,
+                email if rng.random() < 0.95 else None,
+                _phone(rng, region) if rng.random() < 0.7 else None,
+                rng.choice(TITLES) if rng.random() < 0.85 else None,
+                contact_account,
+                owner,
+                created,
+                past(365, created),
+                1,
+            )
+        )
+        deals = opps_of.get(contact_account) if contact_account is not None else None
+        count = rng.randint(
+            plan.activities_per_contact - spread, plan.activities_per_contact + spread
+        )
+        for _ in range(count):
+            kind = rng.choices(ACTIVITY_TYPES, cum_weights=ACTIVITY_CUM_WEIGHTS)[0]
+            occurred = past(365, max(created, year_ago))
+            activities.append(
+                (
+                    tenant_id,
+                    new_id(),
+                    kind,
+                    rng.choice(SUBJECTS[kind]),
+                    rng.choice(BODIES) if rng.random() < 0.4 else None,
+                    occurred,
+                    contact_id,
+                    # The account is recorded as the API does, so account timelines
+                    # include their contacts' activities.
+                    contact_account,
+                    rng.choice(deals) if deals and rng.random() < 0.3 else None,
+                    owner if rng.random() < 0.8 else rng.choice(owner_ids),
+                    min(now, occurred + timedelta(minutes=rng.randint(1, 240))),
+                )
+            )
+    return {
+        "account": accounts,
+        "contact": contacts,
+        "opportunity": opportunities,
+        "activity": activities,
+    }
+
+
+# -- progress ----------------------------------------------------------------------------
+
+
+class _Reporter(Protocol):
+    def phase(self, name: str, total: int) -> None: ...
+    def advance(self, rows: int = 0) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Quiet:
+    def phase(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self, rows: int = 0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Lines:
+    """For logs (stderr not a terminal): a line every few seconds and at phase ends."""
+
+    def __init__(self) -> None:
+        self._name, self._total, self._done, self._rows = "", 0, 0, 0
+        self._start = self._last = time.monotonic()
+
+    def phase(self, name: str, total: int) -> None:
+        self._name, self._total, self._done = name, total, 0
+        self._start = self._last = time.monotonic()
+
+    def advance(self, rows: int = 0) -> None:
+        self._done += 1
+        self._rows += rows
+        now = time.monotonic()
+        if self._done == self._total or now - self._last >= 5:
+            self._last = now
+            elapsed = now - self._start
+            print(
+                f"seed: {self._name} {self._done}/{self._total} tenants, "
+                f"{self._rows:,} rows, {elapsed:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        pass
+
+
+class _Bar:
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tenants  {task.fields[rows]:>12,} rows"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._progress.start()
+        self._task: Any = None
+        self._rows = 0
+
+    def phase(self, name: str, total: int) -> None:
+        self._task = self._progress.add_task(name, total=total, rows=0)
+        self._rows = 0
+
+    def advance(self, rows: int = 0) -> None:
+        self._rows += rows
+        self._progress.update(self._task, advance=1, rows=self._rows)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def _reporter(enabled: bool) -> _Reporter:
+    if not enabled:
+        return _Quiet()
+    return _Bar() if sys.stderr.isatty() else _Lines()
+
+
+# -- the credentials file ----------------------------------------------------------------
+
+
+def _read_json(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SeedError(f"{path} is unreadable ({exc}); fix or delete it") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic and private (it holds client secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# -- the seeder --------------------------------------------------------------------------
+
+
+@dataclass
+class _Onboarded:
+    index: int
+    ctx: TenantContext
+    client_id: str
+    client_secret: str
+    owner_ids: tuple[UUID, ...] = ()
+    status: str = ""
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+class Seeder:
+    """The two phases of :func:`seed`: onboard every tenant, then load their data.
+
+    Each phase can be re-run on its own; :func:`seed` runs both.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        prefix: str,
+        regions: Sequence[str],
+        plan: Plan,
+        random_seed: int,
+        out: Path | None,
+        concurrency: int = 3,
+        reporter: _Reporter | None = None,
+    ) -> None:
+        self.rt = rt
+        self.prefix = prefix
+        self.regions = tuple(regions)
+        self.plan = plan
+        self.random_seed = random_seed
+        self.out = out
+        self.concurrency = concurrency
+        self.reporter = reporter or _Quiet()
+        self.now = datetime.now(UTC).replace(microsecond=0)
+        self._file = _read_json(out)
+        self._entries: dict[str, dict[str, Any]] = {
+            str(e.get("slug")): e for e in self._file.get("tenants", []) if isinstance(e, dict)
+        }
+        # As read at the start: onboarding rewrites the entries before loading reads them.
+        self._previous = dict(self._entries)
+
+    def slug(self, index: int) -> str:
+        return f"{self.prefix}-{index:04d}"
+
+    def idempotency_key(self, index: int) -> str:
+        # Stable across runs: a run killed mid-onboarding is resumed, not duplicated.
+        return f"meridian-seed:{self.slug(index)}"
+
+    # -- phase 1 -------------------------------------------------------------------------
+
+    async def ensure_admin(self) -> dict[str, str]:
+        """A platform-admin client for the load test's admin users (kept across runs)."""
+        saved = self._file.get("admin")
+        if isinstance(saved, dict) and await self._client_works(
+            str(saved.get("client_id")), str(saved.get("client_secret"))
+        ):
+            return {"client_id": saved["client_id"], "client_secret": saved["client_secret"]}
+        new = await create_admin_client(self.rt.settings, f"load test admin ({self.prefix})")
+        admin = {"client_id": new.client_id, "client_secret": new.client_secret}
+        self._file["admin"] = admin
+        self._save()
+        return admin
+
+    async def onboard_all(self, tenants: int) -> tuple[list[_Onboarded], int]:
+        """Onboard (or find) tenants 0..N-1 in order; returns them and how many are new.
+
+        In order and one at a time: placement is then the same on every run, and
+        onboarding is a small part of the time anyway.
+        """
+        self.reporter.phase("onboarding", tenants)
+        done: list[_Onboarded] = []
+        created = 0
+        for index in range(tenants):
+            tenant, new = await self.onboard(index)
+            done.append(tenant)
+            created += new
+            self._entries[tenant.ctx.slug] = self._entry(tenant)
+            self._save()
+            self.reporter.advance()
+        return done, created
+
+    async def onboard(self, index: int) -> tuple[_Onboarded, bool]:
+        slug = self.slug(index)
+        region = self.regions[index % len(self.regions)]
+        name = _company(_rng_for(self.random_seed, self.prefix, index, "name"), region)
+        body = TenantCreate(slug=slug, name=name, region=region)
+        try:
+            row, created_now = await tenant_admin.onboard(
+                self.rt, body, self.idempotency_key(index)
+            )
+            tenant_id: UUID = row["id"]
+            secret = row["client"]["client_secret"]
+            client_id = row["client"]["client_id"]
+        except IdempotencyKeyReused:
+            # Ours (same key) but asked with other arguments (e.g. other regions): keep it.
+            tenant_id, created_now, secret, client_id = await self._tenant_id(slug), False, None, ""
+        except Conflict as exc:
+            raise SeedError(
+                f"a tenant with slug {slug!r} exists and was not created by the seeder; "
+                f"use another --prefix"
+            ) from exc
+        except MeridianError as exc:
+            raise SeedError(f"onboarding {slug!r} failed: {exc}") from exc
+        ctx = await self.rt.directory.load(tenant_id)
+        if ctx is None or ctx.status is not TenantStatus.ACTIVE:
+            state = ctx.status.value if ctx else "gone"
+            raise SeedError(f"tenant {slug!r} is {state}; it cannot be seeded")
+        if not secret:
+            # The first client's secret is shown once; reuse what we kept, or add a client.
+            client_id, secret = await self._credentials_for(ctx)
+        return _Onboarded(index, ctx, client_id, secret), created_now
+
+    async def _tenant_id(self, slug: str) -> UUID:
+        async with self.rt.control.connect() as conn:
+            found: UUID | None = await conn.scalar(select(Tenant.id).where(Tenant.slug == slug))
+        if found is None:
+            raise SeedError(f"tenant {slug!r} disappeared while seeding")
+        return found
+
+    async def _credentials_for(self, ctx: TenantContext) -> tuple[str, str]:
+        entry = self._entries.get(ctx.slug) or {}
+        client_id, secret = str(entry.get("client_id", "")), str(entry.get("client_secret", ""))
+        if (
+            entry.get("id") == str(ctx.tenant_id)
+            and secret
+            and await self._client_works(client_id, secret)
+        ):
+            return client_id, secret
+        client, _ = await tenant_admin.add_client(
+            self.rt, ctx.tenant_id, ClientCreate(name="load test client"), None
+        )
+        return str(client["client_id"]), str(client["client_secret"])
+
+    async def _client_works(self, client_id: str, secret: str) -> bool:
+        async with self.rt.control.connect() as conn:
+            client = await find_client(conn, client_id)
+        return client is not None and not client.revoked and client.secret_matches(secret)
+
+    # -- phase 2 -------------------------------------------------------------------------
+
+    async def load_all(self, tenants: Sequence[_Onboarded]) -> None:
+        """Load every tenant not yet seeded, a few at a time (PostgreSQL ingests one
+        tenant while Python generates the next)."""
+        self.reporter.phase("loading", len(tenants))
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(tenant: _Onboarded) -> None:
+            async with gate:
+                await self.load(tenant)
+            self._entries[tenant.ctx.slug] = self._entry(tenant)
+            self._save()
+            self.reporter.advance(sum(tenant.rows.values()))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for tenant in tenants:
+                    group.create_task(one(tenant))
+        except BaseExceptionGroup as group_error:
+            # The others were cancelled; report the first real failure, not a group.
+            raise group_error.exceptions[0] from None
+
+    async def load(self, tenant: _Onboarded) -> None:
+        ctx = tenant.ctx
+        async with self.rt.router.reader(ctx) as conn:
+            seeded = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM account WHERE tenant_id = $1)", ctx.tenant_id
+            )
+            stages = await conn.fetch(
+                "SELECT s.pipeline_id, s.id, s.kind FROM pipeline_stage s "
+                "JOIN pipeline p ON p.tenant_id = s.tenant_id AND p.id = s.pipeline_id "
+                "WHERE s.tenant_id = $1 AND p.tenant_id = $1 AND p.is_default "
+                "ORDER BY s.position",
+                ctx.tenant_id,
+            )
+            owners = await self._known_owners(conn, ctx) if seeded else ()
+        if seeded:
+            tenant.status, tenant.owner_ids = "skipped", owners
+            return
+        if not stages:
+            raise SeedError(f"tenant {ctx.slug!r} has no default pipeline")
+        rng = _rng_for(self.random_seed, self.prefix, tenant.index, "data")
+        owner_ids = tuple(_uuid4(rng) for _ in range(rng.randint(5, 15)))
+        rows = generate(rng, ctx.tenant_id, ctx.region, stages, owner_ids, self.plan, self.now)
+        async with self.rt.router.transaction(ctx, write=True) as session:
+            conn = await _driver_connection(session)
+            # Bulk statements of a big tenant may outlast the API's statement timeout.
+            await conn.execute("SET LOCAL statement_timeout = 0")
+            # Two seeders of one tenant: the second waits here, then sees the rows.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                _LOCK_NAMESPACE,
+                ctx.tenant_id.int & 0x7FFFFFFF,
+            )
+            if await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM account WHERE tenant_id = $1)", ctx.tenant_id
+            ):
+                tenant.status = "skipped"
+                tenant.owner_ids = await self._known_owners(conn, ctx)
+                return
+            for table, records in rows.items():
+                tenant.rows[table] = await _bulk_insert(conn, table, records)
+        # As after any API creation: list pages cached before the load (say, of the
+        # empty tenant) must not outlive it.
+        for kind in COLUMNS:
+            if kind in self.rt.list_cache:
+                await self.rt.cache.invalidate(str(ctx.tenant_id), f"{kind}-list")
+        tenant.status, tenant.owner_ids = "loaded", owner_ids
+
+    async def _known_owners(self, conn: asyncpg.Connection, ctx: TenantContext) -> tuple[UUID, ...]:
+        entry = self._previous.get(ctx.slug) or {}
+        if entry.get("id") == str(ctx.tenant_id) and entry.get("owner_ids"):
+            return tuple(UUID(o) for o in entry["owner_ids"])
+        return tuple(await _owner_ids(conn, ctx.tenant_id))
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _entry(self, tenant: _Onboarded) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "slug": tenant.ctx.slug,
+            "id": str(tenant.ctx.tenant_id),
+            "region": tenant.ctx.region,
+            "shard_id": tenant.ctx.shard_id,
+            "client_id": tenant.client_id,
+            "client_secret": tenant.client_secret,
+            "owner_ids": [str(o) for o in tenant.owner_ids],
+            "seeded": tenant.status in ("loaded", "skipped"),
+        }
+        return entry
+
+    def _save(self) -> None:
+        if self.out is None:
+            return
+        self._file.update(
+            {
+                "version": FILE_VERSION,
+                "prefix": self.prefix,
+                "issuer": self.rt.settings.issuer,
+                "random_seed": self.random_seed,
+                "plan": {
+                    "contacts": self.plan.contacts,
+                    "accounts_per_tenant": self.plan.accounts,
+                    "opportunities_per_account": self.plan.opportunities_per_account,
+                    "activities_per_contact": self.plan.activities_per_contact,
+                },
+                "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                # Tenants of this prefix, in index order (the load test's Zipf ranks);
+                # by length first, so that -10000 comes after -9999.
+                "tenants": sorted(
+                    self._entries.values(), key=lambda e: (len(str(e["slug"])), str(e["slug"]))
+                ),
+            }
+        )
+        _write_json(self.out, self._file)
+
+
+async def _owner_ids(conn: asyncpg.Connection, tenant_id: UUID) -> list[UUID]:
+    """The owners a seeded tenant's records name (when the credentials file lost them)."""
+    rows = await conn.fetch(
+        "SELECT owner_id FROM account WHERE tenant_id = $1 AND owner_id IS NOT NULL "
+        "UNION SELECT owner_id FROM contact WHERE tenant_id = $1 AND owner_id IS NOT NULL "
+        "ORDER BY owner_id",
+        tenant_id,
+    )
+    return [r["owner_id"] for r in rows]
+
+
+async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session's transaction (for COPY)."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver
+
+
+async def _bulk_insert(conn: asyncpg.Connection, table: str, records: list[Row]) -> int:
+    if not records:
+        return 0
+    columns = COLUMNS[table]
+    staging = f"seed_{table}"
+    names = ", ".join(columns)
+    # A temporary table has no RLS, so COPY works there; the INSERT into the real table
+    # is then checked by the tenant policy row by row, like any API write.
+    await conn.execute(
+        f"CREATE TEMP TABLE {staging} (LIKE public.{table} INCLUDING DEFAULTS) ON COMMIT DROP"
+    )
+    await conn.copy_records_to_table(staging, records=records, columns=list(columns))
+    status = await conn.execute(
+        f"INSERT INTO public.{table} ({names}) SELECT {names} FROM {staging}"  # noqa: S608 - fixed names
+    )
+    inserted = int(status.rsplit(" ", 1)[-1])
+    if inserted != len(records):
+        raise SeedError(f"{table}: inserted {inserted} of {len(records)} rows")
+    return inserted
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+async def seed(
+    settings: Settings,
+    *,
+    tenants: int,
+    contacts: int,
+    accounts_per_tenant: int | None = None,
+    opportunities_per_account: float = 1.5,
+    activities_per_contact: int = 5,
+    regions: Sequence[str] = ("us", "eu"),
+    prefix: str = "seed",
+    random_seed: int = 1,
+    concurrency: int = 3,
+    out: Path | None = None,
+    progress: bool = True,
+) -> SeedResult:
+    """Onboard ``tenants`` tenants (``<prefix>-0000`` ...) spread over ``regions`` and
+    load realistic CRM data into each; write their credentials to ``out``.
+
+    ``accounts_per_tenant`` defaults to a tenth of ``contacts``. Data is deterministic
+    for a given ``random_seed`` (ids and timestamps excepted). Re-running is safe: it
+    skips tenants already seeded and finishes the others.
+    """
+    if tenants < 1:
+        raise SeedError("tenants must be at least 1")
+    if contacts < 1:
+        raise SeedError("contacts must be at least 1")
+    accounts = max(1, contacts // 10) if accounts_per_tenant is None else accounts_per_tenant
+    if accounts < 1:
+        raise SeedError("accounts_per_tenant must be at least 1")
+    if opportunities_per_account < 0 or activities_per_contact < 0:
+        raise SeedError("opportunities and activities per record cannot be negative")
+    if not _PREFIX.match(prefix):
+        raise SeedError("prefix: lower-case letters, digits and dashes, at most 51 characters")
+    if not regions:
+        raise SeedError("give at least one region")
+    if concurrency < 1:
+        raise SeedError("concurrency must be at least 1")
+    plan = Plan(contacts, accounts, opportunities_per_account, activities_per_contact)
+    started = time.monotonic()
+    rt = await Runtime.start(settings)
+    reporter = _reporter(progress)
+    try:
+        seeder = Seeder(
+            rt,
+            prefix=prefix,
+            regions=regions,
+            plan=plan,
+            random_seed=random_seed,
+            out=out,
+            concurrency=concurrency,
+            reporter=reporter,
+        )
+        await seeder.ensure_admin()
+        onboarded, created = await seeder.onboard_all(tenants)
+        await seeder.load_all(onboarded)
+    finally:
+        reporter.close()
+        await rt.stop()
+    rows: dict[str, int] = dict.fromkeys(COLUMNS, 0)
+    for t in onboarded:
+        for table, n in t.rows.items():
+            rows[table] += n
+    return SeedResult(
+        tenants=tuple(
+            SeededTenant(
+                slug=t.ctx.slug,
+                id=t.ctx.tenant_id,
+                region=t.ctx.region,
+                shard_id=t.ctx.shard_id,
+                client_id=t.client_id,
+                client_secret=t.client_secret,
+                owner_ids=t.owner_ids,
+                status=t.status,
+                rows=dict(t.rows),
+            )
+            for t in onboarded
+        ),
+        onboarded=created,
+        loaded=sum(t.status == "loaded" for t in onboarded),
+        skipped=sum(t.status == "skipped" for t in onboarded),
+        rows=rows,
+        seconds=time.monotonic() - started,
+        out=out,
+    )
+
+
+def dev_settings(dev_json: Path) -> Settings:
+    """Settings that reach a running ``meridian dev`` platform, from its ``dev.json``
+    (the control plane's DSN and Redis; shards come from the control plane's topology)."""
+    data = _read_json(dev_json)
+    try:
+        control = data["databases"]["control"]
+    except (KeyError, TypeError) as exc:
+        raise SeedError(f"{dev_json} does not name the control-plane database") from exc
+    overrides: dict[str, Any] = {"control_dsn": control, "redis_url": data.get("redis_url")}
+    if data.get("base_url"):
+        overrides["issuer"] = data["base_url"]
+    return Settings(**overrides)
+
+
+__all__ = [
+    "Plan",
+    "SeedError",
+    "SeedResult",
+    "SeededTenant",
+    "Seeder",
+    "dev_settings",
+    "generate",
+    "seed",
+]

