@@ -1,7 +1,8 @@
 """Tables behind access control.
 
 Control plane: Casbin policy rules (role templates with domain ``*`` and per-tenant
-overrides). Shard: the reporting-line closure and record shares, which the record-scope
+overrides), the roles a tenant defined or overrode, and each tenant's policy version.
+Shard: the reporting-line closure and record shares, which the record-scope
 predicate joins in SQL.
 """
 
@@ -14,11 +15,14 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
     String,
+    Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -46,6 +50,45 @@ class CasbinRule(ControlBase):
     v3: Mapped[str | None] = mapped_column(String(255))
     v4: Mapped[str | None] = mapped_column(String(255))
     v5: Mapped[str | None] = mapped_column(String(255))
+
+
+class TenantRole(ControlBase):
+    """A role a tenant defined (``custom``) or a template it overrode (``override``).
+
+    Its permissions are ``p`` rules in the tenant's domain and its parent a ``g`` rule;
+    this row says the role exists (a custom role may have no rule at all) and, for an
+    override, that the template's rules give way to the tenant's.
+    """
+
+    __tablename__ = "tenant_role"
+    __table_args__ = (
+        CheckConstraint("kind IN ('custom', 'override')", name="kind"),
+        # A retried POST /v1/roles (same Idempotency-Key) finds the role it created.
+        UniqueConstraint("tenant_id", "creation_key", name="uq_tenant_role_creation_key"),
+    )
+
+    tenant_id: Mapped[UUID] = mapped_column(
+        ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str | None] = mapped_column(Text)
+    creation_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PolicyVersion(ControlBase):
+    """A tenant's policy version: bumped in every transaction that changes its rules or
+    roles, announced to every API instance, and part of every memoised decision."""
+
+    __tablename__ = "policy_version"
+
+    tenant_id: Mapped[UUID] = mapped_column(
+        ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class UserClosure(TenantScoped, ShardBase):
@@ -94,6 +137,23 @@ class RecordShare(TenantScoped, ShardBase):
             ondelete="CASCADE",
         ),
         Index("ix_record_share_record", "tenant_id", "record_id"),
+        # The record scope looks shares up by grantee (shard_0004).
+        Index(
+            "ix_record_share_user",
+            "tenant_id",
+            "user_id",
+            "record_kind",
+            "record_id",
+            postgresql_where=text("user_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_record_share_team",
+            "tenant_id",
+            "team_id",
+            "record_kind",
+            "record_id",
+            postgresql_where=text("team_id IS NOT NULL"),
+        ),
         Index(
             "uq_record_share_user",
             "tenant_id",

@@ -106,6 +106,10 @@ class ShardEngines:
                         server_settings={
                             "statement_timeout": str(o.statement_timeout_ms),
                             "application_name": f"meridian:{info.id}:read",
+                            # Reads are prepared once per connection and run with the
+                            # same shape every time; planning each run (a custom plan)
+                            # costs more than the run for scoped lists.
+                            "plan_cache_mode": "force_generic_plan",
                         },
                     )
                 except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -143,6 +147,9 @@ class ShardEngines:
             # Connections that died with the server are noticed on use and replaced;
             # a pre-ping would cost a round trip on every checkout.
             pool_pre_ping=False,
+            # Parameters can hold password hashes and personal data: keep them out of
+            # exception messages and logs.
+            hide_parameters=True,
             connect_args={
                 "timeout": o.connect_timeout,
                 "server_settings": {

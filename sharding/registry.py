@@ -14,21 +14,23 @@ async def upsert_shard(
     shard_id: str,
     region: str,
     dsn: str,
-    admin_dsn: str,
+    admin_dsn: str | None,
     capacity: int,
 ) -> None:
-    """Add a shard, or update where it lives (its state is left alone)."""
+    """Add a shard, or update where it lives (its state is left alone).
+
+    Without an ``admin_dsn`` a new shard migrates with its app DSN, and an existing
+    shard keeps the owner DSN it has: API instances are usually given app-role DSNs
+    only, and must not overwrite what the migration job registered.
+    """
     stmt = pg_insert(Shard).values(
-        id=shard_id, region=region, dsn=dsn, admin_dsn=admin_dsn, capacity=capacity
+        id=shard_id, region=region, dsn=dsn, admin_dsn=admin_dsn or dsn, capacity=capacity
     )
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Shard.id],
-            set_={
-                "dsn": stmt.excluded.dsn,
-                "admin_dsn": stmt.excluded.admin_dsn,
-                "region": stmt.excluded.region,
-                "capacity": stmt.excluded.capacity,
-            },
-        )
-    )
+    update = {
+        "dsn": stmt.excluded.dsn,
+        "region": stmt.excluded.region,
+        "capacity": stmt.excluded.capacity,
+    }
+    if admin_dsn is not None:
+        update["admin_dsn"] = stmt.excluded.admin_dsn
+    await conn.execute(stmt.on_conflict_do_update(index_elements=[Shard.id], set_=update))

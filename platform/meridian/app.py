@@ -16,10 +16,14 @@ from meridian.admin.router import router as admin_router
 from meridian.contacts.router import router as contacts_router
 from meridian.health import router as health_router
 from meridian.oauth.router import router as oauth_router
+from meridian.oauth.sessions import router as sessions_router
 from meridian.opportunities.router import router as opportunities_router
 from meridian.pipelines.router import router as pipelines_router
+from meridian.roles.router import router as roles_router
 from meridian.runtime import Runtime
 from meridian.settings import Settings, get_settings
+from meridian.sharing.router import router as sharing_router
+from meridian.users.router import router as users_router
 from meridian.web.limits import BodySizeLimit
 from meridian.web.problems import install_problem_handlers
 
@@ -52,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         health_router,
         oauth_router,
+        sessions_router,
         admin_router,
         accounts_router,
         contacts_router,
@@ -59,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         opportunities_router,
         activities_router,
         timeline_router,
+        roles_router,
+        users_router,
+        sharing_router,
     ):
         app.include_router(router)
     return app

@@ -41,7 +41,7 @@ async def register_shards(settings: Settings) -> None:
                     shard_id=s.id,
                     region=s.region,
                     dsn=s.dsn,
-                    admin_dsn=s.admin_dsn or s.dsn,
+                    admin_dsn=s.admin_dsn,
                     capacity=s.capacity,
                 )
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import asdict
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +16,10 @@ from meridian.settings import get_settings
 app = typer.Typer(no_args_is_help=True, help="Meridian CRM platform.")
 shards_app = typer.Typer(no_args_is_help=True, help="Shard topology.")
 admin_app = typer.Typer(no_args_is_help=True, help="Platform administration.")
+keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys.")
 app.add_typer(shards_app, name="shards")
 app.add_typer(admin_app, name="admin")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()
@@ -156,6 +160,176 @@ def admin_create_client(
                 "client_secret": client.client_secret,
                 "scope": client.scope,
             }
+        )
+    )
+
+
+def _key_timing() -> tuple[float, timedelta]:
+    from meridian.oauth.keys import retired_window
+
+    settings = get_settings()
+    # A next key signs only once every verifier has it: clients cache the JWKS for
+    # jwks_max_age, our own instances reload keys every key_refresh_interval.
+    delay = max(settings.jwks_max_age, settings.key_refresh_interval)
+    return delay, retired_window(settings.access_token_ttl, settings.key_refresh_interval)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    activate: Annotated[
+        bool, typer.Option("--activate", help="Only promote the published next key.")
+    ] = False,
+) -> None:
+    """Rotate the signing key in two steps, each a run of this command.
+
+    First run: publish a next key (in the JWKS, signs nothing). A later run, once the
+    JWKS cache time has passed: the next key signs, the old one is retired and stays
+    published until its last token has expired.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from meridian.oauth.keys import KeyRotationError, rotate
+
+    delay, window = _key_timing()
+
+    async def run() -> dict[str, object]:
+        engine = create_async_engine(get_settings().control_migrate_dsn)
+        try:
+            done = await rotate(
+                engine, activation_delay=delay, window=window, activate_only=activate
+            )
+        finally:
+            await engine.dispose()
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(done).items()}
+
+    try:
+        typer.echo(json.dumps(asyncio.run(run())))
+    except KeyRotationError as exc:
+        typer.echo(f"meridian keys rotate: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Print the signing keys: state, when published or retired, and until when."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from meridian.oauth.keys import list_keys
+
+    delay, window = _key_timing()
+
+    async def run() -> list[dict[str, object]]:
+        engine = create_async_engine(get_settings().control_migrate_dsn)
+        try:
+            keys = await list_keys(engine, activation_delay=delay, window=window)
+        finally:
+            await engine.dispose()
+        return [
+            {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(key).items()}
+            for key in keys
+        ]
+
+    for row in asyncio.run(run()):
+        typer.echo(json.dumps(row))
+
+
+@app.command()
+def seed(
+    tenants: Annotated[int, typer.Option(min=1, help="Tenants to create.")] = 10,
+    contacts: Annotated[int, typer.Option(min=0, help="Contacts per tenant.")] = 2000,
+    accounts_per_tenant: Annotated[int | None, typer.Option(min=1)] = None,
+    opportunities_per_account: Annotated[float, typer.Option(min=0)] = 1.5,
+    activities_per_contact: Annotated[int, typer.Option(min=0)] = 5,
+    region: Annotated[list[str] | None, typer.Option(help="Repeat for several.")] = None,
+    prefix: Annotated[str, typer.Option(help="Slug prefix of seeded tenants.")] = "seed",
+    random_seed: Annotated[int, typer.Option()] = 1,
+    concurrency: Annotated[int, typer.Option(min=1)] = 3,
+    out: Annotated[Path, typer.Option(help="Credentials file for load tests.")] = Path(
+        "loadtest-credentials.json"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    dev_json: Annotated[
+        Path | None, typer.Option(help="Seed the platform of this meridian dev.json.")
+    ] = None,
+) -> None:
+    """Create tenants with realistic CRM data in bulk (resumable)."""
+    from meridian.seed import SeedError, dev_settings
+    from meridian.seed import seed as run_seed
+
+    settings = dev_settings(dev_json) if dev_json else get_settings()
+    try:
+        result = asyncio.run(
+            run_seed(
+                settings,
+                tenants=tenants,
+                contacts=contacts,
+                accounts_per_tenant=accounts_per_tenant,
+                opportunities_per_account=opportunities_per_account,
+                activities_per_contact=activities_per_contact,
+                regions=tuple(region or ("us", "eu")),
+                prefix=prefix,
+                random_seed=random_seed,
+                concurrency=concurrency,
+                out=out,
+                progress=progress,
+            )
+        )
+    except SeedError as exc:
+        typer.echo(f"seed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(result.summary())
+
+
+@app.command()
+def loadtest(
+    host: Annotated[str, typer.Option(help="Base URL of the platform under test.")],
+    summary_json: Annotated[Path, typer.Option(help="Where to write the summary.")],
+    credentials: Annotated[Path, typer.Option(help="From `meridian seed`.")] = Path(
+        "loadtest-credentials.json"
+    ),
+    users: Annotated[int, typer.Option(min=1)] = 50,
+    spawn_rate: Annotated[float, typer.Option(min=0.1)] = 10.0,
+    duration: Annotated[str, typer.Option(help="e.g. 30s, 5m.")] = "30s",
+    html: Annotated[Path | None, typer.Option()] = None,
+    csv_prefix: Annotated[Path | None, typer.Option()] = None,
+    max_error_rate: Annotated[float | None, typer.Option(help="Fail above this share.")] = None,
+    max_p95_ms: Annotated[float | None, typer.Option(help="Fail above this p95.")] = None,
+    processes: Annotated[int, typer.Option(min=1, help="Locust worker processes.")] = 1,
+    seed_tenants: Annotated[int | None, typer.Option(help="Seed first if needed.")] = None,
+    seed_contacts: Annotated[int, typer.Option()] = 2000,
+    dev_json: Annotated[Path | None, typer.Option()] = None,
+    think_time: Annotated[str | None, typer.Option()] = None,
+    zipf_s: Annotated[float | None, typer.Option()] = None,
+    show_locust_output: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Run the Locust suite headless; exits 1 when a threshold is broken."""
+    try:
+        from loadtests.runner import SeedPlan, run_loadtest
+    except ImportError as exc:  # locust is a development dependency
+        typer.echo(f"loadtest needs the development dependencies: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    plan = (
+        SeedPlan(tenants=seed_tenants, contacts=seed_contacts, dev_json=dev_json)
+        if seed_tenants
+        else None
+    )
+    raise typer.Exit(
+        run_loadtest(
+            host,
+            users,
+            spawn_rate,
+            duration,
+            summary_json,
+            credentials=credentials,
+            html=html,
+            csv_prefix=csv_prefix,
+            max_error_rate=max_error_rate,
+            max_p95_ms=max_p95_ms,
+            processes=processes,
+            seed_if_needed=plan,
+            think_time=think_time,
+            zipf_s=zipf_s,
+            show_locust_output=show_locust_output,
         )
     )
 

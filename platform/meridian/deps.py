@@ -1,7 +1,9 @@
-"""Request dependencies: authentication, tenant resolution, transactions.
+"""Request dependencies: authentication, tenant resolution, authorization, transactions.
 
-One dependency per route does the whole chain (token → principal → tenant → checks),
-because every extra FastAPI dependency costs on the hot path.
+One dependency per route does the whole chain (token → principal → tenant → actor →
+capability check), because every extra FastAPI dependency costs on the hot path. Every
+tenant endpoint declares the (object, action) it needs through one of the ``Can…``
+aliases below.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from authz.enforcer import PolicyUnavailable, TenantPolicy
+from authz.policy import CATALOGUE, READ_ACTIONS, is_known
 from meridian.errors import (
     Forbidden,
     InsufficientScope,
@@ -41,17 +45,38 @@ async def authenticate(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
     runtime = get_runtime(request)
-    return await runtime.verifier.verify(token.strip())
+    principal = await runtime.verifier.verify(token.strip())
+    if principal.tenant_id is not None:
+        # Emergency revocation: checked on every request (the verified token itself is
+        # cached in process; the not-before time comes through the shared cache, so a
+        # revocation reaches every instance at once).
+        not_before = await runtime.revocations.not_before(principal.tenant_id, principal.user_id)
+        if principal.issued_at < not_before:
+            raise Unauthorized("The access token has been revoked.")
+    return principal
 
 
 @dataclass(frozen=True, slots=True)
 class TenantAccess:
-    """What a tenant-facing handler gets: who calls, for which tenant, and its shard."""
+    """What a tenant-facing handler gets: who calls, for which tenant, its shard, and
+    the tenant's policy as it was when the request was authorized."""
 
     principal: Principal
     tenant: TenantContext
     runtime: Runtime
     actor: Actor
+    policy: TenantPolicy
+
+    def can(self, obj: str, act: str) -> bool:
+        """In-handler capability check (memoised, no I/O): e.g. ``can("pii", "read")``."""
+        return self.policy.allows(self.actor.role, obj, act)
+
+    def may_assign(self, role: str) -> bool:
+        """Whether the caller may give ``role`` to a user or client: the role exists in
+        the tenant and grants nothing the caller does not hold (no escalation by
+        assignment)."""
+        view = self.policy.snapshot.roles().get(role)
+        return view is not None and all(self.can(obj, act) for obj, act in view.effective)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -76,9 +101,29 @@ class TenantAccess:
             yield session
 
 
+async def _load_policy(runtime: Runtime, tenant: TenantContext) -> TenantPolicy:
+    try:
+        return await runtime.authz.get(tenant.tenant_id)
+    except PolicyUnavailable as exc:
+        raise ServiceUnavailable(
+            "Access rules cannot be read right now.", headers={"Retry-After": "1"}
+        ) from exc
+
+
 class RequireTenant:
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
+    """The tenant-endpoint dependency: authorizes ``act`` on ``obj`` for the caller.
+
+    The OAuth scope follows from the action (reads need ``crm:read``, everything else
+    ``crm:write``); the tenant's Casbin policy then decides for the actor's role.
+    """
+
+    def __init__(self, obj: str, act: str) -> None:
+        if not is_known(obj, act):
+            # A typo in a route declaration must fail at import, not deny at run time.
+            raise ValueError(f"unknown permission {obj}:{act}; known: {sorted(CATALOGUE)}")
+        self.obj = obj
+        self.act = act
+        self.scope = SCOPE_READ if act in READ_ACTIONS else SCOPE_WRITE
 
     async def __call__(self, request: Request) -> TenantAccess:
         principal = await authenticate(request)
@@ -101,7 +146,14 @@ class RequireTenant:
             await runtime.reload_topology()
         current_tenant_id.set(tenant.tenant_id)
         actor = await resolve_actor(runtime, tenant, principal)
-        return TenantAccess(principal, tenant, runtime, actor)
+        policy = runtime.authz.cached(tenant.tenant_id) or await _load_policy(runtime, tenant)
+        if not policy.allows(actor.role, self.obj, self.act):
+            raise Forbidden(
+                f"The role '{actor.role}' may not {self.act} {self.obj}.",
+                object=self.obj,
+                action=self.act,
+            )
+        return TenantAccess(principal, tenant, runtime, actor, policy)
 
 
 async def require_admin(request: Request) -> Principal:
@@ -111,7 +163,36 @@ async def require_admin(request: Request) -> Principal:
     return principal
 
 
-ReadAccess = Annotated[TenantAccess, Depends(RequireTenant(SCOPE_READ))]
-WriteAccess = Annotated[TenantAccess, Depends(RequireTenant(SCOPE_WRITE))]
+# One alias per (object, action) an endpoint may declare: `access: CanReadContacts`.
+CanReadAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "read"))]
+CanCreateAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "create"))]
+CanUpdateAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "update"))]
+CanDeleteAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "delete"))]
+CanReadContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "read"))]
+CanCreateContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "create"))]
+CanUpdateContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "update"))]
+CanDeleteContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "delete"))]
+CanReadOpportunities = Annotated[TenantAccess, Depends(RequireTenant("opportunities", "read"))]
+CanCreateOpportunities = Annotated[TenantAccess, Depends(RequireTenant("opportunities", "create"))]
+CanUpdateOpportunities = Annotated[TenantAccess, Depends(RequireTenant("opportunities", "update"))]
+CanDeleteOpportunities = Annotated[TenantAccess, Depends(RequireTenant("opportunities", "delete"))]
+CanReadPipelines = Annotated[TenantAccess, Depends(RequireTenant("pipelines", "read"))]
+CanCreatePipelines = Annotated[TenantAccess, Depends(RequireTenant("pipelines", "create"))]
+CanUpdatePipelines = Annotated[TenantAccess, Depends(RequireTenant("pipelines", "update"))]
+CanDeletePipelines = Annotated[TenantAccess, Depends(RequireTenant("pipelines", "delete"))]
+CanReadActivities = Annotated[TenantAccess, Depends(RequireTenant("activities", "read"))]
+CanCreateActivities = Annotated[TenantAccess, Depends(RequireTenant("activities", "create"))]
+CanReadUsers = Annotated[TenantAccess, Depends(RequireTenant("users", "read"))]
+CanCreateUsers = Annotated[TenantAccess, Depends(RequireTenant("users", "create"))]
+CanUpdateUsers = Annotated[TenantAccess, Depends(RequireTenant("users", "update"))]
+CanDeleteUsers = Annotated[TenantAccess, Depends(RequireTenant("users", "delete"))]
+CanReadRoles = Annotated[TenantAccess, Depends(RequireTenant("roles", "read"))]
+CanCreateRoles = Annotated[TenantAccess, Depends(RequireTenant("roles", "create"))]
+CanUpdateRoles = Annotated[TenantAccess, Depends(RequireTenant("roles", "update"))]
+CanDeleteRoles = Annotated[TenantAccess, Depends(RequireTenant("roles", "delete"))]
+CanReadShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "read"))]
+CanCreateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "create"))]
+CanUpdateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "update"))]
+CanDeleteShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "delete"))]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

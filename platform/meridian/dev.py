@@ -189,11 +189,12 @@ def _embedded_settings(cluster: LocalCluster, redis_url: str | None, issuer: str
         app_db_role=APP_ROLE,
         redis_url=redis_url,
         issuer=issuer,
+        password_grant=True,  # first-party sign-in for local apps (off in production)
     )
 
 
 def _configured_settings(redis_url: str | None, issuer: str) -> Settings:
-    overrides: Json = {"redis_url": redis_url}
+    overrides: Json = {"redis_url": redis_url, "password_grant": True}
     if "MERIDIAN_ISSUER" not in os.environ:
         overrides["issuer"] = issuer
     return Settings(**overrides)

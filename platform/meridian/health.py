@@ -50,10 +50,16 @@ async def readyz(rt: RuntimeDep) -> Response:
     if rt.redis is not None:
         probes.append(_check("redis", rt.redis.ping()))
     results = dict(await asyncio.gather(*probes))
-    ready = all(v == "ok" for v in results.values())
-    return json_response(
-        {"status": "ready" if ready else "degraded", "checks": results}, 200 if ready else 503
-    )
+    # Only the control plane gates readiness: without it this instance can serve no
+    # tenant. A shard or Redis being down is reported but keeps the instance in
+    # service, since it still serves every other tenant (and Redis is optional).
+    if results["control"] != "ok":
+        status, code = "unavailable", 503
+    elif all(v == "ok" for v in results.values()):
+        status, code = "ready", 200
+    else:
+        status, code = "degraded", 200
+    return json_response({"status": status, "checks": results}, code)
 
 
 async def _fail(name: str, exc: Exception) -> tuple[str, str]:

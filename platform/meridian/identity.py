@@ -4,11 +4,14 @@ an OAuth client acting for the tenant as a whole (with the role it was given).""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from cache.codec import JSON
+from cache.core import Policy
 from meridian.errors import Unauthorized
 from meridian.oauth.principal import Principal
+from meridian.users.repository import UserRepository
 from tenancy.context import TenantContext
 
 if TYPE_CHECKING:
@@ -17,6 +20,16 @@ if TYPE_CHECKING:
 # Role of client tokens issued before clients carried one: the tenant's own clients.
 DEFAULT_CLIENT_ROLE = "admin"
 
+# A user's role and state, read on every request of a user token. Cached because the
+# request path must not pay a shard round trip for it; invalidated (every instance)
+# when the user changes, so a role change or a deactivation applies at once, and
+# within ACTOR_POLICY.l1_ttl seconds even if invalidations cannot arrive (Redis down).
+ACTOR_KIND = "actor"
+ACTOR_POLICY = Policy(ttl=300, l1_ttl=5, negative_ttl=5)
+# Generations per bucket of user ids, as for records: a change to one user does not
+# make every user of the tenant miss.
+ACTOR_BUCKETS = 64
+
 
 @dataclass(frozen=True, slots=True)
 class Actor:
@@ -24,7 +37,29 @@ class Actor:
     role: str
 
 
+def _bucket(user_id: UUID) -> str:
+    return str(user_id.int % ACTOR_BUCKETS)
+
+
 async def resolve_actor(runtime: Runtime, tenant: TenantContext, principal: Principal) -> Actor:
     if principal.user_id is None:
         return Actor(None, principal.role or DEFAULT_CLIENT_ROLE)
-    raise Unauthorized("User tokens are not accepted yet.")
+    user_id = principal.user_id
+
+    async def load() -> dict[str, Any] | None:
+        async with runtime.router.reader(tenant, on_stale=runtime.refresh_tenant) as conn:
+            found = await UserRepository.fetch_actor(conn, tenant.tenant_id, user_id)
+        return {"role": found.role, "active": found.active} if found is not None else None
+
+    state = await runtime.cache.get_or_load(
+        str(tenant.tenant_id), ACTOR_KIND, str(user_id), load, JSON, ACTOR_POLICY, _bucket(user_id)
+    )
+    # A deleted tenant's user, a deactivated user: the token no longer stands for anyone.
+    if state is None or state.get("active") is not True:
+        raise Unauthorized("The token's user is not an active user of the tenant.")
+    return Actor(user_id, str(state["role"]))
+
+
+async def forget_actor(runtime: Runtime, tenant_id: UUID, user_id: UUID) -> None:
+    """After a committed change of a user: every instance must read it again."""
+    await runtime.cache.invalidate(str(tenant_id), ACTOR_KIND, _bucket(user_id))

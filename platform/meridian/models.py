@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from authz.models import CasbinRule, RecordShare, UserClosure
+from authz.models import CasbinRule, PolicyVersion, RecordShare, TenantRole, UserClosure
 from meridian.accounts.models import Account
 from meridian.activities.models import Activity
 from meridian.contacts.models import Contact
@@ -24,6 +24,8 @@ CONTROL_MODELS = (
     RefreshToken,
     TokenRevocation,
     CasbinRule,
+    TenantRole,
+    PolicyVersion,
     TenantKey,
 )
 SHARD_MODELS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -12,11 +13,15 @@ from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from authz.enforcer import EnforcerRegistry
+from authz.store import PolicyStore
+from authz.watcher import PolicyWatcher
 from cache.breaker import CircuitBreaker
 from cache.core import AnyRedis, Policy, TwoLevelCache
 from cache.metrics import CacheMetrics
 from meridian.directory import CachedDirectory
 from meridian.oauth.keys import KeyStore
+from meridian.oauth.notbefore import NotBeforeStore
 from meridian.oauth.server import MeridianAuthorizationServer
 from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
@@ -41,8 +46,13 @@ class Runtime:
     keys: KeyStore
     verifier: TokenVerifier
     oauth: MeridianAuthorizationServer
+    revocations: NotBeforeStore  # emergency revocation: per-user/tenant not-before
     cache: TwoLevelCache
     metrics: CollectorRegistry
+    # Capability checks: one Casbin enforcer per tenant, changes announced over Redis.
+    policies: PolicyStore
+    authz: EnforcerRegistry
+    policy_watcher: PolicyWatcher
     # Kinds whose single-record reads are cached, and how (see record_policies()).
     record_cache: dict[str, Policy] = field(default_factory=dict)
     list_cache: dict[str, Policy] = field(default_factory=dict)
@@ -66,7 +76,11 @@ class Runtime:
                 cooldown=settings.shard_cooldown,
             ),
         )
-        keys = KeyStore(control, token_ttl=settings.access_token_ttl)
+        keys = KeyStore(
+            control,
+            token_ttl=settings.access_token_ttl,
+            refresh_interval=settings.key_refresh_interval,
+        )
         redis = connect_redis(settings)
         # One registry per app, so several apps in one process (tests) do not collide.
         registry = CollectorRegistry()
@@ -76,6 +90,10 @@ class Runtime:
             op_timeout=settings.cache_op_timeout,
             breaker=CircuitBreaker(failure_threshold=3, cooldown=settings.cache_cooldown),
             metrics=CacheMetrics(registry),
+        )
+        policies = PolicyStore(control)
+        authz = EnforcerRegistry(
+            policies, max_tenants=settings.authz_max_tenants, ttl=settings.authz_policy_ttl
         )
         rt = cls(
             settings=settings,
@@ -92,24 +110,35 @@ class Runtime:
                 issuer=settings.issuer,
                 audience=settings.audience,
                 ttl=settings.access_token_ttl,
+                password_grant=settings.password_grant,
             ),
+            revocations=NotBeforeStore(control, cache),
             cache=cache,
             metrics=registry,
+            policies=policies,
+            authz=authz,
+            policy_watcher=PolicyWatcher(redis, authz),
             record_cache=record_policies(settings),
             list_cache=list_policies(settings),
             redis=redis,
         )
         await cache.start()
+        templates_changed = await policies.sync_templates()
+        await rt.policy_watcher.start()
+        if templates_changed:
+            await rt.policy_watcher.publish_templates_changed()
         await rt.register_configured_shards()
         await rt.reload_topology()
         await keys.ensure_active_key()
         rt._tasks.append(asyncio.create_task(rt._refresh_loop()))
+        rt._tasks.append(asyncio.create_task(rt._key_refresh_loop()))
         return rt
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.policy_watcher.close()
         await self.cache.close()
         await self.engines.dispose()
         await self.control.dispose()
@@ -127,7 +156,7 @@ class Runtime:
                     shard_id=s.id,
                     region=s.region,
                     dsn=s.dsn,
-                    admin_dsn=s.admin_dsn or s.dsn,
+                    admin_dsn=s.admin_dsn,
                     capacity=s.capacity,
                 )
 
@@ -159,15 +188,28 @@ class Runtime:
             await self.reload_topology()
         return fresh
 
+    async def announce_policy(self, tenant_id: UUID, version: int) -> None:
+        """After a committed policy change: apply it here now, and tell other instances."""
+        self.authz.notice(tenant_id, version)
+        await self.policy_watcher.publish(tenant_id, version)
+
     async def _refresh_loop(self) -> None:
-        # Topology and keys change rarely; a periodic reload keeps every instance in step.
+        # The topology changes rarely; a periodic reload keeps every instance in step.
         while True:
             await asyncio.sleep(30)
             try:
                 await self.reload_topology()
+            except Exception:
+                log.warning("periodic topology refresh failed", exc_info=True)
+
+    async def _key_refresh_loop(self) -> None:
+        # Key rotation (`meridian keys rotate`) reaches every instance within this period.
+        while True:
+            await asyncio.sleep(self.settings.key_refresh_interval)
+            try:
                 await self.keys.refresh()
             except Exception:
-                log.warning("periodic topology/key refresh failed", exc_info=True)
+                log.warning("periodic signing-key refresh failed", exc_info=True)
 
 
 def connect_redis(settings: Settings) -> AnyRedis | None:

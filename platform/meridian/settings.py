@@ -44,8 +44,24 @@ class Settings(BaseSettings):
     issuer: str = "http://127.0.0.1:8000"
     audience: str = "meridian-api"
     access_token_ttl: int = Field(default=900, ge=60, le=86_400)
+    # First-party login with email and password (RFC 6749 §4.3). RFC 9700 §2.4 says the
+    # password grant MUST NOT be used; it is here for our own apps only, off by default.
+    password_grant: bool = False
+    # Refresh tokens (issued with the password grant) expire this long after they were
+    # issued; every use rotates them, so an active session keeps going.
+    refresh_token_ttl: int = Field(default=30 * 86_400, ge=60)
+    # How long clients may cache the JWKS; also how long a `next` key must have been
+    # published before it may sign, so no verifier meets a kid it has not seen.
+    jwks_max_age: int = Field(default=300, ge=0)
+    # How often each instance re-reads the signing keys (and on any unknown kid).
+    key_refresh_interval: float = Field(default=30.0, gt=0)
 
     directory_ttl: float = Field(default=5.0, gt=0)
+    # Authorization: tenant enforcers kept per process, and how long one is trusted
+    # before its policy version is checked again (the bound when Redis announcements
+    # cannot arrive; with Redis up, changes arrive within a second).
+    authz_max_tenants: int = Field(default=2000, ge=10)
+    authz_policy_ttl: float = Field(default=30.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     shard_pool_size: int = Field(default=10, ge=1)
     shard_connect_timeout: float = Field(default=2.0, gt=0)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.activities.rows import create_account, create_contact, create_opportunity
 from tests.fixtures.api import Tenant
+from tests.fixtures.users import new_user_id
 
 PROBLEM = "application/problem+json"
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -45,7 +46,7 @@ async def walk(
 
 async def test_activity_create_and_read(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     account_id = await create_account(app_client, tenant)
-    owner = str(uuid.uuid4())
+    owner = await new_user_id(app_client, tenant)
     resp = await app_client.post(
         "/v1/activities",
         json={
@@ -167,7 +168,7 @@ async def test_account_is_filled_from_contact_or_opportunity(
 async def test_list_filters_and_sorting(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     acme = await create_account(app_client, tenant, "Acme")
     contact = await create_contact(app_client, tenant, account_id=acme)
-    owner = str(uuid.uuid4())
+    owner = await new_user_id(app_client, tenant)
     a = await post_activity(app_client, tenant, type="call", occurred_at=at(10), account_id=acme)
     b = await post_activity(
         app_client, tenant, type="email", occurred_at=at(30), contact_id=contact

@@ -52,6 +52,8 @@ async def make_cache(
 
     def factory(**kw: object) -> TwoLevelCache:
         client = redis_factory()
+        # Generous per-operation timeout: a loaded CI box must not turn hits into misses.
+        kw.setdefault("op_timeout", 1.0)
         cache = TwoLevelCache(
             client,
             namespace=namespace,

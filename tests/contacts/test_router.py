@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.fixtures.api import Tenant
+from tests.fixtures.users import new_user_id
 
 PROBLEM = "application/problem+json"
 
@@ -43,7 +44,7 @@ def assert_problem(resp: httpx.Response, status: int, detail: str | None = None)
 
 async def test_contact_crud(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     account_id = await new_account(app_client, tenant)
-    owner_id = str(uuid.uuid4())
+    owner_id = await new_user_id(app_client, tenant)
     resp = await app_client.post(
         "/v1/contacts",
         json={
@@ -245,7 +246,7 @@ async def test_patch_and_delete_of_unknown_ids_are_404(
 async def test_filters(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     acme = await new_account(app_client, tenant, "Acme")
     globex = await new_account(app_client, tenant, "Globex")
-    owner = str(uuid.uuid4())
+    owner = await new_user_id(app_client, tenant)
     a = await new_contact(
         app_client, tenant, last_name="Smith", email="a.smith@acme.test", account_id=acme
     )

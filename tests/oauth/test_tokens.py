@@ -324,7 +324,7 @@ async def test_wrong_audience_or_issuer_is_401(
     assert_401(await _get(app_client, sign(at_header(active_key), forged, active_key.private)))
 
 
-@pytest.mark.parametrize("claim", ["iss", "aud", "exp", "sub", "client_id", "jti"])
+@pytest.mark.parametrize("claim", ["iss", "aud", "exp", "iat", "sub", "client_id", "jti"])
 async def test_missing_essential_claim_is_401(
     app_client: httpx.AsyncClient, active_key: ActiveKey, claims: dict[str, Any], claim: str
 ) -> None:
@@ -723,3 +723,51 @@ async def test_authorization_server_metadata(
         "client_secret_basic",
         "client_secret_post",
     }
+
+
+# -- user tokens ----------------------------------------------------------------------
+
+
+async def test_forged_user_tokens_are_refused(
+    app_client: httpx.AsyncClient,
+    active_key: ActiveKey,
+    claims: dict[str, Any],
+    tenant: Tenant,
+    other_tenant: Tenant,
+) -> None:
+    """sub ≠ client_id makes a user token: sub must then be a user of the tenant."""
+    from tests.oauth.conftest import make_user
+
+    reader = await make_user(app_client, tenant, role="read_only")
+    stranger = await make_user(app_client, other_tenant)
+
+    def user_token(**change: Any) -> str:
+        forged = {**claims, "sub": reader.id, "jti": uuid.uuid4().hex, **change}
+        forged = {k: v for k, v in forged.items() if v is not None}
+        return sign(at_header(active_key), forged, active_key.private)
+
+    # The positive control: the reader's own token reads.
+    assert (await _get(app_client, user_token())).status_code == 200
+    for token in (
+        user_token(sub="not-a-uuid"),  # neither the client nor a user id
+        user_token(sub=str(uuid.uuid4())),  # no such user
+        user_token(sub=stranger.id),  # a user of another tenant
+        user_token(tenant_id=None),  # a user token must name its tenant
+        user_token(tenant_id=other_tenant.id),  # the reader is not a user there
+    ):
+        assert_401(await _get(app_client, token))
+    # A role claim does not make a user's token stronger: the role comes from the user.
+    elevated = user_token(role="admin")
+    made = await app_client.post(
+        "/v1/users",
+        json={"email": f"x-{uuid.uuid4().hex[:8]}@example.com", "name": "X", "role": "admin"},
+        headers=bearer(elevated),
+    )
+    assert_403(made, "forbidden")
+
+
+async def test_client_token_role_claim_must_be_text(
+    app_client: httpx.AsyncClient, active_key: ActiveKey, claims: dict[str, Any]
+) -> None:
+    forged = {**claims, "role": ["admin"]}
+    assert_401(await _get(app_client, sign(at_header(active_key), forged, active_key.private)))

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.fixtures.api import Tenant
+from tests.fixtures.users import new_user_id
 from tests.opportunities.helpers import add_pipeline, default_pipeline, drop_default
 
 PROBLEM = "application/problem+json"
@@ -48,7 +49,7 @@ def assert_problem(resp: httpx.Response, status: int, detail: str | None = None)
 async def test_opportunity_crud(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     account_id = await new_account(app_client, tenant)
     pipeline_id, stages = await default_pipeline(app_client, tenant)
-    owner_id = str(uuid.uuid4())
+    owner_id = await new_user_id(app_client, tenant)
     resp = await app_client.post(
         "/v1/opportunities",
         json={
@@ -379,7 +380,7 @@ async def test_filters(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     globex = await new_account(app_client, tenant, "Globex")
     default_id, stages = await default_pipeline(app_client, tenant)
     other_id, other_stages = await add_pipeline(app_client, tenant, [("Only", 0)])
-    owner = str(uuid.uuid4())
+    owner = await new_user_id(app_client, tenant)
     a = await new_opportunity(app_client, tenant, acme, expected_close_date="2027-01-15")
     b = await new_opportunity(
         app_client,

@@ -22,6 +22,7 @@ class Account(Record, ShardBase):
         Index("ix_account_name", "tenant_id", "name", "id"),
         Index("ix_account_domain", "tenant_id", "domain"),
         Index("ix_account_parent", "tenant_id", "parent_id"),
+        Index("ix_account_owner", "tenant_id", "owner_id", "id"),
         Index("ix_account_created", "tenant_id", "created_at", "id"),
         Index("ix_account_updated", "tenant_id", "updated_at", "id"),
     )

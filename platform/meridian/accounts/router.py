@@ -20,7 +20,12 @@ from meridian.crud.http import (
 )
 from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import Page
-from meridian.deps import ReadAccess, WriteAccess
+from meridian.deps import (
+    CanCreateAccounts,
+    CanDeleteAccounts,
+    CanReadAccounts,
+    CanUpdateAccounts,
+)
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 KIND = "account"
@@ -30,7 +35,7 @@ KIND = "account"
 async def create_account(
     body: AccountCreate,
     request: Request,
-    access: WriteAccess,
+    access: CanCreateAccounts,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     return await endpoints.create(
@@ -45,7 +50,7 @@ async def create_account(
 
 @router.get("", response_model=Page)
 async def list_accounts(
-    access: ReadAccess,
+    access: CanReadAccounts,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
     sort: SortQuery = None,
@@ -73,7 +78,7 @@ async def list_accounts(
 
 
 @router.get("/{account_id}", response_model=AccountRead)
-async def get_account(account_id: UUID, request: Request, access: ReadAccess) -> Response:
+async def get_account(account_id: UUID, request: Request, access: CanReadAccounts) -> Response:
     return await endpoints.fetch(access, AccountRepository, KIND, account_id, request)
 
 
@@ -81,7 +86,7 @@ async def get_account(account_id: UUID, request: Request, access: ReadAccess) ->
 async def update_account(
     account_id: UUID,
     body: AccountUpdate,
-    access: WriteAccess,
+    access: CanUpdateAccounts,
     if_match: IfMatchHeader = None,
 ) -> Response:
     return await endpoints.change(
@@ -97,6 +102,6 @@ async def update_account(
 
 @router.delete("/{account_id}", status_code=204)
 async def delete_account(
-    account_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+    account_id: UUID, access: CanDeleteAccounts, if_match: IfMatchHeader = None
 ) -> Response:
     return await endpoints.remove(access, AccountRepository, KIND, account_id, if_match)

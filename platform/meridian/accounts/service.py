@@ -1,4 +1,4 @@
-"""Account rules: the hierarchy must stay a tree."""
+"""Account rules: the hierarchy must stay a tree; the owner is an active user."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from meridian.accounts.repository import AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountUpdate
 from meridian.errors import ValidationFailed
 from meridian.ids import new_id
+from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
 
 
@@ -18,7 +19,9 @@ class AccountService:
     async def create(
         self, session: AsyncSession, tenant: TenantContext, body: AccountCreate
     ) -> dict[str, Any]:
-        return await AccountRepository(session, tenant).insert({"id": new_id(), **body.changes()})
+        values = body.changes()
+        await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
+        return await AccountRepository(session, tenant).insert({"id": new_id(), **values})
 
     async def update(
         self,
@@ -35,6 +38,7 @@ class AccountService:
         parent = values.get("parent_id")
         if parent is not None and await repo.ancestors_include(parent, account_id):
             raise ValidationFailed("parent_id: an account cannot be its own ancestor")
+        await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
         return await repo.update(account_id, values, expected_version=expected_version)
 
 

@@ -56,6 +56,7 @@ class Activity(TenantScoped, ShardBase):
         Index("ix_activity_account", "tenant_id", "account_id", "occurred_at", "id"),
         Index("ix_activity_opportunity", "tenant_id", "opportunity_id", "occurred_at", "id"),
         Index("ix_activity_occurred", "tenant_id", "occurred_at", "id"),
+        Index("ix_activity_owner", "tenant_id", "owner_id", "occurred_at", "id"),
         Index("ix_activity_created", "tenant_id", "created_at", "id"),
     )
 

@@ -10,12 +10,15 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import InstrumentedAttribute
 
 from meridian.accounts.models import Account
+from meridian.accounts.repository import AccountRepository
 from meridian.activities.models import Activity
 from meridian.contacts.models import Contact
+from meridian.contacts.repository import ContactRepository
 from meridian.crud.compiled import fetchrow
 from meridian.crud.pagination import Cursor, Sort
 from meridian.crud.repository import TenantRepository
 from meridian.opportunities.models import Opportunity
+from meridian.opportunities.repository import OpportunityRepository
 
 SORTABLE = {
     "occurred_at": Activity.occurred_at,
@@ -65,19 +68,34 @@ class ActivityRepository(TenantRepository[Activity]):
         field: str,
         parent_id: UUID,
         *,
+        viewer: UUID | None,
         sort: Sort,
         limit: int,
         cursor: Cursor | None,
     ) -> list[dict[str, Any]] | None:
-        """Activities linked to a contact, account or opportunity (``field`` names which),
-        up to ``limit + 1``; None when that record does not exist in the tenant."""
-        if await fetchrow(conn, _linked_statement(tenant_id, field, parent_id)) is None:
+        """Activities linked to a contact, account or opportunity (``field`` names which)
+        that ``viewer`` may see, up to ``limit + 1``; None when the record does not exist
+        in the tenant or is out of the viewer's scope (the same 404 either way)."""
+        parent = PARENT_REPOSITORIES[field]
+        if viewer is not None and parent.is_scoped_for(viewer):
+            if await parent.fetch_visible(conn, tenant_id, parent_id, viewer) is None:
+                return None
+        elif await fetchrow(conn, _linked_statement(tenant_id, field, parent_id)) is None:
             return None
-        return await cls.fetch_page(
+        return await cls.fetch_scoped_page(
             conn,
             tenant_id,
+            viewer,
             where=[LINKS[field].column == parent_id],
             sort=sort,
             limit=limit,
             cursor=cursor,
         )
+
+
+# The repositories of the records a timeline hangs off, for their scope checks.
+PARENT_REPOSITORIES: dict[str, type[TenantRepository[Any]]] = {
+    "contact_id": ContactRepository,
+    "account_id": AccountRepository,
+    "opportunity_id": OpportunityRepository,
+}

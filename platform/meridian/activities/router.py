@@ -31,8 +31,13 @@ from meridian.crud.http import (
 from meridian.crud.idempotency import StoredResponse, request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest, parse_sort
 from meridian.crud.schemas import Page
-from meridian.deps import ReadAccess, WriteAccess
+from meridian.deps import (
+    CanCreateActivities,
+    CanReadActivities,
+    TenantAccess,
+)
 from meridian.errors import NotFound
+from meridian.users.permissions import record_viewer
 from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1/activities", tags=["activities"])
@@ -54,13 +59,18 @@ def _record_response(row: dict[str, Any], request: Request) -> Response:
 async def create_activity(
     body: ActivityCreate,
     request: Request,
-    access: WriteAccess,
+    access: CanCreateActivities,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """At least one of contact_id, account_id, opportunity_id; each must exist. Without
     account_id, the opportunity's (else the contact's) account is recorded."""
     # endpoints.create derives the ETag from a version column, which activities lack.
-    fingerprint = request_fingerprint("POST", request.url.path, body.model_dump(mode="json"))
+    fingerprint = request_fingerprint(
+        "POST",
+        request.url.path,
+        endpoints.idempotency_payload(access, body.model_dump(mode="json")),
+    )
+    endpoints.default_owner(access, body)
     async with access.write() as session:
 
         async def produce() -> StoredResponse:
@@ -76,7 +86,7 @@ async def create_activity(
 
 @router.get("", response_model=Page)
 async def list_activities(
-    access: ReadAccess,
+    access: CanReadActivities,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
     sort: SortQuery = None,
@@ -121,16 +131,18 @@ async def list_activities(
 
 
 @router.get("/{activity_id}", response_model=ActivityRead)
-async def get_activity(activity_id: UUID, request: Request, access: ReadAccess) -> Response:
+async def get_activity(activity_id: UUID, request: Request, access: CanReadActivities) -> Response:
     async with access.reader() as conn:
-        row = await ActivityRepository.fetch_one(conn, access.tenant.tenant_id, activity_id)
+        row = await ActivityRepository.fetch_visible(
+            conn, access.tenant.tenant_id, activity_id, record_viewer(access)
+        )
     if row is None:
         raise endpoints.not_found(KIND, activity_id)
     return _record_response(row, request)
 
 
 async def _timeline(
-    access: ReadAccess, field: str, parent_id: UUID, limit: int | None, cursor: str | None
+    access: TenantAccess, field: str, parent_id: UUID, limit: int | None, cursor: str | None
 ) -> Response:
     size = check_limit(limit)
     # The parent is part of the digest: a cursor works only on the timeline it came from.
@@ -142,6 +154,7 @@ async def _timeline(
             access.tenant.tenant_id,
             field,
             parent_id,
+            viewer=record_viewer(access),
             sort=NEWEST_FIRST,
             limit=size,
             cursor=after,
@@ -153,7 +166,7 @@ async def _timeline(
 
 @timeline_router.get("/v1/contacts/{contact_id}/timeline", response_model=Page)
 async def get_contact_timeline(
-    contact_id: UUID, access: ReadAccess, limit: LimitQuery = 50, cursor: CursorQuery = None
+    contact_id: UUID, access: CanReadActivities, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Response:
     """The contact's activities, newest first."""
     return await _timeline(access, "contact_id", contact_id, limit, cursor)
@@ -161,7 +174,7 @@ async def get_contact_timeline(
 
 @timeline_router.get("/v1/accounts/{account_id}/timeline", response_model=Page)
 async def get_account_timeline(
-    account_id: UUID, access: ReadAccess, limit: LimitQuery = 50, cursor: CursorQuery = None
+    account_id: UUID, access: CanReadActivities, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Response:
     """The account's activities, newest first, including those of its contacts and
     opportunities (their account is recorded on the activity when it is created)."""
@@ -171,7 +184,7 @@ async def get_account_timeline(
 @timeline_router.get("/v1/opportunities/{opportunity_id}/timeline", response_model=Page)
 async def get_opportunity_timeline(
     opportunity_id: UUID,
-    access: ReadAccess,
+    access: CanReadActivities,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Response:

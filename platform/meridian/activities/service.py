@@ -1,5 +1,6 @@
 """Activity rules: every link must exist in the tenant; the account is derived when
-the contact or opportunity has one, so an account's timeline is one indexed query."""
+the contact or opportunity has one, so an account's timeline is one indexed query. The
+owner is an active user of the tenant."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from meridian.activities.repository import LINKS, ActivityRepository
 from meridian.activities.schemas import ActivityCreate
 from meridian.errors import ValidationFailed
 from meridian.ids import new_id
+from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
 
 Row = dict[str, Any]
@@ -27,6 +29,7 @@ class ActivityService:
     ) -> Row:
         repo = ActivityRepository(session, tenant)
         values = body.model_dump()
+        await user_service.require_active(session, tenant, values["owner_id"], "owner_id")
         accounts: dict[str, UUID | None] = {}
         for field in LINKS:
             record_id = values[field]

@@ -20,6 +20,7 @@ from meridian.admin.service import tenant_admin
 from meridian.crud.http import IdempotencyKeyHeader
 from meridian.crud.schemas import Page
 from meridian.deps import AdminPrincipal, RuntimeDep
+from meridian.oauth.schemas import TokensRevoked
 from meridian.web.responses import json_response
 from tenancy.context import TenantStatus
 
@@ -96,6 +97,13 @@ async def create_tenant_client(
     client, created_now = await tenant_admin.add_client(rt, tenant_id, body, idempotency_key)
     headers = {} if created_now else {"Idempotent-Replayed": "true"}
     return json_response(client, 201, headers)
+
+
+@router.post("/tenants/{tenant_id}/revoke-tokens", response_model=TokensRevoked)
+async def revoke_tenant_tokens(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """Emergency revocation: all tokens of the tenant issued before now are refused, on
+    every API instance within a second; tokens issued afterwards work."""
+    return json_response(await tenant_admin.revoke_tokens(rt, tenant_id))
 
 
 @router.get("/shards", response_model=list[ShardRead])

@@ -9,6 +9,7 @@ the same request (same slug and Idempotency-Key) resumes wherever the last one s
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
@@ -268,6 +269,15 @@ class TenantAdminService:
             "client_secret": new.client_secret,
             "scope": new.scope,
         }, True
+
+    async def revoke_tokens(self, rt: Runtime, tenant_id: UUID) -> dict[str, Any]:
+        """Emergency revocation: every token of the tenant issued until now is refused
+        (access tokens on their next request, refresh tokens at once)."""
+        async with rt.control.connect() as conn:
+            exists = await conn.scalar(select(Tenant.id).where(Tenant.id == tenant_id))
+        if exists is None:
+            raise NotFound(f"No tenant with id {tenant_id}.")
+        return asdict(await rt.revocations.revoke(tenant_id, None))
 
     async def shards(self, rt: Runtime) -> list[dict[str, Any]]:
         counts = await rt.tenant_counts()

@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from authz.fields import PII_PERMISSION
 from meridian.contacts.models import Contact
 from meridian.contacts.repository import SORTABLE, ContactRepository
 from meridian.contacts.schemas import ContactCreate, ContactRead, ContactUpdate, normalise_email
@@ -22,7 +23,13 @@ from meridian.crud.http import (
 )
 from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import Page
-from meridian.deps import ReadAccess, WriteAccess
+from meridian.deps import (
+    CanCreateContacts,
+    CanDeleteContacts,
+    CanReadContacts,
+    CanUpdateContacts,
+)
+from meridian.errors import Forbidden
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 KIND = "contact"
@@ -32,7 +39,7 @@ KIND = "contact"
 async def create_contact(
     body: ContactCreate,
     request: Request,
-    access: WriteAccess,
+    access: CanCreateContacts,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     return await endpoints.create(
@@ -47,7 +54,7 @@ async def create_contact(
 
 @router.get("", response_model=Page)
 async def list_contacts(
-    access: ReadAccess,
+    access: CanReadContacts,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
     sort: SortQuery = None,
@@ -58,6 +65,9 @@ async def list_contacts(
     last_name: Annotated[str | None, Query(max_length=100)] = None,
     owner_id: UUID | None = None,
 ) -> Response:
+    if email is not None and not access.can(*PII_PERMISSION):
+        # Filtering on a masked field would tell whether an address is on file.
+        raise Forbidden("Filtering by email needs the pii:read permission.")
     filters = {
         "account_id": account_id,
         "email": email and normalise_email(email),
@@ -77,7 +87,7 @@ async def list_contacts(
 
 
 @router.get("/{contact_id}", response_model=ContactRead)
-async def get_contact(contact_id: UUID, request: Request, access: ReadAccess) -> Response:
+async def get_contact(contact_id: UUID, request: Request, access: CanReadContacts) -> Response:
     return await endpoints.fetch(access, ContactRepository, KIND, contact_id, request)
 
 
@@ -85,7 +95,7 @@ async def get_contact(contact_id: UUID, request: Request, access: ReadAccess) ->
 async def update_contact(
     contact_id: UUID,
     body: ContactUpdate,
-    access: WriteAccess,
+    access: CanUpdateContacts,
     if_match: IfMatchHeader = None,
 ) -> Response:
     return await endpoints.change(
@@ -101,6 +111,6 @@ async def update_contact(
 
 @router.delete("/{contact_id}", status_code=204)
 async def delete_contact(
-    contact_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+    contact_id: UUID, access: CanDeleteContacts, if_match: IfMatchHeader = None
 ) -> Response:
     return await endpoints.remove(access, ContactRepository, KIND, contact_id, if_match)

@@ -1,4 +1,5 @@
-"""Contact rules: the linked account must be one of the tenant's own."""
+"""Contact rules: the linked account must be one of the tenant's own, the owner an
+active user of the tenant."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from meridian.contacts.schemas import ContactCreate, ContactUpdate
 from meridian.crud.repository import VersionMismatch
 from meridian.errors import ValidationFailed
 from meridian.ids import new_id
+from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
 
 NOT_NULL = ("first_name", "last_name")
@@ -24,6 +26,7 @@ class ContactService:
         repo = ContactRepository(session, tenant)
         values = body.model_dump()
         await self._check_account(repo, values["account_id"])
+        await user_service.require_active(session, tenant, values["owner_id"], "owner_id")
         return await repo.insert({"id": new_id(), **values})
 
     async def update(
@@ -39,7 +42,7 @@ class ContactService:
         for field in NOT_NULL:
             if field in values and values[field] is None:
                 raise ValidationFailed(f"{field}: cannot be null")
-        if values.get("account_id") is not None:
+        if values.get("account_id") is not None or values.get("owner_id") is not None:
             # An unknown contact is 404 and a stale ETag 412 before any complaint
             # about the body's references.
             version = await repo.version_of(contact_id)
@@ -47,7 +50,8 @@ class ContactService:
                 return None
             if expected_version is not None and version != expected_version:
                 raise VersionMismatch
-            await self._check_account(repo, values["account_id"])
+            await self._check_account(repo, values.get("account_id"))
+            await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
         return await repo.update(contact_id, values, expected_version=expected_version)
 
     async def _check_account(self, repo: ContactRepository, account_id: UUID | None) -> None:

@@ -1,11 +1,27 @@
 """The request flows every resource shares: create, read, list, update, delete.
 
 Routers stay thin: they parse HTTP and call these with their repository and service.
+
+Record scope: a user whose role does not see every record reads and writes through the
+``authz.scope`` predicate (``TenantRepository.visibility``); a record outside it is 404,
+exactly like a record that does not exist.
+
+Caching and scope: cached records and list pages are shared by every actor of a tenant,
+so only actors who see every record (clients, admins) use them. Scoped actors bypass
+both caches. Caching per user was the alternative, with a tenant-wide "visibility"
+generation folded into the keys; it was rejected because (1) access must end at once
+when a manager changes or a share is revoked, and the cache's cross-instance
+invalidation is asynchronous (pub/sub, and up to the L1 TTL when Redis is down) -
+acceptable for a few seconds of stale content, not for a revoked permission; (2) every
+hierarchy or share change would flush every user's cached pages of the tenant; (3)
+per-user keys multiply the cache's memory by the number of users. A scoped read costs
+what the query costs (see loadtests/scope_bench.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 from uuid import UUID
 
@@ -16,6 +32,8 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from authz.fields import PII_PERMISSION, is_sensitive, mask_row
+from authz.models import RECORD_KINDS
 from cache.codec import JSON
 from meridian.crud.http import (
     created,
@@ -29,13 +47,24 @@ from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
 from meridian.crud.repository import TenantRepository, VersionMismatch
 from meridian.deps import TenantAccess
 from meridian.errors import NotFound, PreconditionFailed
+from meridian.sharing.repository import ShareRepository
+from meridian.users.permissions import record_viewer
 from meridian.web.responses import dumps, json_response
 
 Row = dict[str, Any]
+OWNER = "owner_id"
 
 
 def not_found(kind: str, record_id: UUID) -> NotFound:
     return NotFound(f"No {kind} with id {record_id}.")
+
+
+def shown(access: TenantAccess, kind: str, row: Row) -> Row:
+    """The row as this caller may see it: sensitive fields masked without pii:read (at
+    response time, so cached rows stay unmasked and shared by every principal)."""
+    if not is_sensitive(kind):
+        return row
+    return mask_row(kind, row, access.can(*PII_PERMISSION))
 
 
 async def create(
@@ -48,7 +77,10 @@ async def create(
     kind: str | None = None,
 ) -> Response:
     """``kind`` names the cached lists the new record belongs to."""
-    fingerprint = request_fingerprint("POST", request.url.path, body.model_dump(mode="json"))
+    fingerprint = request_fingerprint(
+        "POST", request.url.path, idempotency_payload(access, body.model_dump(mode="json"))
+    )
+    default_owner(access, body)
 
     async with access.write() as session:
 
@@ -61,7 +93,34 @@ async def create(
         )
     if kind is not None and not stored.replayed:
         await invalidate(access, kind)
+    if kind is not None and isinstance(stored.body, dict):
+        stored = replace(stored, body=shown(access, kind, stored.body))
     return stored_response(stored)
+
+
+def idempotency_payload(access: TenantAccess, payload: Any) -> Any:
+    """What an Idempotency-Key is bound to: the body, and the user who sent it.
+
+    A user's key never replays to another user (who might not see the record it made);
+    a client's payload stays the body alone, as before users existed.
+    """
+    if access.actor.user_id is None:
+        return payload
+    return {"actor": str(access.actor.user_id), "body": payload}
+
+
+def default_owner(access: TenantAccess, body: BaseModel) -> None:
+    """A record a user creates without naming an owner is theirs.
+
+    The body is updated in place because the router's ``make`` closure holds this
+    same object; it is done after the idempotency fingerprint, which covers what the
+    client sent.
+    """
+    user_id = access.actor.user_id
+    if user_id is None or OWNER not in type(body).model_fields:
+        return
+    if OWNER not in body.model_fields_set:
+        setattr(body, OWNER, user_id)
 
 
 async def fetch(
@@ -72,13 +131,14 @@ async def fetch(
     request: Request,
 ) -> Response:
     tenant_id = access.tenant.tenant_id
+    viewer = record_viewer(access)
 
     async def load() -> Row | None:
         async with access.reader() as conn:
-            return await repo.fetch_one(conn, tenant_id, record_id)
+            return await repo.fetch_visible(conn, tenant_id, record_id, viewer)
 
     policy = access.runtime.record_cache.get(kind)
-    if policy is None:
+    if policy is None or repo.is_scoped_for(viewer):
         row = await load()
     else:
 
@@ -98,7 +158,7 @@ async def fetch(
         )
     if row is None:
         raise not_found(kind, record_id)
-    return record_response(row, request)
+    return record_response(shown(access, kind, row), request)
 
 
 # Record generations are kept per bucket of ids, so a write invalidates 1/64 of the
@@ -137,18 +197,20 @@ async def listing(
     digest = filters_digest(filters)
     after = Cursor.decode(cursor, sort=sort, digest=digest) if cursor else None
     tenant_id = access.tenant.tenant_id
+    viewer = record_viewer(access)
 
     async def load() -> Row:
         async with access.reader() as conn:
-            rows = await repo.fetch_page(
-                conn, tenant_id, where=where, sort=sort, limit=size, cursor=after
+            # The viewer's scope is part of the query, never a filter after it.
+            rows = await repo.fetch_scoped_page(
+                conn, tenant_id, viewer, where=where, sort=sort, limit=size, cursor=after
             )
         return page_body(rows, limit=size, sort=sort, digest=digest)
 
     kind = repo.model.__tablename__
     policy = access.runtime.list_cache.get(kind)
-    if policy is None:
-        return json_response(await load())
+    if policy is None or repo.is_scoped_for(viewer):
+        return json_response(_shown_page(access, kind, await load()))
 
     async def load_json() -> Row:
         return cast(Row, orjson.loads(dumps(await load())))
@@ -159,7 +221,13 @@ async def listing(
     body = await access.runtime.cache.get_or_load(
         str(tenant_id), f"{kind}-list", page_key, load_json, JSON, policy
     )
-    return json_response(body)
+    return json_response(_shown_page(access, kind, body))
+
+
+def _shown_page(access: TenantAccess, kind: str, body: Row | None) -> Row | None:
+    if body is None or not is_sensitive(kind) or access.can(*PII_PERMISSION):
+        return body
+    return {**body, "data": [mask_row(kind, row, False) for row in body["data"]]}
 
 
 async def change(
@@ -170,8 +238,17 @@ async def change(
     apply: Callable[[AsyncSession, int | None], Awaitable[Row | None]],
 ) -> Response:
     version = expected_version(if_match)
+    # The kind names the table (routers' KIND); its repository knows the record scope.
+    repo = TenantRepository.for_kind(kind)
+    viewer = record_viewer(access)
     try:
         async with access.write() as session:
+            if repo is not None and repo.is_scoped_for(viewer):
+                # In the transaction of the change, and locked: a record the actor
+                # cannot see is 404 (whatever its ETag) and is left untouched.
+                scoped = repo(session, access.tenant, viewer=viewer)
+                if not await scoped.lock_visible(record_id, for_update=True):
+                    raise not_found(kind, record_id)
             row = await apply(session, version)
     except VersionMismatch as exc:
         raise PreconditionFailed(
@@ -180,7 +257,7 @@ async def change(
     if row is None:
         raise not_found(kind, record_id)
     await invalidate(access, kind, record_id)
-    return json_response(row, headers={"ETag": f'"{row["version"]}"'})
+    return json_response(shown(access, kind, row), headers={"ETag": f'"{row["version"]}"'})
 
 
 async def remove(
@@ -191,9 +268,16 @@ async def remove(
     if_match: str | None,
 ) -> Response:
     version = expected_version(if_match)
+    viewer = record_viewer(access)
     try:
         async with access.write() as session:
-            deleted = await repo(session, access.tenant).delete(record_id, expected_version=version)
+            # With a viewer, the DELETE itself carries the scope (and so does the
+            # version check behind a 412): an invisible record is 404, never touched.
+            scoped = repo(session, access.tenant, viewer=viewer)
+            deleted = await scoped.delete(record_id, expected_version=version)
+            if deleted and kind in RECORD_KINDS:
+                # Shares name records without a foreign key (one table for all kinds).
+                await ShareRepository(session, access.tenant).forget_record(kind, record_id)
     except VersionMismatch as exc:
         raise PreconditionFailed(
             f"The {kind} has changed since the ETag was issued; read it again."

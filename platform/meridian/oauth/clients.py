@@ -25,6 +25,7 @@ class ClientRecord:
     tenant_id: UUID | None
     scope: str
     revoked: bool
+    role: str = "integration"  # what the client acts as inside its tenant
 
     def secret_matches(self, secret: str) -> bool:
         return hmac.compare_digest(self.secret_hash, hash_secret(secret))
@@ -69,6 +70,7 @@ async def find_client(conn: AsyncConnection, client_id: str) -> ClientRecord | N
         OAuthClient.tenant_id,
         OAuthClient.scope,
         OAuthClient.revoked_at,
+        OAuthClient.role,
     ).where(OAuthClient.client_id == client_id)
     row = (await conn.execute(stmt)).one_or_none()
     if row is None:
@@ -79,4 +81,5 @@ async def find_client(conn: AsyncConnection, client_id: str) -> ClientRecord | N
         tenant_id=row.tenant_id,
         scope=row.scope,
         revoked=row.revoked_at is not None,
+        role=row.role,
     )

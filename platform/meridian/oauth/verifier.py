@@ -12,7 +12,7 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from cache.l1 import LocalCache
 from meridian.errors import Unauthorized
-from meridian.oauth.keys import ALGORITHM, KeyStore
+from meridian.oauth.keys import ALGORITHM, VERIFY_LEEWAY, KeyStore
 from meridian.oauth.principal import Principal
 
 _MAX_TOKEN_BYTES = 8192
@@ -23,10 +23,12 @@ class TokenVerifier:
     def __init__(self, keys: KeyStore, *, issuer: str, audience: str) -> None:
         self._keys = keys
         self._claims = JWTClaimsRegistry(
-            leeway=30,
+            leeway=VERIFY_LEEWAY,
             iss={"essential": True, "value": issuer},
             aud={"essential": True, "value": audience},
             exp={"essential": True},
+            # Emergency revocation compares it with a not-before time (RFC 9068 requires it).
+            iat={"essential": True},
             sub={"essential": True},
             client_id={"essential": True},
             jti={"essential": True},
@@ -72,18 +74,40 @@ class TokenVerifier:
         try:
             tenant_id = UUID(tenant_raw) if tenant_raw is not None else None
             expires_at = int(claims["exp"])
+            issued_at = int(claims["iat"])
         except (ValueError, TypeError, AttributeError) as exc:
             raise Unauthorized("The access token has malformed claims.") from exc
         scope = claims.get("scope") or ""
         if not isinstance(scope, str):
             raise Unauthorized("The access token has a malformed scope.")
+        subject, client_id = str(claims["sub"]), str(claims["client_id"])
+        user_id: UUID | None = None
+        role: str | None = None
+        if subject != client_id:
+            # RFC 9068 §2.2: sub names the resource owner when there is one, else the
+            # client. So sub ≠ client_id is a user's token: sub is the user's id and
+            # the role comes from the user record (any role claim is ignored).
+            if tenant_id is None:
+                raise Unauthorized("A user's access token must name its tenant.")
+            try:
+                user_id = UUID(subject)
+            except ValueError as exc:
+                raise Unauthorized("The access token has a malformed subject.") from exc
+        else:
+            raw_role = claims.get("role")
+            if raw_role is not None and not isinstance(raw_role, str):
+                raise Unauthorized("The access token has a malformed role.")
+            role = raw_role
         return Principal(
-            subject=str(claims["sub"]),
-            client_id=str(claims["client_id"]),
+            subject=subject,
+            client_id=client_id,
             tenant_id=tenant_id,
             scopes=frozenset(scope.split()),
             token_id=str(claims["jti"]),
             expires_at=expires_at,
+            issued_at=issued_at,
+            user_id=user_id,
+            role=role,
         )
 
     def forget(self) -> None:

@@ -20,7 +20,12 @@ from meridian.crud.http import (
 )
 from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import Page
-from meridian.deps import ReadAccess, WriteAccess
+from meridian.deps import (
+    CanCreateOpportunities,
+    CanDeleteOpportunities,
+    CanReadOpportunities,
+    CanUpdateOpportunities,
+)
 from meridian.errors import BadRequest
 from meridian.opportunities.models import Opportunity
 from meridian.opportunities.repository import SORTABLE, OpportunityRepository
@@ -39,7 +44,7 @@ KIND = "opportunity"
 async def create_opportunity(
     body: OpportunityCreate,
     request: Request,
-    access: WriteAccess,
+    access: CanCreateOpportunities,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     return await endpoints.create(
@@ -54,7 +59,7 @@ async def create_opportunity(
 
 @router.get("", response_model=Page)
 async def list_opportunities(
-    access: ReadAccess,
+    access: CanReadOpportunities,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
     sort: SortQuery = None,
@@ -96,7 +101,9 @@ async def list_opportunities(
 
 
 @router.get("/{opportunity_id}", response_model=OpportunityRead)
-async def get_opportunity(opportunity_id: UUID, request: Request, access: ReadAccess) -> Response:
+async def get_opportunity(
+    opportunity_id: UUID, request: Request, access: CanReadOpportunities
+) -> Response:
     return await endpoints.fetch(access, OpportunityRepository, KIND, opportunity_id, request)
 
 
@@ -104,7 +111,7 @@ async def get_opportunity(opportunity_id: UUID, request: Request, access: ReadAc
 async def update_opportunity(
     opportunity_id: UUID,
     body: OpportunityUpdate,
-    access: WriteAccess,
+    access: CanUpdateOpportunities,
     if_match: IfMatchHeader = None,
 ) -> Response:
     return await endpoints.change(
@@ -120,6 +127,6 @@ async def update_opportunity(
 
 @router.delete("/{opportunity_id}", status_code=204)
 async def delete_opportunity(
-    opportunity_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+    opportunity_id: UUID, access: CanDeleteOpportunities, if_match: IfMatchHeader = None
 ) -> Response:
     return await endpoints.remove(access, OpportunityRepository, KIND, opportunity_id, if_match)

@@ -1,4 +1,5 @@
-"""Opportunity rules: the account is the tenant's, the stage belongs to the pipeline."""
+"""Opportunity rules: the account is the tenant's, the stage belongs to the pipeline,
+the owner is an active user of the tenant."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from meridian.errors import ValidationFailed
 from meridian.ids import new_id
 from meridian.opportunities.repository import OpportunityRepository
 from meridian.opportunities.schemas import OpportunityCreate, OpportunityUpdate
+from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
 
 NOT_NULL = ("account_id", "name", "amount", "currency", "pipeline_id", "stage_id")
@@ -24,6 +26,7 @@ class OpportunityService:
         repo = OpportunityRepository(session, tenant)
         values = body.model_dump()
         await self._check_account(repo, values["account_id"])
+        await user_service.require_active(session, tenant, values["owner_id"], "owner_id")
         pipeline_id = values["pipeline_id"]
         if pipeline_id is None:
             pipeline_id = await repo.default_pipeline()
@@ -54,6 +57,7 @@ class OpportunityService:
         for field in NOT_NULL:
             if field in values and values[field] is None:
                 raise ValidationFailed(f"{field}: cannot be null")
+        await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
         if {"account_id", "pipeline_id", "stage_id"}.isdisjoint(values):
             return await repo.update(opportunity_id, values, expected_version=expected_version)
 

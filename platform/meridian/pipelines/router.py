@@ -31,7 +31,12 @@ from meridian.crud.http import (
 from meridian.crud.pagination import parse_sort
 from meridian.crud.repository import VersionMismatch
 from meridian.crud.schemas import Page
-from meridian.deps import ReadAccess, WriteAccess
+from meridian.deps import (
+    CanCreatePipelines,
+    CanDeletePipelines,
+    CanReadPipelines,
+    CanUpdatePipelines,
+)
 from meridian.errors import NotFound, PreconditionFailed
 from meridian.pipelines.models import Pipeline
 from meridian.pipelines.repository import SORTABLE, PipelineRepository, StageRepository
@@ -66,7 +71,7 @@ def _precondition(kind: str) -> Iterator[None]:
 async def create_pipeline(
     body: PipelineCreate,
     request: Request,
-    access: WriteAccess,
+    access: CanCreatePipelines,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Stages take their positions from the list order. ``is_default: true`` makes this
@@ -82,7 +87,7 @@ async def create_pipeline(
 
 @router.get("", response_model=Page)
 async def list_pipelines(
-    access: ReadAccess,
+    access: CanReadPipelines,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
     sort: SortQuery = None,
@@ -105,7 +110,7 @@ async def list_pipelines(
 
 
 @router.get("/{pipeline_id}", response_model=PipelineRead)
-async def get_pipeline(pipeline_id: UUID, request: Request, access: ReadAccess) -> Response:
+async def get_pipeline(pipeline_id: UUID, request: Request, access: CanReadPipelines) -> Response:
     return await endpoints.fetch(access, PipelineRepository, KIND, pipeline_id, request)
 
 
@@ -113,7 +118,7 @@ async def get_pipeline(pipeline_id: UUID, request: Request, access: ReadAccess) 
 async def update_pipeline(
     pipeline_id: UUID,
     body: PipelineUpdate,
-    access: WriteAccess,
+    access: CanUpdatePipelines,
     if_match: IfMatchHeader = None,
 ) -> Response:
     """``is_default: true`` moves the default here; ``false`` on the default is refused
@@ -131,7 +136,7 @@ async def update_pipeline(
 
 @router.delete("/{pipeline_id}", status_code=204)
 async def delete_pipeline(
-    pipeline_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+    pipeline_id: UUID, access: CanDeletePipelines, if_match: IfMatchHeader = None
 ) -> Response:
     """Refused (409) for the default pipeline and while opportunities are in it."""
     version = expected_version(if_match)
@@ -142,7 +147,7 @@ async def delete_pipeline(
 
 
 @router.get("/{pipeline_id}/stages", response_model=Page)
-async def list_pipeline_stages(pipeline_id: UUID, access: ReadAccess) -> Response:
+async def list_pipeline_stages(pipeline_id: UUID, access: CanReadPipelines) -> Response:
     """All stages ordered by position (bounded, so never more than one page)."""
     async with access.reader() as conn:
         pipeline = await PipelineRepository.fetch_one(conn, access.tenant.tenant_id, pipeline_id)
@@ -156,7 +161,7 @@ async def create_pipeline_stage(
     pipeline_id: UUID,
     body: StageAdd,
     request: Request,
-    access: WriteAccess,
+    access: CanUpdatePipelines,
     idempotency_key: IdempotencyKeyHeader = None,
     if_match: IfMatchHeader = None,
 ) -> Response:
@@ -177,7 +182,7 @@ async def create_pipeline_stage(
 
 @router.get("/{pipeline_id}/stages/{stage_id}", response_model=StageRead)
 async def get_pipeline_stage(
-    pipeline_id: UUID, stage_id: UUID, request: Request, access: ReadAccess
+    pipeline_id: UUID, stage_id: UUID, request: Request, access: CanReadPipelines
 ) -> Response:
     async with access.reader() as conn:
         row = await StageRepository.fetch_in(conn, access.tenant.tenant_id, pipeline_id, stage_id)
@@ -191,7 +196,7 @@ async def update_pipeline_stage(
     pipeline_id: UUID,
     stage_id: UUID,
     body: StageUpdate,
-    access: WriteAccess,
+    access: CanUpdatePipelines,
     if_match: IfMatchHeader = None,
 ) -> Response:
     """A new ``position`` moves the stage there and shifts the stages in between.
@@ -209,7 +214,7 @@ async def update_pipeline_stage(
 
 @router.delete("/{pipeline_id}/stages/{stage_id}", status_code=204)
 async def delete_pipeline_stage(
-    pipeline_id: UUID, stage_id: UUID, access: WriteAccess, if_match: IfMatchHeader = None
+    pipeline_id: UUID, stage_id: UUID, access: CanUpdatePipelines, if_match: IfMatchHeader = None
 ) -> Response:
     """Refused (409) for the last stage and while opportunities are in it. If-Match is
     the stage's ETag."""

@@ -1,0 +1,193 @@
+"""The async half of the token and revocation endpoints.
+
+Before Authlib runs (in a worker thread, see ``meridian.oauth.server``): load the
+client, its tenant, and what the grant needs — the user and a password check for the
+password grant, the refresh token and its user for the refresh grant. After: store the
+new refresh token and claim the old one in one transaction, or revoke a family.
+
+Grant-specific loads happen only for a caller that presented its client's secret (a
+cheap SHA-256 comparison, repeated by Authlib): nobody else makes us read a shard or
+run a password hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from starlette.responses import Response
+
+from meridian.ids import new_id
+from meridian.oauth.clients import ClientRecord, find_client
+from meridian.oauth.login import user_by_email, user_by_id
+from meridian.oauth.refresh import (
+    claim_refresh_token,
+    find_refresh_token,
+    revoke_family,
+    store_refresh_token,
+)
+from meridian.oauth.server import (
+    Exchange,
+    StarletteOAuth2Request,
+    requested_client_id,
+    requested_client_secret,
+)
+from meridian.users.passwords import MAX_LENGTH, verify_in_thread
+from meridian.web.responses import json_response
+from tenancy.context import TenantContext, TenantStatus
+
+if TYPE_CHECKING:
+    from meridian.runtime import Runtime
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def oauth_error(status: int, error: str, description: str) -> Response:
+    """An error in OAuth's own format (RFC 6749 §5.2), which OAuth clients expect."""
+    return json_response({"error": error, "error_description": description}, status, NO_STORE)
+
+
+async def _client(
+    rt: Runtime, headers: Mapping[str, str], form: Mapping[str, str]
+) -> tuple[ClientRecord | None, bool]:
+    """The client the request names, and whether it presented the right secret."""
+    client_id = requested_client_id(headers, form)
+    client = None
+    if client_id:
+        async with rt.control.connect() as conn:
+            client = await find_client(conn, client_id)
+    secret = requested_client_secret(headers, form) or ""
+    authenticated = client is not None and not client.revoked and client.secret_matches(secret)
+    return client, authenticated
+
+
+def _request(
+    rt: Runtime,
+    path: str,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    form: Mapping[str, str],
+) -> StarletteOAuth2Request:
+    return StarletteOAuth2Request(
+        "POST", rt.settings.issuer.rstrip("/") + path, headers, query, form
+    )
+
+
+async def token(
+    rt: Runtime, headers: Mapping[str, str], query: Mapping[str, str], form: Mapping[str, str]
+) -> Response:
+    client, authenticated = await _client(rt, headers, form)
+    exchange = Exchange(client)
+    if authenticated and client is not None and client.tenant_id is not None:
+        # Only a caller holding the secret learns the tenant's state; anyone else gets
+        # the usual invalid_client from Authlib.
+        tenant = await rt.directory.resolve(client.tenant_id)
+        if tenant is None or tenant.status is not TenantStatus.ACTIVE:
+            state = tenant.status.value if tenant else "deleted"
+            return oauth_error(400, "unauthorized_client", f"The client's tenant is {state}.")
+        exchange.tenant = tenant
+        grant_type = form.get("grant_type")
+        if grant_type == "password" and rt.oauth.password_grant:
+            await _prepare_login(rt, exchange, tenant, form)
+        elif grant_type == "refresh_token":
+            await _prepare_refresh(rt, exchange, client, tenant, form)
+        subject = exchange.login.id if exchange.login else None
+        if exchange.refresh is not None:
+            subject = exchange.refresh.user_id
+        await rt.revocations.wait_until_past(tenant.tenant_id, subject)
+    response = await rt.oauth.token_response(
+        _request(rt, "/oauth/token", headers, query, form), exchange
+    )
+    return await _persist(rt, exchange, response)
+
+
+async def _prepare_login(
+    rt: Runtime, exchange: Exchange, tenant: TenantContext, form: Mapping[str, str]
+) -> None:
+    slug, username, password = form.get("tenant"), form.get("username"), form.get("password")
+    exchange.tenant_matches = slug == tenant.slug
+    if not exchange.tenant_matches or not username or password is None:
+        return  # Authlib answers (missing parameter, or another tenant)
+    if len(password) > MAX_LENGTH:
+        return  # no stored password is that long; do not spend a hash on it
+    exchange.login = await user_by_email(rt, tenant, username)
+    stored = exchange.login.password_hash if exchange.login else None
+    # Verified even for unknown users (against a dummy hash): same time either way.
+    # In a worker thread, a few at a time (each hash takes tens of MiB and ~50 ms).
+    exchange.password_ok = await verify_in_thread(password, stored)
+
+
+async def _prepare_refresh(
+    rt: Runtime,
+    exchange: Exchange,
+    client: ClientRecord,
+    tenant: TenantContext,
+    form: Mapping[str, str],
+) -> None:
+    presented = form.get("refresh_token")
+    if not presented:
+        return
+    async with rt.control.connect() as conn:
+        record = await find_refresh_token(conn, presented)
+    exchange.refresh = record
+    if record is not None and record.client_id == client.client_id and record.used_at is None:
+        # The user must still exist and be active (checked by the grant).
+        exchange.refresh_user = await user_by_id(rt, tenant, record.user_id)
+
+
+async def _persist(rt: Runtime, exchange: Exchange, response: Response) -> Response:
+    if response.status_code != 200:
+        if exchange.revoke_family is not None:
+            async with rt.control.begin() as conn:
+                await revoke_family(conn, exchange.revoke_family)
+        return response
+    issued = exchange.issued_refresh_token
+    if issued is None:
+        return response  # client credentials: nothing to store
+    client, tenant, user_id = exchange.client, exchange.tenant, exchange.user_id
+    if client is None or tenant is None or user_id is None:  # Authlib issued it, so set
+        raise RuntimeError("a refresh token was issued without client, tenant or user")
+    used = exchange.used_refresh
+    async with rt.control.begin() as conn:
+        # Claim the old token and store its successor atomically: of two concurrent
+        # uses of one token exactly one claims it; the other is a reuse.
+        reused: UUID | None = None
+        if used is not None and not await claim_refresh_token(conn, used.id):
+            reused = used.family_id
+            await revoke_family(conn, reused)
+        else:
+            await store_refresh_token(
+                conn,
+                issued,
+                family_id=used.family_id if used is not None else new_id(),
+                tenant_id=tenant.tenant_id,
+                user_id=user_id,
+                client_id=client.client_id,
+                scope=exchange.issued_scope,
+                ttl=rt.settings.refresh_token_ttl,
+            )
+    if reused is not None:
+        # The access token minted in the thread is dropped: it never leaves the server.
+        return oauth_error(
+            400, "invalid_grant", "The refresh token was already used; the session is revoked."
+        )
+    return response
+
+
+async def revoke(
+    rt: Runtime, headers: Mapping[str, str], query: Mapping[str, str], form: Mapping[str, str]
+) -> Response:
+    client, authenticated = await _client(rt, headers, form)
+    exchange = Exchange(client)
+    presented = form.get("token")
+    if authenticated and presented:
+        async with rt.control.connect() as conn:
+            exchange.refresh = await find_refresh_token(conn, presented)
+    response = await rt.oauth.revocation_response(
+        _request(rt, "/oauth/revoke", headers, query, form), exchange
+    )
+    if response.status_code == 200 and exchange.revoke_family is not None:
+        async with rt.control.begin() as conn:
+            await revoke_family(conn, exchange.revoke_family)
+    return response

@@ -1,0 +1,1 @@
+"""Roles of a tenant (``/v1/roles``): the shared templates, overrides and custom roles."""

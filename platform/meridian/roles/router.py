@@ -1,0 +1,111 @@
+"""Roles (``/v1/roles``): list and read every role of the tenant (templates included),
+create, change and delete custom roles, override a template's permissions for the
+tenant (``PUT /v1/roles/{name}/permissions``) and return to the template
+(``DELETE /v1/roles/{name}/permissions``).
+
+The ETag of a role is the tenant's policy version (a role's effective permissions
+depend on the roles it inherits); If-Match makes a change conditional (412).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from starlette.responses import Response
+
+from meridian.crud.http import IdempotencyKeyHeader, IfMatchHeader, expected_version
+from meridian.crud.schemas import Page
+from meridian.deps import CanCreateRoles, CanDeleteRoles, CanReadRoles, CanUpdateRoles
+from meridian.roles.schemas import RoleCreate, RolePermissions, RoleRead, RoleUpdate
+from meridian.roles.service import role as role_service
+from meridian.web.responses import json_response
+
+router = APIRouter(prefix="/v1/roles", tags=["roles"])
+RoleNamePath = Annotated[str, Path(max_length=63)]
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _role_response(row: dict[str, Any], status_code: int = 200, **headers: str) -> Response:
+    return json_response(row, status_code, {"ETag": _etag(row["policy_version"]), **headers})
+
+
+@router.get("", response_model=Page)
+async def list_roles(access: CanReadRoles) -> Response:
+    """Every role of the tenant by name, templates included (one page: a tenant has few
+    roles)."""
+    rows, version = await role_service.list_roles(access)
+    return json_response({"data": rows, "next_cursor": None}, headers={"ETag": _etag(version)})
+
+
+@router.post("", status_code=201, response_model=RoleRead)
+async def create_role(
+    body: RoleCreate,
+    request: Request,
+    access: CanCreateRoles,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """A custom role: its own permissions plus, with ``inherits``, another role's."""
+    row, created_now = await role_service.create_role(access, body, idempotency_key)
+    headers = {"Location": f"{request.url.path.rstrip('/')}/{body.name}"}
+    if not created_now:
+        headers["Idempotent-Replayed"] = "true"
+    return _role_response(row, 201, **headers)
+
+
+@router.get("/{name}", response_model=RoleRead)
+async def get_role(name: RoleNamePath, request: Request, access: CanReadRoles) -> Response:
+    row = await role_service.get_role(access, name)
+    tag = _etag(row["policy_version"])
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers={"ETag": tag})
+    return _role_response(row)
+
+
+@router.patch("/{name}", response_model=RoleRead)
+async def update_role(
+    name: RoleNamePath,
+    body: RoleUpdate,
+    access: CanUpdateRoles,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    """Custom roles only (templates: PUT /v1/roles/{name}/permissions)."""
+    row = await role_service.update_role(access, name, body, expected_version(if_match))
+    return _role_response(row)
+
+
+@router.delete("/{name}", status_code=204)
+async def delete_role(
+    name: RoleNamePath, access: CanDeleteRoles, if_match: IfMatchHeader = None
+) -> Response:
+    """Custom roles only, and only while no user, client or role depends on them (409)."""
+    await role_service.delete_role(access, name, expected_version(if_match))
+    return Response(status_code=204)
+
+
+@router.put("/{name}/permissions", response_model=RoleRead)
+async def set_role_permissions(
+    name: RoleNamePath,
+    body: RolePermissions,
+    access: CanUpdateRoles,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    """Replace a role's own permissions. On a template this overrides it for this tenant
+    only (admin cannot be overridden)."""
+    row = await role_service.set_role_permissions(
+        access, name, body.permissions, expected_version(if_match)
+    )
+    return _role_response(row)
+
+
+@router.delete("/{name}/permissions", response_model=RoleRead)
+async def reset_role_permissions(
+    name: RoleNamePath, access: CanUpdateRoles, if_match: IfMatchHeader = None
+) -> Response:
+    """Drop this tenant's override of a template (idempotent)."""
+    row = await role_service.reset_role_permissions(access, name, expected_version(if_match))
+    return _role_response(row)

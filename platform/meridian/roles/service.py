@@ -1,0 +1,326 @@
+"""Role management: templates (shared, overridable per tenant) and custom roles.
+
+Every change runs in one control-plane transaction that first locks the tenant's policy
+version, validates against the rules as they are under that lock, writes, and bumps the
+version; after the commit the change is applied in this process at once and announced
+to the others. The version is the ETag of every role: a role's effective permissions
+depend on the roles it inherits, so any change of the tenant's policy changes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from authz import store
+from authz.policy import (
+    LOCKED_TEMPLATES,
+    MAX_INHERITANCE_DEPTH,
+    TEMPLATES,
+    Permission,
+    PolicySnapshot,
+    RoleView,
+    Rule,
+)
+from meridian.crud.idempotency import validate_key
+from meridian.deps import TenantAccess
+from meridian.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    PreconditionFailed,
+    ValidationFailed,
+)
+from meridian.oauth.models import OAuthClient
+from meridian.roles.schemas import PermissionIn, RoleCreate, RoleUpdate
+
+Row = dict[str, Any]
+
+
+def _perms(items: Iterable[PermissionIn]) -> frozenset[Permission]:
+    return frozenset((p.object, p.action) for p in items)
+
+
+def _listed(perms: Iterable[Permission]) -> list[dict[str, str]]:
+    return [{"object": o, "action": a} for o, a in sorted(perms)]
+
+
+def _present(view: RoleView, description: str | None, version: int) -> Row:
+    return {
+        "name": view.name,
+        "kind": view.kind,
+        "overridden": view.overridden,
+        "inherits": view.inherits,
+        "description": description,
+        "permissions": _listed(view.permissions),
+        "effective_permissions": _listed(view.effective),
+        "policy_version": version,
+    }
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"No role named '{name}'.")
+
+
+def _no_parent(name: str) -> ValidationFailed:
+    return ValidationFailed(f"Role '{name}' to inherit from does not exist.")
+
+
+def _check_version(expected: int | None, current: int) -> None:
+    if expected is not None and expected != current:
+        raise PreconditionFailed("The tenant's roles have changed since the ETag was issued.")
+
+
+def _check_grantable(access: TenantAccess, perms: Iterable[Permission]) -> None:
+    """Nobody hands out rights they do not hold themselves (no escalation through a
+    role they are allowed to edit)."""
+    missing = sorted(p for p in perms if not access.can(*p))
+    if missing:
+        listed = ", ".join(f"{o}:{a}" for o, a in missing)
+        raise Forbidden(
+            f"The role '{access.actor.role}' cannot grant permissions it does not hold: {listed}."
+        )
+
+
+def _check_graph(snapshot: PolicySnapshot, rules: list[Rule]) -> None:
+    """Inheritance must stay acyclic and shallow (Casbin denies silently past 10)."""
+    trial = PolicySnapshot(
+        snapshot.tenant_id,
+        snapshot.version,
+        tuple(rules),
+        snapshot.overrides,
+        snapshot.custom_roles,
+    )
+    for role in trial.custom_roles:
+        chain, cursor = [role], trial.parent_of(role)
+        while cursor is not None:
+            if cursor in chain:
+                raise ValidationFailed(f"Role '{role}' would inherit from itself.")
+            chain.append(cursor)
+            cursor = trial.parent_of(cursor)
+        if len(chain) - 1 > MAX_INHERITANCE_DEPTH:
+            raise ValidationFailed(
+                f"Role '{role}' would inherit through more than {MAX_INHERITANCE_DEPTH} roles."
+            )
+
+
+def _with_parent(snapshot: PolicySnapshot, role: str, parent: str | None) -> list[Rule]:
+    dom = snapshot.domain
+    rules = [r for r in snapshot.rules if not (r[0] == "g" and r[1] == role and r[3] == dom)]
+    if parent is not None:
+        rules.append(("g", role, parent, dom))
+    return rules
+
+
+class RoleService:
+    @asynccontextmanager
+    async def _locked(self, access: TenantAccess) -> AsyncIterator[tuple[AsyncConnection, int]]:
+        """A control-plane transaction holding the tenant's policy lock; the version
+        after it (bumped by :meth:`_commit`) is announced once it has committed."""
+        tenant_id = access.tenant.tenant_id
+        async with access.runtime.control.begin() as conn:
+            version = await store.lock_policy(conn, tenant_id)
+            yield conn, version
+            new_version = await store.read_version(conn, tenant_id)
+        if new_version != version:
+            await access.runtime.announce_policy(tenant_id, new_version)
+
+    async def _view(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> Row:
+        snapshot = await store.read_snapshot(conn, tenant_id)
+        view = snapshot.roles().get(name)
+        if view is None:
+            raise _not_found(name)
+        descriptions = await store.descriptions(conn, tenant_id)
+        return _present(view, descriptions.get(name), snapshot.version)
+
+    async def list_roles(self, access: TenantAccess) -> tuple[list[Row], int]:
+        tenant_id = access.tenant.tenant_id
+        async with access.runtime.control.connect() as conn:
+            snapshot = await store.read_snapshot(conn, tenant_id)
+            descriptions = await store.descriptions(conn, tenant_id)
+        rows = [
+            _present(view, descriptions.get(name), snapshot.version)
+            for name, view in sorted(snapshot.roles().items())
+        ]
+        return rows, snapshot.version
+
+    async def get_role(self, access: TenantAccess, name: str) -> Row:
+        async with access.runtime.control.connect() as conn:
+            return await self._view(conn, access.tenant.tenant_id, name)
+
+    async def create_role(
+        self, access: TenantAccess, body: RoleCreate, idempotency_key: str | None
+    ) -> tuple[Row, bool]:
+        """Returns (role, created_now); a retry with the same Idempotency-Key returns
+        the role it created."""
+        tenant_id = access.tenant.tenant_id
+        key = validate_key(idempotency_key) if idempotency_key else None
+        async with self._locked(access) as (conn, _):
+            if key is not None:
+                earlier = await store.find_role_by_key(conn, tenant_id, key)
+                if earlier is not None:
+                    if earlier != body.name:
+                        raise IdempotencyKeyReused(
+                            "This Idempotency-Key created another role; use a new key."
+                        )
+                    return await self._view(conn, tenant_id, earlier), False
+            snapshot = await store.read_snapshot(conn, tenant_id)
+            if body.name in snapshot.role_names:
+                kind = "role template" if body.name in TEMPLATES else "role"
+                raise Conflict(f"A {kind} named '{body.name}' already exists.")
+            perms = _perms(body.permissions)
+            inherited: frozenset[Permission] = frozenset()
+            if body.inherits is not None:
+                parent = snapshot.roles().get(body.inherits)
+                if parent is None:
+                    raise ValidationFailed(
+                        f"Role '{body.inherits}' to inherit from does not exist."
+                    )
+                inherited = parent.effective
+                if snapshot.depth_of(body.inherits) + 1 > MAX_INHERITANCE_DEPTH:
+                    raise ValidationFailed(
+                        f"A role may inherit through at most {MAX_INHERITANCE_DEPTH} roles."
+                    )
+            _check_grantable(access, perms | inherited)
+            await store.put_role(
+                conn,
+                tenant_id,
+                body.name,
+                "custom",
+                description=body.description,
+                creation_key=key,
+            )
+            await store.set_permissions(conn, tenant_id, body.name, perms)
+            await store.set_parent(conn, tenant_id, body.name, body.inherits)
+            await store.bump_version(conn, tenant_id)
+            return await self._view(conn, tenant_id, body.name), True
+
+    async def update_role(
+        self, access: TenantAccess, name: str, body: RoleUpdate, expected: int | None
+    ) -> Row:
+        tenant_id = access.tenant.tenant_id
+        changes = body.model_fields_set
+        async with self._locked(access) as (conn, version):
+            _check_version(expected, version)
+            snapshot = await store.read_snapshot(conn, tenant_id)
+            view = snapshot.roles().get(name)
+            if view is None:
+                raise _not_found(name)
+            if view.kind != "custom":
+                raise Conflict(
+                    f"'{name}' is a role template: change its permissions for this tenant "
+                    f"with PUT /v1/roles/{name}/permissions."
+                )
+            if "inherits" in changes:
+                if body.inherits is not None and body.inherits not in snapshot.role_names:
+                    raise ValidationFailed(
+                        f"Role '{body.inherits}' to inherit from does not exist."
+                    )
+                rules = _with_parent(snapshot, name, body.inherits)
+                _check_graph(snapshot, rules)
+                parent = snapshot.roles().get(body.inherits) if body.inherits else None
+                _check_grantable(access, parent.effective if parent else ())
+                await store.set_parent(conn, tenant_id, name, body.inherits)
+            if "permissions" in changes:
+                perms = _perms(body.permissions or [])
+                _check_grantable(access, perms - view.permissions)
+                await store.set_permissions(conn, tenant_id, name, perms)
+            if "description" in changes:
+                await store.describe_role(conn, tenant_id, name, body.description)
+            if changes:
+                await store.bump_version(conn, tenant_id)
+            return await self._view(conn, tenant_id, name)
+
+    async def set_role_permissions(
+        self,
+        access: TenantAccess,
+        name: str,
+        permissions: list[PermissionIn],
+        expected: int | None,
+    ) -> Row:
+        """A custom role's permissions, or a template's for this tenant (an override)."""
+        tenant_id = access.tenant.tenant_id
+        perms = _perms(permissions)
+        async with self._locked(access) as (conn, version):
+            _check_version(expected, version)
+            snapshot = await store.read_snapshot(conn, tenant_id)
+            view = snapshot.roles().get(name)
+            if view is None:
+                raise _not_found(name)
+            if name in LOCKED_TEMPLATES:
+                raise Conflict(
+                    f"The '{name}' role cannot be changed: it keeps the tenant manageable."
+                )
+            _check_grantable(access, perms - view.permissions)
+            if view.kind == "template":
+                await store.put_role(conn, tenant_id, name, "override")
+            await store.set_permissions(conn, tenant_id, name, perms)
+            await store.bump_version(conn, tenant_id)
+            return await self._view(conn, tenant_id, name)
+
+    async def reset_role_permissions(
+        self, access: TenantAccess, name: str, expected: int | None
+    ) -> Row:
+        """Drop a tenant's override of a template: the shared permissions apply again."""
+        tenant_id = access.tenant.tenant_id
+        async with self._locked(access) as (conn, version):
+            _check_version(expected, version)
+            snapshot = await store.read_snapshot(conn, tenant_id)
+            view = snapshot.roles().get(name)
+            if view is None:
+                raise _not_found(name)
+            if view.kind != "template":
+                raise Conflict(f"'{name}' is a custom role: it has no template to return to.")
+            if view.overridden:
+                template = TEMPLATES.get(name, frozenset())
+                _check_grantable(access, template - view.permissions)
+                await store.drop_role(conn, tenant_id, name)
+                await store.bump_version(conn, tenant_id)
+            return await self._view(conn, tenant_id, name)
+
+    async def delete_role(self, access: TenantAccess, name: str, expected: int | None) -> None:
+        tenant_id = access.tenant.tenant_id
+        async with self._locked(access) as (conn, version):
+            _check_version(expected, version)
+            snapshot = await store.read_snapshot(conn, tenant_id)
+            view = snapshot.roles().get(name)
+            if view is None:
+                raise _not_found(name)
+            if view.kind != "custom":
+                raise Conflict(f"'{name}' is a role template and cannot be deleted.")
+            heirs = sorted(r for r in snapshot.custom_roles if snapshot.parent_of(r) == name)
+            if heirs:
+                raise Conflict(f"Roles inherit from '{name}': {', '.join(heirs)}.")
+            client_holds = await conn.scalar(
+                select(
+                    exists().where(
+                        OAuthClient.tenant_id == tenant_id,
+                        OAuthClient.role == name,
+                        OAuthClient.revoked_at.is_(None),
+                    )
+                )
+            )
+            if client_holds or await self._users_hold(access, name):
+                raise Conflict(f"Role '{name}' is still given to users or clients.")
+            await store.drop_role(conn, tenant_id, name)
+            await store.bump_version(conn, tenant_id)
+
+    async def _users_hold(self, access: TenantAccess, name: str) -> bool:
+        """Users live on the tenant's shard. The check is not atomic with the delete
+        (two databases); a user given the role meanwhile is simply denied everything."""
+        async with access.reader() as conn:
+            found = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM app_user WHERE tenant_id = $1 AND role = $2)",
+                access.tenant.tenant_id,
+                name,
+            )
+        return bool(found)
+
+
+role = RoleService()

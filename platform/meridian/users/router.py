@@ -1,0 +1,115 @@
+"""User endpoints (``/v1/users``): HTTP only; the flows live in meridian.crud.endpoints.
+
+There is no DELETE: users are deactivated (``PATCH {"active": false}``), never
+deleted, so their records keep an owner (the database role cannot delete them either).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from meridian.contacts.schemas import normalise_email
+from meridian.crud import endpoints
+from meridian.crud.http import (
+    CursorQuery,
+    IdempotencyKeyHeader,
+    IfMatchHeader,
+    LimitQuery,
+    SortQuery,
+)
+from meridian.crud.pagination import parse_sort
+from meridian.crud.schemas import Page
+from meridian.deps import CanCreateUsers, CanReadUsers, CanUpdateUsers
+from meridian.identity import forget_actor
+from meridian.users.models import AppUser
+from meridian.users.repository import SORTABLE, UserRepository
+from meridian.users.schemas import UserCreate, UserRead, UserUpdate
+from meridian.users.service import user as user_service
+
+router = APIRouter(prefix="/v1/users", tags=["users"])
+KIND = "user"
+
+
+@router.post("", status_code=201, response_model=UserRead)
+async def create_user(
+    body: UserCreate,
+    request: Request,
+    access: CanCreateUsers,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create (invite) a user; without a password the user cannot log in yet."""
+    password_hash = await user_service.hash_password(body)
+    # The idempotency fingerprint sees the password masked (SecretStr), never in clear.
+    return await endpoints.create(
+        access,
+        request,
+        idempotency_key,
+        body,
+        lambda session: user_service.create(session, access.tenant, body, password_hash),
+    )
+
+
+@router.get("", response_model=Page)
+async def list_users(
+    access: CanReadUsers,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    sort: SortQuery = None,
+    role: Annotated[str | None, Query(max_length=64)] = None,
+    manager_id: UUID | None = None,
+    active: bool | None = None,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+) -> Response:
+    """Sort: ``name``, ``created_at``, ``updated_at``; default ``name``."""
+    filters = {
+        "role": role,
+        "manager_id": manager_id,
+        "active": active,
+        "email": email and normalise_email(email),
+    }
+    where = [getattr(AppUser, k) == v for k, v in filters.items() if v is not None]
+    return await endpoints.listing(
+        access,
+        UserRepository,
+        where=where,
+        filters=filters,
+        sort=parse_sort(sort, SORTABLE, "name"),
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get("/{user_id}", response_model=UserRead)
+async def get_user(user_id: UUID, request: Request, access: CanReadUsers) -> Response:
+    return await endpoints.fetch(access, UserRepository, KIND, user_id, request)
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+async def update_user(
+    user_id: UUID,
+    body: UserUpdate,
+    access: CanUpdateUsers,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    """Change name, role, manager, password, or deactivate (``active: false``).
+
+    A new manager must be an active user and not the user or anyone below them; a
+    user who still manages active users cannot be deactivated.
+    """
+    password_hash = await user_service.hash_password(body)
+    response = await endpoints.change(
+        access,
+        KIND,
+        user_id,
+        if_match,
+        lambda session, version: user_service.update(
+            session, access.tenant, user_id, body, version, password_hash
+        ),
+    )
+    # Role and state are cached for the request path of the user's own tokens.
+    await forget_actor(access.runtime, access.tenant.tenant_id, user_id)
+    return response
