@@ -115,10 +115,20 @@ class KeyInfo:
 
 
 class TenantKeyring:
-    def __init__(self, control: AsyncEngine, provider: KeyProvider, *, ttl: float = 300.0) -> None:
+    def __init__(
+        self,
+        control: AsyncEngine,
+        provider: KeyProvider,
+        *,
+        ttl: float = 300.0,
+        versions_ttl: float | None = None,
+    ) -> None:
         self._control = control
         self._provider = provider
         self._ttl = ttl
+        # Which versions exist and which is active change at rotation: they are re-read
+        # more often than unwrapped keys expire, so every instance follows within this.
+        self._versions_ttl = ttl if versions_ttl is None else versions_ttl
         self._ciphers: dict[tuple[UUID, int], tuple[float, FieldCipher]] = {}
         self._active: dict[UUID, tuple[float, int]] = {}
         self._versions: dict[UUID, tuple[float, list[KeyInfo]]] = {}
@@ -126,27 +136,51 @@ class TenantKeyring:
     # -- lifecycle --------------------------------------------------------------------
     async def create_key(self, conn: AsyncConnection, tenant_id: UUID) -> int:
         """A new active version; the previous active one becomes decrypt-only."""
+        version = await self.publish_key(conn, tenant_id)
+        await self.activate(conn, tenant_id, version)
+        return version
+
+    async def publish_key(self, conn: AsyncConnection, tenant_id: UUID) -> int:
+        """A new version, decrypt-only for now: searches of every instance include it
+        before any row is written with it (rotation activates it after
+        ``versions_ttl``, so no instance's search can miss a row)."""
         current = await conn.scalar(
             select(func.max(TenantKey.version)).where(TenantKey.tenant_id == tenant_id)
         )
         version = int(current or 0) + 1
         wrapped = await self._provider.wrap(os.urandom(32), _context(tenant_id, version))
         await conn.execute(
-            update(TenantKey)
-            .where(TenantKey.tenant_id == tenant_id, TenantKey.state == "active")
-            .values(state="decrypt_only")
-        )
-        await conn.execute(
             insert(TenantKey).values(
                 tenant_id=tenant_id,
                 version=version,
                 wrapped_key=wrapped,
                 kek_id=self._provider.primary_id,
-                state="active",
+                state="decrypt_only",
             )
         )
         self.forget(tenant_id)
         return version
+
+    async def activate(self, conn: AsyncConnection, tenant_id: UUID, version: int) -> None:
+        """``version`` encrypts new writes from now on; the previous active one becomes
+        decrypt-only."""
+        await conn.execute(
+            update(TenantKey)
+            .where(TenantKey.tenant_id == tenant_id, TenantKey.state == "active")
+            .values(state="decrypt_only")
+        )
+        done = await conn.execute(
+            update(TenantKey)
+            .where(
+                TenantKey.tenant_id == tenant_id,
+                TenantKey.version == version,
+                TenantKey.state == "decrypt_only",
+            )
+            .values(state="active")
+        )
+        if not done.rowcount:
+            raise KeyUnavailable(f"key version {version} of tenant {tenant_id} cannot be activated")
+        self.forget(tenant_id)
 
     async def ensure_key(self, conn: AsyncConnection, tenant_id: UUID) -> int:
         """The active version, creating the first one (onboarding; safe to re-run)."""
@@ -180,20 +214,18 @@ class TenantKeyring:
         self.forget(tenant_id)
         return int(result.rowcount or 0)
 
-    async def rewrap_all(self) -> int:
-        """KEK rotation: re-wrap every live tenant key under the provider's primary KEK."""
+    async def rewrap_all(self, tenant_id: UUID | None = None) -> int:
+        """KEK rotation: re-wrap every live tenant key (or one tenant's) under the
+        provider's primary KEK."""
         done = 0
+        stmt = select(TenantKey.tenant_id, TenantKey.version, TenantKey.wrapped_key).where(
+            TenantKey.state != "destroyed",
+            TenantKey.kek_id != self._provider.primary_id,
+        )
+        if tenant_id is not None:
+            stmt = stmt.where(TenantKey.tenant_id == tenant_id)
         async with self._control.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(TenantKey.tenant_id, TenantKey.version, TenantKey.wrapped_key)
-                    .where(
-                        TenantKey.state != "destroyed",
-                        TenantKey.kek_id != self._provider.primary_id,
-                    )
-                    .with_for_update()
-                )
-            ).all()
+            rows = (await conn.execute(stmt.with_for_update())).all()
             for row in rows:
                 ctx = _context(row.tenant_id, row.version)
                 key = await self._provider.unwrap(row.wrapped_key, ctx)
@@ -226,7 +258,7 @@ class TenantKeyring:
                 )
             ).all()
         infos = [KeyInfo(r.version, r.state) for r in rows]
-        self._versions[tenant_id] = (now + self._ttl, infos)
+        self._versions[tenant_id] = (now + self._versions_ttl, infos)
         return infos
 
     async def active_cipher(self, tenant_id: UUID) -> FieldCipher:
@@ -241,7 +273,7 @@ class TenantKeyring:
                 )
             if version is None:
                 raise KeyUnavailable(f"tenant {tenant_id} has no active data key")
-            hit = self._active[tenant_id] = (now + self._ttl, int(version))
+            hit = self._active[tenant_id] = (now + self._versions_ttl, int(version))
         return await self.cipher(tenant_id, hit[1])
 
     async def cipher(self, tenant_id: UUID, version: int) -> FieldCipher:

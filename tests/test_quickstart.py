@@ -137,7 +137,17 @@ def test_dev_from_nothing_then_restart() -> None:
         first_ready = _wait_ready(proc, base_url, workdir)
         dev_json = workdir / ".meridian" / "dev.json"
         info = json.loads(dev_json.read_text())
-        assert set(info) == {"base_url", "admin", "demo_tenant", "databases", "redis_url"}
+        assert set(info) == {
+            "base_url",
+            "admin",
+            "demo_tenant",
+            "databases",
+            "redis_url",
+            "kek_file",
+        }
+        # The dev KEK is made once, private, and named for tools like `meridian seed`.
+        assert info["kek_file"] == str(data_dir.resolve() / "kek")
+        assert _mode(data_dir / "kek") == 0o600
         assert info["base_url"] == base_url
         assert set(info["admin"]) == {"client_id", "client_secret"}
         assert set(info["demo_tenant"]) == {"slug", "client_id", "client_secret"}

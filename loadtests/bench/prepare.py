@@ -16,17 +16,23 @@ from uuid import UUID
 import asyncpg
 import httpx
 from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from meridian.app import create_app
 from meridian.bootstrap import create_admin_client, migrate_all
 from meridian.contacts.repository import SORTABLE, ContactRepository
 from meridian.crud.compiled import compile_sql, compile_statement
 from meridian.crud.pagination import DEFAULT_LIMIT, parse_sort
+from meridian.encryption.fields import encrypt_values
 from meridian.ids import new_id
 from meridian.settings import Settings, ShardConfig
+from tenancy.crypto import FieldCipher
+from tenancy.keyring import TenantKeyring
 
 # Authlib accepts plain http only for a loopback issuer; the servers need not listen on it.
 ISSUER = "http://127.0.0.1:8000"
+# The benchmark platform's key-encryption key: fixed, for throw-away databases only.
+BENCH_KEK = "bWVyaWRpYW4tYmVuY2gta2VrLTMyLWJ5dGVzLWxvbmc="
 SHARDS = {"us-1": ("us", "us1"), "eu-1": ("eu", "eu1")}
 
 
@@ -85,6 +91,7 @@ def bench_settings(
         "issuer": ISSUER,
         # Tokens are issued once and must outlive the whole run.
         "access_token_ttl": 4 * 3600,
+        "kek": BENCH_KEK,
     }
     values.update(overrides)
     return Settings(**values)
@@ -101,6 +108,10 @@ def server_env(settings: Settings) -> dict[str, str]:
         "MERIDIAN_AUDIENCE": settings.audience,
         "MERIDIAN_ACCESS_TOKEN_TTL": str(settings.access_token_ttl),
     }
+    if settings.kek is not None:
+        env["MERIDIAN_KEK"] = settings.kek.get_secret_value()
+    if settings.kek_file is not None:
+        env["MERIDIAN_KEK_FILE"] = str(settings.kek_file)
     if settings.control_admin_dsn:
         env["MERIDIAN_CONTROL_ADMIN_DSN"] = settings.control_admin_dsn
     if settings.redis_url:
@@ -195,19 +206,32 @@ async def _onboard(settings: Settings, prefix: str) -> list[tuple[UUID, str, str
     return tenants
 
 
-async def _seed_contacts(pg: PgServer, database: str, tenant_id: UUID, n: int) -> list[UUID]:
+async def _seed_contacts(
+    pg: PgServer, database: str, tenant_id: UUID, n: int, cipher: FieldCipher
+) -> list[UUID]:
     start = datetime.now(UTC) - timedelta(days=365)
     rows = []
     for i in range(n):
         created = start + timedelta(minutes=i)
+        contact_id = new_id()
+        # Stored as the API stores them: encrypted, with blind indexes.
+        sealed = encrypt_values(
+            cipher,
+            "contact",
+            contact_id,
+            {"email": f"person{i}@example.com", "phone": f"+1 555 {i:07d}", "tax_id": None},
+        )
         rows.append(
             (
                 tenant_id,
-                new_id(),
+                contact_id,
                 f"First{i}",
                 f"Last{i % 997}",
-                f"person{i}@example.com",
-                f"+1 555 {i:07d}",
+                sealed["email_enc"],
+                sealed["email_bidx"],
+                sealed["phone_enc"],
+                sealed["phone_bidx"],
+                cipher.version,
                 "Buyer" if i % 3 else "Director of Purchasing",
                 created,
                 created,
@@ -223,8 +247,11 @@ async def _seed_contacts(pg: PgServer, database: str, tenant_id: UUID, n: int) -
                 "id",
                 "first_name",
                 "last_name",
-                "email",
-                "phone",
+                "email_enc",
+                "email_bidx",
+                "phone_enc",
+                "phone_bidx",
+                "enc_version",
                 "title",
                 "created_at",
                 "updated_at",
@@ -243,7 +270,13 @@ async def prepare(pg: PgServer, *, prefix: str, contacts: int, redis_url: str | 
     settings = bench_settings(pg, databases, redis_url=redis_url)
     await migrate_all(settings)
     tenants = []
-    for tenant_id, shard_id, token in await _onboard(settings, prefix):
-        ids = await _seed_contacts(pg, databases[shard_id], tenant_id, contacts)
-        tenants.append(BenchTenant(tenant_id, shard_id, token, ids))
+    control = create_async_engine(settings.control_dsn)
+    try:
+        keyring = TenantKeyring(control, settings.key_provider())
+        for tenant_id, shard_id, token in await _onboard(settings, prefix):
+            cipher = await keyring.active_cipher(tenant_id)
+            ids = await _seed_contacts(pg, databases[shard_id], tenant_id, contacts, cipher)
+            tenants.append(BenchTenant(tenant_id, shard_id, token, ids))
+    finally:
+        await control.dispose()
     return Prepared(settings, databases, tenants)

@@ -37,6 +37,7 @@ from meridian.bootstrap import create_admin_client, migrate_all
 from meridian.localpg import LocalCluster, LocalPgError, free_port, port_is_free
 from meridian.runtime import Runtime
 from meridian.settings import Settings, ShardConfig
+from tenancy.keyring import LocalKeyProvider
 
 OWNER_ROLE = "meridian_owner"  # owns the databases and tables, runs migrations
 APP_ROLE = "meridian_app"  # what the API connects as: LOGIN NOBYPASSRLS, owns nothing
@@ -86,6 +87,10 @@ class _Paths:
         return self.data / "dev.lock"
 
     @property
+    def kek(self) -> Path:  # the local key-encryption key (mode 0600)
+        return self.data / "kek"
+
+    @property
     def pg(self) -> Path:
         return self.data / "pg"
 
@@ -119,6 +124,17 @@ def _save(path: Path, data: Json, *, private: bool = False) -> None:
         json.dump(data, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def _ensure_kek(path: Path) -> Path:
+    """The dev platform's key-encryption key, made on first run and kept: losing it
+    would make every encrypted field of the local data unreadable."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)  # the mode given to open() is masked by the umask
+            f.write(LocalKeyProvider.generate_secret() + "\n")
+    return path
 
 
 @contextlib.contextmanager
@@ -173,7 +189,9 @@ def _stop_postgres(cluster: LocalCluster) -> None:
         warn(f"PostgreSQL did not stop cleanly: {exc}")
 
 
-def _embedded_settings(cluster: LocalCluster, redis_url: str | None, issuer: str) -> Settings:
+def _embedded_settings(
+    cluster: LocalCluster, redis_url: str | None, issuer: str, kek_file: Path
+) -> Settings:
     return Settings(
         control_dsn=cluster.dsn(CONTROL_DB, APP_ROLE),
         control_admin_dsn=cluster.dsn(CONTROL_DB, OWNER_ROLE),
@@ -190,13 +208,16 @@ def _embedded_settings(cluster: LocalCluster, redis_url: str | None, issuer: str
         redis_url=redis_url,
         issuer=issuer,
         password_grant=True,  # first-party sign-in for local apps (off in production)
+        kek_file=kek_file,
     )
 
 
-def _configured_settings(redis_url: str | None, issuer: str) -> Settings:
+def _configured_settings(redis_url: str | None, issuer: str, kek_file: Path) -> Settings:
     overrides: Json = {"redis_url": redis_url, "password_grant": True}
     if "MERIDIAN_ISSUER" not in os.environ:
         overrides["issuer"] = issuer
+    if "MERIDIAN_KEK" not in os.environ and "MERIDIAN_KEK_FILE" not in os.environ:
+        overrides["kek_file"] = kek_file
     return Settings(**overrides)
 
 
@@ -671,6 +692,8 @@ def _write_dev_json(paths: _Paths, base_url: str, boot: _Bootstrapped, settings:
         ),
         "databases": {"control": settings.control_dsn, "shards": boot.shards},
         "redis_url": settings.redis_url,
+        # Tools that write encrypted fields (meridian seed --dev-json) need the same KEK.
+        "kek_file": str(settings.kek_file) if settings.kek_file else None,
     }
     paths.dev_json.parent.mkdir(exist_ok=True)
     _save(paths.dev_json, data, private=True)
@@ -797,10 +820,11 @@ def run_dev(host: str, port: int, data_dir: Path) -> None:
             _start_postgres(cluster)
         redis = _start_redis(paths)
         stack.callback(redis.stop)
+        kek_file = _ensure_kek(paths.kek)
         settings = (
-            _embedded_settings(cluster, redis.url, issuer)
+            _embedded_settings(cluster, redis.url, issuer, kek_file)
             if cluster is not None
-            else _configured_settings(redis.url, issuer)
+            else _configured_settings(redis.url, issuer, kek_file)
         )
         asyncio.run(_serve(settings, host, port, paths, state, cluster, redis))
     except _Interrupted:

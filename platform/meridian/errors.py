@@ -88,6 +88,13 @@ class Conflict(MeridianError):
     title = "Conflict"
 
 
+class Duplicate(Conflict):
+    """The record duplicates an existing one (the body names it in ``duplicate_of``)."""
+
+    type_slug = "duplicate"
+    title = "Duplicate record"
+
+
 class PreconditionFailed(MeridianError):
     status_code = 412
     type_slug = "precondition-failed"

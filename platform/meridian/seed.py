@@ -37,12 +37,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.admin.schemas import ClientCreate, TenantCreate
 from meridian.admin.service import tenant_admin
 from meridian.bootstrap import create_admin_client
+from meridian.encryption.fields import encrypt_values
 from meridian.errors import Conflict, IdempotencyKeyReused, MeridianError
 from meridian.ids import new_id
 from meridian.oauth.clients import find_client
 from meridian.runtime import Runtime
 from meridian.settings import Settings
 from tenancy.context import TenantContext, TenantStatus
+from tenancy.crypto import FieldCipher
 from tenancy.models import Tenant
 
 FILE_VERSION = 1
@@ -267,9 +269,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "tenant_id", "id", "name", "domain", "parent_id", "owner_id", "created_at",
         "updated_at", "version",
     ),
+    # Stored columns: generate() yields email and phone in clear at positions 4 and 5;
+    # _seal_contacts() turns them into ciphertexts and blind indexes before the COPY.
     "contact": (
-        "tenant_id", "id", "first_name", "last_name", "email", "phone", "title", "account_id",
-        "owner_id", "created_at", "updated_at", "version",
+        "tenant_id", "id", "first_name", "last_name", "email_enc", "email_bidx",
+        "phone_enc", "phone_bidx", "enc_version", "title", "account_id", "owner_id",
+        "created_at", "updated_at", "version",
     ),
     "opportunity": (
         "tenant_id", "id", "account_id", "name", "amount", "currency", "pipeline_id",
@@ -734,6 +739,8 @@ class Seeder:
         rng = _rng_for(self.random_seed, self.prefix, tenant.index, "data")
         owner_ids = tuple(_uuid4(rng) for _ in range(rng.randint(5, 15)))
         rows = generate(rng, ctx.tenant_id, ctx.region, stages, owner_ids, self.plan, self.now)
+        cipher = await self.rt.keyring.active_cipher(ctx.tenant_id)
+        rows["contact"] = _seal_contacts(cipher, rows["contact"])
         async with self.rt.router.transaction(ctx, write=True) as session:
             conn = await _driver_connection(session)
             # Bulk statements of a big tenant may outlast the API's statement timeout.
@@ -823,6 +830,30 @@ async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
     raw = await conn.get_raw_connection()
     driver: asyncpg.Connection = raw.driver_connection
     return driver
+
+
+def _seal_contacts(cipher: FieldCipher, rows: list[Row]) -> list[Row]:
+    """Generated contact rows (email, phone in clear) as stored: encrypted, with blind
+    indexes, under the tenant's active key (the COPY must never carry plaintext)."""
+    sealed: list[Row] = []
+    for row in rows:
+        contact_id: UUID = row[1]
+        stored = encrypt_values(
+            cipher, "contact", contact_id, {"email": row[4], "phone": row[5], "tax_id": None}
+        )
+        version = cipher.version if row[4] is not None or row[5] is not None else None
+        sealed.append(
+            (
+                *row[:4],
+                stored["email_enc"],
+                stored["email_bidx"],
+                stored["phone_enc"],
+                stored["phone_bidx"],
+                version,
+                *row[6:],
+            )
+        )
+    return sealed
 
 
 async def _bulk_insert(conn: asyncpg.Connection, table: str, records: list[Row]) -> int:
@@ -944,6 +975,8 @@ def dev_settings(dev_json: Path) -> Settings:
     except (KeyError, TypeError) as exc:
         raise SeedError(f"{dev_json} does not name the control-plane database") from exc
     overrides: dict[str, Any] = {"control_dsn": control, "redis_url": data.get("redis_url")}
+    if data.get("kek_file") and not os.environ.get("MERIDIAN_KEK"):
+        overrides["kek_file"] = data["kek_file"]
     if data.get("base_url"):
         overrides["issuer"] = data["base_url"]
     return Settings(**overrides)

@@ -266,7 +266,7 @@ async def test_a_users_new_record_is_theirs(app_client: httpx.AsyncClient, tenan
         get_request("/v1/contacts"),
         None,
         body,
-        lambda session: contact_service.create(session, rep.tenant, body),
+        lambda session: contact_service.create(session, rep.tenant, body, rep.runtime.keyring),
         kind="contact",
     )
     created = orjson.loads(resp.body)

@@ -48,6 +48,8 @@ def api_server(settings: Settings) -> Iterator[str]:
         "MERIDIAN_APP_DB_ROLE": settings.app_db_role,
         "MERIDIAN_REDIS_URL": settings.redis_url or "",
         "MERIDIAN_ISSUER": base,
+        # The suite's KEK: the server must unwrap the keys the tests' onboarding made.
+        "MERIDIAN_KEK": settings.kek.get_secret_value() if settings.kek else "",
     }
     command = [sys.executable, "-m", "uvicorn", "meridian.app:create_app", "--factory"]
     proc = subprocess.Popen(

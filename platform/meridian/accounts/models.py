@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from sqlalchemy import ForeignKeyConstraint, Index, String
+from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from meridian.crud.model import Record
@@ -25,9 +25,16 @@ class Account(Record, ShardBase):
         Index("ix_account_owner", "tenant_id", "owner_id", "id"),
         Index("ix_account_created", "tenant_id", "created_at", "id"),
         Index("ix_account_updated", "tenant_id", "updated_at", "id"),
+        Index("ix_account_tax_id_bidx", "tenant_id", "tax_id_bidx"),
+        Index("ix_account_enc_version", "tenant_id", "enc_version", "id"),
+        CheckConstraint("enc_version IS NOT NULL OR tax_id_enc IS NULL", name="enc_version"),
     )
 
     name: Mapped[str] = mapped_column(String(255))
     domain: Mapped[str | None] = mapped_column(String(255))
     parent_id: Mapped[UUID | None]
     owner_id: Mapped[UUID | None]
+    # Encrypted tax id (see meridian.encryption.fields) and its key version.
+    tax_id_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    tax_id_bidx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    enc_version: Mapped[int | None] = mapped_column(Integer)

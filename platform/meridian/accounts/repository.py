@@ -16,6 +16,8 @@ SORTABLE = {
 
 class AccountRepository(TenantRepository[Account]):
     model = Account
+    # The blind index serves searches only; the key version is in the ciphertext header.
+    hidden = TenantRepository.hidden | {"tax_id_bidx", "enc_version"}
 
     async def ancestors_include(self, start: UUID, candidate: UUID) -> bool:
         """Whether ``candidate`` is ``start`` or one of its ancestors (cycle check)."""

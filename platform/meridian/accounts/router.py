@@ -6,6 +6,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from authz.fields import PII_PERMISSION
 from meridian.accounts.models import Account
 from meridian.accounts.repository import SORTABLE, AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountRead, AccountUpdate
@@ -26,6 +27,8 @@ from meridian.deps import (
     CanReadAccounts,
     CanUpdateAccounts,
 )
+from meridian.encryption.service import blind_filter
+from meridian.errors import Forbidden
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 KIND = "account"
@@ -43,7 +46,9 @@ async def create_account(
         request,
         idempotency_key,
         body,
-        lambda session: account_service.create(session, access.tenant, body),
+        lambda session: account_service.create(
+            session, access.tenant, body, access.runtime.keyring
+        ),
         kind=KIND,
     )
 
@@ -58,14 +63,31 @@ async def list_accounts(
     name: Annotated[str | None, Query(max_length=255)] = None,
     parent_id: UUID | None = None,
     owner_id: UUID | None = None,
+    tax_id: Annotated[
+        str | None, Query(max_length=40, description="Exact tax id; digits compared.")
+    ] = None,
 ) -> Response:
-    filters = {
+    filters: dict[str, object] = {
         "domain": domain and domain.lower(),
         "name": name,
         "parent_id": parent_id,
         "owner_id": owner_id,
     }
     where = [getattr(Account, k) == v for k, v in filters.items() if v is not None]
+    if tax_id is not None:
+        if not access.can(*PII_PERMISSION):
+            # Filtering on a masked field would tell whether a value is on file.
+            raise Forbidden("Filtering by tax_id needs the pii:read permission.")
+        criterion, token = await blind_filter(
+            access.runtime.keyring,
+            access.tenant.tenant_id,
+            KIND,
+            "tax_id",
+            Account.tax_id_bidx,
+            tax_id,
+        )
+        where.append(criterion)
+        filters["tax_id"] = token
     return await endpoints.listing(
         access,
         AccountRepository,
@@ -95,7 +117,7 @@ async def update_account(
         account_id,
         if_match,
         lambda session, version: account_service.update(
-            session, access.tenant, account_id, body, version
+            session, access.tenant, account_id, body, version, access.runtime.keyring
         ),
     )
 

@@ -7,6 +7,7 @@ from uuid import UUID
 from pydantic import AfterValidator, StringConstraints
 
 from meridian.crud.schemas import InputModel, RecordRead
+from meridian.encryption.schemas import TaxId
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 _DOMAIN = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -25,6 +26,7 @@ Domain = Annotated[str, StringConstraints(max_length=255), AfterValidator(_check
 class AccountCreate(InputModel):
     name: Name
     domain: Domain | None = None
+    tax_id: TaxId | None = None
     parent_id: UUID | None = None
     owner_id: UUID | None = None
 
@@ -32,6 +34,7 @@ class AccountCreate(InputModel):
 class AccountUpdate(InputModel):
     name: Name | None = None  # optional; an explicit null is refused by the service
     domain: Domain | None = None
+    tax_id: TaxId | None = None
     parent_id: UUID | None = None
     owner_id: UUID | None = None
 
@@ -39,5 +42,6 @@ class AccountUpdate(InputModel):
 class AccountRead(RecordRead):
     name: str
     domain: str | None
+    tax_id: str | None
     parent_id: UUID | None
     owner_id: UUID | None

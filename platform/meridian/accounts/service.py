@@ -1,4 +1,5 @@
-"""Account rules: the hierarchy must stay a tree; the owner is an active user."""
+"""Account rules: the hierarchy must stay a tree; the owner is an active user; the tax
+id is stored encrypted."""
 
 from __future__ import annotations
 
@@ -9,19 +10,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.accounts.repository import AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountUpdate
+from meridian.encryption import service as encryption
 from meridian.errors import ValidationFailed
 from meridian.ids import new_id
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
+from tenancy.keyring import TenantKeyring
+
+KIND = "account"
 
 
 class AccountService:
     async def create(
-        self, session: AsyncSession, tenant: TenantContext, body: AccountCreate
+        self,
+        session: AsyncSession,
+        tenant: TenantContext,
+        body: AccountCreate,
+        keyring: TenantKeyring,
     ) -> dict[str, Any]:
         values = body.changes()
         await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
-        return await AccountRepository(session, tenant).insert({"id": new_id(), **values})
+        row_id = new_id()
+        stored = await encryption.for_insert(keyring, tenant.tenant_id, KIND, row_id, values)
+        return await AccountRepository(session, tenant).insert({"id": row_id, **stored})
 
     async def update(
         self,
@@ -30,6 +41,7 @@ class AccountService:
         account_id: UUID,
         body: AccountUpdate,
         expected_version: int | None,
+        keyring: TenantKeyring,
     ) -> dict[str, Any] | None:
         repo = AccountRepository(session, tenant)
         values = body.changes()
@@ -39,6 +51,14 @@ class AccountService:
         if parent is not None and await repo.ancestors_include(parent, account_id):
             raise ValidationFailed("parent_id: an account cannot be its own ancestor")
         await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
+        stored = None
+        if encryption.touches_sensitive(KIND, values):
+            stored = await repo.lock_sealed(account_id, ("tax_id_enc",))
+            if stored is None:
+                return None
+        values = await encryption.for_update(
+            keyring, tenant.tenant_id, KIND, account_id, values, stored
+        )
         return await repo.update(account_id, values, expected_version=expected_version)
 
 

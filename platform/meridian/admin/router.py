@@ -86,6 +86,13 @@ async def resume_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> R
     return json_response(row)
 
 
+@router.delete("/tenants/{tenant_id}", response_model=TenantRead)
+async def delete_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """Crypto-shredding: destroys the tenant's data keys, then marks it deleted. Its
+    rows on the shard become unreadable to anyone; its tokens are refused. Idempotent."""
+    return json_response(await tenant_admin.delete(rt, tenant_id))
+
+
 @router.post("/tenants/{tenant_id}/clients", status_code=201, response_model=ClientCredentials)
 async def create_tenant_client(
     tenant_id: UUID,

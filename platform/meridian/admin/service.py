@@ -166,6 +166,8 @@ class TenantAdminService:
                 client_id, scope, client_secret = new.client_id, new.scope, new.client_secret
             else:
                 client_id, scope = client.client_id, client.scope
+            # The first data key exists before the tenant can write anything (idempotent).
+            await rt.keyring.ensure_key(conn, tenant_id)
             await conn.execute(
                 update(Tenant)
                 .where(Tenant.id == tenant_id, Tenant.status == TenantStatus.PROVISIONING.value)
@@ -228,6 +230,35 @@ class TenantAdminService:
                 )
             row = await _tenant_row(conn, tenant_id)
         await rt.directory.invalidate(tenant_id)
+        assert row is not None
+        return row
+
+    async def delete(self, rt: Runtime, tenant_id: UUID) -> dict[str, Any]:
+        """Crypto-shredding: the tenant's data keys are destroyed first (committed on
+        their own), then the tenant is marked deleted. Its rows stay on the shard but
+        nobody can decrypt them again; its tokens stop working (a deleted tenant is
+        "gone" to every endpoint). Re-running it finishes an interrupted deletion."""
+        async with rt.control.begin() as conn:
+            current = await conn.scalar(
+                select(Tenant.status).where(Tenant.id == tenant_id).with_for_update()
+            )
+            if current is None:
+                raise NotFound(f"No tenant with id {tenant_id}.")
+            await rt.keyring.destroy_all(conn, tenant_id)
+        async with rt.control.begin() as conn:
+            await conn.execute(
+                update(Tenant)
+                .where(Tenant.id == tenant_id)
+                .values(status=TenantStatus.DELETED.value, updated_at=func.now())
+            )
+            row = await _tenant_row(conn, tenant_id)
+        rt.keyring.forget(tenant_id)
+        # Every instance stops serving the tenant within its directory TTL at the latest.
+        await rt.directory.invalidate(tenant_id)
+        # Cached pages and records hold ciphertext only, and no request of the tenant
+        # reaches them any more; the lists are dropped anyway, records expire by TTL.
+        for kind in rt.list_cache:
+            await rt.cache.invalidate(str(tenant_id), f"{kind}-list")
         assert row is not None
         return row
 

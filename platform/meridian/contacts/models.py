@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from sqlalchemy import ForeignKeyConstraint, Index, String
+from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from meridian.crud.model import Record
@@ -18,7 +18,17 @@ class Contact(Record, ShardBase):
             name="fk_contact_account",
         ),
         Index("ix_contact_last_name", "tenant_id", "last_name", "id"),
-        Index("ix_contact_email", "tenant_id", "email"),
+        # Equality search on encrypted fields goes through their blind indexes.
+        Index("ix_contact_email_bidx", "tenant_id", "email_bidx"),
+        Index("ix_contact_phone_bidx", "tenant_id", "phone_bidx"),
+        Index("ix_contact_tax_id_bidx", "tenant_id", "tax_id_bidx"),
+        # The re-encryption job walks rows still on an old key version, in id order.
+        Index("ix_contact_enc_version", "tenant_id", "enc_version", "id"),
+        CheckConstraint(
+            "enc_version IS NOT NULL OR "
+            "(email_enc IS NULL AND phone_enc IS NULL AND tax_id_enc IS NULL)",
+            name="enc_version",
+        ),
         Index("ix_contact_account", "tenant_id", "account_id", "id"),
         Index("ix_contact_owner", "tenant_id", "owner_id", "id"),
         Index("ix_contact_created", "tenant_id", "created_at", "id"),
@@ -27,8 +37,15 @@ class Contact(Record, ShardBase):
 
     first_name: Mapped[str] = mapped_column(String(100), server_default="")
     last_name: Mapped[str] = mapped_column(String(100))
-    email: Mapped[str | None] = mapped_column(String(320))
-    phone: Mapped[str | None] = mapped_column(String(40))
+    # Sensitive fields (meridian.encryption.fields.SENSITIVE): AES-256-GCM ciphertext
+    # and a blind index each; enc_version is the data-key version of all of them.
+    email_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_bidx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    phone_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    phone_bidx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    tax_id_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    tax_id_bidx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    enc_version: Mapped[int | None] = mapped_column(Integer)
     title: Mapped[str | None] = mapped_column(String(200))
     account_id: Mapped[UUID | None]
     owner_id: Mapped[UUID | None]

@@ -19,6 +19,20 @@ SORTABLE = {
 
 class ContactRepository(TenantRepository[Contact]):
     model = Contact
+    # Blind indexes serve searches only; the key version is in each ciphertext's header.
+    hidden = TenantRepository.hidden | {"email_bidx", "phone_bidx", "tax_id_bidx", "enc_version"}
+
+    async def with_email_index(self, indexes: list[bytes]) -> UUID | None:
+        """A contact of the tenant (any, whatever the caller's record scope: duplicates
+        are a property of the tenant's data) whose email has one of these blind indexes."""
+        stmt = (
+            select(Contact.id)
+            .where(Contact.tenant_id == self.tenant_id, Contact.email_bidx.in_(indexes))
+            .order_by(Contact.id)
+            .limit(1)
+        )
+        found: UUID | None = await self.session.scalar(stmt)
+        return found
 
     async def version_of(self, contact_id: UUID) -> int | None:
         """The current version, locking the row for the update that follows."""

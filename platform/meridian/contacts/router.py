@@ -11,7 +11,7 @@ from starlette.responses import Response
 from authz.fields import PII_PERMISSION
 from meridian.contacts.models import Contact
 from meridian.contacts.repository import SORTABLE, ContactRepository
-from meridian.contacts.schemas import ContactCreate, ContactRead, ContactUpdate, normalise_email
+from meridian.contacts.schemas import ContactCreate, ContactRead, ContactUpdate
 from meridian.contacts.service import contact as contact_service
 from meridian.crud import endpoints
 from meridian.crud.http import (
@@ -29,6 +29,7 @@ from meridian.deps import (
     CanReadContacts,
     CanUpdateContacts,
 )
+from meridian.encryption.service import blind_filter
 from meridian.errors import Forbidden
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
@@ -41,13 +42,22 @@ async def create_contact(
     request: Request,
     access: CanCreateContacts,
     idempotency_key: IdempotencyKeyHeader = None,
+    allow_duplicate: Annotated[
+        bool, Query(description="Create the contact even if its email is already on file.")
+    ] = False,
 ) -> Response:
     return await endpoints.create(
         access,
         request,
         idempotency_key,
         body,
-        lambda session: contact_service.create(session, access.tenant, body),
+        lambda session: contact_service.create(
+            session,
+            access.tenant,
+            body,
+            access.runtime.keyring,
+            allow_duplicate=allow_duplicate,
+        ),
         kind=KIND,
     )
 
@@ -62,19 +72,39 @@ async def list_contacts(
     email: Annotated[
         str | None, Query(max_length=320, description="Exact address, case-insensitive.")
     ] = None,
+    phone: Annotated[
+        str | None, Query(max_length=40, description="Exact number; punctuation ignored.")
+    ] = None,
+    tax_id: Annotated[
+        str | None, Query(max_length=40, description="Exact tax id; digits compared.")
+    ] = None,
     last_name: Annotated[str | None, Query(max_length=100)] = None,
     owner_id: UUID | None = None,
 ) -> Response:
-    if email is not None and not access.can(*PII_PERMISSION):
-        # Filtering on a masked field would tell whether an address is on file.
-        raise Forbidden("Filtering by email needs the pii:read permission.")
-    filters = {
+    searched = {"email": email, "phone": phone, "tax_id": tax_id}
+    filters: dict[str, object] = {
         "account_id": account_id,
-        "email": email and normalise_email(email),
         "last_name": last_name,
         "owner_id": owner_id,
     }
     where = [getattr(Contact, k) == v for k, v in filters.items() if v is not None]
+    for field, value in searched.items():
+        if value is None:
+            continue
+        if not access.can(*PII_PERMISSION):
+            # Filtering on a masked field would tell whether a value is on file.
+            raise Forbidden(f"Filtering by {field} needs the pii:read permission.")
+        # Blind-index search: the cursor and cache key name the index, not the value.
+        criterion, token = await blind_filter(
+            access.runtime.keyring,
+            access.tenant.tenant_id,
+            KIND,
+            field,
+            getattr(Contact, f"{field}_bidx"),
+            value,
+        )
+        where.append(criterion)
+        filters[field] = token
     return await endpoints.listing(
         access,
         ContactRepository,
@@ -104,7 +134,7 @@ async def update_contact(
         contact_id,
         if_match,
         lambda session, version: contact_service.update(
-            session, access.tenant, contact_id, body, version
+            session, access.tenant, contact_id, body, version, access.runtime.keyring
         ),
     )
 

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import AfterValidator, StringConstraints
 
 from meridian.crud.schemas import InputModel, RecordRead
+from meridian.encryption.schemas import TaxId
 
 FirstName = Annotated[str, StringConstraints(max_length=100)]
 LastName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -58,6 +59,7 @@ class ContactCreate(InputModel):
     last_name: LastName
     email: Email | None = None
     phone: Phone | None = None
+    tax_id: TaxId | None = None
     title: Title | None = None
     account_id: UUID | None = None
     owner_id: UUID | None = None
@@ -69,6 +71,7 @@ class ContactUpdate(InputModel):
     last_name: LastName | None = None
     email: Email | None = None
     phone: Phone | None = None
+    tax_id: TaxId | None = None
     title: Title | None = None
     account_id: UUID | None = None
     owner_id: UUID | None = None
@@ -79,6 +82,7 @@ class ContactRead(RecordRead):
     last_name: str
     email: str | None
     phone: str | None
+    tax_id: str | None
     title: str | None
     account_id: UUID | None
     owner_id: UUID | None

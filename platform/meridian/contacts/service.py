@@ -1,33 +1,70 @@
 """Contact rules: the linked account must be one of the tenant's own, the owner an
-active user of the tenant."""
+active user of the tenant; sensitive fields are stored encrypted, and a new contact
+whose email is already on file is refused as a duplicate unless asked for."""
 
 from __future__ import annotations
 
 from typing import Any
 from uuid import UUID
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.contacts.repository import ContactRepository
 from meridian.contacts.schemas import ContactCreate, ContactUpdate
 from meridian.crud.repository import VersionMismatch
-from meridian.errors import ValidationFailed
+from meridian.encryption import service as encryption
+from meridian.encryption.fields import search_indexes
+from meridian.errors import Duplicate, ValidationFailed
 from meridian.ids import new_id
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
+from tenancy.keyring import TenantKeyring
 
 NOT_NULL = ("first_name", "last_name")
+KIND = "contact"
+SEALED = ("email_enc", "phone_enc", "tax_id_enc")
+# Advisory-lock namespace of duplicate checks ("DUPE"): two creations of one address
+# in one tenant are serialised, so both cannot pass the check.
+_DUPLICATE_LOCK = 0x44555045
 
 
 class ContactService:
     async def create(
-        self, session: AsyncSession, tenant: TenantContext, body: ContactCreate
+        self,
+        session: AsyncSession,
+        tenant: TenantContext,
+        body: ContactCreate,
+        keyring: TenantKeyring,
+        *,
+        allow_duplicate: bool = False,
     ) -> dict[str, Any]:
         repo = ContactRepository(session, tenant)
         values = body.model_dump()
         await self._check_account(repo, values["account_id"])
         await user_service.require_active(session, tenant, values["owner_id"], "owner_id")
-        return await repo.insert({"id": new_id(), **values})
+        if values["email"] is not None and not allow_duplicate:
+            await self._check_duplicate(session, repo, keyring, values["email"])
+        row_id = new_id()
+        stored = await encryption.for_insert(keyring, tenant.tenant_id, KIND, row_id, values)
+        return await repo.insert({"id": row_id, **stored})
+
+    async def _check_duplicate(
+        self, session: AsyncSession, repo: ContactRepository, keyring: TenantKeyring, email: str
+    ) -> None:
+        # Every live version's index: a duplicate written before a rotation counts too.
+        indexes = await search_indexes(keyring, repo.tenant_id, KIND, "email", email)
+        if not indexes:
+            return
+        lock = int.from_bytes(indexes[-1][:4], "big", signed=True)
+        await session.execute(select(func.pg_advisory_xact_lock(_DUPLICATE_LOCK, lock)))
+        existing = await repo.with_email_index(indexes)
+        if existing is not None:
+            raise Duplicate(
+                "A contact with this email exists; send allow_duplicate=true to create "
+                "another one anyway.",
+                duplicate_of=str(existing),
+            )
 
     async def update(
         self,
@@ -36,6 +73,7 @@ class ContactService:
         contact_id: UUID,
         body: ContactUpdate,
         expected_version: int | None,
+        keyring: TenantKeyring,
     ) -> dict[str, Any] | None:
         repo = ContactRepository(session, tenant)
         values = body.changes()
@@ -52,6 +90,14 @@ class ContactService:
                 raise VersionMismatch
             await self._check_account(repo, values.get("account_id"))
             await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
+        stored = None
+        if encryption.touches_sensitive(KIND, values):
+            stored = await repo.lock_sealed(contact_id, SEALED)
+            if stored is None:
+                return None
+        values = await encryption.for_update(
+            keyring, tenant.tenant_id, KIND, contact_id, values, stored
+        )
         return await repo.update(contact_id, values, expected_version=expected_version)
 
     async def _check_account(self, repo: ContactRepository, account_id: UUID | None) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
+from meridian.errors import MeridianError
 from tenancy.crypto import NORMALIZERS, DecryptionError, FieldCipher, key_version_of
 from tenancy.keyring import KeyUnavailable, TenantKeyring
 
@@ -25,16 +26,24 @@ SENSITIVE: dict[str, tuple[str, ...]] = {
 }
 
 
-class FieldUnreadable(Exception):
+class FieldUnreadable(MeridianError):
     """A stored ciphertext could not be decrypted (tampered, moved, or keys destroyed).
 
-    Carries no plaintext and no key material; the API answers 500 with a stable type."""
+    Carries no plaintext and no key material; the API answers 500 with a stable type
+    rather than returning anything that might be another row's data."""
+
+    status_code = 500
+    type_slug = "field-unreadable"
+    title = "A stored field cannot be decrypted"
 
     def __init__(self, table: str, column: str, row_id: UUID, reason: str) -> None:
-        super().__init__(f"{table}.{column} of row {row_id}: {reason}")
+        super().__init__(
+            f"The {column} of {table} {row_id} cannot be decrypted; the incident is logged."
+        )
         self.table = table
         self.column = column
         self.row_id = row_id
+        self.reason = reason
 
 
 def storage_columns(table: str) -> tuple[str, ...]:
@@ -61,6 +70,72 @@ def encrypt_values(
     return out
 
 
+def _unreadable(
+    tenant_id: UUID, table: str, field: str, row_id: UUID, exc: Exception
+) -> FieldUnreadable:
+    # The event names the cell and the kind of failure: never plaintext or key material.
+    log.error(
+        "encrypted field unreadable",
+        extra={
+            "table": table,
+            "column": field,
+            "row_id": str(row_id),
+            "tenant_id": str(tenant_id),
+            "reason": type(exc).__name__,
+        },
+    )
+    return FieldUnreadable(table, field, row_id, type(exc).__name__)
+
+
+def sealed(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a stored row with its ciphertexts as base64 text: the JSON form kept in
+    caches and idempotency records (which must hold ciphertext, never plaintext)."""
+    return {
+        k: base64.b64encode(v).decode() if isinstance(v, bytes | memoryview) else v
+        for k, v in row.items()
+    }
+
+
+async def open_rows(
+    keyring: TenantKeyring, tenant_id: UUID, table: str, rows: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Copies of stored rows (from the database or a cache) with every ``<field>_enc``
+    replaced by the field's plaintext; ``enc_version`` is dropped.
+
+    The hot path of every read: ciphers are looked up once per key version and page,
+    then each value costs one AES-GCM decryption. Any failure raises FieldUnreadable.
+    """
+    fields = SENSITIVE[table]
+    ciphers: dict[int, FieldCipher] = {}
+    out: list[dict[str, Any]] = []
+    for stored in rows:
+        row = dict(stored)
+        row.pop("enc_version", None)
+        row_id = row["id"] if isinstance(row["id"], UUID) else UUID(str(row["id"]))
+        for field in fields:
+            blob = row.pop(f"{field}_enc", None)
+            if blob is None:
+                row[field] = None
+                continue
+            try:
+                raw = base64.b64decode(blob) if isinstance(blob, str) else bytes(blob)
+                version = key_version_of(raw)
+                cipher = ciphers.get(version)
+                if cipher is None:
+                    cipher = ciphers[version] = await keyring.cipher(tenant_id, version)
+                row[field] = cipher.decrypt(table, field, row_id, raw)
+            except (DecryptionError, KeyUnavailable, ValueError) as exc:
+                raise _unreadable(tenant_id, table, field, row_id, exc) from exc
+        out.append(row)
+    return out
+
+
+async def open_row(
+    keyring: TenantKeyring, tenant_id: UUID, table: str, row: Mapping[str, Any]
+) -> dict[str, Any]:
+    return (await open_rows(keyring, tenant_id, table, (row,)))[0]
+
+
 async def decrypt_values(
     keyring: TenantKeyring, tenant_id: UUID, table: str, row_id: UUID, stored: Mapping[str, Any]
 ) -> dict[str, str | None]:
@@ -77,17 +152,7 @@ async def decrypt_values(
             cipher = await keyring.cipher(tenant_id, key_version_of(bytes(blob)))
             out[field] = cipher.decrypt(table, field, row_id, bytes(blob))
         except (DecryptionError, KeyUnavailable) as exc:
-            log.error(
-                "encrypted field unreadable",
-                extra={
-                    "table": table,
-                    "column": field,
-                    "row_id": str(row_id),
-                    "tenant_id": str(tenant_id),
-                    "reason": type(exc).__name__,
-                },
-            )
-            raise FieldUnreadable(table, field, row_id, type(exc).__name__) from exc
+            raise _unreadable(tenant_id, table, field, row_id, exc) from exc
     return out
 
 
@@ -101,6 +166,10 @@ async def search_indexes(
     for info in await keyring.versions(tenant_id):
         if info.state == "destroyed":
             continue
-        cipher = await keyring.cipher(tenant_id, info.version)
+        try:
+            cipher = await keyring.cipher(tenant_id, info.version)
+        except KeyUnavailable:
+            # Retired since the version list was read: no row uses it any more.
+            continue
         out.append(cipher.blind_index(table, field, normalized))
     return out

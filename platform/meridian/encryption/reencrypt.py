@@ -1,0 +1,214 @@
+"""Tenant data-key rotation and the background re-encryption that follows it.
+
+Rotation publishes a new key version (decrypt-only, so every instance's searches
+include its blind indexes), waits until every instance has seen it, then activates it:
+new writes use it from then on. Re-encryption then walks each table's rows still on an
+older version, in id order, a batch per transaction: rows locked, decrypted with their
+old key, encrypted with the active one, and ciphertexts, blind indexes and
+``enc_version`` written in one UPDATE per batch. It is resumable simply because
+finished rows no longer match. Versions no row uses any more are retired (destroyed).
+
+Searches never miss a row: they look for the indexes of every live version, and a
+version is destroyed only once no row carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from meridian.encryption.fields import SENSITIVE, FieldUnreadable
+from meridian.runtime import Runtime
+from tenancy.context import TenantContext
+from tenancy.crypto import NORMALIZERS, DecryptionError, FieldCipher, key_version_of
+
+# (table, rows done in this table, rows to do in this table when it started)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ReencryptResult:
+    active_version: int
+    rows: dict[str, int] = field(default_factory=dict)
+    retired: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+async def rotate_tenant_key(rt: Runtime, tenant_id: UUID, *, propagation: float) -> int:
+    """A new data-key version, active once every instance's searches include it
+    (``propagation``: at least the instances' ``key_versions_ttl``). Returns it."""
+    async with rt.control.begin() as conn:
+        version = await rt.keyring.publish_key(conn, tenant_id)
+    if propagation > 0:
+        await asyncio.sleep(propagation)
+    async with rt.control.begin() as conn:
+        await rt.keyring.activate(conn, tenant_id, version)
+    return version
+
+
+async def _driver(session: AsyncSession) -> asyncpg.Connection:
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver
+
+
+def _sql(table: str) -> tuple[str, str, str]:
+    fields = SENSITIVE[table]
+    enc = ", ".join(f"{f}_enc" for f in fields)
+    # Fixed identifiers from SENSITIVE, never user input.
+    select_sql = (
+        f"SELECT id, {enc} FROM {table} "  # noqa: S608
+        "WHERE tenant_id = $1 AND enc_version = $2 AND ($3::uuid IS NULL OR id > $3) "
+        "ORDER BY id LIMIT $4 FOR NO KEY UPDATE"
+    )
+    cols = [f"{f}_{s}" for f in fields for s in ("enc", "bidx")]
+    sets = ", ".join(f"{c} = v.{c}" for c in cols)
+    unnest = ", ".join(["$3::uuid[]", *(f"${i + 4}::bytea[]" for i in range(len(cols)))])
+    update_sql = (
+        f"UPDATE {table} AS t SET {sets}, enc_version = $2 "  # noqa: S608
+        f"FROM unnest({unnest}) AS v(id, {', '.join(cols)}) "
+        "WHERE t.tenant_id = $1 AND t.id = v.id"
+    )
+    count_sql = (
+        f"SELECT enc_version, count(*) FROM {table} "  # noqa: S608
+        "WHERE tenant_id = $1 AND enc_version < $2 GROUP BY enc_version ORDER BY enc_version"
+    )
+    return select_sql, update_sql, count_sql
+
+
+def _reseal(
+    table: str,
+    row: asyncpg.Record,
+    old: dict[int, FieldCipher],
+    new: FieldCipher,
+    tenant_id: UUID,
+) -> list[bytes | None]:
+    """Storage columns of one row under ``new``: (enc, bidx) per sensitive field."""
+    out: list[bytes | None] = []
+    row_id: UUID = row["id"]
+    for name in SENSITIVE[table]:
+        blob = row[f"{name}_enc"]
+        if blob is None:
+            out += [None, None]
+            continue
+        try:
+            plain = old[key_version_of(blob)].decrypt(table, name, row_id, blob)
+        except (DecryptionError, KeyError) as exc:
+            # Never write over a value we cannot read: stop and report the cell.
+            raise FieldUnreadable(table, name, row_id, type(exc).__name__) from exc
+        out.append(new.encrypt(table, name, row_id, plain))
+        out.append(new.blind_index(table, name, NORMALIZERS[name](plain)))
+    return out
+
+
+async def pending(rt: Runtime, tenant: TenantContext) -> dict[str, dict[int, int]]:
+    """Rows per table and old key version still waiting for re-encryption."""
+    active = (await rt.keyring.active_cipher(tenant.tenant_id)).version
+    out: dict[str, dict[int, int]] = {}
+    async with rt.router.reader(tenant) as conn:
+        for table in SENSITIVE:
+            rows = await conn.fetch(_sql(table)[2], tenant.tenant_id, active)
+            out[table] = {int(r[0]): int(r[1]) for r in rows}
+    return out
+
+
+async def reencrypt(
+    rt: Runtime,
+    tenant: TenantContext,
+    *,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+    retire: bool = True,
+) -> ReencryptResult:
+    """Move every row of the tenant to the active key version, then retire unused
+    versions. Safe to interrupt and run again."""
+    started = time.monotonic()
+    tenant_id = tenant.tenant_id
+    cipher = await rt.keyring.active_cipher(tenant_id)
+    result = ReencryptResult(cipher.version)
+    old: dict[int, FieldCipher] = {}
+    # Rows an instance still on the previous active version writes meanwhile are picked
+    # up by another pass; a few passes always suffice once every instance has moved on.
+    for _ in range(5):
+        todo = await pending(rt, tenant)
+        if not any(todo.values()):
+            break
+        for table, versions in todo.items():
+            total = sum(versions.values())
+            done = 0
+            select_sql, update_sql, _ = _sql(table)
+            for version in versions:
+                if version not in old:
+                    old[version] = await rt.keyring.cipher(tenant_id, version)
+                last: UUID | None = None
+                while True:
+                    async with rt.router.transaction(tenant, write=True) as session:
+                        conn = await _driver(session)
+                        rows = await conn.fetch(select_sql, tenant_id, version, last, batch_size)
+                        if not rows:
+                            break
+                        sealed = [_reseal(table, r, old, cipher, tenant_id) for r in rows]
+                        columns: list[list[Any]] = [list(c) for c in zip(*sealed, strict=True)]
+                        await conn.execute(
+                            update_sql,
+                            tenant_id,
+                            cipher.version,
+                            [r["id"] for r in rows],
+                            *columns,
+                        )
+                    last = rows[-1]["id"]
+                    done += len(rows)
+                    result.rows[table] = result.rows.get(table, 0) + len(rows)
+                    if progress is not None:
+                        progress(table, done, total)
+    if retire:
+        result.retired = await retire_unused(rt, tenant)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def retire_unused(rt: Runtime, tenant: TenantContext) -> list[int]:
+    """Destroy the decrypt-only versions older than the active one that no row uses."""
+    tenant_id = tenant.tenant_id
+    active = (await rt.keyring.active_cipher(tenant_id)).version
+    todo = await pending(rt, tenant)
+    in_use = {v for versions in todo.values() for v in versions}
+    retired: list[int] = []
+    async with rt.control.begin() as conn:
+        rt.keyring.forget(tenant_id)
+        for info in await rt.keyring.versions(tenant_id):
+            if info.state == "decrypt_only" and info.version < active:
+                if info.version in in_use:
+                    continue
+                await rt.keyring.retire(conn, tenant_id, info.version)
+                retired.append(info.version)
+    return retired
+
+
+async def resolve_tenant(rt: Runtime, tenant: str) -> TenantContext:
+    """A tenant by id or slug (for the command line)."""
+    from sqlalchemy import select
+
+    from tenancy.models import Tenant
+
+    try:
+        tenant_id: UUID | None = UUID(tenant)
+    except ValueError:
+        async with rt.control.connect() as conn:
+            tenant_id = await conn.scalar(select(Tenant.id).where(Tenant.slug == tenant))
+    ctx = await rt.directory.load(tenant_id) if tenant_id is not None else None
+    if ctx is None:
+        raise LookupError(f"no tenant {tenant!r}")
+    return ctx
