@@ -40,6 +40,12 @@ log = logging.getLogger("meridian.cache")
 AnyRedis = Redis | RedisCluster
 
 
+def _jitter(ttl: float) -> float:
+    """80-100 % of ``ttl``: values loaded together (a warm-up, a restart) must not all
+    expire in the same instant and come back as a burst of misses."""
+    return ttl * (0.8 + 0.2 * random.random())  # noqa: S311 - spreading, not secrecy
+
+
 def _scoped(kind: str, scope: str) -> str:
     return f"{kind}/{scope}" if scope else kind
 
@@ -199,11 +205,11 @@ class TwoLevelCache:
         entry = self._l1.get(l1_key)
         if entry is not None:
             if l1_key in self._inflight or not _xfetch_due(entry, policy.beta, time.time()):
-                self.metrics.requests.labels("l1", label, "hit").inc()
+                self.metrics.count("l1", label, "hit")
                 value: T | None = entry.value
                 return value
         else:
-            self.metrics.requests.labels("l1", label, "miss").inc()
+            self.metrics.count("l1", label, "miss")
         pending = self._inflight.get(l1_key)
         if pending is not None:
             shared: T | None = await asyncio.shield(pending)
@@ -246,17 +252,19 @@ class TwoLevelCache:
                 if env is not None:
                     entry = _Entry(value, env.delta, env.expiry)
                     if not _xfetch_due(entry, policy.beta, time.time()):
-                        self.metrics.requests.labels("l2", label, "hit").inc()
-                        self._l1.set(l1_key, entry, min(policy.l1_ttl, env.expiry - time.time()))
+                        self.metrics.count("l2", label, "hit")
+                        self._l1.set(
+                            l1_key, entry, min(_jitter(policy.l1_ttl), env.expiry - time.time())
+                        )
                         return value
-            self.metrics.requests.labels("l2", label, "miss").inc()
+            self.metrics.count("l2", label, "miss")
         started = time.perf_counter()
         loaded = await loader()
         delta = time.perf_counter() - started
         self.metrics.load_seconds.labels(label).observe(delta)
         ttl = policy.ttl if loaded is not None else policy.negative_ttl
         entry = _Entry(loaded, delta, time.time() + ttl)
-        self._l1.set(l1_key, entry, min(policy.l1_ttl, ttl))
+        self._l1.set(l1_key, entry, min(_jitter(policy.l1_ttl), ttl))
         if use_l2:
             payload = codec.encode(loaded) if loaded is not None else None
             packed = Envelope(payload, delta, entry.expiry).pack()

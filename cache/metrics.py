@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
@@ -33,3 +35,13 @@ class CacheMetrics:
             ["reason"],
             **kw,  # type: ignore[arg-type]
         )
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+
+    def count(self, level: str, kind: str, result: str) -> None:
+        """``requests.labels(...).inc()``, with the labelled child kept: ``labels()``
+        takes a lock and builds a key on every call, and this runs on every cache read."""
+        key = (level, kind, result)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(level, kind, result)
+        child.inc()

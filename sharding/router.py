@@ -9,7 +9,7 @@ added, so ORM bulk UPDATE/DELETE are scoped even when written carelessly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
@@ -182,6 +182,54 @@ class ShardRouter:
             # The pool's reset rolls back anything left open, so no SET LOCAL survives.
             await pool.release(conn)
         self.engines.mark_up(tenant.shard_id)
+
+    async def read_one(
+        self,
+        tenant: TenantContext,
+        inner_sql: str,
+        args: Sequence[Any],
+        *,
+        on_stale: OnStale | None = None,
+    ) -> asyncpg.Record | None:
+        """One row in ONE round trip: enter the tenant and read in a single statement.
+
+        ``inner_sql`` takes its own arguments as ``$1..$n`` and names the tenant as
+        ``e.tid``; it runs laterally after ``meridian_read_as`` (see the shard migration
+        that defines it) inside the statement's implicit transaction, so the tenant's
+        SET LOCAL lasts exactly as long as the read. Used for hot by-id reads; lists and
+        scoped reads use :meth:`reader`.
+        """
+        n = len(args)
+        # inner_sql is compiled from a SQLAlchemy statement, never from client input.
+        sql = (
+            f"SELECT s.* FROM meridian_read_as(${n + 1}::uuid, ${n + 2}::integer) AS e(tid) "  # noqa: S608
+            f"CROSS JOIN LATERAL ({inner_sql}) AS s"
+        )
+        try:
+            return await self._read_one(tenant, sql, args)
+        except ResidencyError as err:
+            if not err.stale or on_stale is None:
+                raise
+            fresh = await on_stale(tenant)
+            if fresh is None or (fresh.shard_id, fresh.epoch) == (tenant.shard_id, tenant.epoch):
+                raise
+            return await self._read_one(fresh, sql, args)
+
+    async def _read_one(
+        self, tenant: TenantContext, sql: str, args: Sequence[Any]
+    ) -> asyncpg.Record | None:
+        pool = await self.engines.read_pool(tenant.shard_id)
+        try:
+            row: asyncpg.Record | None = await pool.fetchrow(
+                sql, *args, tenant.tenant_id, tenant.epoch
+            )
+        except BaseException as exc:
+            translated = self._translate(tenant.shard_id, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        self.engines.mark_up(tenant.shard_id)
+        return row
 
     async def _begin_read(self, tenant: TenantContext) -> tuple[asyncpg.Connection, asyncpg.Pool]:
         pool = await self.engines.read_pool(tenant.shard_id)

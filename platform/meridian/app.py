@@ -53,20 +53,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Routes are matched in order, one regex at a time: the hot CRM reads come first.
     for router in (
-        health_router,
-        oauth_router,
-        sessions_router,
-        admin_router,
-        accounts_router,
         contacts_router,
-        pipelines_router,
+        accounts_router,
         opportunities_router,
         activities_router,
         timeline_router,
-        roles_router,
-        users_router,
+        pipelines_router,
         sharing_router,
+        users_router,
+        roles_router,
+        sessions_router,
+        oauth_router,
+        admin_router,
+        health_router,
     ):
         app.include_router(router)
     return app

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from meridian.settings import get_settings
 
+if TYPE_CHECKING:
+    from meridian.runtime import Runtime
+    from tenancy.context import TenantContext
+
 app = typer.Typer(no_args_is_help=True, help="Meridian CRM platform.")
 shards_app = typer.Typer(no_args_is_help=True, help="Shard topology.")
 admin_app = typer.Typer(no_args_is_help=True, help="Platform administration.")
-keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys.")
+keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys and the KEK.")
+tenants_app = typer.Typer(no_args_is_help=True, help="Tenant data keys and deletion.")
 app.add_typer(shards_app, name="shards")
 app.add_typer(admin_app, name="admin")
 app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
 
 
 @app.command()
@@ -53,6 +60,15 @@ def serve(
 ) -> None:
     """Run the API against the configured (MERIDIAN_*) servers."""
     import uvicorn
+
+    from meridian.settings import KeyConfigError
+
+    try:
+        # Refuse to start at all rather than fail in each worker's start-up.
+        get_settings().key_provider()
+    except KeyConfigError as exc:
+        typer.echo(f"meridian serve: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
     uvicorn.run(
         "meridian.app:create_app",
@@ -231,6 +247,165 @@ def keys_list() -> None:
 
     for row in asyncio.run(run()):
         typer.echo(json.dumps(row))
+
+
+@keys_app.command("rotate-kek")
+def keys_rotate_kek() -> None:
+    """Re-wrap every tenant data key under the primary KEK.
+
+    Configure MERIDIAN_KEK (or the file of MERIDIAN_KEK_FILE) as JSON holding the old
+    and the new KEK with the new one primary, e.g.
+    {"primary": "kek-2", "keys": {"kek-1": "<old base64>", "kek-2": "<new base64>"}};
+    restart the API instances with it, run this, then drop the old KEK from the JSON.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from meridian.settings import KeyConfigError
+    from tenancy.keyring import KeyUnavailable, TenantKeyring
+
+    settings = get_settings()
+
+    async def run() -> int:
+        engine = create_async_engine(settings.control_migrate_dsn)
+        try:
+            return await TenantKeyring(engine, settings.key_provider()).rewrap_all()
+        finally:
+            await engine.dispose()
+
+    try:
+        done = asyncio.run(run())
+    except (KeyConfigError, KeyUnavailable) as exc:
+        typer.echo(f"meridian keys rotate-kek: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps({"rewrapped": done, "primary": settings.key_provider().primary_id}))
+
+
+def _with_runtime(command: str, work: Callable[[Runtime], Awaitable[object]]) -> object:
+    """Run ``work`` with a started runtime (engines, keyring, cache), reporting errors."""
+    from meridian.errors import MeridianError
+    from meridian.runtime import Runtime
+    from meridian.settings import KeyConfigError
+    from tenancy.keyring import KeyUnavailable
+
+    async def run() -> object:
+        rt = await Runtime.start(get_settings())
+        try:
+            return await work(rt)
+        finally:
+            await rt.stop()
+
+    try:
+        return asyncio.run(run())
+    except (KeyConfigError, KeyUnavailable, LookupError, MeridianError) as exc:
+        typer.echo(f"meridian {command}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _reencrypt_with_progress(rt: Runtime, tenant: TenantContext, batch_size: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from meridian.encryption.reencrypt import reencrypt
+
+    async def run() -> Any:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def advance(table: str, done: int, total: int) -> None:
+                if table not in tasks:
+                    tasks[table] = bar.add_task(f"re-encrypting {table}", total=total)
+                bar.update(tasks[table], completed=done, total=max(total, done))
+
+            return await reencrypt(rt, tenant, batch_size=batch_size, progress=advance)
+
+    return run()
+
+
+@tenants_app.command("rotate-key")
+def tenants_rotate_key(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+    reencrypt_rows: Annotated[
+        bool, typer.Option("--reencrypt/--no-reencrypt", help="Move old rows over now.")
+    ] = True,
+) -> None:
+    """A new data-key version for the tenant, then re-encryption of its rows.
+
+    The new version is published first and activated once every API instance has seen
+    it (MERIDIAN_KEY_VERSIONS_TTL), so no search misses a row; new writes use it from
+    then on. Interrupted? Run `meridian tenants reencrypt` (finished rows are skipped).
+    """
+    from meridian.encryption.reencrypt import resolve_tenant, rotate_tenant_key
+
+    async def work(rt: Runtime) -> object:
+        ctx = await resolve_tenant(rt, tenant)
+        # Margin over the instances' cache of key versions (and of the active one).
+        wait = rt.settings.key_versions_ttl + 1.0
+        version = await rotate_tenant_key(rt, ctx.tenant_id, propagation=wait)
+        typer.echo(json.dumps({"tenant": str(ctx.tenant_id), "active_version": version}))
+        if not reencrypt_rows:
+            return None
+        await asyncio.sleep(wait)  # every instance now writes with the new version
+        return await _reencrypt_with_progress(rt, ctx, batch_size)
+
+    _report(_with_runtime("tenants rotate-key", work))
+
+
+@tenants_app.command("reencrypt")
+def tenants_reencrypt(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+) -> None:
+    """Move the tenant's rows still on old key versions to the active one (resumable),
+    then retire the versions no row uses."""
+    from meridian.encryption.reencrypt import resolve_tenant
+
+    async def work(rt: Runtime) -> object:
+        return await _reencrypt_with_progress(rt, await resolve_tenant(rt, tenant), batch_size)
+
+    _report(_with_runtime("tenants reencrypt", work))
+
+
+def _report(result: object) -> None:
+    from meridian.encryption.reencrypt import ReencryptResult
+
+    if isinstance(result, ReencryptResult):
+        typer.echo(
+            json.dumps(
+                {
+                    "active_version": result.active_version,
+                    "rows": result.rows,
+                    "retired_versions": result.retired,
+                    "seconds": round(result.seconds, 3),
+                }
+            )
+        )
+
+
+@tenants_app.command("delete")
+def tenants_delete(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Crypto-shred a tenant: destroy its data keys, then mark it deleted. Its rows on
+    the shard can never be read again. Irreversible."""
+    from meridian.admin.service import tenant_admin
+    from meridian.encryption.reencrypt import resolve_tenant
+
+    if not yes:
+        typer.confirm(f"Destroy every key of tenant {tenant} (irreversible)?", abort=True)
+
+    async def work(rt: Runtime) -> object:
+        ctx = await resolve_tenant(rt, tenant)
+        row = await tenant_admin.delete(rt, ctx.tenant_id)
+        typer.echo(json.dumps({"tenant": str(row["id"]), "status": row["status"]}))
+        return None
+
+    _with_runtime("tenants delete", work)
 
 
 @app.command()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -92,6 +92,12 @@ class TenantAccess:
             self.tenant, on_stale=self.runtime.refresh_tenant
         ) as conn:
             yield conn
+
+    async def read_one(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """One row in one round trip (see ``ShardRouter.read_one``)."""
+        return await self.runtime.router.read_one(
+            self.tenant, sql, args, on_stale=self.runtime.refresh_tenant
+        )
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

@@ -31,6 +31,7 @@ from sharding.registry import upsert_shard
 from sharding.router import ShardRouter
 from tenancy.context import TenantContext
 from tenancy.directory import TenantDirectory
+from tenancy.keyring import TenantKeyring
 from tenancy.models import DirectoryEntry
 
 log = logging.getLogger("meridian.runtime")
@@ -53,6 +54,8 @@ class Runtime:
     policies: PolicyStore
     authz: EnforcerRegistry
     policy_watcher: PolicyWatcher
+    # Tenant data keys for field encryption (unwrapped keys in this process only).
+    keyring: TenantKeyring
     # Kinds whose single-record reads are cached, and how (see record_policies()).
     record_cache: dict[str, Policy] = field(default_factory=dict)
     list_cache: dict[str, Policy] = field(default_factory=dict)
@@ -61,6 +64,8 @@ class Runtime:
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
+        # First: without a key-encryption key nothing may start (KeyConfigError).
+        key_provider = settings.key_provider()
         control = create_async_engine(
             settings.control_dsn,
             pool_size=5,
@@ -118,6 +123,12 @@ class Runtime:
             policies=policies,
             authz=authz,
             policy_watcher=PolicyWatcher(redis, authz),
+            keyring=TenantKeyring(
+                control,
+                key_provider,
+                ttl=settings.keyring_ttl,
+                versions_ttl=settings.key_versions_ttl,
+            ),
             record_cache=record_policies(settings),
             list_cache=list_policies(settings),
             redis=redis,
@@ -138,6 +149,7 @@ class Runtime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.keyring.forget()
         await self.policy_watcher.close()
         await self.cache.close()
         await self.engines.dispose()

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from tenancy.keyring import LocalKeyProvider
+
+
+class KeyConfigError(Exception):
+    """No key-encryption key is configured (or it cannot be read)."""
 
 
 class ShardConfig(BaseModel):
@@ -39,7 +47,7 @@ class Settings(BaseSettings):
     cache_records: bool = True  # single-record reads of contacts, accounts, opportunities
     cache_lists: bool = True  # list pages of the same kinds (5 s in process, 60 s in Redis)
     cache_record_ttl: float = Field(default=300.0, gt=0)  # L2 lifetime
-    cache_record_l1_ttl: float = Field(default=10.0, gt=0)  # staleness bound without Redis
+    cache_record_l1_ttl: float = Field(default=30.0, gt=0)  # staleness bound without Redis
 
     issuer: str = "http://127.0.0.1:8000"
     audience: str = "meridian-api"
@@ -56,7 +64,22 @@ class Settings(BaseSettings):
     # How often each instance re-reads the signing keys (and on any unknown kid).
     key_refresh_interval: float = Field(default=30.0, gt=0)
 
+    # Key-encryption key of the tenants' data keys: a base64 32-byte key, or JSON
+    # {"primary": id, "keys": {id: base64}} while a KEK is being rotated (docs/architecture.md).
+    # Either the secret itself or a file holding it; there is no default key.
+    kek: SecretStr | None = None
+    kek_file: Path | None = None
+    # Unwrapped data keys stay in process memory this long (never in Redis).
+    keyring_ttl: float = Field(default=300.0, gt=0)
+    # How long an instance trusts its list of a tenant's key versions (searches cover
+    # every live version; rotation waits this long before the next step).
+    key_versions_ttl: float = Field(default=5.0, gt=0)
+
     directory_ttl: float = Field(default=5.0, gt=0)
+    # By-id reads as one statement (enter the tenant laterally, one round trip) rather
+    # than BEGIN / enter / SELECT / COMMIT. Turn off for shards that run Citus, whose
+    # planner may not route a function scan joined laterally to a distributed table.
+    single_statement_reads: bool = True
     # Authorization: tenant enforcers kept per process, and how long one is trusted
     # before its policy version is checked again (the bound when Redis announcements
     # cannot arrive; with Redis up, changes arrive within a second).
@@ -80,6 +103,24 @@ class Settings(BaseSettings):
     @property
     def control_migrate_dsn(self) -> str:
         return self.control_admin_dsn or self.control_dsn
+
+    def key_provider(self) -> LocalKeyProvider:
+        """The KEK provider; refuses to run without a configured key (a silent default
+        key would encrypt production data under a key anyone can read in the source)."""
+        from tenancy.keyring import LocalKeyProvider
+
+        try:
+            if self.kek is not None:
+                return LocalKeyProvider.from_secret(self.kek.get_secret_value())
+            if self.kek_file is not None:
+                return LocalKeyProvider.from_file(self.kek_file)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # The message names the setting, never the key material.
+            raise KeyConfigError(f"the key-encryption key cannot be loaded: {exc}") from exc
+        raise KeyConfigError(
+            "no key-encryption key configured: set MERIDIAN_KEK (base64 of 32 random bytes, "
+            "or JSON with a primary and keys) or MERIDIAN_KEK_FILE"
+        )
 
 
 @lru_cache

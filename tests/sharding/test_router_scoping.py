@@ -582,3 +582,43 @@ async def test_reader_leaves_no_tenant_on_the_pooled_connection(
     async with router.reader(context_of(pair.b)) as conn:
         ids = {r["id"] for r in await conn.fetch("SELECT id FROM account")}
     assert ids == pair.b_accounts
+
+
+# -- the one-statement by-id read (ShardRouter.read_one) ---------------------------------
+
+
+async def test_read_one_enters_the_tenant_before_rls_is_evaluated(
+    one_conn_router: ShardRouter, pair: Pair
+) -> None:
+    """The lateral join runs the enter function first: the tenant's own row comes back
+    (RLS saw the tenant), the other tenant's id does not, and nothing is left behind."""
+    router = one_conn_router
+    sql = AccountRepository.by_id_sql()
+    own = next(iter(pair.a_accounts))
+    foreign = next(iter(pair.b_accounts))
+    row = await router.read_one(context_of(pair.a), sql, (own,))
+    assert row is not None
+    assert row["id"] == own
+    assert await router.read_one(context_of(pair.a), sql, (foreign,)) is None
+    setting, visible, _ = await _leftover(router)
+    assert setting in (None, "")
+    assert visible == 0
+
+
+async def test_read_one_refuses_a_stale_epoch_and_reroutes(router: ShardRouter, pair: Pair) -> None:
+    sql = AccountRepository.by_id_sql()
+    own = next(iter(pair.a_accounts))
+    stale = context_of(pair.a, epoch=7)
+    with pytest.raises(ResidencyError) as info:
+        await router.read_one(stale, sql, (own,))
+    assert info.value.stale
+    asked: list[TenantContext] = []
+
+    async def on_stale(ctx: TenantContext) -> TenantContext | None:
+        asked.append(ctx)
+        return context_of(pair.a)
+
+    row = await router.read_one(stale, sql, (own,), on_stale=on_stale)
+    assert row is not None
+    assert row["id"] == own
+    assert asked == [stale]

@@ -46,6 +46,7 @@ from meridian.crud.idempotency import request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
 from meridian.crud.repository import TenantRepository, VersionMismatch
 from meridian.deps import TenantAccess
+from meridian.encryption.fields import SENSITIVE, open_row, open_rows, sealed
 from meridian.errors import NotFound, PreconditionFailed
 from meridian.sharing.repository import ShareRepository
 from meridian.users.permissions import record_viewer
@@ -67,6 +68,14 @@ def shown(access: TenantAccess, kind: str, row: Row) -> Row:
     return mask_row(kind, row, access.can(*PII_PERMISSION))
 
 
+async def opened(access: TenantAccess, kind: str, row: Row) -> Row:
+    """The row with its sensitive fields decrypted (rows are stored, cached and kept for
+    idempotent replays as ciphertext; plaintext exists only while a response is made)."""
+    if kind not in SENSITIVE:
+        return row
+    return await open_row(access.runtime.keyring, access.tenant.tenant_id, kind, row)
+
+
 async def create(
     access: TenantAccess,
     request: Request,
@@ -85,7 +94,8 @@ async def create(
     async with access.write() as session:
 
         async def produce() -> Any:
-            row = await make(session)
+            # Kept in the idempotency record: ciphertext (base64), never plaintext.
+            row = sealed(await make(session))
             return created(row, f"{request.url.path.rstrip('/')}/{row['id']}")
 
         stored = await run_idempotent(
@@ -94,7 +104,8 @@ async def create(
     if kind is not None and not stored.replayed:
         await invalidate(access, kind)
     if kind is not None and isinstance(stored.body, dict):
-        stored = replace(stored, body=shown(access, kind, stored.body))
+        clear = await opened(access, kind, stored.body)
+        stored = replace(stored, body=shown(access, kind, clear))
     return stored_response(stored)
 
 
@@ -134,6 +145,13 @@ async def fetch(
     viewer = record_viewer(access)
 
     async def load() -> Row | None:
+        if (
+            repo.one_statement_reads
+            and access.runtime.settings.single_statement_reads
+            and not repo.is_scoped_for(viewer)
+        ):
+            found = await access.read_one(repo.by_id_sql(), record_id)
+            return dict(found) if found is not None else None
         async with access.reader() as conn:
             return await repo.fetch_visible(conn, tenant_id, record_id, viewer)
 
@@ -143,9 +161,10 @@ async def fetch(
     else:
 
         async def load_json() -> Row | None:
-            # Cached as JSON-ready values: what the response serialises anyway.
+            # Cached as JSON-ready values, ciphertexts as base64: decrypted after the
+            # cache, so no cache level ever holds a sensitive field in clear.
             found = await load()
-            return orjson.loads(dumps(found)) if found is not None else None
+            return orjson.loads(dumps(sealed(found))) if found is not None else None
 
         row = await access.runtime.cache.get_or_load(
             str(tenant_id),
@@ -158,7 +177,7 @@ async def fetch(
         )
     if row is None:
         raise not_found(kind, record_id)
-    return record_response(shown(access, kind, row), request)
+    return record_response(shown(access, kind, await opened(access, kind, row)), request)
 
 
 # Record generations are kept per bucket of ids, so a write invalidates 1/64 of the
@@ -210,10 +229,15 @@ async def listing(
     kind = repo.model.__tablename__
     policy = access.runtime.list_cache.get(kind)
     if policy is None or repo.is_scoped_for(viewer):
-        return json_response(_shown_page(access, kind, await load()))
+        return json_response(
+            _shown_page(access, kind, await _opened_page(access, kind, await load()))
+        )
 
     async def load_json() -> Row:
-        return cast(Row, orjson.loads(dumps(await load())))
+        page = await load()
+        # Ciphertexts go into the cache as base64 and are decrypted after it.
+        page["data"] = [sealed(r) for r in page["data"]]
+        return cast(Row, orjson.loads(dumps(page)))
 
     # The page is named by everything that shapes it; the generation of the tenant's
     # "<kind>-list" changes with every write of that kind.
@@ -221,7 +245,14 @@ async def listing(
     body = await access.runtime.cache.get_or_load(
         str(tenant_id), f"{kind}-list", page_key, load_json, JSON, policy
     )
-    return json_response(_shown_page(access, kind, body))
+    return json_response(_shown_page(access, kind, await _opened_page(access, kind, body)))
+
+
+async def _opened_page(access: TenantAccess, kind: str, body: Row | None) -> Row | None:
+    if body is None or kind not in SENSITIVE:
+        return body
+    data = await open_rows(access.runtime.keyring, access.tenant.tenant_id, kind, body["data"])
+    return {**body, "data": data}
 
 
 def _shown_page(access: TenantAccess, kind: str, body: Row | None) -> Row | None:
@@ -257,6 +288,7 @@ async def change(
     if row is None:
         raise not_found(kind, record_id)
     await invalidate(access, kind, record_id)
+    row = await opened(access, kind, row)
     return json_response(shown(access, kind, row), headers={"ETag": f'"{row["version"]}"'})
 
 

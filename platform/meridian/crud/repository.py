@@ -29,6 +29,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     union_all,
     update,
@@ -49,6 +50,8 @@ M = TypeVar("M", bound=ShardBase)
 # Never part of an API representation: the tenant is implied by the token.
 _HIDDEN = frozenset({"tenant_id"})
 _GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
+# SQL of the one-statement by-id read (ShardRouter.read_one), per repository class.
+_ONE_SQL: dict[type[Any], str] = {}
 # SQL of the by-id read, compiled once per repository class.
 _GET_SQL: dict[type[Any], str] = {}
 
@@ -321,6 +324,23 @@ class TenantRepository(Generic[M]):
         found = await conn.fetchrow(template.sql, *(values[str(s)] for s in template.sources))
         return dict(found) if found is not None else None
 
+    # Whether a by-id read is the row alone, so it can take the one-statement path
+    # (ShardRouter.read_one); a repository whose fetch_one adds more sets this False.
+    one_statement_reads: ClassVar[bool] = True
+
+    @classmethod
+    def by_id_sql(cls) -> str:
+        """The by-id read for ``ShardRouter.read_one``: ``$1`` is the id and the tenant
+        comes from the enter function's lateral ``e.tid``."""
+        sql = _ONE_SQL.get(cls)
+        if sql is None:
+            stmt = select(*cls.read_columns()).where(
+                cls.attr("tenant_id") == literal_column("e.tid"),
+                cls.attr("id") == bindparam("id"),
+            )
+            sql = _ONE_SQL[cls] = compile_sql(stmt, ("id",))
+        return sql
+
     @classmethod
     async def fetch_one(
         cls, conn: asyncpg.Connection, tenant_id: UUID, record_id: UUID
@@ -414,6 +434,18 @@ class TenantRepository(Generic[M]):
             else stmt.with_for_update(read=True, key_share=True)
         )
         return await self.session.scalar(stmt) is not None
+
+    async def lock_sealed(self, record_id: UUID, columns: Sequence[str]) -> dict[str, Any] | None:
+        """``columns`` (a row's ciphertexts) of a record in scope, locked FOR NO KEY
+        UPDATE: a change that re-encrypts the others must not race another change (or
+        the re-encryption job) of the same row. None when there is no such record."""
+        stmt = (
+            select(*(self.attr(c) for c in columns))
+            .where(self.scoped(), self.attr("id") == record_id)
+            .with_for_update(key_share=True)
+        )
+        row = (await self.session.execute(stmt)).mappings().one_or_none()
+        return dict(row) if row is not None else None
 
     # -- writes ---------------------------------------------------------------------
     async def insert(self, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -137,6 +137,8 @@ class StageRepository(TenantRepository[PipelineStage]):
 
 class PipelineRepository(TenantRepository[Pipeline]):
     model = Pipeline
+    # A pipeline is read with its stages (fetch_one below), not as a bare row.
+    one_statement_reads = False
 
     # -- reads with stages: on a raw connection (GET, list) and in a session (services)
     @classmethod
