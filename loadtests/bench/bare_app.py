@@ -27,6 +27,9 @@ import orjson
 from fastapi import FastAPI
 from starlette.responses import Response
 
+# Meridian's collector settings (meridian.app.GC_THRESHOLDS), so the floor runs alike.
+GC_THRESHOLDS = (50_000, 20, 100)
+
 
 def _default(value: Any) -> Any:
     # asyncpg returns its own UUID type, which orjson does not serialise (as Meridian).
@@ -61,6 +64,8 @@ def create_app() -> FastAPI:
         pools.append(pool)
         gc.collect()
         gc.freeze()
+        # The same collector settings as Meridian's (meridian.app): a fair floor.
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             yield
         finally:
