@@ -79,6 +79,19 @@ def is_unavailable(exc: BaseException) -> bool:
 OnStale = Callable[[TenantContext], Awaitable[TenantContext | None]]
 
 
+async def _rerouted(
+    tenant: TenantContext, err: ResidencyError, on_stale: OnStale | None
+) -> TenantContext:
+    """The fresh context to retry on once after the shard refused ``tenant``; re-raises
+    ``err`` when the refusal is not about a stale entry or nothing changed."""
+    if not err.stale or on_stale is None:
+        raise err
+    fresh = await on_stale(tenant)
+    if fresh is None or (fresh.shard_id, fresh.epoch) == (tenant.shard_id, tenant.epoch):
+        raise err
+    return fresh
+
+
 class ShardRouter:
     def __init__(self, engines: ShardEngines) -> None:
         self.engines = engines
@@ -130,12 +143,7 @@ class ShardRouter:
         try:
             session = await self._begin(tenant, write, admit=admit)
         except ResidencyError as err:
-            if not err.stale or on_stale is None:
-                raise
-            fresh = await on_stale(tenant)
-            if fresh is None or (fresh.shard_id, fresh.epoch) == (tenant.shard_id, tenant.epoch):
-                raise
-            tenant = fresh
+            tenant = await _rerouted(tenant, err, on_stale)
             session = await self._begin(tenant, write)
         try:
             yield session
@@ -163,12 +171,7 @@ class ShardRouter:
         try:
             conn, pool = await self._begin_read(tenant)
         except ResidencyError as err:
-            if not err.stale or on_stale is None:
-                raise
-            fresh = await on_stale(tenant)
-            if fresh is None or (fresh.shard_id, fresh.epoch) == (tenant.shard_id, tenant.epoch):
-                raise
-            tenant = fresh
+            tenant = await _rerouted(tenant, err, on_stale)
             conn, pool = await self._begin_read(tenant)
         try:
             yield conn
@@ -208,12 +211,7 @@ class ShardRouter:
         try:
             return await self._read_one(tenant, sql, args)
         except ResidencyError as err:
-            if not err.stale or on_stale is None:
-                raise
-            fresh = await on_stale(tenant)
-            if fresh is None or (fresh.shard_id, fresh.epoch) == (tenant.shard_id, tenant.epoch):
-                raise
-            return await self._read_one(fresh, sql, args)
+            return await self._read_one(await _rerouted(tenant, err, on_stale), sql, args)
 
     async def _read_one(
         self, tenant: TenantContext, sql: str, args: Sequence[Any]
