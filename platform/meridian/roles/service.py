@@ -68,6 +68,17 @@ def _not_found(name: str) -> NotFound:
     return NotFound(f"No role named '{name}'.")
 
 
+async def _existing(
+    conn: AsyncConnection, tenant_id: UUID, name: str
+) -> tuple[PolicySnapshot, RoleView]:
+    """The tenant's policy and the role ``name`` in it; 404 when there is no such role."""
+    snapshot = await store.read_snapshot(conn, tenant_id)
+    view = snapshot.roles().get(name)
+    if view is None:
+        raise _not_found(name)
+    return snapshot, view
+
+
 def _no_parent(name: str) -> ValidationFailed:
     return ValidationFailed(f"Role '{name}' to inherit from does not exist.")
 
@@ -132,10 +143,7 @@ class RoleService:
             await access.runtime.announce_policy(tenant_id, new_version)
 
     async def _view(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> Row:
-        snapshot = await store.read_snapshot(conn, tenant_id)
-        view = snapshot.roles().get(name)
-        if view is None:
-            raise _not_found(name)
+        snapshot, view = await _existing(conn, tenant_id, name)
         descriptions = await store.descriptions(conn, tenant_id)
         return _present(view, descriptions.get(name), snapshot.version)
 
@@ -208,10 +216,7 @@ class RoleService:
         changes = body.model_fields_set
         async with self._locked(access) as (conn, version):
             _check_version(expected, version)
-            snapshot = await store.read_snapshot(conn, tenant_id)
-            view = snapshot.roles().get(name)
-            if view is None:
-                raise _not_found(name)
+            snapshot, view = await _existing(conn, tenant_id, name)
             if view.kind != "custom":
                 raise Conflict(
                     f"'{name}' is a role template: change its permissions for this tenant "
@@ -249,10 +254,7 @@ class RoleService:
         perms = _perms(permissions)
         async with self._locked(access) as (conn, version):
             _check_version(expected, version)
-            snapshot = await store.read_snapshot(conn, tenant_id)
-            view = snapshot.roles().get(name)
-            if view is None:
-                raise _not_found(name)
+            _, view = await _existing(conn, tenant_id, name)
             if name in LOCKED_TEMPLATES:
                 raise Conflict(
                     f"The '{name}' role cannot be changed: it keeps the tenant manageable."
@@ -271,10 +273,7 @@ class RoleService:
         tenant_id = access.tenant.tenant_id
         async with self._locked(access) as (conn, version):
             _check_version(expected, version)
-            snapshot = await store.read_snapshot(conn, tenant_id)
-            view = snapshot.roles().get(name)
-            if view is None:
-                raise _not_found(name)
+            _, view = await _existing(conn, tenant_id, name)
             if view.kind != "template":
                 raise Conflict(f"'{name}' is a custom role: it has no template to return to.")
             if view.overridden:
@@ -288,10 +287,7 @@ class RoleService:
         tenant_id = access.tenant.tenant_id
         async with self._locked(access) as (conn, version):
             _check_version(expected, version)
-            snapshot = await store.read_snapshot(conn, tenant_id)
-            view = snapshot.roles().get(name)
-            if view is None:
-                raise _not_found(name)
+            snapshot, view = await _existing(conn, tenant_id, name)
             if view.kind != "custom":
                 raise Conflict(f"'{name}' is a role template and cannot be deleted.")
             heirs = sorted(r for r in snapshot.custom_roles if snapshot.parent_of(r) == name)
