@@ -45,14 +45,4 @@ class ContactRepository(TenantRepository[Contact]):
         return version
 
     async def account_exists(self, account_id: UUID) -> bool:
-        """Whether the tenant has the account; the row stays locked until commit.
-
-        FOR KEY SHARE (the lock the foreign key check itself takes) keeps the account
-        from being deleted between this check and the write it guards.
-        """
-        stmt = (
-            select(Account.id)
-            .where(Account.tenant_id == self.tenant_id, Account.id == account_id)
-            .with_for_update(read=True, key_share=True)
-        )
-        return await self.session.scalar(stmt) is not None
+        return await self.reference_exists(Account, account_id)

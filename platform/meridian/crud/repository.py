@@ -422,6 +422,17 @@ class TenantRepository(Generic[M]):
         result = await self.session.execute(stmt)
         return [dict(r) for r in result.mappings()]
 
+    async def reference_exists(self, model: type[Any], record_id: UUID) -> bool:
+        """Whether the tenant has the record a write is about to refer to, locked FOR KEY
+        SHARE (the lock the foreign-key check itself takes) so it cannot be deleted
+        between this check and the write it guards."""
+        stmt = (
+            select(model.id)
+            .where(model.tenant_id == self.tenant_id, model.id == record_id)
+            .with_for_update(read=True, key_share=True)
+        )
+        return await self.session.scalar(stmt) is not None
+
     async def lock_visible(self, record_id: UUID, *, for_update: bool) -> bool:
         """Whether the record exists within this repository's scope, locking it until
         commit: FOR NO KEY UPDATE before changing it (the lock the UPDATE would take; a

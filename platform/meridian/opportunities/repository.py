@@ -38,12 +38,7 @@ class OpportunityRepository(TenantRepository[Opportunity]):
     # Pipelines need no lock: the stage row is what the foreign key names.
 
     async def account_exists(self, account_id: UUID) -> bool:
-        stmt = (
-            select(Account.id)
-            .where(Account.tenant_id == self.tenant_id, Account.id == account_id)
-            .with_for_update(read=True, key_share=True)
-        )
-        return await self.session.scalar(stmt) is not None
+        return await self.reference_exists(Account, account_id)
 
     async def pipeline_exists(self, pipeline_id: UUID) -> bool:
         stmt = select(Pipeline.id).where(
