@@ -10,11 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sharding.errors import ShardUnavailableError, UnknownShardError
+
+# How a server refuses a new connection to a shard database: not accepting connections
+# (ALLOW_CONNECTIONS false, or being dropped or renamed: 55000), gone meanwhile (3D000),
+# starting up or shutting down (57P03). Only at connect time: from a query, the same
+# SQLSTATEs are that query's own errors (55000 is also "currval not yet defined").
+REFUSED_AT_CONNECT = frozenset({"55000", "3D000", "57P03"})
+# Out of connection slots: busy rather than down, so the breaker stays closed.
+BUSY_AT_CONNECT = frozenset({"53300"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +33,8 @@ class ShardInfo:
     dsn: str
     state: str = "active"
     capacity: int = 1000
+    # Holds one tenant only: placement by region never picks it.
+    dedicated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +109,8 @@ class ShardEngines:
                 o = self._options
                 try:
                     pool = await asyncpg.create_pool(
-                        info.dsn.replace("postgresql+asyncpg://", "postgresql://", 1),
+                        _asyncpg_dsn(info.dsn),
+                        connect=lambda dsn, **kw: self._connect(info, dsn, **kw),
                         min_size=1,
                         max_size=o.read_pool_size,
                         timeout=o.connect_timeout,
@@ -137,10 +149,36 @@ class ShardEngines:
     def mark_up(self, shard_id: str) -> None:
         self._breakers.pop(shard_id, None)
 
+    async def _connect(self, info: ShardInfo, dsn: str, **kwargs: Any) -> asyncpg.Connection:
+        """Every new connection to a shard, for the read pools and the engines alike: a
+        refusal is the shard being unavailable (503), not a failed query (500)."""
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate in REFUSED_AT_CONNECT:
+                raise self.mark_down(info.id) from exc
+            if exc.sqlstate in BUSY_AT_CONNECT:
+                raise ShardUnavailableError(info.id, retry_after=1.0) from exc
+            raise
+        return conn
+
     def _create(self, info: ShardInfo) -> AsyncEngine:
         o = self._options
+
+        async def connect() -> asyncpg.Connection:
+            return await self._connect(
+                info,
+                _asyncpg_dsn(info.dsn),
+                timeout=o.connect_timeout,
+                server_settings={
+                    "statement_timeout": str(o.statement_timeout_ms),
+                    "application_name": f"meridian:{info.id}",
+                },
+            )
+
         return create_async_engine(
             info.dsn,
+            async_creator=connect,
             pool_size=o.pool_size,
             max_overflow=o.max_overflow,
             pool_timeout=o.pool_timeout,
@@ -150,13 +188,6 @@ class ShardEngines:
             # Parameters can hold password hashes and personal data: keep them out of
             # exception messages and logs.
             hide_parameters=True,
-            connect_args={
-                "timeout": o.connect_timeout,
-                "server_settings": {
-                    "statement_timeout": str(o.statement_timeout_ms),
-                    "application_name": f"meridian:{info.id}",
-                },
-            },
         )
 
     async def dispose(self) -> None:
@@ -165,6 +196,10 @@ class ShardEngines:
         await asyncio.gather(
             *(e.dispose() for e in engines.values()), *(p.close() for p in pools.values())
         )
+
+
+def _asyncpg_dsn(dsn: str) -> str:
+    return dsn.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:

@@ -34,6 +34,8 @@ class Shard(ControlBase):
     state: Mapped[str] = mapped_column(String(16), server_default=ShardState.ACTIVE.value)
     # The number of tenants the shard is meant to hold; placement never exceeds it.
     capacity: Mapped[int] = mapped_column(Integer, server_default="1000")
+    # Holds one tenant (a large organisation): placement by region never picks it.
+    dedicated: Mapped[bool] = mapped_column(Boolean, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

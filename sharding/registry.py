@@ -16,15 +16,22 @@ async def upsert_shard(
     dsn: str,
     admin_dsn: str | None,
     capacity: int,
+    dedicated: bool | None = None,
 ) -> None:
     """Add a shard, or update where it lives (its state is left alone).
 
     Without an ``admin_dsn`` a new shard migrates with its app DSN, and an existing
     shard keeps the owner DSN it has: API instances are usually given app-role DSNs
-    only, and must not overwrite what the migration job registered.
+    only, and must not overwrite what the migration job registered. ``dedicated``
+    likewise: None leaves an existing shard as it is (a new one is shared).
     """
     stmt = pg_insert(Shard).values(
-        id=shard_id, region=region, dsn=dsn, admin_dsn=admin_dsn or dsn, capacity=capacity
+        id=shard_id,
+        region=region,
+        dsn=dsn,
+        admin_dsn=admin_dsn or dsn,
+        capacity=capacity,
+        dedicated=bool(dedicated),
     )
     update = {
         "dsn": stmt.excluded.dsn,
@@ -33,4 +40,6 @@ async def upsert_shard(
     }
     if admin_dsn is not None:
         update["admin_dsn"] = stmt.excluded.admin_dsn
+    if dedicated is not None:
+        update["dedicated"] = stmt.excluded.dedicated
     await conn.execute(stmt.on_conflict_do_update(index_elements=[Shard.id], set_=update))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 import asyncpg
@@ -122,7 +122,7 @@ class ShardRouter:
             )
         except BaseException as exc:
             await session.close()
-            raise self._translate(tenant.shard_id, exc) from exc
+            self._reraise(tenant.shard_id, exc)
         return session
 
     @asynccontextmanager
@@ -150,10 +150,7 @@ class ShardRouter:
             await session.commit()
         except BaseException as exc:
             await session.rollback()
-            translated = self._translate(tenant.shard_id, exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            self._reraise(tenant.shard_id, exc)
         finally:
             await session.close()
         self.engines.mark_up(tenant.shard_id)
@@ -177,10 +174,7 @@ class ShardRouter:
             yield conn
             await conn.execute("COMMIT")
         except BaseException as exc:
-            translated = self._translate(tenant.shard_id, exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            self._reraise(tenant.shard_id, exc)
         finally:
             # The pool's reset rolls back anything left open, so no SET LOCAL survives.
             await pool.release(conn)
@@ -222,10 +216,7 @@ class ShardRouter:
                 sql, *args, tenant.tenant_id, tenant.epoch
             )
         except BaseException as exc:
-            translated = self._translate(tenant.shard_id, exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+            self._reraise(tenant.shard_id, exc)
         self.engines.mark_up(tenant.shard_id)
         return row
 
@@ -234,7 +225,7 @@ class ShardRouter:
         try:
             conn = await pool.acquire()
         except BaseException as exc:
-            raise self._translate(tenant.shard_id, exc) from exc
+            self._reraise(tenant.shard_id, exc)
         try:
             # Literals, not parameters: the simple protocol sends BEGIN and the enter
             # call in one round trip. Both values are typed (UUID, int), never text
@@ -245,8 +236,14 @@ class ShardRouter:
             )
         except BaseException as exc:
             await pool.release(conn)
-            raise self._translate(tenant.shard_id, exc) from exc
+            self._reraise(tenant.shard_id, exc)
         return conn, pool
+
+    def _reraise(self, shard_id: str, exc: BaseException) -> NoReturn:
+        translated = self._translate(shard_id, exc)
+        if translated is exc:
+            raise exc
+        raise translated from exc
 
     def _translate(self, shard_id: str, exc: BaseException) -> BaseException:
         if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in RESIDENCY_SQLSTATES:

@@ -192,7 +192,9 @@ class TenantKeyring:
         return int(version) if version is not None else await self.create_key(conn, tenant_id)
 
     async def retire(self, conn: AsyncConnection, tenant_id: UUID, version: int) -> None:
-        """Destroy a decrypt-only version once no row uses it."""
+        """Destroy a decrypt-only version once no row uses it. In the caller's
+        transaction: the caller calls ``forget`` after it commits (forgetting before would
+        let a concurrent read cache the versions as they were until then)."""
         await conn.execute(
             update(TenantKey)
             .where(
@@ -202,16 +204,15 @@ class TenantKeyring:
             )
             .values(state="destroyed", wrapped_key=None, destroyed_at=func.now())
         )
-        self.forget(tenant_id)
 
     async def destroy_all(self, conn: AsyncConnection, tenant_id: UUID) -> int:
-        """Crypto-shredding: every version destroyed, wrapped key material erased."""
+        """Crypto-shredding: every version destroyed, wrapped key material erased (in the
+        caller's transaction; the caller calls ``forget`` after it commits)."""
         result = await conn.execute(
             update(TenantKey)
             .where(TenantKey.tenant_id == tenant_id, TenantKey.state != "destroyed")
             .values(state="destroyed", wrapped_key=None, destroyed_at=func.now())
         )
-        self.forget(tenant_id)
         return int(result.rowcount or 0)
 
     async def rewrap_all(self, tenant_id: UUID | None = None) -> int:

@@ -24,10 +24,17 @@ from meridian.runtime import Runtime
 from meridian.settings import Settings, get_settings
 from meridian.sharing.router import router as sharing_router
 from meridian.users.router import router as users_router
+from meridian.web import docs, openapi
 from meridian.web.limits import BodySizeLimit
 from meridian.web.problems import install_problem_handlers
 
 GC_THRESHOLDS = (50_000, 20, 100)
+DESCRIPTION = """A multi-tenant CRM. Tenants use `/v1`, platform administrators
+`/admin/v1`; both with a bearer token from `/oauth/token` (client credentials).
+
+Errors are `application/problem+json` (RFC 9457) with a stable `type`; every operation
+lists the statuses and problem types it can answer with. The token and revocation
+endpoints answer in OAuth's own error format (RFC 6749 §5.2)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,8 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Meridian CRM API",
         version=__version__,
+        description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # Served by meridian.web.docs with local assets (FastAPI's page uses a CDN).
+        docs_url=None,
         redoc_url=None,
     )
     install_problem_handlers(app)
@@ -77,4 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health_router,
     ):
         app.include_router(router)
+    openapi.install(app)
+    docs.install(app)
     return app

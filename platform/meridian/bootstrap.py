@@ -43,6 +43,7 @@ async def register_shards(settings: Settings) -> None:
                     dsn=s.dsn,
                     admin_dsn=s.admin_dsn,
                     capacity=s.capacity,
+                    dedicated=s.dedicated,
                 )
     finally:
         await engine.dispose()

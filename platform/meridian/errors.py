@@ -88,6 +88,13 @@ class Conflict(MeridianError):
     title = "Conflict"
 
 
+class DedicatedShardOccupied(Conflict):
+    """Onboarding named a dedicated shard that already holds a tenant."""
+
+    type_slug = "dedicated-shard-occupied"
+    title = "The dedicated shard already holds a tenant"
+
+
 class Duplicate(Conflict):
     """The record duplicates an existing one (the body names it in ``duplicate_of``)."""
 
@@ -119,6 +126,19 @@ class ValidationFailed(MeridianError):
     title = "The request is not valid"
 
 
+# errors[].type of a field naming a record that does not exist (in the caller's tenant):
+# a 422 a client cannot avoid by the shape of its request alone.
+NOT_FOUND = "not_found"
+
+
+def invalid_field(field: str, message: str, kind: str = "value_error") -> ValidationFailed:
+    """A 422 about one field of the request, with the ``errors`` entry clients read;
+    ``kind`` is ``NOT_FOUND`` for a reference to a record that does not exist."""
+    return ValidationFailed(
+        f"{field}: {message}", errors=[{"loc": [field], "msg": message, "type": kind}]
+    )
+
+
 class IdempotencyKeyReused(ValidationFailed):
     type_slug = "idempotency-key-reused"
     title = "Idempotency-Key reused with a different request"
@@ -133,6 +153,29 @@ class ServiceUnavailable(MeridianError):
 class ShardUnavailable(ServiceUnavailable):
     type_slug = "shard-unavailable"
     title = "The tenant's shard is unavailable"
+
+
+def problem_types() -> list[type[MeridianError]]:
+    """Every error class the API can answer with (subclasses defined anywhere count, so
+    call this once all modules are imported), ordered by status, then type."""
+    found: dict[str, type[MeridianError]] = {}
+    pending: list[type[MeridianError]] = [MeridianError]
+    while pending:
+        cls = pending.pop()
+        # A subclass that only changes behaviour keeps its parent's type.
+        found.setdefault(cls.type_slug, cls)
+        pending.extend(cls.__subclasses__())
+    return sorted(found.values(), key=lambda c: (c.status_code, c.type_slug))
+
+
+def error_for_status(status: int) -> type[MeridianError] | None:
+    """The most general error class with this status (e.g. NotFound for 404), for errors
+    raised outside the hierarchy (the router's 404 and 405)."""
+    for cls in problem_types():
+        parent = cls.__mro__[1]
+        if cls.status_code == status and getattr(parent, "status_code", None) != status:
+            return cls
+    return None
 
 
 def problem_body(

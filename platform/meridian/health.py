@@ -4,10 +4,11 @@ Prometheus metrics (``/metrics``)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
@@ -17,6 +18,16 @@ from meridian.web.responses import json_response
 
 router = APIRouter(tags=["health"])
 _TIMEOUT = 2.0
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "unavailable"]
+    # "control", "shard:<id>", "redis": "ok" or "down: <reason>".
+    checks: dict[str, str]
 
 
 async def _ping_engine(engine: AsyncEngine) -> None:
@@ -32,12 +43,16 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     return name, "ok"
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Liveness)
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The control plane is unreachable."}},
+)
 async def readyz(rt: RuntimeDep) -> Response:
     probes = [_check("control", _ping_engine(rt.control))]
     for shard_id in rt.engines.shards:

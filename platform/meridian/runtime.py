@@ -170,16 +170,24 @@ class Runtime:
                     dsn=s.dsn,
                     admin_dsn=s.admin_dsn,
                     capacity=s.capacity,
+                    dedicated=s.dedicated,
                 )
 
     async def reload_topology(self) -> list[ShardInfo]:
         async with self.control.connect() as conn:
             rows = (
                 await conn.execute(
-                    select(Shard.id, Shard.region, Shard.dsn, Shard.state, Shard.capacity)
+                    select(
+                        Shard.id,
+                        Shard.region,
+                        Shard.dsn,
+                        Shard.state,
+                        Shard.capacity,
+                        Shard.dedicated,
+                    )
                 )
             ).all()
-        shards = [ShardInfo(r.id, r.region, r.dsn, r.state, r.capacity) for r in rows]
+        shards = [ShardInfo(r.id, r.region, r.dsn, r.state, r.capacity, r.dedicated) for r in rows]
         self.engines.set_topology(shards)
         return shards
 

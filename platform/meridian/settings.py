@@ -25,6 +25,8 @@ class ShardConfig(BaseModel):
     dsn: str
     admin_dsn: str | None = None
     capacity: int = 1000
+    # Holds one tenant; None leaves a registered shard's flag as it is.
+    dedicated: bool | None = None
 
 
 class Settings(BaseSettings):

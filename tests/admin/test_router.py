@@ -7,6 +7,7 @@ import uuid
 import httpx
 
 from tests.fixtures.api import Tenant, token_for
+from tests.fixtures.problems import assert_problem
 
 
 def _slug(prefix: str = "adm") -> str:
@@ -55,8 +56,13 @@ async def test_dedicated_shard_and_placement_errors(
     assert resp.status_code == 201, resp.text
     assert (resp.json()["shard_id"], resp.json()["region"]) == ("eu-1", "eu")
 
+    mismatch = await app_client.post(
+        "/admin/v1/tenants",
+        json={"slug": _slug(), "name": "X", "shard_id": "eu-1", "region": "us"},
+        headers=admin_headers,
+    )
+    assert_problem(mismatch, 409, "conflict", "region")  # the named shard is elsewhere
     cases = [
-        ({"slug": _slug(), "name": "X", "shard_id": "eu-1", "region": "us"}, "region"),
         ({"slug": _slug(), "name": "X", "shard_id": "nope-9"}, "shard_id"),
         ({"slug": _slug(), "name": "X", "region": "ap"}, "region"),
         ({"slug": _slug(), "name": "X"}, "region"),
@@ -65,9 +71,8 @@ async def test_dedicated_shard_and_placement_errors(
     ]
     for body, field in cases:
         bad = await app_client.post("/admin/v1/tenants", json=body, headers=admin_headers)
-        assert bad.status_code == 422, (body, bad.text)
-        assert bad.headers["content-type"] == "application/problem+json"
-        assert field in bad.text
+        assert_problem(bad, 422, "validation")
+        assert field in bad.text, body
 
 
 async def test_duplicate_slug_conflicts_but_same_idempotency_key_replays(
@@ -153,7 +158,8 @@ async def test_list_shards_with_counts_and_tenant_pagination(
 ) -> None:
     shards = await app_client.get("/admin/v1/shards", headers=admin_headers)
     assert shards.status_code == 200
-    by_id = {s["id"]: s for s in shards.json()}
+    assert shards.json()["next_cursor"] is None  # a list like every other, in one page
+    by_id = {s["id"]: s for s in shards.json()["data"]}
     assert {"us-1", "eu-1"} <= set(by_id)
     assert by_id["us-1"]["region"] == "us"
     assert by_id["us-1"]["tenant_count"] >= 1

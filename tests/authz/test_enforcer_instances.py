@@ -3,8 +3,6 @@ reconnects, and authorization with Redis gone."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +20,7 @@ from meridian.app import create_app
 from meridian.settings import Settings
 from tests.fixtures.api import onboard
 from tests.fixtures.redis_servers import RedisServer, free_port
+from tests.fixtures.waiting import eventually
 from tests.roles.helpers import permissions, role_headers
 
 
@@ -39,24 +38,26 @@ def runtime(client: httpx.AsyncClient) -> Any:
     return client.app.state.runtime  # type: ignore[attr-defined]
 
 
-async def wait_for_status(
-    client: httpx.AsyncClient, path: str, headers: dict[str, str], status: int
-) -> float:
-    """Seconds until ``path`` answers ``status``; fails after one second."""
-    started = time.monotonic()
-    while (await client.get(path, headers=headers)).status_code != status:
-        assert time.monotonic() - started < 1.0, f"{path} did not turn {status} within 1 s"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
+async def turns(client: httpx.AsyncClient, path: str, headers: dict[str, str], status: int) -> None:
+    """Waits until ``path`` answers ``status``, the only other answer allowed being the
+    one it turns from (the announcement's pub/sub hop takes a moment)."""
+    before = {200: 403, 403: 200}[status]
+
+    async def answered() -> bool:
+        code = (await client.get(path, headers=headers)).status_code
+        assert code in {before, status}, code
+        return code == status
+
+    await eventually(answered, what=f"{path} answering {status}")
 
 
-async def test_a_policy_change_on_one_instance_is_enforced_on_another_within_a_second(
+async def test_a_policy_change_on_one_instance_is_enforced_on_another(
     settings: Settings, admin_headers: dict[str, str], app_client: httpx.AsyncClient
 ) -> None:
     tenant = await onboard(app_client, admin_headers, slug=f"pol-{uuid.uuid4().hex[:8]}")
     async with api(settings) as a, api(settings) as b:
         for inst in (a, b):
-            await asyncio.wait_for(runtime(inst).policy_watcher.subscribed.wait(), 5)
+            await eventually(runtime(inst).policy_watcher.subscribed.is_set, what="the watcher")
         reader = await role_headers(a, tenant, "read_only")
         # B has the tenant's enforcer loaded and its decision memoised.
         for _ in range(3):
@@ -70,16 +71,19 @@ async def test_a_policy_change_on_one_instance_is_enforced_on_another_within_a_s
         )
         assert put.status_code == 200, put.text
         assert (await a.get("/v1/contacts", headers=reader)).status_code == 403  # at once here
-        lag = await wait_for_status(b, "/v1/contacts", reader, 403)
-        assert runtime(b).authz.stats.loads == loads + 1
+        await turns(b, "/v1/contacts", reader, 403)
+        # B dropped its enforcer on the announcement and loaded the new policy. (At least
+        # once: another test run on the same Redis may announce changed templates, which
+        # makes every instance reload; pub/sub channels ignore the database index.)
+        assert runtime(b).authz.stats.loads >= loads + 1
         for _ in range(5):  # and never back to the old decision
             assert (await b.get("/v1/contacts", headers=reader)).status_code == 403
 
         # The other way round: a change made on B reaches A.
         reset = await b.delete("/v1/roles/read_only/permissions", headers=tenant.headers)
         assert reset.status_code == 200, reset.text
-        back = await wait_for_status(a, "/v1/contacts", reader, 200)
-    print(f"policy change seen by the other instance after {lag * 1e3:.1f} / {back * 1e3:.1f} ms")
+        assert (await b.get("/v1/contacts", headers=reader)).status_code == 200
+        await turns(a, "/v1/contacts", reader, 200)
 
 
 async def test_authorization_works_and_local_changes_apply_with_redis_down(
@@ -117,31 +121,29 @@ async def test_watcher_reconnects_and_forgets_what_it_may_have_missed(
     tenant = uuid.uuid4()
     try:
         await watcher.start()
-        await asyncio.wait_for(watcher.subscribed.wait(), 5)
+        await eventually(watcher.subscribed.is_set, what="the watcher subscribing")
         await registry.get(tenant)
         assert registry.cached(tenant) is not None
 
         server.stop()
-        deadline = time.monotonic() + 10
-        while watcher.subscribed.is_set():
-            assert time.monotonic() < deadline, "the watcher did not notice Redis going away"
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: not watcher.subscribed.is_set(), what="the watcher noticing Redis is gone"
+        )
         # Decisions keep coming from the loaded enforcer while Redis is away.
         policy = registry.cached(tenant)
         assert policy is not None
         assert policy.allows("admin", "roles", "update")
 
         server.start()
-        await asyncio.wait_for(watcher.subscribed.wait(), 10)
+        await eventually(watcher.subscribed.is_set, what="the watcher subscribing again")
         # Announcements published while it was away are lost: it forgot every enforcer.
         assert registry.cached(tenant) is None
         await registry.get(tenant)
         announcer = PolicyWatcher(client, EnforcerRegistry(store))
         assert await announcer.publish(tenant, 7)
-        deadline = time.monotonic() + 1
-        while registry.cached(tenant) is not None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.005)
+        await eventually(
+            lambda: registry.cached(tenant) is None, what="the announcement being applied"
+        )
     finally:
         await watcher.close()
         await client.aclose()
@@ -162,17 +164,16 @@ async def test_watchers_on_one_redis_carry_announcements(
     try:
         for w in watchers:
             await w.start()
-            await asyncio.wait_for(w.subscribed.wait(), 5)
+            await eventually(w.subscribed.is_set, what="a watcher subscribing")
         receiver = registries[1]
         one, two = uuid.uuid4(), uuid.uuid4()
         await receiver.get(one)
         await receiver.get(two)
 
         async def gone(tenant: uuid.UUID) -> None:
-            deadline = time.monotonic() + 1
-            while receiver.cached(tenant) is not None:
-                assert time.monotonic() < deadline, "announcement not applied within 1 s"
-                await asyncio.sleep(0.002)
+            await eventually(
+                lambda: receiver.cached(tenant) is None, what="the announcement being applied"
+            )
 
         await clients[0].publish(channel, b"not json")  # ignored, the watcher carries on
         assert await watchers[0].publish(one, 1)

@@ -71,7 +71,7 @@ async def listed(access: TenantAccess, kind: str, limit: int = 7) -> list[str]:
 async def opens(access: TenantAccess, kind: str, record_id: str) -> bool:
     repo = REPOS[kind][0]
     try:
-        resp = await endpoints.fetch(access, repo, kind, uuid.UUID(record_id), get_request())
+        resp = await endpoints.fetch(access, repo, kind, uuid.UUID(record_id), None)
     except NotFound:
         return False
     assert resp.status_code == 200

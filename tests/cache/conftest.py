@@ -16,8 +16,6 @@ from cache.core import AnyRedis, TwoLevelCache
 from cache.metrics import CacheMetrics
 from tests.fixtures.redis_servers import RedisClusterServers
 
-STANDALONE_URL = "redis://127.0.0.1:6379/0"
-
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
@@ -33,13 +31,33 @@ def redis_factory(
 ) -> Callable[[], AnyRedis]:
     """Makes new clients (one per simulated API instance) on the chosen deployment."""
     if request.param == "standalone":
-        return lambda: Redis.from_url(STANDALONE_URL)
+        url: str = request.getfixturevalue("redis_url")  # this worker's own database
+        return lambda: Redis.from_url(url)
     cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
     host, port = cluster.startup_nodes[0]
     return lambda: RedisCluster(host=host, port=port)
 
 
 CacheFactory = Callable[..., TwoLevelCache]
+
+
+def _l2_errors(cache: TwoLevelCache) -> dict[str, float]:
+    return {
+        sample.labels["reason"]: sample.value
+        for metric in cache.metrics.l2_errors.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def l2_attempts(cache: TwoLevelCache) -> float:
+    """Redis operations that were tried and failed (a closed breaker let them through)."""
+    return sum(n for reason, n in _l2_errors(cache).items() if reason != "breaker_open")
+
+
+def l2_skipped(cache: TwoLevelCache) -> float:
+    """Redis operations the open breaker skipped: they never waited for Redis."""
+    return _l2_errors(cache).get("breaker_open", 0.0)
 
 
 @pytest.fixture
@@ -53,7 +71,7 @@ async def make_cache(
     def factory(**kw: object) -> TwoLevelCache:
         client = redis_factory()
         # Generous per-operation timeout: a loaded CI box must not turn hits into misses.
-        kw.setdefault("op_timeout", 1.0)
+        kw.setdefault("op_timeout", 10.0)
         cache = TwoLevelCache(
             client,
             namespace=namespace,

@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from tests.fixtures.api import Tenant
+from tests.fixtures.problems import assert_problem
 from tests.fixtures.users import new_user_id
-
-PROBLEM = "application/problem+json"
 
 
 async def new_account(client: httpx.AsyncClient, tenant: Tenant, name: str = "Acme") -> str:
@@ -33,13 +32,6 @@ async def list_ids(client: httpx.AsyncClient, tenant: Tenant, **params: Any) -> 
     resp = await client.get("/v1/contacts", params=params, headers=tenant.headers)
     assert resp.status_code == 200, resp.text
     return [c["id"] for c in resp.json()["data"]]
-
-
-def assert_problem(resp: httpx.Response, status: int, detail: str | None = None) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == PROBLEM
-    if detail is not None:
-        assert detail in resp.json()["detail"], resp.json()
 
 
 async def test_contact_crud(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -100,14 +92,14 @@ async def test_contact_crud(app_client: httpx.AsyncClient, tenant: Tenant) -> No
     )
     assert deleted.status_code == 204
     gone = await app_client.get(f"/v1/contacts/{contact['id']}", headers=tenant.headers)
-    assert_problem(gone, 404)
+    assert_problem(gone, 404, "not-found")
     again = await app_client.delete(f"/v1/contacts/{contact['id']}", headers=tenant.headers)
-    assert_problem(again, 404)
+    assert_problem(again, 404, "not-found")
 
 
 async def test_create_with_only_a_last_name(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     contact = await new_contact(app_client, tenant, last_name="Hopper")
-    assert contact["first_name"] == ""
+    assert contact["first_name"] is None  # absent, not ""
     for field in ("email", "phone", "title", "account_id", "owner_id"):
         assert contact[field] is None
 
@@ -133,7 +125,6 @@ async def test_create_with_only_a_last_name(app_client: httpx.AsyncClient, tenan
         ({"last_name": "L", "email": "ada..l@example.com"}, "email"),
         ({"last_name": "L", "email": "ada@exa_mple.com"}, "email"),
         ({"last_name": "L", "email": "ada@-example.com"}, "email"),
-        ({"last_name": "L", "email": f"{'a' * 65}@example.com"}, "email"),
         ({"last_name": "L", "email": 12}, "email"),
         ({"last_name": "L", "phone": "call me"}, "phone"),
         ({"last_name": "L", "phone": "12"}, "phone"),
@@ -150,7 +141,7 @@ async def test_create_rejects_invalid_input(
     app_client: httpx.AsyncClient, tenant: Tenant, body: dict[str, Any], field: str
 ) -> None:
     resp = await app_client.post("/v1/contacts", json=body, headers=tenant.headers)
-    assert_problem(resp, 422)
+    assert_problem(resp, 422, "validation")
     problem = resp.json()
     assert problem["type"] == "urn:meridian:problem:validation"
     assert problem["errors"][0]["loc"] == [field]
@@ -161,13 +152,13 @@ async def test_create_rejects_a_body_that_is_not_an_object(
     app_client: httpx.AsyncClient, tenant: Tenant
 ) -> None:
     resp = await app_client.post("/v1/contacts", json=["Lovelace"], headers=tenant.headers)
-    assert_problem(resp, 422)
+    assert_problem(resp, 422, "validation")
     broken = await app_client.post(
         "/v1/contacts",
         content=b"{not json",
         headers={**tenant.headers, "Content-Type": "application/json"},
     )
-    assert_problem(broken, 400)
+    assert_problem(broken, 400, "bad-request")
 
 
 @pytest.mark.parametrize(
@@ -193,14 +184,14 @@ async def test_unknown_account_is_422_naming_the_field(
     resp = await app_client.post(
         "/v1/contacts", json={"last_name": "L", "account_id": missing}, headers=tenant.headers
     )
-    assert_problem(resp, 422, f"account_id: no account {missing}")
+    assert_problem(resp, 422, "validation", f"account_id: no account {missing}")
     assert await list_ids(app_client, tenant) == []
 
     contact = await new_contact(app_client, tenant)
     upd = await app_client.patch(
         f"/v1/contacts/{contact['id']}", json={"account_id": missing}, headers=tenant.headers
     )
-    assert_problem(upd, 422, f"account_id: no account {missing}")
+    assert_problem(upd, 422, "validation", f"account_id: no account {missing}")
     got = await app_client.get(f"/v1/contacts/{contact['id']}", headers=tenant.headers)
     assert got.json() == contact
 
@@ -209,16 +200,16 @@ async def test_patch_refuses_null_on_required_fields(
     app_client: httpx.AsyncClient, tenant: Tenant
 ) -> None:
     contact = await new_contact(app_client, tenant, first_name="Ada")
-    for field in ("last_name", "first_name"):
+    for field in ("last_name",):  # first_name is optional: null clears it
         resp = await app_client.patch(
             f"/v1/contacts/{contact['id']}", json={field: None}, headers=tenant.headers
         )
-        assert_problem(resp, 422, f"{field}: cannot be null")
+        assert_problem(resp, 422, "validation", f"{field}: cannot be null")
     for body in ({"bogus": 1}, {"email": "nope"}, {"last_name": ""}, {"phone": "x"}):
         resp = await app_client.patch(
             f"/v1/contacts/{contact['id']}", json=body, headers=tenant.headers
         )
-        assert_problem(resp, 422)
+        assert_problem(resp, 422, "validation")
     got = await app_client.get(f"/v1/contacts/{contact['id']}", headers=tenant.headers)
     assert got.json() == contact
 
@@ -238,9 +229,9 @@ async def test_patch_and_delete_of_unknown_ids_are_404(
         resp = await app_client.request(
             method, f"/v1/contacts/{missing}", json=body, headers=tenant.headers
         )
-        assert_problem(resp, 404, str(missing))
+        assert_problem(resp, 404, "not-found", str(missing))
     bad = await app_client.get("/v1/contacts/not-a-uuid", headers=tenant.headers)
-    assert_problem(bad, 422)
+    assert_problem(bad, 422, "validation")
 
 
 async def test_filters(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -272,7 +263,7 @@ async def test_filters(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
     bad = await app_client.get(
         "/v1/contacts", params={"account_id": "nope"}, headers=tenant.headers
     )
-    assert_problem(bad, 422)
+    assert_problem(bad, 422, "validation")
 
 
 async def test_sorting(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -297,7 +288,7 @@ async def test_sorting(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
 
     for bad in ("email", "-phone", "tenant_id"):
         resp = await app_client.get("/v1/contacts", params={"sort": bad}, headers=tenant.headers)
-        assert_problem(resp, 400, "Cannot sort by")
+        assert_problem(resp, 400, "bad-request", "Cannot sort by")
 
 
 async def test_pagination_visits_every_row_once(
@@ -336,13 +327,12 @@ async def test_pagination_visits_every_row_once(
         resp = await app_client.get(
             "/v1/contacts", params={"limit": 3, "cursor": cursor, **other}, headers=tenant.headers
         )
-        assert_problem(resp, 400)
-        assert resp.json()["type"] == "urn:meridian:problem:invalid-cursor"
+        assert_problem(resp, 400, "invalid-cursor")
     garbage = await app_client.get("/v1/contacts", params={"cursor": "!!!"}, headers=tenant.headers)
-    assert_problem(garbage, 400)
+    assert_problem(garbage, 400, "invalid-cursor")
     for limit in (0, 201, "ten"):
         resp = await app_client.get("/v1/contacts", params={"limit": limit}, headers=tenant.headers)
-        assert_problem(resp, 422)
+        assert_problem(resp, 422, "validation")
 
 
 async def test_idempotent_create(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -364,7 +354,7 @@ async def test_idempotent_create(app_client: httpx.AsyncClient, tenant: Tenant) 
     different = await app_client.post(
         "/v1/contacts", json={**body, "last_name": "Byron"}, headers=headers
     )
-    assert_problem(different, 422)
+    assert_problem(different, 422, "idempotency-key-reused")
     assert different.json()["type"] == "urn:meridian:problem:idempotency-key-reused"
     assert await list_ids(app_client, tenant) == [first.json()["id"]]
 
@@ -373,7 +363,7 @@ async def test_idempotent_create(app_client: httpx.AsyncClient, tenant: Tenant) 
     bad = await app_client.post(
         "/v1/contacts", json={"last_name": "L", "account_id": str(uuid.uuid4())}, headers=fresh
     )
-    assert_problem(bad, 422)
+    assert_problem(bad, 422, "validation")
     good = await app_client.post("/v1/contacts", json={"last_name": "Later"}, headers=fresh)
     assert good.status_code == 201
     assert "idempotent-replayed" not in good.headers
@@ -390,13 +380,13 @@ async def test_if_match_conflicts_are_412(app_client: httpx.AsyncClient, tenant:
         stale = await app_client.patch(
             url, json=body, headers={**tenant.headers, "If-Match": '"1"'}
         )
-        assert_problem(stale, 412)
+        assert_problem(stale, 412, "precondition-failed")
     stale_delete = await app_client.delete(url, headers={**tenant.headers, "If-Match": '"1"'})
-    assert_problem(stale_delete, 412)
+    assert_problem(stale_delete, 412, "precondition-failed")
     weak = await app_client.patch(
         url, json={"title": "CEO"}, headers={**tenant.headers, "If-Match": 'W/"2"'}
     )
-    assert_problem(weak, 400)
+    assert_problem(weak, 422, "validation")  # not the declared If-Match format
 
     got = await app_client.get(url, headers=tenant.headers)
     assert got.json() == moved.json()
@@ -409,27 +399,14 @@ async def test_if_match_conflicts_are_412(app_client: httpx.AsyncClient, tenant:
     assert current.status_code == 204
 
 
-async def test_cross_tenant_isolation(
+async def test_another_tenants_contacts_cannot_be_linked_listed_or_replayed(
     app_client: httpx.AsyncClient, tenant: Tenant, intruder: Tenant
 ) -> None:
+    """What the route matrix (tests/test_cross_tenant.py) does not cover: references in
+    bodies, list filters and idempotency keys across tenants."""
     account_id = await new_account(app_client, tenant)
     contact = await new_contact(app_client, tenant, email="secret@acme.test", account_id=account_id)
     url = f"/v1/contacts/{contact['id']}"
-
-    # GET, PATCH (with and without a reference) and DELETE: 404, never the record.
-    cases: list[tuple[str, dict[str, Any] | None, str | None]] = [
-        ("GET", None, None),
-        ("PATCH", {"last_name": "pwned"}, None),
-        ("PATCH", {"last_name": "pwned"}, '"1"'),
-        ("PATCH", {"account_id": account_id}, None),
-        ("DELETE", None, None),
-        ("DELETE", None, '"1"'),
-    ]
-    for method, body, if_match in cases:
-        headers = {**intruder.headers, **({"If-Match": if_match} if if_match else {})}
-        resp = await app_client.request(method, url, json=body, headers=headers)
-        assert_problem(resp, 404)
-        assert "secret" not in resp.text
 
     # POST and PATCH cannot link the intruder's contacts to the owner's account.
     linked = await app_client.post(
@@ -437,12 +414,12 @@ async def test_cross_tenant_isolation(
         json={"last_name": "Spy", "account_id": account_id},
         headers=intruder.headers,
     )
-    assert_problem(linked, 422, f"account_id: no account {account_id}")
+    assert_problem(linked, 422, "validation", f"account_id: no account {account_id}")
     own = await new_contact(app_client, intruder, last_name="Spy")
     relinked = await app_client.patch(
         f"/v1/contacts/{own['id']}", json={"account_id": account_id}, headers=intruder.headers
     )
-    assert_problem(relinked, 422, f"account_id: no account {account_id}")
+    assert_problem(relinked, 422, "validation", f"account_id: no account {account_id}")
 
     # LIST: the owner's rows are invisible, whatever the filter.
     assert await list_ids(app_client, intruder) == [own["id"]]
@@ -470,5 +447,7 @@ async def test_cross_tenant_isolation(
 async def test_requires_a_token_with_the_right_scope(
     app_client: httpx.AsyncClient, tenant: Tenant
 ) -> None:
-    assert_problem(await app_client.get("/v1/contacts"), 401)
-    assert_problem(await app_client.post("/v1/contacts", json={"last_name": "L"}), 401)
+    assert_problem(await app_client.get("/v1/contacts"), 401, "unauthorized")
+    assert_problem(
+        await app_client.post("/v1/contacts", json={"last_name": "L"}), 401, "unauthorized"
+    )

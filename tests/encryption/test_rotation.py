@@ -8,12 +8,14 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
+import asyncpg
 import httpx
 import pytest
 
 from meridian.encryption.reencrypt import pending, reencrypt, rotate_tenant_key
 from tests.encryption.conftest import new_contact, runtime_of, search
 from tests.fixtures.api import Tenant
+from tests.fixtures.databases import raw_dsn
 from tests.fixtures.shard_db import superuser
 
 if TYPE_CHECKING:
@@ -91,8 +93,17 @@ async def test_rotation_under_concurrent_writes_and_searches(
         assert got.json()["email"] == contact["email"]
         assert await search(app_client, tenant, email=contact["email"]) == [contact["id"]]
     assert await search(app_client, tenant, phone=made[5]["phone"]) == [made[5]["id"]]
-    states = [(k.version, k.state) for k in await rt.keyring.versions(ctx.tenant_id)]
-    assert states == [(1, "destroyed"), (2, "active")]
+    # As committed in the control plane: this instance's cached list of versions may
+    # lag by up to key_versions_ttl (a search that ran during the retirement reloads it).
+    control = await asyncpg.connect(raw_dsn(databases.control))
+    try:
+        states = await control.fetch(
+            "SELECT version, state FROM tenant_key WHERE tenant_id = $1 ORDER BY version",
+            ctx.tenant_id,
+        )
+    finally:
+        await control.close()
+    assert [tuple(r) for r in states] == [(1, "destroyed"), (2, "active")]
 
 
 class Interrupted(Exception):

@@ -12,12 +12,11 @@ import pytest
 
 from tests.encryption.conftest import new_contact
 from tests.fixtures.api import Tenant, onboard
+from tests.fixtures.problems import assert_problem
 from tests.fixtures.shard_db import superuser
 
 if TYPE_CHECKING:
     from tests.fixtures.databases import TestDatabases
-
-UNREADABLE = "urn:meridian:problem:field-unreadable"
 
 
 async def _copy(
@@ -38,9 +37,7 @@ async def _assert_unreadable(
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="meridian.encryption"):
         got = await client.get(f"/v1/contacts/{contact_id}", headers=tenant.headers)
-    assert got.status_code == 500, got.text
-    assert got.headers["content-type"].startswith("application/problem+json")
-    assert got.json()["type"] == UNREADABLE
+    assert_problem(got, 500, "field-unreadable")
     events = [r for r in caplog.records if r.getMessage() == "encrypted field unreadable"]
     assert events
     assert events[-1].row_id == contact_id
@@ -48,8 +45,7 @@ async def _assert_unreadable(
     assert "victim" not in got.text
     assert "victim" not in repr(vars(events[-1]))
     listed = await client.get("/v1/contacts", headers=tenant.headers)
-    assert listed.status_code == 500
-    assert listed.json()["type"] == UNREADABLE
+    assert_problem(listed, 500, "field-unreadable")
 
 
 async def test_ciphertext_moved_to_another_row(

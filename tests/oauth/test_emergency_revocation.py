@@ -1,10 +1,9 @@
 """Emergency revocation: a per-user and per-tenant not-before time, checked on every
-request through the cache, seen by a second API instance within a second."""
+request through the cache: at once on the revoking instance, and on a second API
+instance as soon as the invalidation arrives over pub/sub."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +12,8 @@ import pytest
 
 from meridian.settings import Settings
 from tests.fixtures.api import Tenant, onboard, token_for
+from tests.fixtures.problems import assert_problem
+from tests.fixtures.waiting import eventually
 from tests.oauth.conftest import api, bearer, make_user, refresh, sign_in
 from tests.oauth.test_password_grant import assert_refused
 
@@ -24,7 +25,8 @@ async def pair(
     """Two API instances (separate L1 caches and verifiers) on one Redis."""
     async with api(login_settings) as a, api(login_settings) as b:
         for inst in (a, b):
-            await asyncio.wait_for(inst.app.state.runtime.cache.subscribed.wait(), 5)  # type: ignore[attr-defined]
+            cache = inst.app.state.runtime.cache  # type: ignore[attr-defined]
+            await eventually(cache.subscribed.is_set, what="the invalidation subscriber")
         yield a, b
 
 
@@ -32,13 +34,15 @@ async def status(client: httpx.AsyncClient, token: str) -> int:
     return (await client.get("/v1/accounts", headers=bearer(token))).status_code
 
 
-async def refused_within(client: httpx.AsyncClient, token: str, limit: float = 1.0) -> float:
-    started = time.monotonic()
-    while (code := await status(client, token)) != 401:
-        assert code == 200, code
-        assert time.monotonic() - started < limit, f"still accepted after {limit} s"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
+async def refused_eventually(client: httpx.AsyncClient, token: str) -> None:
+    """Accepted until the revocation reaches ``client``'s instance, then refused."""
+
+    async def refused() -> bool:
+        code = await status(client, token)
+        assert code in {200, 401}, code
+        return code == 401
+
+    await eventually(refused, what="the token being refused")
 
 
 async def test_revoking_a_user_voids_their_tokens_everywhere(
@@ -63,7 +67,7 @@ async def test_revoking_a_user_voids_their_tokens_everywhere(
     assert body["refresh_tokens_revoked"] == 1
 
     assert await status(a, old["access_token"]) == 401  # at once on the revoking instance
-    lag = await refused_within(b, old["access_token"])
+    await refused_eventually(b, old["access_token"])
     for inst in (a, b):  # the bystander and the tenant's client are untouched
         assert await status(inst, other["access_token"]) == 200
         assert await status(inst, tenant.token) == 200
@@ -74,7 +78,6 @@ async def test_revoking_a_user_voids_their_tokens_everywhere(
     fresh = await sign_in(b, target)
     for inst in (a, b):
         assert await status(inst, fresh["access_token"]) == 200
-    print(f"user revocation seen by the second instance after {lag * 1000:.1f} ms")
 
 
 async def test_revoking_a_tenant_voids_every_token_of_it(
@@ -95,11 +98,9 @@ async def test_revoking_a_tenant_voids_every_token_of_it(
     assert resp.json()["subject"] == "*"
     assert resp.json()["refresh_tokens_revoked"] == 1
 
-    lags = [
-        await refused_within(inst, token)
-        for inst in (a, b)
-        for token in (session["access_token"], tenant.token)
-    ]
+    for token in (session["access_token"], tenant.token):
+        assert await status(b, token) == 401  # at once on the revoking instance
+        await refused_eventually(a, token)
     assert_refused(await refresh(a, tenant, session["refresh_token"]))
     for inst in (a, b):  # another tenant is untouched
         assert await status(inst, bystander.token) == 200
@@ -109,7 +110,6 @@ async def test_revoking_a_tenant_voids_every_token_of_it(
     for inst in (a, b):
         assert await status(inst, fresh) == 200
         assert await status(inst, again["access_token"]) == 200
-    print(f"tenant revocation seen after at most {max(lags) * 1000:.1f} ms")
 
 
 async def test_revoke_endpoints_check_who_and_what(
@@ -117,25 +117,21 @@ async def test_revoke_endpoints_check_who_and_what(
     login_tenant: Tenant,
     admin_headers: dict[str, str],
 ) -> None:
-    other = await onboard(login_client, admin_headers, region="eu", slug=login_tenant.slug + "-x")
-    stranger = await make_user(login_client, other)
-    stranger_session = await sign_in(login_client, stranger)
-    # A user of another tenant, or no user at all: 404, nothing revoked.
-    for user_id in (stranger.id, str(uuid.uuid4())):
-        resp = await login_client.post(
-            f"/v1/users/{user_id}/revoke-tokens", headers=login_tenant.headers
-        )
-        assert resp.status_code == 404, resp.text
-    assert await status(login_client, stranger_session["access_token"]) == 200
+    # Another tenant's user is tests/test_cross_tenant.py's; no user at all: 404.
+    resp = await login_client.post(
+        f"/v1/users/{uuid.uuid4()}/revoke-tokens", headers=login_tenant.headers
+    )
+    assert_problem(resp, 404, "not-found")
     # A tenant token cannot use the platform endpoint; unknown tenants are 404.
+    other = await onboard(login_client, admin_headers, region="eu", slug=login_tenant.slug + "-x")
     resp = await login_client.post(
         f"/admin/v1/tenants/{other.id}/revoke-tokens", headers=login_tenant.headers
     )
-    assert resp.status_code == 403, resp.text
+    assert_problem(resp, 403, "insufficient-scope")
     resp = await login_client.post(
         f"/admin/v1/tenants/{uuid.uuid4()}/revoke-tokens", headers=admin_headers
     )
-    assert resp.status_code == 404, resp.text
+    assert_problem(resp, 404, "not-found")
     # A read-only user may not revoke a colleague's sessions.
     reader = await make_user(login_client, login_tenant, role="read_only")
     colleague = await make_user(login_client, login_tenant)
@@ -144,6 +140,6 @@ async def test_revoke_endpoints_check_who_and_what(
     resp = await login_client.post(
         f"/v1/users/{colleague.id}/revoke-tokens", headers=bearer(reader_session["access_token"])
     )
-    assert resp.status_code == 403, resp.text
+    assert_problem(resp, 403, "forbidden")
     assert await status(login_client, colleague_session["access_token"]) == 200
     assert await status(login_client, other.token) == 200

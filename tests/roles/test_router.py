@@ -9,17 +9,8 @@ import pytest
 
 from authz.policy import TEMPLATES
 from tests.fixtures.api import Tenant
+from tests.fixtures.problems import assert_problem
 from tests.roles.helpers import as_pairs, permissions, role_headers
-
-PROBLEM = "urn:meridian:problem:"
-
-
-def assert_problem(resp: httpx.Response, status: int, slug: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = resp.json()
-    assert body["type"] == PROBLEM + slug, body
-    return body
 
 
 async def roles_of(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, dict[str, Any]]:
@@ -337,7 +328,7 @@ async def test_inheritance_cycles_are_refused(
     two = await app_client.post("/v1/roles", json={"name": "c_two", "inherits": "c_one"}, headers=h)
     assert two.status_code == 201
     cycle = await app_client.patch("/v1/roles/c_one", json={"inherits": "c_two"}, headers=h)
-    assert_problem(cycle, 422, "validation")
+    assert_problem(cycle, 409, "conflict")
     assert (await app_client.get("/v1/roles/c_one", headers=h)).json()["inherits"] is None
 
 

@@ -16,8 +16,9 @@ from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
+    IfNoneMatchHeader,
     LimitQuery,
-    SortQuery,
+    sort_query,
 )
 from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import Page
@@ -28,7 +29,8 @@ from meridian.deps import (
     CanUpdateAccounts,
 )
 from meridian.encryption.service import blind_filter
-from meridian.errors import Forbidden
+from meridian.errors import Conflict, Forbidden
+from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 KIND = "account"
@@ -53,12 +55,12 @@ async def create_account(
     )
 
 
-@router.get("", response_model=Page)
+@router.get("", response_model=Page[AccountRead])
 async def list_accounts(
     access: CanReadAccounts,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: SortQuery = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "created_at")] = None,
     domain: Annotated[str | None, Query(max_length=255)] = None,
     name: Annotated[str | None, Query(max_length=255)] = None,
     parent_id: UUID | None = None,
@@ -100,8 +102,10 @@ async def list_accounts(
 
 
 @router.get("/{account_id}", response_model=AccountRead)
-async def get_account(account_id: UUID, request: Request, access: CanReadAccounts) -> Response:
-    return await endpoints.fetch(access, AccountRepository, KIND, account_id, request)
+async def get_account(
+    account_id: UUID, access: CanReadAccounts, if_none_match: IfNoneMatchHeader = None
+) -> Response:
+    return await endpoints.fetch(access, AccountRepository, KIND, account_id, if_none_match)
 
 
 @router.patch("/{account_id}", response_model=AccountRead)
@@ -122,7 +126,8 @@ async def update_account(
     )
 
 
-@router.delete("/{account_id}", status_code=204)
+# Refused while contacts, opportunities or child accounts refer to the account.
+@router.delete("/{account_id}", status_code=204, openapi_extra=problems(Conflict))
 async def delete_account(
     account_id: UUID, access: CanDeleteAccounts, if_match: IfMatchHeader = None
 ) -> Response:

@@ -1,29 +1,28 @@
 from __future__ import annotations
 
-import re
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, ConfigDict, StringConstraints
 
-from meridian.crud.schemas import InputModel, RecordRead
+from meridian.crud.schemas import NOT_BLANK, InputModel, Omittable, RecordRead, padded
 from meridian.encryption.schemas import TaxId
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-_DOMAIN = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-
-
-def _check_domain(value: str) -> str:
-    value = value.lower()
-    if not _DOMAIN.match(value):
-        raise ValueError("must be a domain name such as example.com")
-    return value
-
-
-Domain = Annotated[str, StringConstraints(max_length=255), AfterValidator(_check_domain)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NOT_BLANK)]
+# A DNS name with an alphabetic TLD, any case (stored lower-cased).
+DOMAIN_PATTERN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+Domain = Annotated[
+    str,
+    StringConstraints(max_length=255, pattern=padded(DOMAIN_PATTERN)),
+    AfterValidator(str.lower),
+]
 
 
 class AccountCreate(InputModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Globex", "domain": "globex.com"}]}
+    )
+
     name: Name
     domain: Domain | None = None
     tax_id: TaxId | None = None
@@ -32,7 +31,7 @@ class AccountCreate(InputModel):
 
 
 class AccountUpdate(InputModel):
-    name: Name | None = None  # optional; an explicit null is refused by the service
+    name: Omittable[Name] = None
     domain: Domain | None = None
     tax_id: TaxId | None = None
     parent_id: UUID | None = None

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.accounts.repository import AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountUpdate
 from meridian.encryption import service as encryption
-from meridian.errors import ValidationFailed
+from meridian.errors import Conflict
 from meridian.ids import new_id
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
@@ -45,11 +45,9 @@ class AccountService:
     ) -> dict[str, Any] | None:
         repo = AccountRepository(session, tenant)
         values = body.changes()
-        if "name" in values and values["name"] is None:
-            raise ValidationFailed("name: cannot be null")
         parent = values.get("parent_id")
         if parent is not None and await repo.ancestors_include(parent, account_id):
-            raise ValidationFailed("parent_id: an account cannot be its own ancestor")
+            raise Conflict("parent_id: an account cannot be its own ancestor")
         await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
         stored = None
         if encryption.touches_sensitive(KIND, values):

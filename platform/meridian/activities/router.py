@@ -8,11 +8,10 @@ changes. A timeline is newest first by ``(occurred_at, id)``, keyset paginated.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
-from pydantic import AwareDatetime
 from starlette.responses import Response
 
 from meridian.activities.models import Activity
@@ -23,14 +22,16 @@ from meridian.crud import endpoints
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
+    IfNoneMatchHeader,
     LimitQuery,
-    SortQuery,
+    conditional_response,
     page_response,
+    sort_query,
     stored_response,
 )
 from meridian.crud.idempotency import StoredResponse, request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest, parse_sort
-from meridian.crud.schemas import Page
+from meridian.crud.schemas import IsoDateTime, Page
 from meridian.deps import (
     CanCreateActivities,
     CanReadActivities,
@@ -38,7 +39,6 @@ from meridian.deps import (
 )
 from meridian.errors import NotFound
 from meridian.users.permissions import record_viewer
-from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1/activities", tags=["activities"])
 timeline_router = APIRouter(tags=["activities"])
@@ -46,13 +46,6 @@ KIND = "activity"
 # Strong and constant: an activity's representation never changes.
 ETAG = '"1"'
 NEWEST_FIRST = Sort("occurred_at", Activity.occurred_at, descending=True)
-
-
-def _record_response(row: dict[str, Any], request: Request) -> Response:
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match and ETAG in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers={"ETag": ETAG})
-    return json_response(row, headers={"ETag": ETAG})
 
 
 @router.post("", status_code=201, response_model=ActivityRead)
@@ -84,22 +77,22 @@ async def create_activity(
     return stored_response(stored)
 
 
-@router.get("", response_model=Page)
+@router.get("", response_model=Page[ActivityRead])
 async def list_activities(
     access: CanReadActivities,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: SortQuery = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "-occurred_at")] = None,
     type_: Annotated[ActivityType | None, Query(alias="type")] = None,
     contact_id: UUID | None = None,
     account_id: UUID | None = None,
     opportunity_id: UUID | None = None,
     owner_id: UUID | None = None,
     occurred_after: Annotated[
-        AwareDatetime | None, Query(description="Inclusive lower bound (with a time zone).")
+        IsoDateTime | None, Query(description="Inclusive lower bound (with a time zone).")
     ] = None,
     occurred_before: Annotated[
-        AwareDatetime | None, Query(description="Exclusive upper bound (with a time zone).")
+        IsoDateTime | None, Query(description="Exclusive upper bound (with a time zone).")
     ] = None,
 ) -> Response:
     """Sort: ``occurred_at``, ``created_at``; default ``-occurred_at`` (newest first)."""
@@ -131,14 +124,16 @@ async def list_activities(
 
 
 @router.get("/{activity_id}", response_model=ActivityRead)
-async def get_activity(activity_id: UUID, request: Request, access: CanReadActivities) -> Response:
+async def get_activity(
+    activity_id: UUID, access: CanReadActivities, if_none_match: IfNoneMatchHeader = None
+) -> Response:
     async with access.reader() as conn:
         row = await ActivityRepository.fetch_visible(
             conn, access.tenant.tenant_id, activity_id, record_viewer(access)
         )
     if row is None:
         raise endpoints.not_found(KIND, activity_id)
-    return _record_response(row, request)
+    return conditional_response(row, ETAG, if_none_match)
 
 
 async def _timeline(
@@ -146,7 +141,7 @@ async def _timeline(
 ) -> Response:
     size = check_limit(limit)
     # The parent is part of the digest: a cursor works only on the timeline it came from.
-    digest = filters_digest({field: parent_id})
+    digest = filters_digest(access.tenant.tenant_id, {field: parent_id})
     after = Cursor.decode(cursor, sort=NEWEST_FIRST, digest=digest) if cursor else None
     async with access.reader() as conn:
         rows = await ActivityRepository.fetch_timeline(
@@ -164,7 +159,7 @@ async def _timeline(
     return page_response(rows, limit=size, sort=NEWEST_FIRST, digest=digest)
 
 
-@timeline_router.get("/v1/contacts/{contact_id}/timeline", response_model=Page)
+@timeline_router.get("/v1/contacts/{contact_id}/timeline", response_model=Page[ActivityRead])
 async def get_contact_timeline(
     contact_id: UUID, access: CanReadActivities, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Response:
@@ -172,7 +167,7 @@ async def get_contact_timeline(
     return await _timeline(access, "contact_id", contact_id, limit, cursor)
 
 
-@timeline_router.get("/v1/accounts/{account_id}/timeline", response_model=Page)
+@timeline_router.get("/v1/accounts/{account_id}/timeline", response_model=Page[ActivityRead])
 async def get_account_timeline(
     account_id: UUID, access: CanReadActivities, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Response:
@@ -181,7 +176,9 @@ async def get_account_timeline(
     return await _timeline(access, "account_id", account_id, limit, cursor)
 
 
-@timeline_router.get("/v1/opportunities/{opportunity_id}/timeline", response_model=Page)
+@timeline_router.get(
+    "/v1/opportunities/{opportunity_id}/timeline", response_model=Page[ActivityRead]
+)
 async def get_opportunity_timeline(
     opportunity_id: UUID,
     access: CanReadActivities,

@@ -4,22 +4,31 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, StringConstraints, model_validator
+from pydantic import ConfigDict, StringConstraints, model_validator
 
-from meridian.crud.schemas import InputModel
+from meridian.crud.schemas import (
+    NOT_BLANK,
+    Addressable,
+    InputModel,
+    IsoDateTime,
+    Versioned,
+    any_present,
+)
 
 ActivityType = Literal["call", "email", "meeting", "note", "task"]
-Subject = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Subject = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NOT_BLANK)]
 LINKS = ("contact_id", "account_id", "opportunity_id")
 
 
 class ActivityCreate(InputModel):
+    model_config = ConfigDict(json_schema_extra=any_present(*LINKS))
+
     type: ActivityType
     subject: Subject
     body: str | None = None
     # Aware only: a naive time would be read in some server's zone and misplace the
     # activity on every timeline.
-    occurred_at: AwareDatetime
+    occurred_at: IsoDateTime
     contact_id: UUID | None = None
     account_id: UUID | None = None
     opportunity_id: UUID | None = None
@@ -32,7 +41,7 @@ class ActivityCreate(InputModel):
         return self
 
 
-class ActivityRead(BaseModel):
+class ActivityRead(Addressable, Versioned):
     """Immutable: no version and no updated_at (the ETag is constant)."""
 
     id: UUID

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.activities.repository import LINKS, ActivityRepository
 from meridian.activities.schemas import ActivityCreate
-from meridian.errors import ValidationFailed
+from meridian.errors import NOT_FOUND, invalid_field
 from meridian.ids import new_id
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
@@ -38,10 +38,7 @@ class ActivityService:
             found = await repo.linked(field, record_id)
             if found is None:
                 message = f"no {_noun(field)} with id {record_id}"
-                raise ValidationFailed(
-                    f"{field}: {message}",
-                    errors=[{"loc": [field], "msg": message, "type": "not_found"}],
-                )
+                raise invalid_field(field, message, NOT_FOUND)
             accounts[field] = found.account_id
         if values["account_id"] is None:
             # The opportunity's account first: it is required there and the activity is

@@ -17,17 +17,24 @@ from meridian.admin.schemas import (
     TenantRead,
 )
 from meridian.admin.service import tenant_admin
-from meridian.crud.http import IdempotencyKeyHeader
+from meridian.crud.http import IdempotencyKeyHeader, LimitQuery
 from meridian.crud.schemas import Page
 from meridian.deps import AdminPrincipal, RuntimeDep
+from meridian.errors import Conflict, DedicatedShardOccupied
 from meridian.oauth.schemas import TokensRevoked
+from meridian.web.openapi import problems
 from meridian.web.responses import json_response
 from tenancy.context import TenantStatus
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
 
-@router.post("/tenants", status_code=201, response_model=TenantCreated)
+@router.post(
+    "/tenants",
+    status_code=201,
+    response_model=TenantCreated,
+    openapi_extra=problems(Conflict, DedicatedShardOccupied),
+)
 async def create_tenant(
     body: TenantCreate,
     rt: RuntimeDep,
@@ -41,12 +48,14 @@ async def create_tenant(
     return json_response(row, 201, headers)
 
 
-@router.get("/tenants", response_model=Page)
+@router.get("/tenants", response_model=Page[TenantRead])
 async def list_tenants(
     rt: RuntimeDep,
     _: AdminPrincipal,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: UUID | None = None,
+    limit: LimitQuery = 50,
+    cursor: Annotated[
+        UUID | None, Query(description="The next_cursor of the previous page.")
+    ] = None,
     status: TenantStatus | None = None,
     region: Annotated[str | None, Query(max_length=32)] = None,
     shard_id: Annotated[str | None, Query(max_length=63)] = None,
@@ -68,7 +77,9 @@ async def get_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Resp
     return json_response(await tenant_admin.get(rt, tenant_id))
 
 
-@router.post("/tenants/{tenant_id}/suspend", response_model=TenantRead)
+@router.post(
+    "/tenants/{tenant_id}/suspend", response_model=TenantRead, openapi_extra=problems(Conflict)
+)
 async def suspend_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """Naturally idempotent: suspending a suspended tenant changes nothing."""
     row = await tenant_admin.set_status(
@@ -77,7 +88,9 @@ async def suspend_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> 
     return json_response(row)
 
 
-@router.post("/tenants/{tenant_id}/resume", response_model=TenantRead)
+@router.post(
+    "/tenants/{tenant_id}/resume", response_model=TenantRead, openapi_extra=problems(Conflict)
+)
 async def resume_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """Naturally idempotent: resuming an active tenant changes nothing."""
     row = await tenant_admin.set_status(
@@ -93,7 +106,13 @@ async def delete_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> R
     return json_response(await tenant_admin.delete(rt, tenant_id))
 
 
-@router.post("/tenants/{tenant_id}/clients", status_code=201, response_model=ClientCredentials)
+# 409: two requests with one Idempotency-Key racing for its unique index.
+@router.post(
+    "/tenants/{tenant_id}/clients",
+    status_code=201,
+    response_model=ClientCredentials,
+    openapi_extra=problems(Conflict),
+)
 async def create_tenant_client(
     tenant_id: UUID,
     body: ClientCreate,
@@ -113,6 +132,7 @@ async def revoke_tenant_tokens(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipa
     return json_response(await tenant_admin.revoke_tokens(rt, tenant_id))
 
 
-@router.get("/shards", response_model=list[ShardRead])
+@router.get("/shards", response_model=Page[ShardRead])
 async def list_shards(rt: RuntimeDep, _: AdminPrincipal) -> Response:
-    return json_response(await tenant_admin.shards(rt))
+    """The topology with tenant counts, as one page (a platform has few shards)."""
+    return json_response({"data": await tenant_admin.shards(rt), "next_cursor": None})

@@ -4,9 +4,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
-from meridian.crud.schemas import InputModel
+from meridian.crud.schemas import NOT_BLANK, Addressable, InputModel, any_present
+from tenancy.context import TenantStatus
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 Region = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
@@ -14,8 +15,18 @@ ShardId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 class TenantCreate(InputModel):
+    """Placed by ``region`` (the least-loaded active shared shard there) or onto the
+    shard ``shard_id`` names: a dedicated shard takes one tenant only (else 409
+    ``dedicated-shard-occupied``), a shared one any number."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            **any_present("region", "shard_id"),
+            "examples": [{"slug": "initech", "name": "Initech", "region": "eu"}],
+        }
+    )
     slug: Slug
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NOT_BLANK)]
     region: Region | None = None
     shard_id: ShardId | None = None
     plan: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,32}$")] = "standard"
@@ -27,14 +38,14 @@ class TenantCreate(InputModel):
         return self
 
 
-class TenantRead(BaseModel):
+class TenantRead(Addressable):
     id: UUID
     slug: str
     name: str
     region: str
     shard_id: str
     epoch: int
-    status: str
+    status: TenantStatus
     plan: str
     created_at: datetime
 
@@ -47,16 +58,21 @@ class ClientCredentials(BaseModel):
 
 class TenantCreated(TenantRead):
     client: ClientCredentials
+    # How the shard was chosen: by region, or named (a dedicated or a shared shard).
+    placement: Literal["region", "dedicated", "shard"]
 
 
 class ClientCreate(InputModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "api client"
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NOT_BLANK)] = (
+        "api client"
+    )
     scope: Literal["crm:read", "crm:read crm:write"] = "crm:read crm:write"
 
 
 class ShardRead(BaseModel):
     id: str
     region: str
-    state: str
+    state: Literal["active", "closed", "offline"]
     capacity: int
+    dedicated: bool  # holds one tenant; placement by region never picks it
     tenant_count: int

@@ -18,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meridian.admin.schemas import ClientCreate, TenantCreate
 from meridian.crud.idempotency import request_fingerprint, validate_key
-from meridian.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
+from meridian.errors import (
+    NOT_FOUND,
+    Conflict,
+    DedicatedShardOccupied,
+    IdempotencyKeyReused,
+    NotFound,
+    invalid_field,
+)
 from meridian.ids import new_id
 from meridian.oauth.clients import create_client
 from meridian.oauth.models import OAuthClient
@@ -90,7 +97,16 @@ class TenantAdminService:
                 tenant_id = await self._place(rt, conn, body, key, fingerprint)
                 resumed = False
         row = await self._finish(rt, tenant_id, body.name)
+        row["placement"] = self._placement(rt, body, row["shard_id"])
         return row, not resumed
+
+    def _placement(self, rt: Runtime, body: TenantCreate, shard_id: str) -> str:
+        """How the tenant was placed: by region, or onto the shard named (dedicated or
+        shared). Derived from the request, so a replay answers the same."""
+        if body.shard_id is None:
+            return "region"
+        info = rt.engines.shards.get(shard_id)
+        return "dedicated" if info is not None and info.dedicated else "shard"
 
     async def _place(
         self,
@@ -105,20 +121,29 @@ class TenantAdminService:
         if body.shard_id is not None:
             shard = next((s for s in shards if s.id == body.shard_id), None)
             if shard is None:
-                raise ValidationFailed(f"shard_id: no shard {body.shard_id!r}.")
+                raise invalid_field("shard_id", f"no shard {body.shard_id!r}", NOT_FOUND)
             if shard.state == "offline":
-                raise ValidationFailed(f"shard_id: shard {shard.id!r} is offline.")
+                raise Conflict(f"shard_id: shard {shard.id!r} is offline.")
             if body.region is not None and body.region != shard.region:
-                raise ValidationFailed(
+                raise Conflict(
                     f"region: shard {shard.id!r} is in region {shard.region!r}, "
                     f"not {body.region!r}."
                 )
+            if shard.dedicated and (await rt.tenant_counts()).get(shard.id, 0) > 0:
+                # Decided under the placement lock: two onboardings cannot both take it.
+                raise DedicatedShardOccupied(
+                    f"Shard {shard.id!r} is dedicated and already holds a tenant; "
+                    "name another shard, or a region."
+                )
         else:
             assert body.region is not None
+            if not any(s.region == body.region for s in shards):
+                raise invalid_field("region", f"no shard in region {body.region!r}", NOT_FOUND)
             try:
                 shard = choose_shard(shards, await rt.tenant_counts(), body.region)
             except PlacementError as exc:
-                raise ValidationFailed(f"region: {exc}.") from exc
+                # The region exists but every shared shard of it is full, closed or offline.
+                raise Conflict(f"region: {exc}.") from exc
         tenant_id = new_id()
         await conn.execute(
             insert(Tenant).values(
@@ -316,9 +341,9 @@ class TenantAdminService:
             rows = (
                 (
                     await conn.execute(
-                        select(Shard.id, Shard.region, Shard.state, Shard.capacity).order_by(
-                            Shard.id
-                        )
+                        select(
+                            Shard.id, Shard.region, Shard.state, Shard.capacity, Shard.dedicated
+                        ).order_by(Shard.id)
                     )
                 )
                 .mappings()

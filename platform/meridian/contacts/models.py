@@ -35,7 +35,7 @@ class Contact(Record, ShardBase):
         Index("ix_contact_updated", "tenant_id", "updated_at", "id"),
     )
 
-    first_name: Mapped[str] = mapped_column(String(100), server_default="")
+    first_name: Mapped[str | None] = mapped_column(String(100))
     last_name: Mapped[str] = mapped_column(String(100))
     # Sensitive fields (meridian.encryption.fields.SENSITIVE): AES-256-GCM ciphertext
     # and a blind index each; enc_version is the data-key version of all of them.

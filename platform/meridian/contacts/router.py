@@ -18,8 +18,9 @@ from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
+    IfNoneMatchHeader,
     LimitQuery,
-    SortQuery,
+    sort_query,
 )
 from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import Page
@@ -30,13 +31,14 @@ from meridian.deps import (
     CanUpdateContacts,
 )
 from meridian.encryption.service import blind_filter
-from meridian.errors import Forbidden
+from meridian.errors import Duplicate, Forbidden
+from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 KIND = "contact"
 
 
-@router.post("", status_code=201, response_model=ContactRead)
+@router.post("", status_code=201, response_model=ContactRead, openapi_extra=problems(Duplicate))
 async def create_contact(
     body: ContactCreate,
     request: Request,
@@ -62,12 +64,12 @@ async def create_contact(
     )
 
 
-@router.get("", response_model=Page)
+@router.get("", response_model=Page[ContactRead])
 async def list_contacts(
     access: CanReadContacts,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: SortQuery = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "created_at")] = None,
     account_id: UUID | None = None,
     email: Annotated[
         str | None, Query(max_length=320, description="Exact address, case-insensitive.")
@@ -117,8 +119,10 @@ async def list_contacts(
 
 
 @router.get("/{contact_id}", response_model=ContactRead)
-async def get_contact(contact_id: UUID, request: Request, access: CanReadContacts) -> Response:
-    return await endpoints.fetch(access, ContactRepository, KIND, contact_id, request)
+async def get_contact(
+    contact_id: UUID, access: CanReadContacts, if_none_match: IfNoneMatchHeader = None
+) -> Response:
+    return await endpoints.fetch(access, ContactRepository, KIND, contact_id, if_none_match)
 
 
 @router.patch("/{contact_id}", response_model=ContactRead)

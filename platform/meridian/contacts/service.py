@@ -15,13 +15,12 @@ from meridian.contacts.schemas import ContactCreate, ContactUpdate
 from meridian.crud.repository import VersionMismatch
 from meridian.encryption import service as encryption
 from meridian.encryption.fields import search_indexes
-from meridian.errors import Duplicate, ValidationFailed
+from meridian.errors import NOT_FOUND, Duplicate, invalid_field
 from meridian.ids import new_id
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
 from tenancy.keyring import TenantKeyring
 
-NOT_NULL = ("first_name", "last_name")
 KIND = "contact"
 SEALED = ("email_enc", "phone_enc", "tax_id_enc")
 # Advisory-lock namespace of duplicate checks ("DUPE"): two creations of one address
@@ -77,9 +76,6 @@ class ContactService:
     ) -> dict[str, Any] | None:
         repo = ContactRepository(session, tenant)
         values = body.changes()
-        for field in NOT_NULL:
-            if field in values and values[field] is None:
-                raise ValidationFailed(f"{field}: cannot be null")
         if values.get("account_id") is not None or values.get("owner_id") is not None:
             # An unknown contact is 404 and a stale ETag 412 before any complaint
             # about the body's references.
@@ -102,7 +98,7 @@ class ContactService:
 
     async def _check_account(self, repo: ContactRepository, account_id: UUID | None) -> None:
         if account_id is not None and not await repo.account_exists(account_id):
-            raise ValidationFailed(f"account_id: no account {account_id}")
+            raise invalid_field("account_id", f"no account {account_id}", NOT_FOUND)
 
 
 contact = ContactService()

@@ -139,7 +139,7 @@ async def fetch(
     repo: type[TenantRepository[Any]],
     kind: str,
     record_id: UUID,
-    request: Request,
+    if_none_match: str | None,
 ) -> Response:
     tenant_id = access.tenant.tenant_id
     viewer = record_viewer(access)
@@ -177,7 +177,7 @@ async def fetch(
         )
     if row is None:
         raise not_found(kind, record_id)
-    return record_response(shown(access, kind, await opened(access, kind, row)), request)
+    return record_response(shown(access, kind, await opened(access, kind, row)), if_none_match)
 
 
 # Record generations are kept per bucket of ids, so a write invalidates 1/64 of the
@@ -213,7 +213,7 @@ async def listing(
     cursor: str | None,
 ) -> Response:
     size = check_limit(limit)
-    digest = filters_digest(filters)
+    digest = filters_digest(access.tenant.tenant_id, filters)
     after = Cursor.decode(cursor, sort=sort, digest=digest) if cursor else None
     tenant_id = access.tenant.tenant_id
     viewer = record_viewer(access)

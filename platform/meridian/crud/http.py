@@ -2,27 +2,79 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
-from fastapi import Header, Query, Request
+from fastapi import Header, Query
 from starlette.responses import Response
 
-from meridian.crud.idempotency import StoredResponse
-from meridian.crud.pagination import Cursor, Sort
-from meridian.errors import BadRequest, PreconditionFailed
+from meridian.crud.idempotency import KEY_PATTERN, MAX_KEY_LENGTH, StoredResponse
+from meridian.crud.pagination import MAX_LIMIT, Cursor, Sort
+from meridian.errors import PreconditionFailed
 from meridian.web.responses import json_response
+
+# The header formats below are declared, so FastAPI refuses anything else (422) and the
+# OpenAPI document states them: a generated request that fits them is one the API takes.
+# `*`, or exactly one strong ETag as issued (versions are 32-bit integers); spaces around
+# it are HTTP's optional whitespace.
+IF_MATCH_PATTERN = r'^ *(\*|"[0-9]{1,10}") *$'
+# `*`, or a list of entity tags (RFC 9110 §8.8.3), weak ones included.
+IF_NONE_MATCH_PATTERN = r'^ *(\*|(W/)?"[!#-~]*"( *, *(W/)?"[!#-~]*")*) *$'
+MAX_VERSION = 2**31 - 1
+# Named formats besides the patterns, so tools can generate such values (a pattern of
+# quotes and stars is more than some generators attempt for headers).
+ETAG_FORMAT = "entity-tag"
+ETAG_LIST_FORMAT = "entity-tag-list"
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", description="Makes a POST safe to retry (24 h)."),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        pattern=KEY_PATTERN,
+        description="Makes a POST safe to retry for 24 hours: the same key and body "
+        "return the first response (with Idempotent-Replayed: true). 1-255 printable "
+        "ASCII characters, no space first or last.",
+    ),
 ]
 IfMatchHeader = Annotated[
-    str | None, Header(alias="If-Match", description="The ETag the change is based on.")
+    str | None,
+    Header(
+        alias="If-Match",
+        pattern=IF_MATCH_PATTERN,
+        json_schema_extra={"format": ETAG_FORMAT},
+        description='The ETag the change is based on ("3"), or * for any version: the '
+        "change is refused (412) if the resource changed since.",
+    ),
 ]
-LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size (1-200).")]
-CursorQuery = Annotated[str | None, Query(description="next_cursor of the previous page.")]
-SortQuery = Annotated[str | None, Query(description="A sortable field; prefix - for descending.")]
+IfNoneMatchHeader = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        max_length=1024,
+        pattern=IF_NONE_MATCH_PATTERN,
+        json_schema_extra={"format": ETAG_LIST_FORMAT},
+        description="ETags you hold (or *): the answer is 304 without a body if one is current.",
+    ),
+]
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        description="The next_cursor of the previous page; it works only with the sort "
+        "and filters it was issued for (else 400 invalid-cursor)."
+    ),
+]
+
+
+def sort_query(sortable: Iterable[str], default: str) -> Any:
+    """The ``sort`` parameter of a list over these fields (``-`` first: descending)."""
+    names = sorted(sortable)
+    return Query(
+        description=f"The order of the list; default {default}.",
+        json_schema_extra={"enum": [*names, *(f"-{n}" for n in names)]},
+    )
 
 
 def etag(row: dict[str, Any]) -> str:
@@ -30,25 +82,30 @@ def etag(row: dict[str, Any]) -> str:
 
 
 def expected_version(if_match: str | None) -> int | None:
-    """The version an If-Match names; None when absent or ``*`` (any version)."""
+    """The version an If-Match (of the declared format) names; None for ``*`` (any
+    version) or when absent."""
     if if_match is None or if_match.strip() == "*":
         return None
-    tags = [t.strip() for t in if_match.split(",")]
-    if len(tags) != 1 or tags[0].startswith("W/"):
-        raise BadRequest("If-Match must hold exactly one strong ETag from a previous read.")
-    raw = tags[0].strip('"')
-    if not raw.isdigit():
-        # A well-formed but foreign ETag can never match.
-        raise PreconditionFailed("The record has changed since the ETag was issued.")
-    return int(raw)
+    version = int(if_match.strip().strip('"'))
+    if version > MAX_VERSION:
+        # Never issued, so it cannot match (and the database column would overflow).
+        raise PreconditionFailed("The resource has changed since the ETag was issued.")
+    return version
 
 
-def record_response(row: dict[str, Any], request: Request) -> Response:
-    tag = etag(row)
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
+def conditional_response(body: Any, tag: str, if_none_match: str | None) -> Response:
+    """The body with its ETag, or 304 when the client holds that version already (weak
+    comparison, RFC 9110 §13.1.2)."""
+    if if_none_match and (
+        if_none_match.strip() == "*"
+        or tag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    ):
         return Response(status_code=304, headers={"ETag": tag})
-    return json_response(row, headers={"ETag": tag})
+    return json_response(body, headers={"ETag": tag})
+
+
+def record_response(row: dict[str, Any], if_none_match: str | None) -> Response:
+    return conditional_response(row, etag(row), if_none_match)
 
 
 def created(row: dict[str, Any], location: str) -> StoredResponse:

@@ -41,7 +41,8 @@ class Sort:
 def parse_sort(
     raw: str | None, allowed: Mapping[str, InstrumentedAttribute[Any]], default: str
 ) -> Sort:
-    value = raw or default
+    # Only an absent sort means the default: "?sort=" names no field.
+    value = default if raw is None else raw
     descending = value.startswith("-")
     name = value[1:] if descending else value
     column = allowed.get(name)
@@ -101,9 +102,13 @@ def _fits(sort: Sort, value: Any) -> bool:
     return isinstance(value, expected)
 
 
-def filters_digest(filters: Mapping[str, Any]) -> str:
+def filters_digest(tenant_id: UUID, filters: Mapping[str, Any]) -> str:
+    """What a cursor is bound to besides its sort: the tenant and the filters. Another
+    tenant's cursor would only position a keyset scan of the caller's own rows, but a
+    token issued to one tenant is refused everywhere else all the same."""
     canonical = orjson.dumps(
-        {k: str(v) for k, v in filters.items() if v is not None}, option=orjson.OPT_SORT_KEYS
+        {"tenant": str(tenant_id), **{k: str(v) for k, v in filters.items() if v is not None}},
+        option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(canonical).hexdigest()[:16]
 

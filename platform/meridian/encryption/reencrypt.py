@@ -186,14 +186,16 @@ async def retire_unused(rt: Runtime, tenant: TenantContext) -> list[int]:
     todo = await pending(rt, tenant)
     in_use = {v for versions in todo.values() for v in versions}
     retired: list[int] = []
+    rt.keyring.forget(tenant_id)  # decide on the committed versions, not a cached list
     async with rt.control.begin() as conn:
-        rt.keyring.forget(tenant_id)
         for info in await rt.keyring.versions(tenant_id):
             if info.state == "decrypt_only" and info.version < active:
                 if info.version in in_use:
                     continue
                 await rt.keyring.retire(conn, tenant_id, info.version)
                 retired.append(info.version)
+    # After the commit: a read in between would have cached the versions as they were.
+    rt.keyring.forget(tenant_id)
     return retired
 
 

@@ -11,12 +11,39 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from meridian.crud.schemas import without_null
 from meridian.deps import RuntimeDep
 from meridian.oauth import service
+from meridian.oauth.schemas import OAuthError, RevocationRequest, TokenRequest, TokenResponse
 from meridian.oauth.server import AUTH_METHODS, SUPPORTED_SCOPES
 from meridian.web.responses import json_response
 
 router = APIRouter(tags=["oauth"])
+FORM = "application/x-www-form-urlencoded"
+NO_STORE_HEADERS = {
+    "Cache-Control": {"description": "no-store", "schema": {"type": "string"}},
+    "Pragma": {"description": "no-cache", "schema": {"type": "string"}},
+}
+
+
+def _form_body(model: type[TokenRequest] | type[RevocationRequest]) -> dict[str, Any]:
+    """The form the route reads itself, described for the OpenAPI document (a field is
+    absent or a string: a form has no null)."""
+    schema = model.model_json_schema()
+    for field in schema["properties"].values():
+        without_null(field)
+    return {"requestBody": {"required": True, "content": {FORM: {"schema": schema}}}}
+
+
+def _oauth_errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        int(status.removeprefix("s")): {
+            "model": OAuthError,
+            "description": description,
+            "headers": NO_STORE_HEADERS,
+        }
+        for status, description in descriptions.items()
+    }
 
 
 async def _form(request: Request) -> dict[str, str] | None:
@@ -26,8 +53,22 @@ async def _form(request: Request) -> dict[str, str] | None:
     return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
 
 
-@router.post("/oauth/token")
+@router.post(
+    "/oauth/token",
+    response_model=TokenResponse,
+    responses={
+        200: {"headers": NO_STORE_HEADERS},
+        **_oauth_errors(
+            s400="invalid_request (e.g. not a form), invalid_grant, unauthorized_client "
+            "(the tenant is suspended), unsupported_grant_type, invalid_scope",
+            s401="invalid_client: unknown client or wrong secret",
+        ),
+    },
+    openapi_extra=_form_body(TokenRequest),
+)
 async def issue_token(request: Request, rt: RuntimeDep) -> Response:
+    """OAuth 2.0 token endpoint: client credentials, the first-party password grant
+    (when enabled) and refresh tokens."""
     form = await _form(request)
     if form is None:
         return service.oauth_error(
@@ -36,7 +77,21 @@ async def issue_token(request: Request, rt: RuntimeDep) -> Response:
     return await service.token(rt, request.headers, request.query_params, form)
 
 
-@router.post("/oauth/revoke")
+@router.post(
+    "/oauth/revoke",
+    responses={
+        200: {
+            "description": "Revoked, or not a token of this client's to revoke (RFC 7009 §2.2).",
+            "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+        },
+        **_oauth_errors(
+            s400="invalid_request, invalid_grant (another client's refresh token), "
+            "unsupported_token_type",
+            s401="invalid_client: unknown client or wrong secret",
+        ),
+    },
+    openapi_extra=_form_body(RevocationRequest),
+)
 async def revoke_token(request: Request, rt: RuntimeDep) -> Response:
     """RFC 7009. A refresh token revokes its whole session; an access token (a JWT) is
     answered 200 and lapses at its expiry (use the revoke-tokens endpoints to void

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 from uuid import UUID
 
@@ -15,18 +14,18 @@ from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
+    IfNoneMatchHeader,
     LimitQuery,
-    SortQuery,
+    sort_query,
 )
 from meridian.crud.pagination import parse_sort
-from meridian.crud.schemas import Page
+from meridian.crud.schemas import IsoDate, Page
 from meridian.deps import (
     CanCreateOpportunities,
     CanDeleteOpportunities,
     CanReadOpportunities,
     CanUpdateOpportunities,
 )
-from meridian.errors import BadRequest
 from meridian.opportunities.models import Opportunity
 from meridian.opportunities.repository import SORTABLE, OpportunityRepository
 from meridian.opportunities.schemas import (
@@ -57,25 +56,24 @@ async def create_opportunity(
     )
 
 
-@router.get("", response_model=Page)
+@router.get("", response_model=Page[OpportunityRead])
 async def list_opportunities(
     access: CanReadOpportunities,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: SortQuery = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "created_at")] = None,
     account_id: UUID | None = None,
     pipeline_id: UUID | None = None,
     stage_id: UUID | None = None,
     owner_id: UUID | None = None,
     close_after: Annotated[
-        date | None, Query(description="Expected close on or after this date.")
+        IsoDate | None, Query(description="Expected close on or after this date.")
     ] = None,
     close_before: Annotated[
-        date | None, Query(description="Expected close on or before this date.")
+        IsoDate | None, Query(description="Expected close on or before this date.")
     ] = None,
 ) -> Response:
-    if close_after and close_before and close_after > close_before:
-        raise BadRequest("close_after must not be later than close_before.")
+    # close_after later than close_before is an empty range, hence an empty page.
     equal = {
         "account_id": account_id,
         "pipeline_id": pipeline_id,
@@ -102,9 +100,9 @@ async def list_opportunities(
 
 @router.get("/{opportunity_id}", response_model=OpportunityRead)
 async def get_opportunity(
-    opportunity_id: UUID, request: Request, access: CanReadOpportunities
+    opportunity_id: UUID, access: CanReadOpportunities, if_none_match: IfNoneMatchHeader = None
 ) -> Response:
-    return await endpoints.fetch(access, OpportunityRepository, KIND, opportunity_id, request)
+    return await endpoints.fetch(access, OpportunityRepository, KIND, opportunity_id, if_none_match)
 
 
 @router.patch("/{opportunity_id}", response_model=OpportunityRead)

@@ -7,9 +7,16 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from meridian.crud.schemas import InputModel, RecordRead
+from meridian.crud.schemas import (
+    NOT_BLANK,
+    InputModel,
+    IsoDate,
+    Omittable,
+    RecordRead,
+    decimal_text,
+)
 
 # ISO 4217 List One (current currencies and funds) as of amendment 180 (2026-01-01:
 # BGN withdrawn). Left out on purpose: precious metals (XAG, XAU, XPD, XPT), bond-market
@@ -35,11 +42,14 @@ ISO_4217 = frozenset((
 _CENT = Decimal("0.01")
 
 
+# Sent in upper or lower case (stored upper); the OpenAPI document lists them all.
+CURRENCY_CODES = sorted(ISO_4217) + sorted(c.lower() for c in ISO_4217)
+
+
 def _check_currency(value: str) -> str:
-    value = value.upper()
-    if value not in ISO_4217:
+    if value.upper() not in ISO_4217 or value not in (value.upper(), value.lower()):
         raise ValueError("must be an active ISO 4217 currency code such as USD or EUR")
-    return value
+    return value.upper()
 
 
 def _to_cents(value: Decimal) -> Decimal:
@@ -47,11 +57,32 @@ def _to_cents(value: Decimal) -> Decimal:
     return value.quantize(_CENT) if value else Decimal("0.00")
 
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NOT_BLANK)]
 # Numeric(18, 2) in the database; a JSON number or a decimal string is accepted.
-Amount = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2), AfterValidator(_to_cents)]
+# As a string: 16 significant digits before the point at most, two significant decimals
+# at most (trailing zeros are fine), and "-0" is zero.
+AMOUNT_TEXT = r"^(-0+(\.0+)?|0*[0-9]{1,16}(\.[0-9]{1,2}0*)?)$"
+Amount = Annotated[
+    Decimal,
+    decimal_text(AMOUNT_TEXT),
+    Field(ge=0, max_digits=18, decimal_places=2),
+    AfterValidator(_to_cents),
+    WithJsonSchema(
+        {
+            "description": "Non-negative, at most two decimals and 16 digits before them; "
+            'returned as a decimal string ("1250.00").',
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1e16, "multipleOf": 0.01},
+                {"type": "string", "pattern": AMOUNT_TEXT},
+            ],
+        }
+    ),
+]
 Currency = Annotated[
-    str, StringConstraints(min_length=3, max_length=3), AfterValidator(_check_currency)
+    str,
+    StringConstraints(min_length=3, max_length=3),
+    AfterValidator(_check_currency),
+    Field(json_schema_extra={"enum": CURRENCY_CODES}),
 ]
 
 
@@ -63,19 +94,23 @@ class OpportunityCreate(InputModel):
     # Omitted: the tenant's default pipeline and its first stage.
     pipeline_id: UUID | None = None
     stage_id: UUID | None = None
-    expected_close_date: date | None = None
+    expected_close_date: IsoDate | None = None
     owner_id: UUID | None = None
 
 
 class OpportunityUpdate(InputModel):
-    # Optional, but an explicit null is refused by the service except on the last two.
-    account_id: UUID | None = None
-    name: Name | None = None
-    amount: Amount | None = None
-    currency: Currency | None = None
-    pipeline_id: UUID | None = None
-    stage_id: UUID | None = None
-    expected_close_date: date | None = None
+    # A new pipeline needs a stage of it.
+    model_config = ConfigDict(
+        json_schema_extra={"dependentRequired": {"pipeline_id": ["stage_id"]}}
+    )
+
+    account_id: Omittable[UUID] = None
+    name: Omittable[Name] = None
+    amount: Omittable[Amount] = None
+    currency: Omittable[Currency] = None
+    pipeline_id: Omittable[UUID] = None
+    stage_id: Omittable[UUID] = None
+    expected_close_date: IsoDate | None = None  # null clears these two
     owner_id: UUID | None = None
 
 

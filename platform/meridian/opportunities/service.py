@@ -9,14 +9,12 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.crud.repository import VersionMismatch
-from meridian.errors import ValidationFailed
+from meridian.errors import NOT_FOUND, Conflict, ValidationFailed, invalid_field
 from meridian.ids import new_id
 from meridian.opportunities.repository import OpportunityRepository
 from meridian.opportunities.schemas import OpportunityCreate, OpportunityUpdate
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
-
-NOT_NULL = ("account_id", "name", "amount", "currency", "pipeline_id", "stage_id")
 
 
 class OpportunityService:
@@ -31,13 +29,13 @@ class OpportunityService:
         if pipeline_id is None:
             pipeline_id = await repo.default_pipeline()
             if pipeline_id is None:
-                raise ValidationFailed("pipeline_id: the tenant has no default pipeline; name one")
+                raise Conflict("pipeline_id: the tenant has no default pipeline; name one")
         stage_id = values["stage_id"]
         if stage_id is None:
             stage_id = await repo.first_stage(pipeline_id)
             if stage_id is None:
                 await self._check_pipeline(repo, pipeline_id)
-                raise ValidationFailed(f"stage_id: pipeline {pipeline_id} has no stages")
+                raise Conflict(f"stage_id: pipeline {pipeline_id} has no stages")
         else:
             await self._check_stage(repo, pipeline_id, stage_id)
         return await repo.insert(
@@ -54,9 +52,6 @@ class OpportunityService:
     ) -> dict[str, Any] | None:
         repo = OpportunityRepository(session, tenant)
         values = body.changes()
-        for field in NOT_NULL:
-            if field in values and values[field] is None:
-                raise ValidationFailed(f"{field}: cannot be null")
         await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
         if {"account_id", "pipeline_id", "stage_id"}.isdisjoint(values):
             return await repo.update(opportunity_id, values, expected_version=expected_version)
@@ -82,11 +77,11 @@ class OpportunityService:
 
     async def _check_account(self, repo: OpportunityRepository, account_id: UUID) -> None:
         if not await repo.account_exists(account_id):
-            raise ValidationFailed(f"account_id: no account {account_id}")
+            raise invalid_field("account_id", f"no account {account_id}", NOT_FOUND)
 
     async def _check_pipeline(self, repo: OpportunityRepository, pipeline_id: UUID) -> None:
         if not await repo.pipeline_exists(pipeline_id):
-            raise ValidationFailed(f"pipeline_id: no pipeline {pipeline_id}")
+            raise invalid_field("pipeline_id", f"no pipeline {pipeline_id}", NOT_FOUND)
 
     async def _check_stage(
         self, repo: OpportunityRepository, pipeline_id: UUID, stage_id: UUID
@@ -95,9 +90,12 @@ class OpportunityService:
         if owner == pipeline_id:
             return
         await self._check_pipeline(repo, pipeline_id)
-        if owner is None:
-            raise ValidationFailed(f"stage_id: no stage {stage_id}")
-        raise ValidationFailed(f"stage_id: stage {stage_id} is not in pipeline {pipeline_id}")
+        message = (
+            f"no stage {stage_id}"
+            if owner is None
+            else f"stage {stage_id} is not in pipeline {pipeline_id}"
+        )
+        raise invalid_field("stage_id", message, NOT_FOUND)
 
 
 opportunity = OpportunityService()

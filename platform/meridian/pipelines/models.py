@@ -1,23 +1,39 @@
 from __future__ import annotations
 
-from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
+    ColumnElement,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
     Numeric,
     String,
+    TypeDecorator,
     UniqueConstraint,
+    cast,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from meridian.crud.model import Record
 from tenancy.planes import ShardBase
+
+
+class Percent(TypeDecorator[float]):
+    """A percentage with two decimals: numeric(5, 2) stored, read as float8 by every
+    statement that selects it (raw asyncpg reads included), so responses carry a JSON
+    number. Exact: each such value's float prints back as the same two decimals."""
+
+    impl = Numeric(5, 2, asdecimal=False)
+    cache_ok = True
+
+    def column_expression(self, colexpr: ColumnElement[Any]) -> ColumnElement[Any]:
+        return cast(colexpr, Float)
 
 
 class Pipeline(Record, ShardBase):
@@ -59,5 +75,5 @@ class PipelineStage(Record, ShardBase):
     name: Mapped[str] = mapped_column(String(200))
     position: Mapped[int] = mapped_column(Integer)
     # Win probability in percent, used for the weighted pipeline value.
-    probability: Mapped[Decimal] = mapped_column(Numeric(5, 2))
+    probability: Mapped[float] = mapped_column(Percent)
     kind: Mapped[str] = mapped_column(String(8), server_default="open")

@@ -23,10 +23,11 @@ from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
+    IfNoneMatchHeader,
     LimitQuery,
-    SortQuery,
     expected_version,
     record_response,
+    sort_query,
 )
 from meridian.crud.pagination import parse_sort
 from meridian.crud.repository import VersionMismatch
@@ -37,7 +38,7 @@ from meridian.deps import (
     CanReadPipelines,
     CanUpdatePipelines,
 )
-from meridian.errors import NotFound, PreconditionFailed
+from meridian.errors import Conflict, NotFound, PreconditionFailed
 from meridian.pipelines.models import Pipeline
 from meridian.pipelines.repository import SORTABLE, PipelineRepository, StageRepository
 from meridian.pipelines.schemas import (
@@ -49,6 +50,7 @@ from meridian.pipelines.schemas import (
     StageUpdate,
 )
 from meridian.pipelines.service import pipeline as pipeline_service
+from meridian.web.openapi import problems
 from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
@@ -67,7 +69,8 @@ def _precondition(kind: str) -> Iterator[None]:
         ) from exc
 
 
-@router.post("", status_code=201, response_model=PipelineRead)
+# 409: a concurrent change of the default pipeline won the one-default index.
+@router.post("", status_code=201, response_model=PipelineRead, openapi_extra=problems(Conflict))
 async def create_pipeline(
     body: PipelineCreate,
     request: Request,
@@ -85,12 +88,12 @@ async def create_pipeline(
     )
 
 
-@router.get("", response_model=Page)
+@router.get("", response_model=Page[PipelineRead])
 async def list_pipelines(
     access: CanReadPipelines,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: SortQuery = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "name")] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
     is_default: bool | None = None,
 ) -> Response:
@@ -110,11 +113,13 @@ async def list_pipelines(
 
 
 @router.get("/{pipeline_id}", response_model=PipelineRead)
-async def get_pipeline(pipeline_id: UUID, request: Request, access: CanReadPipelines) -> Response:
-    return await endpoints.fetch(access, PipelineRepository, KIND, pipeline_id, request)
+async def get_pipeline(
+    pipeline_id: UUID, access: CanReadPipelines, if_none_match: IfNoneMatchHeader = None
+) -> Response:
+    return await endpoints.fetch(access, PipelineRepository, KIND, pipeline_id, if_none_match)
 
 
-@router.patch("/{pipeline_id}", response_model=PipelineRead)
+@router.patch("/{pipeline_id}", response_model=PipelineRead, openapi_extra=problems(Conflict))
 async def update_pipeline(
     pipeline_id: UUID,
     body: PipelineUpdate,
@@ -134,7 +139,7 @@ async def update_pipeline(
     )
 
 
-@router.delete("/{pipeline_id}", status_code=204)
+@router.delete("/{pipeline_id}", status_code=204, openapi_extra=problems(Conflict))
 async def delete_pipeline(
     pipeline_id: UUID, access: CanDeletePipelines, if_match: IfMatchHeader = None
 ) -> Response:
@@ -146,7 +151,7 @@ async def delete_pipeline(
     return Response(status_code=204)
 
 
-@router.get("/{pipeline_id}/stages", response_model=Page)
+@router.get("/{pipeline_id}/stages", response_model=Page[StageRead])
 async def list_pipeline_stages(pipeline_id: UUID, access: CanReadPipelines) -> Response:
     """All stages ordered by position (bounded, so never more than one page)."""
     async with access.reader() as conn:
@@ -156,7 +161,13 @@ async def list_pipeline_stages(pipeline_id: UUID, access: CanReadPipelines) -> R
     return json_response({"data": pipeline["stages"], "next_cursor": None})
 
 
-@router.post("/{pipeline_id}/stages", status_code=201, response_model=StageRead)
+# 409: a full pipeline (50 stages), or a position past its end.
+@router.post(
+    "/{pipeline_id}/stages",
+    status_code=201,
+    response_model=StageRead,
+    openapi_extra=problems(Conflict),
+)
 async def create_pipeline_stage(
     pipeline_id: UUID,
     body: StageAdd,
@@ -182,16 +193,21 @@ async def create_pipeline_stage(
 
 @router.get("/{pipeline_id}/stages/{stage_id}", response_model=StageRead)
 async def get_pipeline_stage(
-    pipeline_id: UUID, stage_id: UUID, request: Request, access: CanReadPipelines
+    pipeline_id: UUID,
+    stage_id: UUID,
+    access: CanReadPipelines,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     async with access.reader() as conn:
         row = await StageRepository.fetch_in(conn, access.tenant.tenant_id, pipeline_id, stage_id)
     if row is None:
         raise NotFound(f"No stage with id {stage_id} in pipeline {pipeline_id}.")
-    return record_response(row, request)
+    return record_response(row, if_none_match)
 
 
-@router.patch("/{pipeline_id}/stages/{stage_id}", response_model=StageRead)
+@router.patch(
+    "/{pipeline_id}/stages/{stage_id}", response_model=StageRead, openapi_extra=problems(Conflict)
+)
 async def update_pipeline_stage(
     pipeline_id: UUID,
     stage_id: UUID,
@@ -212,7 +228,9 @@ async def update_pipeline_stage(
     )
 
 
-@router.delete("/{pipeline_id}/stages/{stage_id}", status_code=204)
+@router.delete(
+    "/{pipeline_id}/stages/{stage_id}", status_code=204, openapi_extra=problems(Conflict)
+)
 async def delete_pipeline_stage(
     pipeline_id: UUID, stage_id: UUID, access: CanUpdatePipelines, if_match: IfMatchHeader = None
 ) -> Response:

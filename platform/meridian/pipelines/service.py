@@ -14,7 +14,7 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.crud.repository import VersionMismatch
-from meridian.errors import Conflict, NotFound, ValidationFailed
+from meridian.errors import Conflict, NotFound
 from meridian.ids import new_id
 from meridian.pipelines.repository import PipelineRepository, StageRepository
 from meridian.pipelines.schemas import (
@@ -27,12 +27,6 @@ from meridian.pipelines.schemas import (
 from tenancy.context import TenantContext
 
 Row = dict[str, Any]
-
-
-def _refuse_nulls(values: Row) -> None:
-    for name, value in values.items():
-        if value is None:
-            raise ValidationFailed(f"{name}: cannot be null")
 
 
 def _pipeline_not_found(pipeline_id: UUID) -> NotFound:
@@ -77,7 +71,6 @@ class PipelineService:
         expected_version: int | None,
     ) -> Row | None:
         values = body.changes()
-        _refuse_nulls(values)
         pipelines = PipelineRepository(session, tenant)
         current = await pipelines.lock(pipeline_id)
         if current is None:
@@ -135,13 +128,13 @@ class PipelineService:
         stages = StageRepository(session, tenant)
         count = await stages.count(pipeline_id)
         if count >= MAX_STAGES:
-            raise ValidationFailed(f"A pipeline has at most {MAX_STAGES} stages.")
+            raise Conflict(f"A pipeline has at most {MAX_STAGES} stages; this one is full.")
         values = body.model_dump()
         position = values.pop("position")
         if position is None:
             position = count
         elif position > count:
-            raise ValidationFailed(f"position: must be between 0 and {count}")
+            raise Conflict(f"position: the pipeline has {count} stages; 0 to {count} inserts")
         await stages.shift(pipeline_id, start=position, stop=None, delta=1)
         return await stages.insert(
             {"id": new_id(), "pipeline_id": pipeline_id, "position": position, **values}
@@ -157,7 +150,6 @@ class PipelineService:
         expected_version: int | None,
     ) -> Row:
         values = body.changes()
-        _refuse_nulls(values)
         pipelines = PipelineRepository(session, tenant)
         stages = StageRepository(session, tenant)
         if not await pipelines.touch(pipeline_id):
@@ -171,7 +163,9 @@ class PipelineService:
         if new is not None and new != old:
             count = await stages.count(pipeline_id)
             if new >= count:
-                raise ValidationFailed(f"position: must be between 0 and {count - 1}")
+                raise Conflict(
+                    f"position: the pipeline has {count} stages; positions are 0 to {count - 1}"
+                )
             if new < old:
                 await stages.shift(pipeline_id, start=new, stop=old - 1, delta=1, skip=stage_id)
             else:

@@ -14,15 +14,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from meridian.crud.http import IdempotencyKeyHeader, IfMatchHeader, expected_version
-from meridian.crud.schemas import Page
+from authz.policy import ROLE_NAME
+from meridian.crud.http import (
+    IdempotencyKeyHeader,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    conditional_response,
+    expected_version,
+)
 from meridian.deps import CanCreateRoles, CanDeleteRoles, CanReadRoles, CanUpdateRoles
-from meridian.roles.schemas import RoleCreate, RolePermissions, RoleRead, RoleUpdate
+from meridian.errors import Conflict
+from meridian.roles.schemas import RoleCreate, RoleList, RolePermissions, RoleRead, RoleUpdate
 from meridian.roles.service import role as role_service
+from meridian.web.openapi import problems
 from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1/roles", tags=["roles"])
-RoleNamePath = Annotated[str, Path(max_length=63)]
+RoleNamePath = Annotated[str, Path(max_length=63, pattern=ROLE_NAME.pattern)]
 
 
 def _etag(version: int) -> str:
@@ -33,7 +41,7 @@ def _role_response(row: dict[str, Any], status_code: int = 200, **headers: str) 
     return json_response(row, status_code, {"ETag": _etag(row["policy_version"]), **headers})
 
 
-@router.get("", response_model=Page)
+@router.get("", response_model=RoleList)
 async def list_roles(access: CanReadRoles) -> Response:
     """Every role of the tenant by name, templates included (one page: a tenant has few
     roles)."""
@@ -41,7 +49,7 @@ async def list_roles(access: CanReadRoles) -> Response:
     return json_response({"data": rows, "next_cursor": None}, headers={"ETag": _etag(version)})
 
 
-@router.post("", status_code=201, response_model=RoleRead)
+@router.post("", status_code=201, response_model=RoleRead, openapi_extra=problems(Conflict))
 async def create_role(
     body: RoleCreate,
     request: Request,
@@ -57,16 +65,14 @@ async def create_role(
 
 
 @router.get("/{name}", response_model=RoleRead)
-async def get_role(name: RoleNamePath, request: Request, access: CanReadRoles) -> Response:
+async def get_role(
+    name: RoleNamePath, access: CanReadRoles, if_none_match: IfNoneMatchHeader = None
+) -> Response:
     row = await role_service.get_role(access, name)
-    tag = _etag(row["policy_version"])
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers={"ETag": tag})
-    return _role_response(row)
+    return conditional_response(row, _etag(row["policy_version"]), if_none_match)
 
 
-@router.patch("/{name}", response_model=RoleRead)
+@router.patch("/{name}", response_model=RoleRead, openapi_extra=problems(Conflict))
 async def update_role(
     name: RoleNamePath,
     body: RoleUpdate,
@@ -78,7 +84,7 @@ async def update_role(
     return _role_response(row)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, openapi_extra=problems(Conflict))
 async def delete_role(
     name: RoleNamePath, access: CanDeleteRoles, if_match: IfMatchHeader = None
 ) -> Response:
@@ -87,7 +93,7 @@ async def delete_role(
     return Response(status_code=204)
 
 
-@router.put("/{name}/permissions", response_model=RoleRead)
+@router.put("/{name}/permissions", response_model=RoleRead, openapi_extra=problems(Conflict))
 async def set_role_permissions(
     name: RoleNamePath,
     body: RolePermissions,
@@ -102,7 +108,7 @@ async def set_role_permissions(
     return _role_response(row)
 
 
-@router.delete("/{name}/permissions", response_model=RoleRead)
+@router.delete("/{name}/permissions", response_model=RoleRead, openapi_extra=problems(Conflict))
 async def reset_role_permissions(
     name: RoleNamePath, access: CanUpdateRoles, if_match: IfMatchHeader = None
 ) -> Response:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from authz.policy import CATALOGUE, ROLE_NAME, is_known
-from meridian.crud.schemas import InputModel
+from meridian.crud.schemas import Addressable, InputModel, Page, Versioned
 
 RoleName = Annotated[str, StringConstraints(min_length=2, max_length=63, pattern=ROLE_NAME.pattern)]
 Description = Annotated[str, StringConstraints(max_length=500)]
@@ -15,8 +22,18 @@ _KNOWN = "; ".join(f"{o}: {', '.join(sorted(a))}" for o, a in CATALOGUE.items())
 
 
 class PermissionIn(InputModel):
-    object: Annotated[str, StringConstraints(max_length=32)]
-    action: Annotated[str, StringConstraints(max_length=32)]
+    # The catalogue's (object, action) pairs, stated in the document too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"object": {"const": o}, "action": {"enum": [*sorted(actions)]}}}
+                for o, actions in CATALOGUE.items()
+            ]
+        }
+    )
+
+    object: Annotated[str, StringConstraints(max_length=32, pattern="^[a-z_]+$")]
+    action: Annotated[str, StringConstraints(max_length=32, pattern="^[a-z_]+$")]
 
     @model_validator(mode="after")
     def _known(self) -> PermissionIn:
@@ -32,7 +49,15 @@ def _unique(value: list[PermissionIn]) -> list[PermissionIn]:
     return value
 
 
-Permissions = Annotated[list[PermissionIn], Field(max_length=128), AfterValidator(_unique)]
+# Distinct, so there can be no more than the catalogue holds.
+Permissions = Annotated[
+    list[PermissionIn],
+    Field(
+        max_length=sum(len(actions) for actions in CATALOGUE.values()),
+        json_schema_extra={"uniqueItems": True},
+    ),
+    AfterValidator(_unique),
+]
 
 
 class RoleCreate(InputModel):
@@ -59,7 +84,7 @@ class PermissionRead(BaseModel):
     action: str
 
 
-class RoleRead(BaseModel):
+class RoleRead(Addressable, Versioned):
     name: str
     kind: Literal["template", "custom"]
     overridden: bool  # a template whose permissions this tenant replaced
@@ -68,3 +93,7 @@ class RoleRead(BaseModel):
     permissions: list[PermissionRead]  # granted to the role itself
     effective_permissions: list[PermissionRead]  # including inherited ones
     policy_version: int  # also the ETag: a role's effective rights depend on others
+
+
+class RoleList(Page[RoleRead], Versioned):
+    """Every role of the tenant; its ETag is the policy version, like each role's."""

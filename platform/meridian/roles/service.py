@@ -30,12 +30,14 @@ from authz.policy import (
 from meridian.crud.idempotency import validate_key
 from meridian.deps import TenantAccess
 from meridian.errors import (
+    NOT_FOUND,
     Conflict,
     Forbidden,
     IdempotencyKeyReused,
     NotFound,
     PreconditionFailed,
     ValidationFailed,
+    invalid_field,
 )
 from meridian.oauth.models import OAuthClient
 from meridian.roles.schemas import PermissionIn, RoleCreate, RoleUpdate
@@ -80,7 +82,7 @@ async def _existing(
 
 
 def _no_parent(name: str) -> ValidationFailed:
-    return ValidationFailed(f"Role '{name}' to inherit from does not exist.")
+    return invalid_field("inherits", f"no role named '{name}' to inherit from", NOT_FOUND)
 
 
 def _check_version(expected: int | None, current: int) -> None:
@@ -112,11 +114,11 @@ def _check_graph(snapshot: PolicySnapshot, rules: list[Rule]) -> None:
         chain, cursor = [role], trial.parent_of(role)
         while cursor is not None:
             if cursor in chain:
-                raise ValidationFailed(f"Role '{role}' would inherit from itself.")
+                raise Conflict(f"Role '{role}' would inherit from itself.")
             chain.append(cursor)
             cursor = trial.parent_of(cursor)
         if len(chain) - 1 > MAX_INHERITANCE_DEPTH:
-            raise ValidationFailed(
+            raise Conflict(
                 f"Role '{role}' would inherit through more than {MAX_INHERITANCE_DEPTH} roles."
             )
 
@@ -187,12 +189,10 @@ class RoleService:
             if body.inherits is not None:
                 parent = snapshot.roles().get(body.inherits)
                 if parent is None:
-                    raise ValidationFailed(
-                        f"Role '{body.inherits}' to inherit from does not exist."
-                    )
+                    raise _no_parent(body.inherits)
                 inherited = parent.effective
                 if snapshot.depth_of(body.inherits) + 1 > MAX_INHERITANCE_DEPTH:
-                    raise ValidationFailed(
+                    raise Conflict(
                         f"A role may inherit through at most {MAX_INHERITANCE_DEPTH} roles."
                     )
             _check_grantable(access, perms | inherited)
@@ -224,9 +224,7 @@ class RoleService:
                 )
             if "inherits" in changes:
                 if body.inherits is not None and body.inherits not in snapshot.role_names:
-                    raise ValidationFailed(
-                        f"Role '{body.inherits}' to inherit from does not exist."
-                    )
+                    raise _no_parent(body.inherits)
                 rules = _with_parent(snapshot, name, body.inherits)
                 _check_graph(snapshot, rules)
                 parent = snapshot.roles().get(body.inherits) if body.inherits else None

@@ -30,13 +30,14 @@ from meridian.crud.pagination import Cursor, check_limit, filters_digest
 from meridian.crud.repository import TenantRepository
 from meridian.crud.schemas import Page
 from meridian.deps import CanCreateShares, CanDeleteShares, CanReadShares, TenantAccess
-from meridian.errors import Forbidden
+from meridian.errors import Conflict, Forbidden
 from meridian.opportunities.repository import OpportunityRepository
 from meridian.sharing.repository import OLDEST_FIRST, ShareRepository
 from meridian.sharing.schemas import ShareCreate, ShareRead
 from meridian.sharing.service import record_not_found
 from meridian.sharing.service import sharing as sharing_service
 from meridian.users.permissions import record_viewer
+from meridian.web.openapi import problems
 
 router = APIRouter(tags=["sharing"])
 
@@ -67,7 +68,7 @@ def _list_shares(
         cursor: CursorQuery = None,
     ) -> Response:
         size = check_limit(limit)
-        digest = filters_digest({"record_id": record_id})
+        digest = filters_digest(access.tenant.tenant_id, {"record_id": record_id})
         after = Cursor.decode(cursor, sort=OLDEST_FIRST, digest=digest) if cursor else None
         tenant_id = access.tenant.tenant_id
         viewer = record_viewer(access)
@@ -142,7 +143,7 @@ for _plural, (_kind, _repo) in SHAREABLE.items():
         _path,
         _list_shares(_kind, _repo),
         methods=["GET"],
-        response_model=Page,
+        response_model=Page[ShareRead],
         name=f"list_{_kind}_shares",
         summary=f"List the shares of a {_kind}",
     )
@@ -152,6 +153,7 @@ for _plural, (_kind, _repo) in SHAREABLE.items():
         methods=["POST"],
         status_code=201,
         response_model=ShareRead,
+        openapi_extra=problems(Conflict),  # already shared with that user or team
         name=f"create_{_kind}_share",
         summary=f"Share a {_kind} with a user or a team",
     )

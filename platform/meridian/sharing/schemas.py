@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from pydantic import BaseModel, model_validator
+from pydantic import ConfigDict, model_validator
 
-from meridian.crud.schemas import InputModel
+from meridian.crud.schemas import Addressable, InputModel, one_present
 
 
 class ShareCreate(InputModel):
     """Exactly one grantee: a user, or a team (a manager and everyone below them)."""
+
+    model_config = ConfigDict(json_schema_extra=one_present("user_id", "team_id"))
 
     user_id: UUID | None = None
     team_id: UUID | None = None
@@ -23,7 +25,7 @@ class ShareCreate(InputModel):
         return self
 
 
-class ShareRead(BaseModel):
+class ShareRead(Addressable):
     id: UUID
     record_kind: str
     record_id: UUID

@@ -18,30 +18,36 @@ from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
+    IfNoneMatchHeader,
     LimitQuery,
-    SortQuery,
+    sort_query,
 )
 from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import Page
 from meridian.deps import CanCreateUsers, CanReadUsers, CanUpdateUsers
+from meridian.errors import Conflict
 from meridian.identity import forget_actor
 from meridian.users.models import AppUser
 from meridian.users.repository import SORTABLE, UserRepository
 from meridian.users.schemas import UserCreate, UserRead, UserUpdate
 from meridian.users.service import user as user_service
+from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 KIND = "user"
 
 
-@router.post("", status_code=201, response_model=UserRead)
+@router.post("", status_code=201, response_model=UserRead, openapi_extra=problems(Conflict))
 async def create_user(
     body: UserCreate,
     request: Request,
     access: CanCreateUsers,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    """Create (invite) a user; without a password the user cannot log in yet."""
+    """Create (invite) a user; without a password the user cannot log in yet. The role
+    must be one of the tenant's (422) and grant nothing the caller's role lacks (403).
+    The e-mail is unique in the tenant (409)."""
+    user_service.check_assignable(access, body.role)
     password_hash = await user_service.hash_password(body)
     # The idempotency fingerprint sees the password masked (SecretStr), never in clear.
     return await endpoints.create(
@@ -53,12 +59,12 @@ async def create_user(
     )
 
 
-@router.get("", response_model=Page)
+@router.get("", response_model=Page[UserRead])
 async def list_users(
     access: CanReadUsers,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: SortQuery = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "name")] = None,
     role: Annotated[str | None, Query(max_length=64)] = None,
     manager_id: UUID | None = None,
     active: bool | None = None,
@@ -84,8 +90,10 @@ async def list_users(
 
 
 @router.get("/{user_id}", response_model=UserRead)
-async def get_user(user_id: UUID, request: Request, access: CanReadUsers) -> Response:
-    return await endpoints.fetch(access, UserRepository, KIND, user_id, request)
+async def get_user(
+    user_id: UUID, access: CanReadUsers, if_none_match: IfNoneMatchHeader = None
+) -> Response:
+    return await endpoints.fetch(access, UserRepository, KIND, user_id, if_none_match)
 
 
 @router.patch("/{user_id}", response_model=UserRead)
@@ -98,8 +106,11 @@ async def update_user(
     """Change name, role, manager, password, or deactivate (``active: false``).
 
     A new manager must be an active user and not the user or anyone below them; a
-    user who still manages active users cannot be deactivated.
+    user who still manages active users cannot be deactivated. A new role is checked
+    as on creation.
     """
+    if body.role is not None:
+        user_service.check_assignable(access, body.role)
     password_hash = await user_service.hash_password(body)
     response = await endpoints.change(
         access,

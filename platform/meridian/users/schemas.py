@@ -9,27 +9,28 @@ from uuid import UUID
 from pydantic import ConfigDict, Field, SecretStr, StringConstraints
 
 from meridian.contacts.schemas import Email
-from meridian.crud.schemas import InputModel, RecordRead
+from meridian.crud.schemas import NOT_BLANK, Flag, InputModel, Omittable, RecordRead
 from meridian.users import passwords
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-# Free names: whether a role exists and what it may do is Casbin's business.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NOT_BLANK)]
+# A role of the tenant (checked when assigned; templates and custom roles alike).
 Role = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$"),
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$"),
 ]
+# Taken exactly as sent (a SecretStr is not trimmed: a trimmed password would not be
+# the one the user chose).
 Password = Annotated[
     SecretStr, Field(min_length=passwords.MIN_LENGTH, max_length=passwords.MAX_LENGTH)
 ]
 
 
-# Passwords are taken exactly as sent (a trimmed password would not be the one the
-# user chose), so these bodies trim per field instead of model-wide.
-_KEEP_WHITESPACE = ConfigDict(extra="forbid", str_strip_whitespace=False)
-
-
 class UserCreate(InputModel):
-    model_config = _KEEP_WHITESPACE
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "grace@example.com", "name": "Grace", "role": "sales_rep"}]
+        }
+    )
 
     email: Email
     name: Name
@@ -40,14 +41,11 @@ class UserCreate(InputModel):
 
 
 class UserUpdate(InputModel):
-    model_config = _KEEP_WHITESPACE
-
-    # Optional; an explicit null is refused by the service for name, role and active.
     # manager_id null puts the user at the top; password null removes the password.
-    name: Name | None = None
-    role: Role | None = None
+    name: Omittable[Name] = None
+    role: Omittable[Role] = None
     manager_id: UUID | None = None
-    active: bool | None = None
+    active: Omittable[Flag] = None
     password: Password | None = None
 
 

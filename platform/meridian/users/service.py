@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.contacts.schemas import normalise_email
 from meridian.crud.repository import VersionMismatch
-from meridian.errors import Conflict, ValidationFailed
+from meridian.deps import TenantAccess
+from meridian.errors import NOT_FOUND, Conflict, Forbidden, invalid_field
 from meridian.ids import new_id
 from meridian.users import passwords
 from meridian.users.repository import Credentials, UserRepository
@@ -19,17 +20,18 @@ from meridian.users.schemas import UserCreate, UserUpdate
 from tenancy.context import TenantContext
 
 Row = dict[str, Any]
-NOT_NULL = ("name", "role", "active")
 PASSWORD = "password"  # noqa: S105 (the field's name)
 
 
-def _invalid(field: str, message: str, type_: str = "value_error") -> ValidationFailed:
-    return ValidationFailed(
-        f"{field}: {message}", errors=[{"loc": [field], "msg": message, "type": type_}]
-    )
-
-
 class UserService:
+    def check_assignable(self, access: TenantAccess, role: str) -> None:
+        """``role`` must exist in the tenant (422 naming it) and grant nothing the
+        caller's own role lacks (403: nobody escalates by handing out a role)."""
+        if role not in access.policy.snapshot.roles():
+            raise invalid_field("role", f"no role named '{role}' in this tenant", NOT_FOUND)
+        if not access.may_assign(role):
+            raise Forbidden(f"The role '{role}' grants permissions your role does not have.")
+
     async def hash_password(self, body: UserCreate | UserUpdate) -> str | None:
         """The hash of the body's password, computed in a worker thread before any
         transaction opens (so no connection or lock waits ~40 ms for it)."""
@@ -45,7 +47,7 @@ class UserService:
         if user_id is None:
             return
         if not await UserRepository(session, tenant).is_active(user_id):
-            raise _invalid(field, f"no active user with id {user_id}", "not_found")
+            raise invalid_field(field, f"no active user with id {user_id}", NOT_FOUND)
 
     async def create(
         self,
@@ -78,9 +80,6 @@ class UserService:
         password_hash: str | None,
     ) -> Row | None:
         values = body.changes()
-        for field in NOT_NULL:
-            if field in values and values[field] is None:
-                raise _invalid(field, "cannot be null")
         if PASSWORD in values:
             del values[PASSWORD]
             values["password_hash"] = password_hash  # None removes the password
@@ -99,15 +98,15 @@ class UserService:
             if manager_id is not None:
                 await self.require_active(session, tenant, manager_id, "manager_id")
                 if await repo.in_subtree(user_id, manager_id):
-                    raise _invalid(
-                        "manager_id", "a user cannot report to themselves or to anyone below them"
+                    raise Conflict(
+                        "manager_id: a user cannot report to themselves or to anyone below them"
                     )
             await repo.move_subtree(user_id, manager_id)
         elif active and not current.active and manager_id is not None:
             # Reactivation under a manager who has left since.
             await self.require_active(session, tenant, manager_id, "manager_id")
         if current.active and not active and await repo.has_active_reports(user_id):
-            raise _invalid("active", "the user manages active users; give them a new manager first")
+            raise Conflict("active: the user manages active users; give them a new manager first")
         return await repo.update(user_id, values, expected_version=expected_version)
 
     async def authenticate(

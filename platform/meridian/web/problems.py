@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -14,13 +16,16 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from meridian.errors import (
+    NOT_FOUND,
     PROBLEM_BASE,
     BadRequest,
     Conflict,
     MeridianError,
     ServiceUnavailable,
     ShardUnavailable,
+    UnsupportedMediaType,
     ValidationFailed,
+    error_for_status,
     problem_body,
 )
 from meridian.web.responses import problem_response
@@ -28,12 +33,8 @@ from sharding.errors import ResidencyError, ShardUnavailableError, UnknownShardE
 
 log = logging.getLogger("meridian.errors")
 
-_HTTP_TITLES = {
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    406: ("not-acceptable", "Not acceptable"),
-    415: ("unsupported-media-type", "Unsupported media type"),
-}
+# What a shard that cannot be reached gets its clients to do: come back shortly.
+RETRY_SOON = {"Retry-After": "1"}
 
 
 def render(err: MeridianError, request: Request) -> Response:
@@ -57,8 +58,16 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return render(BadRequest("The request body is not valid JSON."), request)
+    if any(e.get("loc") == ("body",) and isinstance(e.get("input"), bytes) for e in errors):
+        # FastAPI hands the body over undecoded when its Content-Type is not JSON.
+        return render(UnsupportedMediaType("The request body must be application/json."), request)
     details = [
-        {"loc": _clean_loc(tuple(e.get("loc", ()))), "msg": e.get("msg"), "type": e.get("type")}
+        {
+            "loc": _clean_loc(tuple(e.get("loc", ()))),
+            # Our validators' messages, without pydantic's "Value error, " in front.
+            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+            "type": e.get("type"),
+        }
         for e in errors[:50]
     ]
     first = details[0] if details else None
@@ -84,11 +93,17 @@ def _allowed_methods(request: Request) -> set[str]:
     }
 
 
+@functools.cache
+def _http_problem(status: int) -> tuple[str, str]:
+    cls = error_for_status(status) or (BadRequest if status < 500 else MeridianError)
+    return PROBLEM_BASE + cls.type_slug, cls.title
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    slug, title = _HTTP_TITLES.get(exc.status_code, ("http-error", "HTTP error"))
+    type_, title = _http_problem(exc.status_code)
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-    body = problem_body(exc.status_code, PROBLEM_BASE + slug, title, detail, request.url.path)
+    body = problem_body(exc.status_code, type_, title, detail, request.url.path)
     headers = dict(exc.headers or {})
     if exc.status_code == 405 and (methods := _allowed_methods(request)):
         headers["Allow"] = ", ".join(sorted(methods))
@@ -107,7 +122,9 @@ async def _shard_unavailable(request: Request, exc: Exception) -> Response:
 
 async def _unknown_shard(request: Request, exc: Exception) -> Response:
     log.error("unknown shard: %s", exc)
-    return render(ShardUnavailable("The tenant's shard is not in the topology."), request)
+    return render(
+        ShardUnavailable("The tenant's shard is not in the topology.", headers=RETRY_SOON), request
+    )
 
 
 async def _residency(request: Request, exc: Exception) -> Response:
@@ -117,7 +134,7 @@ async def _residency(request: Request, exc: Exception) -> Response:
         if exc.read_only
         else "The tenant is being moved between shards; retry shortly."
     )
-    return render(ServiceUnavailable(detail, headers={"Retry-After": "1"}), request)
+    return render(ServiceUnavailable(detail, headers=RETRY_SOON), request)
 
 
 # Constraint violations that reach here are client mistakes the services did not
@@ -135,8 +152,15 @@ async def _integrity(request: Request, exc: Exception) -> Response:
                 Conflict("The record is still referenced by other records.", constraint=constraint),
                 request,
             )
+        fields = _key_columns(message) or ["body"]
+        errors = [
+            {"loc": [f], "msg": "no such record in this tenant", "type": NOT_FOUND} for f in fields
+        ]
         return render(
-            ValidationFailed("A referenced record does not exist.", constraint=constraint), request
+            ValidationFailed(
+                "A referenced record does not exist.", constraint=constraint, errors=errors
+            ),
+            request,
         )
     if sqlstate == "23505":
         return render(
@@ -147,6 +171,17 @@ async def _integrity(request: Request, exc: Exception) -> Response:
     log.exception("unmapped integrity error", exc_info=exc)
     return render(Conflict("The change conflicts with existing data."), request)
 
+
+def _key_columns(detail: str) -> list[str]:
+    """The referencing columns a foreign-key violation names ('Key (tenant_id, parent_id)=
+    (…) is not present …'), without the tenant (every key carries it)."""
+    found = _KEY.match(detail)
+    if found is None:
+        return []
+    return [c.strip() for c in found.group(1).split(",") if c.strip() != "tenant_id"]
+
+
+_KEY = re.compile(r"Key \(([^)]*)\)=")
 
 # Text PostgreSQL cannot store (NUL, or not representable in the database encoding):
 # the client's input, not a bug.

@@ -1,0 +1,408 @@
+"""Cross-tenant isolation of every /v1 route that names a record, generated from the app's
+own routes: another tenant gets 404 ``not-found`` for every method on every id of the
+owner's, whether it sits on the owner's shard (where only the tenant id in each statement
+and row-level security tell them apart) or on another one, and the owner's data is the
+same afterwards (re-read through the API, and every row of the tenant compared in the
+databases, bypassing every cache).
+
+A route the generator cannot build a request for fails here: a new route must be taught
+to it (a placeholder for its path parameter, a body for its method), not skipped.
+
+The other tenant-boundary checks stay with their routers: references to another tenant's
+records in request bodies (422), filtered lists, idempotency keys.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from meridian.app import create_app
+from tests.fixtures.api import AdminToken, Tenant, onboard
+from tests.fixtures.databases import TestDatabases, names_for, raw_dsn
+from tests.fixtures.problems import assert_problem
+from tests.fixtures.shard_db import superuser
+from tests.fixtures.users import new_user_id
+
+# -- the routes under test ---------------------------------------------------------------
+
+_PARAM = re.compile(r"\{([^}]+)\}")
+_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def _routes_with_ids() -> list[tuple[str, str]]:
+    """(METHOD, path template) of every /v1 operation with a path parameter."""
+    app = create_app(names_for("routes").settings())  # builds routes; connects to nothing
+    paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
+    return sorted(
+        (method.upper(), path)
+        for path, operations in paths.items()
+        if path.startswith("/v1/") and _PARAM.search(path)
+        for method in operations
+        if method in _METHODS
+    )
+
+
+ROUTES = _routes_with_ids()
+# What each path parameter names; "record" and "share" take their kind from the path.
+PARAMS = {
+    "contact_id": "contact",
+    "account_id": "account",
+    "opportunity_id": "opportunity",
+    "activity_id": "activity",
+    "pipeline_id": "pipeline",
+    "stage_id": "stage",
+    "user_id": "user",
+    "name": "role",
+    "record_id": "record",
+    "share_id": "share",
+}
+PLURALS = {"accounts": "account", "contacts": "contact", "opportunities": "opportunity"}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """In a body: the id of the owner's record of this kind."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Own:
+    """In a body: the id of the intruder's own record of this kind."""
+
+    kind: str
+
+
+_SHARE_BODIES: list[Any] = [{"user_id": Own("user")}, {"user_id": Owner("user")}]
+# Bodies of the routes whose method takes one: every such route must be listed.
+BODIES: dict[tuple[str, str], list[Any]] = {
+    ("PATCH", "/v1/contacts/{contact_id}"): [
+        {"last_name": "pwned"},
+        {"account_id": Owner("account")},
+    ],
+    ("PATCH", "/v1/accounts/{account_id}"): [
+        {"name": "pwned"},
+        {"parent_id": Owner("child_account")},
+    ],
+    ("PATCH", "/v1/opportunities/{opportunity_id}"): [
+        {"name": "pwned"},
+        {"stage_id": Owner("stage")},
+        {"account_id": Owner("account")},
+    ],
+    ("PATCH", "/v1/pipelines/{pipeline_id}"): [{"name": "pwned"}, {"is_default": True}],
+    ("POST", "/v1/pipelines/{pipeline_id}/stages"): [{"name": "pwned", "probability": 1}],
+    ("PATCH", "/v1/pipelines/{pipeline_id}/stages/{stage_id}"): [
+        {"name": "pwned"},
+        {"position": 0},
+    ],
+    ("POST", "/v1/accounts/{record_id}/shares"): _SHARE_BODIES,
+    ("POST", "/v1/contacts/{record_id}/shares"): _SHARE_BODIES,
+    ("POST", "/v1/opportunities/{record_id}/shares"): _SHARE_BODIES,
+    ("PATCH", "/v1/users/{user_id}"): [
+        {"name": "Mallory"},
+        {"role": "admin"},
+        {"active": False},
+        {"manager_id": Own("user")},
+    ],
+    ("POST", "/v1/users/{user_id}/revoke-tokens"): [None],
+    ("PATCH", "/v1/roles/{name}"): [{"description": "pwned"}],
+    ("PUT", "/v1/roles/{name}/permissions"): [
+        {"permissions": [{"object": "accounts", "action": "read"}]}
+    ],
+}
+_WITH_BODY = {"POST", "PUT", "PATCH"}
+_CONDITIONAL = {"PUT", "PATCH", "DELETE"}  # also tried with the owner's own ETag
+
+
+# -- the owner's records and the intruders -------------------------------------------------
+
+
+@dataclass
+class Records:
+    tenant: Tenant
+    ids: dict[str, str] = field(default_factory=dict)
+    shares: dict[str, str] = field(default_factory=dict)  # record kind -> share id
+
+    def of(self, kind: str, path: str) -> str:
+        if kind in {"record", "share"}:
+            record_kind = PLURALS[path.split("/")[2]]  # /v1/<plural>/{record_id}/...
+            return self.ids[record_kind] if kind == "record" else self.shares[record_kind]
+        return self.ids[kind]
+
+
+async def _post(client: httpx.AsyncClient, tenant: Tenant, path: str, body: Any) -> str:
+    resp = await client.post(path, json=body, headers=tenant.headers)
+    assert resp.status_code == 201, resp.text
+    made: str = resp.json()["id"]
+    return made
+
+
+async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Records:
+    """One record of every kind a route names, all carrying ``marker`` where text goes."""
+    r = Records(tenant)
+    ids = r.ids
+    ids["user"] = await new_user_id(client, tenant, role="sales_manager", name=marker)
+    ids["account"] = await _post(client, tenant, "/v1/accounts", {"name": marker})
+    ids["child_account"] = await _post(
+        client, tenant, "/v1/accounts", {"name": f"{marker} child", "parent_id": ids["account"]}
+    )
+    ids["contact"] = await _post(
+        client, tenant, "/v1/contacts", {"last_name": marker, "account_id": ids["account"]}
+    )
+    stages = [{"name": f"{marker} {n}", "probability": p} for n, p in (("a", 10), ("b", 50))]
+    pipeline = await client.post(
+        "/v1/pipelines", json={"name": marker, "stages": stages}, headers=tenant.headers
+    )
+    assert pipeline.status_code == 201, pipeline.text
+    ids["pipeline"] = pipeline.json()["id"]
+    ids["stage"] = pipeline.json()["stages"][0]["id"]
+    ids["opportunity"] = await _post(
+        client,
+        tenant,
+        "/v1/opportunities",
+        {
+            "account_id": ids["account"],
+            "name": marker,
+            "currency": "USD",
+            "amount": "1000000",
+            "pipeline_id": ids["pipeline"],
+            "stage_id": ids["stage"],
+        },
+    )
+    ids["activity"] = await _post(
+        client,
+        tenant,
+        "/v1/activities",
+        {
+            "type": "call",
+            "subject": marker,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "account_id": ids["account"],
+            "contact_id": ids["contact"],
+            "opportunity_id": ids["opportunity"],
+        },
+    )
+    for plural, kind in PLURALS.items():
+        r.shares[kind] = await _post(
+            client, tenant, f"/v1/{plural}/{ids[kind]}/shares", {"user_id": ids["user"]}
+        )
+    role = f"cx_{uuid.uuid4().hex[:10]}"
+    made = await client.post(
+        "/v1/roles",
+        json={
+            "name": role,
+            "inherits": "read_only",
+            "description": marker,
+            "permissions": [{"object": "contacts", "action": "create"}],
+        },
+        headers=tenant.headers,
+    )
+    assert made.status_code == 201, made.text
+    ids["role"] = role
+    return r
+
+
+@dataclass
+class World:
+    owner: Records
+    marker: str  # in every text field of the owner's records: must never leak
+    intruders: dict[str, Records]
+    shard: asyncpg.Connection  # the owner's shard, as the superuser
+    control: asyncpg.Connection  # the control plane, as the superuser
+
+
+@pytest.fixture(scope="module")
+async def world(
+    app_client: httpx.AsyncClient, admin_token: AdminToken, databases: TestDatabases
+) -> AsyncIterator[World]:
+    admin = await admin_token.headers()
+    tag = uuid.uuid4().hex[:8]
+    owner = await onboard(app_client, admin, region="us", slug=f"xt-owner-{tag}")
+    neighbour = await onboard(app_client, admin, region="us", slug=f"xt-same-{tag}")
+    abroad = await onboard(app_client, admin, region="eu", slug=f"xt-other-{tag}")
+    assert neighbour.shard_id == owner.shard_id != abroad.shard_id
+    marker = f"Secret-{tag}"
+    async with superuser(databases, owner.shard_id) as shard:
+        control = await asyncpg.connect(raw_dsn(databases.control))
+        try:
+            yield World(
+                owner=await _records(app_client, owner, marker),
+                marker=marker,
+                intruders={
+                    "same-shard": await _records(app_client, neighbour, f"Intruder-{tag}"),
+                    "other-shard": await _records(app_client, abroad, f"Abroad-{tag}"),
+                },
+                shard=shard,
+                control=control,
+            )
+        finally:
+            await control.close()
+
+
+# -- what the owner has -------------------------------------------------------------------
+
+
+async def _fingerprint(world: World) -> dict[str, tuple[int, str]]:
+    """Every row of the owner, per table, on its shard and in the control plane (as the
+    superuser: no row-level security, no cache): (count, digest of the rows)."""
+    tenant_id = uuid.UUID(world.owner.tenant.id)
+    digest = "count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
+
+    async def tables(conn: asyncpg.Connection, plane: str) -> dict[str, tuple[int, str]]:
+        found: dict[str, tuple[int, str]] = {}
+        names = await conn.fetch(
+            "SELECT table_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND column_name = 'tenant_id' ORDER BY 1"
+        )
+        for (name,) in names:
+            row = await conn.fetchrow(
+                f'SELECT {digest} FROM "{name}" t WHERE tenant_id = $1',
+                tenant_id,
+            )
+            assert row is not None
+            found[f"{plane}.{name}"] = (row[0], row[1])
+        return found
+
+    result = await tables(world.shard, "shard") | await tables(world.control, "control")
+    for name, where in (
+        ("tenant", "id::text = $1"),
+        # The tenant's Casbin rules name it as their domain (p: v1, g: v2).
+        ("casbin_rule", "v1 = $1 OR v2 = $1"),
+    ):
+        row = await world.control.fetchrow(
+            f"SELECT {digest} FROM {name} t WHERE {where}",
+            str(tenant_id),
+        )
+        assert row is not None
+        result[f"control.{name}"] = (row[0], row[1])
+    assert result["shard.account"][0] == 2, result  # the owner's rows are really there
+    return result
+
+
+def _witness(method: str, path: str) -> str:
+    """The path the owner reads to see what a request to ``path`` could have changed: the
+    route itself if it can be read, or the nearest readable one above it."""
+    readable = {p for m, p in ROUTES if m == "GET"}
+    while path not in readable:
+        path = path.rsplit("/", 1)[0]
+        assert path.count("/") > 1, f"no readable route above {method} {path}"
+    return path
+
+
+async def _owner_view(client: httpx.AsyncClient, owner: Records, path: str) -> httpx.Response:
+    url = _fill(path, lambda param: owner.of(PARAMS[param], path))
+    resp = await client.get(url, headers=owner.tenant.headers)
+    assert resp.status_code == 200, (url, resp.text)  # the id really is the owner's
+    return resp
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def _fill(path: str, value: Any) -> str:
+    return _PARAM.sub(lambda m: str(value(m.group(1))), path)
+
+
+def _resolve(body: Any, owner: Records, own: Records) -> Any:
+    if isinstance(body, Owner):
+        return owner.ids[body.kind]
+    if isinstance(body, Own):
+        return own.ids[body.kind]
+    if isinstance(body, dict):
+        return {k: _resolve(v, owner, own) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_resolve(v, owner, own) for v in body]
+    return body
+
+
+@dataclass(frozen=True)
+class Attack:
+    method: str
+    url: str
+    body: Any
+    headers: dict[str, str]
+
+
+def _unbuildable(method: str, path: str) -> str | None:
+    """Why no request can be built for this route (None: it can)."""
+    unknown = [p for p in _PARAM.findall(path) if p not in PARAMS]
+    if unknown:
+        return f"{method} {path}: no placeholder for {unknown}; add it to PARAMS"
+    if method in _WITH_BODY and (method, path) not in BODIES:
+        return f"{method} {path}: no request body; add one to BODIES"
+    if any(p in {"record_id", "share_id"} for p in _PARAM.findall(path)) and (
+        path.split("/")[2] not in PLURALS
+    ):
+        return f"{method} {path}: records of an unknown kind; add it to PLURALS"
+    return None
+
+
+def _attacks(method: str, path: str, owner: Records, own: Records, etag: str) -> list[Attack]:
+    params = _PARAM.findall(path)
+    urls = [_fill(path, lambda param: owner.of(PARAMS[param], path))]
+    if len(params) == 2:
+        # The intruder's own parent with the owner's child (e.g. its pipeline, the
+        # owner's stage): the child must be looked up within the tenant, not the parent.
+        parent, _ = params
+        urls.append(
+            _fill(
+                path,
+                lambda p: (own if p == parent else owner).of(PARAMS[p], path),
+            )
+        )
+    bodies = [_resolve(b, owner, own) for b in BODIES.get((method, path), [None])]
+    conditions = [{}, {"If-Match": etag}] if method in _CONDITIONAL else [{}]
+    return [
+        Attack(method, url, body, {**own.tenant.headers, **condition})
+        for url in urls
+        for body in bodies
+        for condition in conditions
+    ]
+
+
+# -- the test ---------------------------------------------------------------------------------
+
+
+def test_the_generator_builds_a_request_for_every_route() -> None:
+    assert len(ROUTES) >= 38  # the routes are really read from the app
+    assert [why for m, p in ROUTES if (why := _unbuildable(m, p))] == []
+    assert set(BODIES) <= set(ROUTES), set(BODIES) - set(ROUTES)  # nothing stale
+
+
+@pytest.mark.parametrize("intruder", ["same-shard", "other-shard"])
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+async def test_another_tenant_gets_404_and_changes_nothing(
+    app_client: httpx.AsyncClient, world: World, intruder: str, method: str, path: str
+) -> None:
+    if why := _unbuildable(method, path):
+        pytest.fail(why)
+    owner, own = world.owner, world.intruders[intruder]
+    witness = _witness(method, path)
+    seen = await _owner_view(app_client, owner, witness)  # also warms the owner's caches
+    # Every id the requests name is really the owner's, now: else a 404 proves nothing.
+    for param in _PARAM.findall(path):
+        assert owner.of(PARAMS[param], path) in seen.text, (param, witness, seen.text)
+    before = await _fingerprint(world)
+    etag = seen.headers.get("etag", '"1"')
+
+    for attack in _attacks(method, path, owner, own, etag):
+        resp = await app_client.request(
+            attack.method, attack.url, json=attack.body, headers=attack.headers
+        )
+        what = (attack.method, attack.url, attack.body, attack.headers.get("If-Match"))
+        assert resp.status_code == 404, (what, resp.text)
+        assert_problem(resp, 404, "not-found")
+        assert world.marker not in resp.text, what
+
+    after = await _owner_view(app_client, owner, witness)
+    assert after.json() == seen.json()
+    assert await _fingerprint(world) == before
