@@ -18,11 +18,10 @@ from urllib.parse import urlencode
 from locust import FastHttpUser
 from locust.env import Environment
 
-from loadtests.credentials import Client, Credentials, TenantCredentials, Zipf
+from loadtests.credentials import DEFAULT_CREDENTIALS, Client, Credentials, TenantCredentials, Zipf
 from loadtests.tokens import TokenCache
 
 Json = dict[str, Any]
-DEFAULT_CREDENTIALS = "loadtest-credentials.json"
 DEFAULT_ZIPF_S = 1.1
 DEFAULT_THINK_TIME = "0.5-2"
 # Ids remembered per tenant and kind: enough variety, bounded memory.

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+# Under the dev platform's own ignored folder: the file holds client secrets, and a run's
+# reports are nobody else's business either.
+RESULTS_DIR = Path(".meridian/loadtest")
+DEFAULT_CREDENTIALS = RESULTS_DIR / "credentials.json"
 
 
 class CredentialsError(Exception):

@@ -22,6 +22,7 @@ template (``/v1/contacts/{id}``) so statistics group per endpoint.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import uuid
@@ -38,6 +39,8 @@ if _ROOT not in sys.path:
 from locust import events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
+from locust.runners import WorkerRunner  # noqa: E402
+from locust.stats import StatsEntry, StatsError  # noqa: E402
 
 from loadtests.api import (  # noqa: E402
     DEFAULT_CREDENTIALS,
@@ -71,7 +74,7 @@ def _add_arguments(parser: Any) -> None:
         "--credentials",
         type=str,
         env_var="MERIDIAN_LOADTEST_CREDENTIALS",
-        default=DEFAULT_CREDENTIALS,
+        default=str(DEFAULT_CREDENTIALS),
         help="Credentials file written by `meridian seed --out` (tenants and admin client).",
     )
     group.add_argument(
@@ -89,16 +92,76 @@ def _add_arguments(parser: Any) -> None:
         help="Seconds a person waits between actions, as MIN-MAX (e.g. 0.5-2).",
     )
 
+    group.add_argument(
+        "--final-stats",
+        type=str,
+        default="",
+        help="Write the run's final statistics here as JSON (what `meridian loadtest` reads).",
+    )
+
+
+_environment: list[Environment] = []
+
 
 def _load_credentials(environment: Environment, **_: Any) -> None:
     # Fail at start-up, in every process, rather than in the first user.
     platform(environment)
+    _environment.append(environment)
+
+
+def _entry(entry: StatsEntry) -> Json:
+    return {
+        "method": entry.method or "",
+        "name": entry.name,
+        "requests": entry.num_requests,
+        "failures": entry.num_failures,
+        "rps": entry.total_rps,
+        "avg_ms": entry.avg_response_time,
+        "max_ms": entry.max_response_time,
+        **{
+            f"p{round(q * 100)}_ms": entry.get_response_time_percentile(q)
+            if entry.num_requests
+            else None
+            for q in (0.5, 0.95, 0.99)
+        },
+    }
+
+
+def _write_final_stats(**_: Any) -> None:
+    """The statistics as the run ends. Locust's CSVs are rewritten once a second by a
+    background writer and not again at exit, so they miss the last second's requests;
+    this runs after the final table is printed, on the same numbers."""
+    if not _environment:
+        return
+    env = _environment[-1]
+    path = env.parsed_options.final_stats if env.parsed_options else ""
+    if not path or isinstance(env.runner, WorkerRunner) or env.runner is None:
+        return
+    stats = env.stats
+    data = {
+        "total": _entry(stats.total),
+        "endpoints": [
+            _entry(e) for e in stats.entries.values() if e.num_requests or e.num_failures
+        ],
+        "failures": [
+            {
+                "method": e.method,
+                "name": e.name,
+                "error": StatsError.parse_error(e.error),
+                "occurrences": e.occurrences,
+            }
+            for e in stats.errors.values()
+        ],
+        "exceptions": sum(int(e["count"]) for e in env.runner.exceptions.values()),
+    }
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 # Locust's event hooks are untyped; registering through Any keeps that contained here.
 _events: Any = events
 _events.init_command_line_parser.add_listener(_add_arguments)
 _events.init.add_listener(_load_credentials)
+_events.quit.add_listener(_write_final_stats)
 
 
 def _now() -> str:

@@ -2,9 +2,10 @@
 
 ``run_loadtest`` starts Locust as a subprocess (so ``--processes`` can spread users over
 several cores: one Locust process tops out near 7-8k requests/s), lets it write its HTML
-report and CSVs, reads the CSVs back into a summary JSON (totals and, per endpoint,
-requests, failures, p50/p95/p99 and RPS) and returns a non-zero exit code when a
-threshold given by the caller is broken.
+report and CSVs, turns the final statistics (written by the locustfile as the run ends,
+see ``--final-stats`` there) into a summary JSON (totals and, per endpoint, requests,
+failures, p50/p95/p99 and RPS) and returns a non-zero exit code when a threshold given by
+the caller is broken.
 
 Exit codes: 0 passed; 1 a threshold was broken; 2 the test could not run or produced
 no requests (platform unreachable, bad credentials file, Locust failed).
@@ -13,9 +14,7 @@ no requests (platform unreachable, bad credentials file, Locust failed).
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
-import math
 import os
 import re
 import shutil
@@ -43,15 +42,13 @@ _GRACE_SECONDS = 120
 class SeedPlan:
     """What to seed when the credentials file does not already cover it.
 
-    Seeding talks to the databases directly (see ``meridian.seed``): it uses the
-    settings of a ``meridian dev`` platform when ``dev_json`` names its ``dev.json``,
-    else the ``MERIDIAN_*`` environment.
+    Seeding talks to the databases directly (see ``meridian.seed``), with the settings of
+    the platform the command acts on (``meridian.settings.get_settings``).
     """
 
     tenants: int
     contacts: int
     prefix: str = "seed"
-    dev_json: Path | None = None
 
 
 def duration_seconds(duration: str) -> int:
@@ -113,6 +110,8 @@ def run_loadtest(
         scratch = Path(tempfile.mkdtemp(prefix="meridian-loadtest-"))
         csv_prefix = scratch / "locust"
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    final_stats = Path(f"{csv_prefix}_final.json")
+    final_stats.unlink(missing_ok=True)  # a previous run's must not pass for this one's
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
     command = [
@@ -133,6 +132,8 @@ def run_loadtest(
         host,
         "--csv",
         str(csv_prefix),
+        "--final-stats",
+        str(final_stats),
         "--credentials",
         str(credentials),
         # Request failures are judged below against the thresholds; a non-zero exit
@@ -165,13 +166,12 @@ def run_loadtest(
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         wall = time.monotonic() - started
-        stats = Path(f"{csv_prefix}_stats.csv")
-        if completed.returncode != 0 or not stats.exists():
+        if completed.returncode != 0 or not final_stats.exists():
             _say(f"loadtest: locust exited with {completed.returncode}; no usable statistics")
             _say(_tail(log_path))
             return EXIT_ERROR
         summary = summarise(
-            csv_prefix,
+            final_stats,
             meta={
                 "host": host,
                 "users": users,
@@ -201,76 +201,52 @@ def run_loadtest(
     return EXIT_OK if verdict["passed"] else EXIT_THRESHOLD
 
 
-# -- reading Locust's CSVs ---------------------------------------------------------------
-
-
-def _number(raw: str | None) -> float | None:
-    if raw is None or raw.strip() in ("", "N/A"):
-        return None
-    value = float(raw)
-    return None if math.isnan(value) else value
-
-
-def _row_summary(row: dict[str, str]) -> dict[str, Any]:
-    requests = int(row["Request Count"])
-    failures = int(row["Failure Count"])
-    return {
-        "requests": requests,
-        "failures": failures,
-        "error_rate": round(failures / requests, 6) if requests else 0.0,
-        "rps": round(_number(row.get("Requests/s")) or 0.0, 2),
-        "avg_ms": _round(_number(row.get("Average Response Time"))),
-        "p50_ms": _number(row.get("50%")),
-        "p95_ms": _number(row.get("95%")),
-        "p99_ms": _number(row.get("99%")),
-        "max_ms": _round(_number(row.get("Max Response Time"))),
-    }
+# -- the final statistics ----------------------------------------------------------------
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def summarise(csv_prefix: Path, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The summary of a run from Locust's ``<prefix>_stats.csv`` and ``_failures.csv``."""
-    with Path(f"{csv_prefix}_stats.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    endpoints = []
-    total: dict[str, Any] = _row_summary(
-        {"Request Count": "0", "Failure Count": "0", "Requests/s": "0"}
-    )
-    for row in rows:
-        if row["Name"] == "Aggregated":
-            total = _row_summary(row)
-        else:
-            endpoints.append({"method": row["Type"], "name": row["Name"], **_row_summary(row)})
+def _figures(raw: dict[str, Any]) -> dict[str, Any]:
+    requests, failures = int(raw["requests"]), int(raw["failures"])
+    return {
+        "requests": requests,
+        "failures": failures,
+        "error_rate": round(failures / requests, 6) if requests else 0.0,
+        "rps": round(float(raw.get("rps") or 0.0), 2),
+        "avg_ms": _round(raw.get("avg_ms")),
+        "p50_ms": raw.get("p50_ms"),
+        "p95_ms": raw.get("p95_ms"),
+        "p99_ms": raw.get("p99_ms"),
+        "max_ms": _round(raw.get("max_ms")),
+    }
+
+
+def summarise(final_stats: Path, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary of a run from the final statistics the locustfile wrote."""
+    data = json.loads(final_stats.read_text())
+    endpoints = [
+        {"method": e["method"], "name": e["name"], **_figures(e)} for e in data["endpoints"]
+    ]
     endpoints.sort(key=lambda e: (-e["requests"], e["name"], e["method"]))
-    failures: list[dict[str, Any]] = []
-    failures_csv = Path(f"{csv_prefix}_failures.csv")
-    if failures_csv.exists():
-        with failures_csv.open(newline="") as f:
-            failures = [
-                {
-                    "method": r["Method"],
-                    "name": r["Name"],
-                    "error": _unwrap(r["Error"]),
-                    "occurrences": int(r["Occurrences"]),
-                }
-                for r in csv.DictReader(f)
-            ]
-        failures.sort(key=lambda r: -r["occurrences"])
-    exceptions = 0
-    exceptions_csv = Path(f"{csv_prefix}_exceptions.csv")
-    if exceptions_csv.exists():
-        with exceptions_csv.open(newline="") as f:
-            exceptions = sum(int(r.get("Count") or 0) for r in csv.DictReader(f))
+    failures = [
+        {
+            "method": f["method"],
+            "name": f["name"],
+            "error": _unwrap(f["error"]),
+            "occurrences": int(f["occurrences"]),
+        }
+        for f in data["failures"]
+    ]
+    failures.sort(key=lambda r: -r["occurrences"])
     return {
         **(meta or {}),
-        "total": total,
+        "total": _figures(data["total"]),
         "endpoints": endpoints,
         "failures": failures[:50],
         # Python exceptions inside the scenarios: a bug in the load test, not the API.
-        "exceptions": exceptions,
+        "exceptions": int(data["exceptions"]),
     }
 
 
@@ -361,11 +337,11 @@ def _seed_if_needed(plan: SeedPlan, credentials: Path) -> None:
     if _covered(plan, credentials):
         return
     # Imported here: the rest of the runner (and Locust) needs no part of the platform.
-    from meridian.seed import SeedError, dev_settings, seed
-    from meridian.settings import get_settings
+    from meridian.seed import SeedError, seed
+    from meridian.settings import DevPlatformError, get_settings
 
     try:
-        settings = dev_settings(plan.dev_json) if plan.dev_json else get_settings()
+        settings = get_settings()
         result = asyncio.run(
             seed(
                 settings,
@@ -375,7 +351,7 @@ def _seed_if_needed(plan: SeedPlan, credentials: Path) -> None:
                 out=credentials,
             )
         )
-    except SeedError as exc:
+    except (SeedError, DevPlatformError) as exc:
         raise RuntimeError(f"seeding failed: {exc}") from exc
     _say(f"seeded: {result.summary()}")
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import stat
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,12 +18,13 @@ from meridian.seed import Plan, Seeder, SeedError, generate, seed
 from meridian.settings import Settings
 from tests.fixtures.api import onboard, token_for
 from tests.fixtures.shard_db import app_role, superuser
+from tests.fixtures.waiting import eventually
 
 if TYPE_CHECKING:
     # Not at module level: pytest would try to collect a class named Test*.
     from tests.fixtures.databases import TestDatabases
 
-TABLES = ("account", "contact", "opportunity", "activity")
+TABLES = ("app_user", "user_closure", "account", "contact", "opportunity", "activity")
 
 
 def _prefix() -> str:
@@ -118,6 +117,17 @@ async def test_credentials_file_gets_tokens_and_data_through_the_api(
         assert mine.status_code == 200
         assert mine.json()["data"]
         assert all(r["owner_id"] == owner for r in mine.json()["data"])
+        # Every owner is a user of the tenant: a manager and the reps reporting to her.
+        users = await app_client.get("/v1/users", params={"limit": 200}, headers=headers)
+        assert users.status_code == 200, users.text
+        team = {u["id"]: u for u in users.json()["data"]}
+        assert set(entry["owner_ids"]) == set(team)
+        managers = [u for u in team.values() if u["role"] == "sales_manager"]
+        assert len(managers) == 1
+        reps = [u for u in team.values() if u["id"] != managers[0]["id"]]
+        assert reps
+        assert all(u["manager_id"] == managers[0]["id"] for u in reps)
+        assert all(u["role"] == "sales_rep" for u in reps)
     admin = data["admin"]
     admin_token = await token_for(app_client, admin["client_id"], admin["client_secret"])
     shards = await app_client.get(
@@ -163,14 +173,13 @@ async def test_reseeding_finishes_interrupted_tenants_and_duplicates_nothing(
 
     resumed = await seed(settings, tenants=3, contacts=40, prefix=prefix, out=out, progress=False)
     assert (resumed.onboarded, resumed.loaded, resumed.skipped) == (0, 2, 1)
+
     # The load invalidated cached list pages (the bus may take a moment to deliver).
-    deadline = time.monotonic() + 5
-    while True:
+    async def all_listed() -> bool:
         listed = await app_client.get("/v1/contacts", params={"limit": 200}, headers=headers)
-        if len(listed.json()["data"]) == 40 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
-    assert len(listed.json()["data"]) == 40
+        return len(listed.json()["data"]) == 40
+
+    await eventually(all_listed, what="the seeded contacts in the list")
     tenants = _credentials(out)["tenants"]
     counts = await _all_counts(databases, tenants)
     assert all(c["contact"] == 40 for c in counts.values())

@@ -1,18 +1,27 @@
-"""The ``meridian`` command line."""
+"""The ``meridian`` command line.
+
+Every command but ``dev`` acts on one platform, found in this order: ``--dev-json`` or
+MERIDIAN_DEV_JSON (a running ``meridian dev``'s file); the MERIDIAN_* environment when it
+names a control plane (MERIDIAN_CONTROL_DSN); ``.meridian/dev.json`` in the current folder
+when present (so commands run next to ``scripts/dev`` reach it); the defaults.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from meridian.settings import get_settings
+from loadtests.credentials import DEFAULT_CREDENTIALS, RESULTS_DIR
+from meridian.settings import DEV_JSON_ENV, get_settings
 
 if TYPE_CHECKING:
     from meridian.runtime import Runtime
@@ -27,26 +36,68 @@ app.add_typer(shards_app, name="shards")
 app.add_typer(admin_app, name="admin")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
+# Where `meridian dev` writes the file that other commands read (relative to its cwd).
+DEV_JSON = Path(".meridian/dev.json")
+
+
+@app.callback()
+def platform_options(
+    ctx: typer.Context,
+    dev_json: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=DEV_JSON_ENV,
+            help="Act on the `meridian dev` platform described by this dev.json. "
+            "Default: ./.meridian/dev.json when it exists and MERIDIAN_CONTROL_DSN is unset.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Meridian CRM platform."""
+    from meridian.settings import use_dev_platform
+
+    if ctx.invoked_subcommand == "dev":
+        return  # it writes the dev.json; it never reads one
+    if dev_json is None and "MERIDIAN_CONTROL_DSN" not in os.environ and DEV_JSON.exists():
+        dev_json = DEV_JSON
+        typer.echo(f"meridian: using the dev platform of {DEV_JSON}", err=True)
+    if dev_json is not None:
+        use_dev_platform(dev_json)
 
 
 @app.command()
 def dev(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    data_dir: Annotated[Path, typer.Option(help="Where the embedded servers keep data.")] = Path(
-        ".meridian"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the private PostgreSQL and Redis keep their data.")
+    ] = Path(".meridian"),
+    postgres: Annotated[
+        Literal["embedded", "system"] | None,
+        typer.Option(
+            help="PostgreSQL binaries of the private cluster: embedded (bundled by the "
+            "'local' extra, nothing else to install) or system (Debian's postgresql). "
+            "Default: the engine that made the data folder's cluster, else embedded.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """The whole platform on this machine, with embedded defaults.
 
     Without MERIDIAN_CONTROL_DSN: a private PostgreSQL and Redis under --data-dir.
-
-    URLs and credentials (platform admin, demo tenant) go to .meridian/dev.json.
+    URLs and credentials (platform admin, demo tenant, demo user) go to
+    .meridian/dev.json, where every other `meridian` command run from this folder
+    finds the platform.
     """
     from meridian.dev import DevError, run_dev
 
     try:
-        run_dev(host=host, port=port, data_dir=data_dir)
+        run_dev(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            postgres=postgres,
+        )
     except DevError as exc:
         typer.echo(f"meridian dev: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -54,11 +105,11 @@ def dev(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option()] = "0.0.0.0",  # noqa: S104 - a server binds all by design
-    port: Annotated[int, typer.Option()] = 8000,
-    workers: Annotated[int, typer.Option(min=1)] = 1,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104 - a server binds all by design
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
-    """Run the API against the configured (MERIDIAN_*) servers."""
+    """Run the API against the platform's servers (MERIDIAN_* settings, or a dev.json)."""
     import uvicorn
 
     from meridian.settings import KeyConfigError
@@ -78,8 +129,11 @@ def serve(
         workers=workers,
         loop="uvloop",
         http="httptools",
+        # Start-up, shutdown and errors are logged (uvicorn says where it listens once
+        # it does); one line per request is not: at thousands of requests a second it
+        # costs more than it tells.
         access_log=False,
-        log_level="warning",
+        log_level="info",
     )
 
 
@@ -97,8 +151,23 @@ def shards_add(
     shard_id: Annotated[str, typer.Argument(help="Shard id, e.g. us-2.")],
     region: Annotated[str, typer.Option(help="Region, e.g. us or eu.")],
     dsn: Annotated[str, typer.Option(help="DSN the API connects with (app role).")],
-    admin_dsn: Annotated[str | None, typer.Option(help="DSN migrations use (owner).")] = None,
-    capacity: Annotated[int, typer.Option(min=1)] = 1000,
+    admin_dsn: Annotated[
+        str | None,
+        typer.Option(help="DSN migrations use (owner). Default: --dsn.", show_default=False),
+    ] = None,
+    capacity: Annotated[
+        int, typer.Option(min=1, help="Tenants the shard takes before placement skips it.")
+    ] = 1000,
+    dedicated: Annotated[
+        bool | None,
+        typer.Option(
+            "--dedicated/--shared",
+            help="A dedicated shard holds one tenant, named at onboarding (`shard_id`); "
+            "placement by region only uses shared shards. Default: shared for a new shard, "
+            "unchanged for a registered one.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Register a shard (and migrate it)."""
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -120,6 +189,7 @@ def shards_add(
                     dsn=dsn,
                     admin_dsn=admin_dsn or dsn,
                     capacity=capacity,
+                    dedicated=dedicated,
                 )
         finally:
             await engine.dispose()
@@ -147,7 +217,8 @@ def shards_list() -> None:
                         Shard.region,
                         Shard.state,
                         Shard.capacity,
-                        func.count(DirectoryEntry.tenant_id).label("tenants"),
+                        Shard.dedicated,
+                        func.count(DirectoryEntry.tenant_id).label("tenant_count"),
                     )
                     .outerjoin(DirectoryEntry, DirectoryEntry.shard_id == Shard.id)
                     .group_by(Shard.id)
@@ -257,6 +328,8 @@ def keys_rotate_kek() -> None:
     and the new KEK with the new one primary, e.g.
     {"primary": "kek-2", "keys": {"kek-1": "<old base64>", "kek-2": "<new base64>"}};
     restart the API instances with it, run this, then drop the old KEK from the JSON.
+    On a dev platform the KEK used here becomes the platform's own (its dev.json and
+    data folder name it), so `meridian dev` and later commands keep reading the data.
     """
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -277,7 +350,18 @@ def keys_rotate_kek() -> None:
     except (KeyConfigError, KeyUnavailable) as exc:
         typer.echo(f"meridian keys rotate-kek: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(json.dumps({"rewrapped": done, "primary": settings.key_provider().primary_id}))
+    result: dict[str, object] = {"rewrapped": done, "primary": settings.key_provider().primary_id}
+    dev_json = os.environ.get(DEV_JSON_ENV)
+    if dev_json:
+        from meridian.dev import DevError, adopt_kek
+
+        try:
+            result["dev_platform_kek_file"] = str(adopt_kek(Path(dev_json), settings))
+        except DevError as exc:
+            typer.echo(f"meridian keys rotate-kek: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo("restart `meridian dev` so the running API uses the new KEK", err=True)
+    typer.echo(json.dumps(result))
 
 
 def _with_runtime(command: str, work: Callable[[Runtime], Awaitable[object]]) -> object:
@@ -328,7 +412,9 @@ def _reencrypt_with_progress(rt: Runtime, tenant: TenantContext, batch_size: int
 @tenants_app.command("rotate-key")
 def tenants_rotate_key(
     tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
-    batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Rows re-encrypted per transaction.")
+    ] = 500,
     reencrypt_rows: Annotated[
         bool, typer.Option("--reencrypt/--no-reencrypt", help="Move old rows over now.")
     ] = True,
@@ -358,7 +444,9 @@ def tenants_rotate_key(
 @tenants_app.command("reencrypt")
 def tenants_reencrypt(
     tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
-    batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 500,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Rows re-encrypted per transaction.")
+    ] = 500,
 ) -> None:
     """Move the tenant's rows still on old key versions to the active one (resumable),
     then retire the versions no row uses."""
@@ -412,30 +500,38 @@ def tenants_delete(
 def seed(
     tenants: Annotated[int, typer.Option(min=1, help="Tenants to create.")] = 10,
     contacts: Annotated[int, typer.Option(min=0, help="Contacts per tenant.")] = 2000,
-    accounts_per_tenant: Annotated[int | None, typer.Option(min=1)] = None,
-    opportunities_per_account: Annotated[float, typer.Option(min=0)] = 1.5,
-    activities_per_contact: Annotated[int, typer.Option(min=0)] = 5,
-    region: Annotated[list[str] | None, typer.Option(help="Repeat for several.")] = None,
-    prefix: Annotated[str, typer.Option(help="Slug prefix of seeded tenants.")] = "seed",
-    random_seed: Annotated[int, typer.Option()] = 1,
-    concurrency: Annotated[int, typer.Option(min=1)] = 3,
-    out: Annotated[Path, typer.Option(help="Credentials file for load tests.")] = Path(
-        "loadtest-credentials.json"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    dev_json: Annotated[
-        Path | None, typer.Option(help="Seed the platform of this meridian dev.json.")
+    accounts_per_tenant: Annotated[
+        int | None,
+        typer.Option(min=1, help="Accounts per tenant. Default: a tenth of the contacts."),
     ] = None,
+    opportunities_per_account: Annotated[
+        float, typer.Option(min=0, help="Opportunities per account, on average.")
+    ] = 1.5,
+    activities_per_contact: Annotated[
+        int, typer.Option(min=0, help="Activities per contact, on average.")
+    ] = 5,
+    region: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Regions the tenants alternate over; repeat for several. Default: us, eu."
+        ),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Slug prefix of seeded tenants.")] = "seed",
+    random_seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Tenants loaded at once.")] = 3,
+    out: Annotated[
+        Path, typer.Option(help="Credentials file for load tests (holds client secrets).")
+    ] = DEFAULT_CREDENTIALS,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Create tenants with realistic CRM data in bulk (resumable)."""
-    from meridian.seed import SeedError, dev_settings
+    from meridian.seed import SeedError
     from meridian.seed import seed as run_seed
 
-    settings = dev_settings(dev_json) if dev_json else get_settings()
     try:
         result = asyncio.run(
             run_seed(
-                settings,
+                get_settings(),
                 tenants=tenants,
                 contacts=contacts,
                 accounts_per_tenant=accounts_per_tenant,
@@ -450,47 +546,91 @@ def seed(
             )
         )
     except SeedError as exc:
-        typer.echo(f"seed: {exc}", err=True)
+        typer.echo(f"meridian seed: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(result.summary())
 
 
 @app.command()
 def loadtest(
-    host: Annotated[str, typer.Option(help="Base URL of the platform under test.")],
-    summary_json: Annotated[Path, typer.Option(help="Where to write the summary.")],
-    credentials: Annotated[Path, typer.Option(help="From `meridian seed`.")] = Path(
-        "loadtest-credentials.json"
-    ),
-    users: Annotated[int, typer.Option(min=1)] = 50,
-    spawn_rate: Annotated[float, typer.Option(min=0.1)] = 10.0,
-    duration: Annotated[str, typer.Option(help="e.g. 30s, 5m.")] = "30s",
-    html: Annotated[Path | None, typer.Option()] = None,
-    csv_prefix: Annotated[Path | None, typer.Option()] = None,
-    max_error_rate: Annotated[float | None, typer.Option(help="Fail above this share.")] = None,
-    max_p95_ms: Annotated[float | None, typer.Option(help="Fail above this p95.")] = None,
-    processes: Annotated[int, typer.Option(min=1, help="Locust worker processes.")] = 1,
-    seed_tenants: Annotated[int | None, typer.Option(help="Seed first if needed.")] = None,
-    seed_contacts: Annotated[int, typer.Option()] = 2000,
-    dev_json: Annotated[Path | None, typer.Option()] = None,
-    think_time: Annotated[str | None, typer.Option()] = None,
-    zipf_s: Annotated[float | None, typer.Option()] = None,
-    show_locust_output: Annotated[bool, typer.Option()] = False,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of the platform under test. Default: the issuer of the platform "
+            "this command acts on (the dev platform's URL).",
+            show_default=False,
+        ),
+    ] = None,
+    summary_json: Annotated[Path, typer.Option(help="Where to write the summary.")] = RESULTS_DIR
+    / "summary.json",
+    credentials: Annotated[
+        Path, typer.Option(help="Credentials file written by `meridian seed`.")
+    ] = DEFAULT_CREDENTIALS,
+    users: Annotated[int, typer.Option(min=1, help="Simulated users.")] = 50,
+    spawn_rate: Annotated[float, typer.Option(min=0.1, help="Users started per second.")] = 10.0,
+    duration: Annotated[str, typer.Option(help="Run time, e.g. 30s, 5m, 1h30m.")] = "30s",
+    html: Annotated[Path | None, typer.Option(help="Locust's HTML report.")] = RESULTS_DIR
+    / "report.html",
+    csv_prefix: Annotated[
+        Path, typer.Option(help="Prefix of Locust's CSV files and log.")
+    ] = RESULTS_DIR / "locust",
+    max_error_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Fail when more than this share of requests fails (0.01 = 1%).", show_default=False
+        ),
+    ] = None,
+    max_p95_ms: Annotated[
+        float | None,
+        typer.Option(help="Fail when the p95 of all requests is above this.", show_default=False),
+    ] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=-1,
+            help="Locust processes (-1: one per core). One tops out near 7-8k requests/s.",
+        ),
+    ] = 1,
+    seed_tenants: Annotated[
+        int | None,
+        typer.Option(
+            help="First seed this many tenants, unless the credentials file has them.",
+            show_default=False,
+        ),
+    ] = None,
+    seed_contacts: Annotated[int, typer.Option(help="Contacts per seeded tenant.")] = 2000,
+    think_time: Annotated[
+        str | None,
+        typer.Option(
+            help="Seconds between a user's actions, MIN-MAX. Default: 0.5-2.", show_default=False
+        ),
+    ] = None,
+    zipf_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Zipf exponent of the tenant skew (0: uniform). Default: 1.1.", show_default=False
+        ),
+    ] = None,
+    show_locust_output: Annotated[
+        bool, typer.Option(help="Show Locust's own output instead of logging it.")
+    ] = False,
 ) -> None:
     """Run the Locust suite headless; exits 1 when a threshold is broken."""
-    try:
-        from loadtests.runner import SeedPlan, run_loadtest
-    except ImportError as exc:  # locust is a development dependency
-        typer.echo(f"loadtest needs the development dependencies: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    plan = (
-        SeedPlan(tenants=seed_tenants, contacts=seed_contacts, dev_json=dev_json)
-        if seed_tenants
-        else None
-    )
+    import importlib.util
+
+    if importlib.util.find_spec("locust") is None:
+        typer.echo(
+            "meridian loadtest: Locust is not installed; install the load-test extra: "
+            "pip install 'meridian[loadtest]'",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from loadtests.runner import SeedPlan, run_loadtest
+
+    plan = SeedPlan(tenants=seed_tenants, contacts=seed_contacts) if seed_tenants else None
     raise typer.Exit(
         run_loadtest(
-            host,
+            host or get_settings().issuer,
             users,
             spawn_rate,
             duration,
@@ -509,5 +649,51 @@ def loadtest(
     )
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause: SQLAlchemy wraps the driver's error, which wraps the OS's."""
+    seen = exc
+    while True:
+        inner = getattr(seen, "orig", None) or seen.__cause__
+        if inner is None or inner is seen:
+            return seen
+        seen = inner
+
+
+def _unreachable_database(exc: BaseException) -> str | None:
+    """One line saying what to do when a database cannot be reached, else None."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    cause = _root_cause(exc)
+    if isinstance(cause, asyncpg.InvalidCatalogNameError):
+        problem = str(cause)
+    elif isinstance(cause, (ConnectionError, TimeoutError, asyncpg.CannotConnectNowError)):
+        problem = f"nothing answers ({cause.__class__.__name__})"
+    elif isinstance(cause, OSError) and cause.errno is not None:
+        problem = cause.strerror or str(cause)
+    else:
+        return None
+    where = make_url(get_settings().control_migrate_dsn).render_as_string(hide_password=True)
+    return (
+        f"cannot reach the platform's databases ({problem}; control plane {where}). "
+        "Start the dev platform with `scripts/dev` and run this from the same folder, or "
+        "name its file with --dev-json / MERIDIAN_DEV_JSON, or set MERIDIAN_CONTROL_DSN "
+        "and the other MERIDIAN_* settings of your servers."
+    )
+
+
 def main() -> None:
-    app()
+    """The console script: errors a user can fix are one line on stderr, exit code 1."""
+    from meridian.settings import DevPlatformError, KeyConfigError
+
+    try:
+        app()
+    except (DevPlatformError, KeyConfigError) as exc:
+        typer.echo(f"meridian: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        message = _unreachable_database(exc)
+        if message is None:
+            raise
+        typer.echo(f"meridian: {message}", err=True)
+        sys.exit(1)

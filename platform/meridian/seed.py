@@ -265,6 +265,9 @@ class Plan:
 
 
 COLUMNS: dict[str, tuple[str, ...]] = {
+    # The tenant's sales team, first: the records' owners are these users.
+    "app_user": ("tenant_id", "id", "email", "name", "role", "manager_id", "created_at"),
+    "user_closure": ("tenant_id", "ancestor_id", "descendant_id", "depth"),
     "account": (
         "tenant_id", "id", "name", "domain", "parent_id", "owner_id", "created_at",
         "updated_at", "version",
@@ -285,6 +288,27 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "opportunity_id", "owner_id", "created_at",
     ),
 }  # fmt: skip
+
+
+def team(
+    rng: random.Random, tenant_id: UUID, size: int, now: datetime
+) -> tuple[tuple[UUID, ...], dict[str, list[Row]]]:
+    """A sales team: one manager and ``size - 1`` reps reporting to her, as users (no
+    password: load tests act through clients) and their reporting-line closure rows.
+    Returns every member's id (the owners records are dealt to) and the rows."""
+    ids = tuple(_uuid4(rng) for _ in range(size))
+    manager = ids[0]
+    users: list[Row] = []
+    closure: list[Row] = []
+    for n, user_id in enumerate(ids):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        email = f"{first.lower()}.{last.lower()}.{n}@team.example.com"
+        role, boss = ("sales_manager", None) if n == 0 else ("sales_rep", manager)
+        users.append((tenant_id, user_id, email, f"{first} {last}", role, boss, now))
+        closure.append((tenant_id, user_id, user_id, 0))
+        if boss is not None:
+            closure.append((tenant_id, boss, user_id, 1))
+    return ids, {"app_user": users, "user_closure": closure}
 
 
 def generate(
@@ -737,8 +761,8 @@ class Seeder:
         if not stages:
             raise SeedError(f"tenant {ctx.slug!r} has no default pipeline")
         rng = _rng_for(self.random_seed, self.prefix, tenant.index, "data")
-        owner_ids = tuple(_uuid4(rng) for _ in range(rng.randint(5, 15)))
-        rows = generate(rng, ctx.tenant_id, ctx.region, stages, owner_ids, self.plan, self.now)
+        owner_ids, rows = team(rng, ctx.tenant_id, rng.randint(5, 15), self.now)
+        rows |= generate(rng, ctx.tenant_id, ctx.region, stages, owner_ids, self.plan, self.now)
         cipher = await self.rt.keyring.active_cipher(ctx.tenant_id)
         rows["contact"] = _seal_contacts(cipher, rows["contact"])
         async with self.rt.router.transaction(ctx, write=True) as session:
@@ -966,29 +990,12 @@ async def seed(
     )
 
 
-def dev_settings(dev_json: Path) -> Settings:
-    """Settings that reach a running ``meridian dev`` platform, from its ``dev.json``
-    (the control plane's DSN and Redis; shards come from the control plane's topology)."""
-    data = _read_json(dev_json)
-    try:
-        control = data["databases"]["control"]
-    except (KeyError, TypeError) as exc:
-        raise SeedError(f"{dev_json} does not name the control-plane database") from exc
-    overrides: dict[str, Any] = {"control_dsn": control, "redis_url": data.get("redis_url")}
-    if data.get("kek_file") and not os.environ.get("MERIDIAN_KEK"):
-        overrides["kek_file"] = data["kek_file"]
-    if data.get("base_url"):
-        overrides["issuer"] = data["base_url"]
-    return Settings(**overrides)
-
-
 __all__ = [
     "Plan",
     "SeedError",
     "SeedResult",
     "SeededTenant",
     "Seeder",
-    "dev_settings",
     "generate",
     "seed",
 ]

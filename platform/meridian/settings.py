@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 if TYPE_CHECKING:
     from tenancy.keyring import LocalKeyProvider
@@ -15,6 +23,58 @@ if TYPE_CHECKING:
 
 class KeyConfigError(Exception):
     """No key-encryption key is configured (or it cannot be read)."""
+
+
+class DevPlatformError(Exception):
+    """The ``dev.json`` named by ``MERIDIAN_DEV_JSON`` cannot be used; the message says why."""
+
+
+DEV_JSON_ENV = "MERIDIAN_DEV_JSON"
+
+
+def dev_platform_values(path: Path) -> dict[str, Any]:
+    """Settings of a running ``meridian dev`` platform, from the ``dev.json`` it writes:
+    its databases (app and owner DSNs of the control plane and every shard), Redis, KEK
+    file and issuer, so every command reaches that platform."""
+    try:
+        data = json.loads(path.read_text())
+        databases = data["databases"]
+        values: dict[str, Any] = {
+            "control_dsn": databases["control"],
+            "control_admin_dsn": databases.get("control_admin"),
+            "shards": [
+                {"id": shard_id, **shard} for shard_id, shard in databases["shards"].items()
+            ],
+            "redis_url": data.get("redis_url"),
+            "issuer": data["base_url"],
+            "password_grant": True,
+        }
+    except FileNotFoundError as exc:
+        raise DevPlatformError(
+            f"{path} does not exist: start the platform with `scripts/dev` (or `meridian dev`) "
+            "first, or point MERIDIAN_DEV_JSON / --dev-json at its dev.json"
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DevPlatformError(
+            f"{path} is not a dev.json written by this version of `meridian dev` ({exc!r}); "
+            "restart `meridian dev` to rewrite it"
+        ) from exc
+    if data.get("kek_file"):
+        values["kek_file"] = data["kek_file"]
+    return values
+
+
+class _DevPlatformSource(PydanticBaseSettingsSource):
+    """The values of the dev.json named by MERIDIAN_DEV_JSON: below environment variables
+    (so e.g. MERIDIAN_KEK_FILE still wins), above the defaults."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ returns every value at once.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(DEV_JSON_ENV)
+        return dev_platform_values(Path(path)) if path else {}
 
 
 class ShardConfig(BaseModel):
@@ -92,13 +152,28 @@ class Settings(BaseSettings):
     shard_connect_timeout: float = Field(default=2.0, gt=0)
     shard_cooldown: float = Field(default=2.0, gt=0)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _DevPlatformSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
     @field_validator("shards", mode="before")
     @classmethod
     def _parse_shards(cls, value: object) -> object:
         # MERIDIAN_SHARDS is JSON: [{"id": "us-1", "region": "us", "dsn": "..."}, ...]
         if isinstance(value, str):
-            import json
-
             return json.loads(value) if value.strip() else []
         return value
 
@@ -128,3 +203,11 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def use_dev_platform(dev_json: Path) -> None:
+    """From now on, this process (and the processes it starts) reads its settings from a
+    running ``meridian dev``'s ``dev.json``, under any ``MERIDIAN_*`` environment variables
+    (reading them raises DevPlatformError when the file cannot be used)."""
+    os.environ[DEV_JSON_ENV] = str(dev_json.resolve())
+    get_settings.cache_clear()
