@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tests.fixtures.dev_platform import (
     clean_env,
     running_dev_platform,
 )
+from tests.fixtures.waiting import until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -262,16 +262,7 @@ def test_serve_says_where_it_listens(dev: DevPlatform) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "meridian serve exited"
-            assert time.monotonic() < deadline, "meridian serve did not come up"
-            time.sleep(0.2)
+        until_serving(f"http://127.0.0.1:{port}/readyz", proc)
         # A second instance on the dev platform's databases serves the same tenants.
         headers = token(f"http://127.0.0.1:{port}", dev.info()["demo_tenant"])
         assert httpx.get(f"http://127.0.0.1:{port}/v1/contacts", headers=headers).status_code == 200

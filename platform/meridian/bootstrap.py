@@ -29,6 +29,35 @@ async def migrate_all(settings: Settings) -> list[str]:
     return [r.id for r in rows]
 
 
+async def add_shard(
+    settings: Settings,
+    *,
+    shard_id: str,
+    region: str,
+    dsn: str,
+    admin_dsn: str | None = None,
+    capacity: int = 1000,
+    dedicated: bool | None = None,
+) -> None:
+    """What `meridian shards add` does: migrate the shard's database (as its owner), then
+    register it in the topology, so no instance sees a shard without its tables."""
+    await upgrade("shard", admin_dsn or dsn, app_role=settings.app_db_role)
+    engine = create_async_engine(settings.control_migrate_dsn)
+    try:
+        async with engine.begin() as conn:
+            await upsert_shard(
+                conn,
+                shard_id=shard_id,
+                region=region,
+                dsn=dsn,
+                admin_dsn=admin_dsn or dsn,
+                capacity=capacity,
+                dedicated=dedicated,
+            )
+    finally:
+        await engine.dispose()
+
+
 async def register_shards(settings: Settings) -> None:
     if not settings.shards:
         return

@@ -170,31 +170,19 @@ def shards_add(
     ] = None,
 ) -> None:
     """Register a shard (and migrate it)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from meridian.bootstrap import add_shard
 
-    from meridian.migrate import upgrade
-    from sharding.registry import upsert_shard
-
-    settings = get_settings()
-
-    async def run() -> None:
-        await upgrade("shard", admin_dsn or dsn, app_role=settings.app_db_role)
-        engine = create_async_engine(settings.control_migrate_dsn)
-        try:
-            async with engine.begin() as conn:
-                await upsert_shard(
-                    conn,
-                    shard_id=shard_id,
-                    region=region,
-                    dsn=dsn,
-                    admin_dsn=admin_dsn or dsn,
-                    capacity=capacity,
-                    dedicated=dedicated,
-                )
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
+    asyncio.run(
+        add_shard(
+            get_settings(),
+            shard_id=shard_id,
+            region=region,
+            dsn=dsn,
+            admin_dsn=admin_dsn,
+            capacity=capacity,
+            dedicated=dedicated,
+        )
+    )
     typer.echo(f"shard {shard_id} ({region}) registered and migrated")
 
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import uuid
 
 import httpx
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from meridian.migrate import upgrade
+from meridian.bootstrap import add_shard
 from meridian.settings import Settings
 from sharding.engines import ShardInfo
 from sharding.placement import choose_shard
-from sharding.registry import upsert_shard
 from tests.fixtures.databases import APP_ROLE, TestDatabases, dsn, recreate_database
 from tests.fixtures.problems import assert_problem
 
@@ -22,21 +20,14 @@ async def add_dedicated_shard(databases: TestDatabases, settings: Settings, name
     the run's prefix, so the session drops it); returns the database's name."""
     database = f"{databases.prefix}_{name.replace('-', '_')}"
     await recreate_database(database)
-    await upgrade("shard", dsn(database), app_role=APP_ROLE)
-    engine = create_async_engine(settings.control_migrate_dsn)
-    try:
-        async with engine.begin() as conn:
-            await upsert_shard(
-                conn,
-                shard_id=name,
-                region="us",
-                dsn=dsn(database, APP_ROLE),
-                admin_dsn=dsn(database),
-                capacity=1000,
-                dedicated=True,
-            )
-    finally:
-        await engine.dispose()
+    await add_shard(
+        settings,
+        shard_id=name,
+        region="us",
+        dsn=dsn(database, APP_ROLE),
+        admin_dsn=dsn(database),
+        dedicated=True,
+    )
     return database
 
 

@@ -9,13 +9,11 @@ import os
 import random
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from loadtests.credentials import Credentials, Zipf
@@ -31,6 +29,7 @@ from loadtests.runner import (
 from meridian.localpg import free_port
 from meridian.seed import seed
 from meridian.settings import Settings
+from tests.fixtures.waiting import until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,16 +57,7 @@ def api_server(settings: Settings) -> Iterator[str]:
         env=env,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "the API server exited"
-            assert time.monotonic() < deadline, "the API server did not start"
-            time.sleep(0.1)
+        until_serving(f"{base}/healthz", proc)
         yield base
     finally:
         proc.terminate()

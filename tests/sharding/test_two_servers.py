@@ -18,14 +18,11 @@ from typing import TYPE_CHECKING
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from meridian.app import create_app
-from meridian.bootstrap import create_admin_client, migrate_all
+from meridian.bootstrap import add_shard, create_admin_client, migrate_all
 from meridian.localpg import LocalCluster
-from meridian.migrate import upgrade
 from meridian.settings import ShardConfig
-from sharding.registry import upsert_shard
 from tests.fixtures.api import AdminToken, Tenant, onboard
 from tests.fixtures.databases import APP_ROLE, PG_PORT, dsn, raw_dsn, recreate_database
 from tests.fixtures.pgcluster import StartCluster, pg_clusters
@@ -87,20 +84,14 @@ async def servers(databases: TestDatabases, remote_server: LocalCluster) -> Asyn
     await migrate_all(settings)
     # The extra shard the way an operator adds one (`meridian shards add`): migrate it,
     # then register it in the topology.
-    await upgrade("shard", remote_server.dsn(remote_db), app_role=APP_ROLE)
-    control = create_async_engine(settings.control_migrate_dsn)
-    try:
-        async with control.begin() as conn:
-            await upsert_shard(
-                conn,
-                shard_id=REMOTE_SHARD,
-                region=REMOTE_REGION,
-                dsn=remote_server.dsn(remote_db, APP_ROLE),
-                admin_dsn=remote_server.dsn(remote_db),
-                capacity=100,
-            )
-    finally:
-        await control.dispose()
+    await add_shard(
+        settings,
+        shard_id=REMOTE_SHARD,
+        region=REMOTE_REGION,
+        dsn=remote_server.dsn(remote_db, APP_ROLE),
+        admin_dsn=remote_server.dsn(remote_db),
+        capacity=100,
+    )
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):
