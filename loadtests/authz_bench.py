@@ -37,8 +37,8 @@ from loadtests.bench.prepare import (
     recreate_databases,
 )
 from meridian.app import create_app
-from meridian.bootstrap import create_admin_client, migrate_all
 from meridian.deps import RequireTenant, authenticate
+from meridian.operations import create_admin_client, migrate_all
 from tenancy.models import Tenant
 
 PERMISSIONS = sorted((o, a) for o, acts in CATALOGUE.items() for a in acts)

@@ -59,7 +59,7 @@ async def page_costs(pages: int) -> list[tuple[str, str]]:
         create_async_engine("postgresql+asyncpg://unused@127.0.0.1/unused"),
         LocalKeyProvider({"k": os.urandom(32)}, "k"),
     )
-    keyring._ciphers[(tenant_id, 1)] = (float("inf"), cipher)
+    keyring._ciphers.set((tenant_id, 1), cipher, float("inf"))
     clear, stored = _page(cipher)
     cached = [sealed(r) for r in stored]  # as read back from a JSON cache: base64 text
 

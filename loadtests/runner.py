@@ -13,7 +13,6 @@ no requests (platform unreachable, bad credentials file, Locust failed).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -42,7 +41,7 @@ _GRACE_SECONDS = 120
 class SeedPlan:
     """What to seed when the credentials file does not already cover it.
 
-    Seeding talks to the databases directly (see ``meridian.seed``), with the settings of
+    Seeding talks to the databases directly (see ``loadtests.seed``), with the settings of
     the platform the command acts on (``meridian.settings.get_settings``).
     """
 
@@ -337,12 +336,12 @@ def _seed_if_needed(plan: SeedPlan, credentials: Path) -> None:
     if _covered(plan, credentials):
         return
     # Imported here: the rest of the runner (and Locust) needs no part of the platform.
-    from meridian.seed import SeedError, seed
+    from loadtests.seed import SeedError, run_blocking, seed
     from meridian.settings import DevPlatformError, get_settings
 
     try:
         settings = get_settings()
-        result = asyncio.run(
+        result = run_blocking(
             seed(
                 settings,
                 tenants=plan.tenants,

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from meridian.app import create_app
-from meridian.bootstrap import create_admin_client, migrate_all
+from meridian.operations import create_admin_client, migrate_all
 from meridian.settings import Settings
 from tests.fixtures.api import AdminToken, Tenant, onboard
 from tests.fixtures.databases import (

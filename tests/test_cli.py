@@ -21,7 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
-from meridian.localpg import free_port
+from meridian_dev.postgres import free_port
 from tests.fixtures.dev_platform import (
     MERIDIAN,
     DevPlatform,

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meridian.app import create_app
-from meridian.bootstrap import migrate_all
+from meridian.operations import migrate_all
 from meridian.settings import ShardConfig
 from tests.fixtures.api import Tenant
 from tests.fixtures.databases import (

@@ -19,12 +19,12 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from meridian.app import create_app
-from meridian.bootstrap import create_admin_client, migrate_all
 from meridian.contacts.repository import SORTABLE, ContactRepository
 from meridian.crud.compiled import compile_sql, compile_statement
 from meridian.crud.pagination import DEFAULT_LIMIT, parse_sort
 from meridian.encryption.fields import encrypt_values
 from meridian.ids import new_id
+from meridian.operations import create_admin_client, migrate_all
 from meridian.settings import Settings, ShardConfig
 from tenancy.crypto import FieldCipher
 from tenancy.keyring import TenantKeyring

@@ -13,10 +13,8 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 
@@ -25,7 +23,8 @@ from meridian.settings import DEV_JSON_ENV, get_settings
 
 if TYPE_CHECKING:
     from meridian.runtime import Runtime
-    from tenancy.context import TenantContext
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, help="Meridian CRM platform.")
 shards_app = typer.Typer(no_args_is_help=True, help="Shard topology.")
@@ -89,7 +88,9 @@ def dev(
     .meridian/dev.json, where every other `meridian` command run from this folder
     finds the platform.
     """
-    from meridian.dev import DevError, run_dev
+    # Lazy, like the one in keys rotate-kek: the app needs the dev tooling nowhere else
+    # (an import-linter contract in pyproject.toml says so).
+    from meridian_dev.devserver import DevError, run_dev
 
     try:
         run_dev(
@@ -140,7 +141,7 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Apply control-plane migrations, then shard migrations on every shard."""
-    from meridian.bootstrap import migrate_all
+    from meridian.operations import migrate_all
 
     done = asyncio.run(migrate_all(get_settings()))
     typer.echo(f"migrated control plane and {len(done)} shard(s): {', '.join(done)}")
@@ -170,7 +171,7 @@ def shards_add(
     ] = None,
 ) -> None:
     """Register a shard (and migrate it)."""
-    from meridian.bootstrap import add_shard
+    from meridian.operations import add_shard
 
     asyncio.run(
         add_shard(
@@ -189,34 +190,9 @@ def shards_add(
 @shards_app.command("list")
 def shards_list() -> None:
     """Print the shard topology with tenant counts."""
-    from sqlalchemy import func, select
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from meridian.operations import list_shards
 
-    from sharding.models import Shard
-    from tenancy.models import DirectoryEntry
-
-    async def run() -> list[dict[str, object]]:
-        engine = create_async_engine(get_settings().control_migrate_dsn)
-        try:
-            async with engine.connect() as conn:
-                stmt = (
-                    select(
-                        Shard.id,
-                        Shard.region,
-                        Shard.state,
-                        Shard.capacity,
-                        Shard.dedicated,
-                        func.count(DirectoryEntry.tenant_id).label("tenant_count"),
-                    )
-                    .outerjoin(DirectoryEntry, DirectoryEntry.shard_id == Shard.id)
-                    .group_by(Shard.id)
-                    .order_by(Shard.id)
-                )
-                return [dict(r) for r in (await conn.execute(stmt)).mappings()]
-        finally:
-            await engine.dispose()
-
-    for row in asyncio.run(run()):
+    for row in asyncio.run(list_shards(get_settings())):
         typer.echo(json.dumps(row))
 
 
@@ -225,7 +201,7 @@ def admin_create_client(
     name: Annotated[str, typer.Option(help="A label for the client.")] = "platform admin",
 ) -> None:
     """Create a platform-admin OAuth client (scope platform:admin); prints its secret once."""
-    from meridian.bootstrap import create_admin_client
+    from meridian.operations import create_admin_client
 
     client = asyncio.run(create_admin_client(get_settings(), name))
     typer.echo(
@@ -237,16 +213,6 @@ def admin_create_client(
             }
         )
     )
-
-
-def _key_timing() -> tuple[float, timedelta]:
-    from meridian.oauth.keys import retired_window
-
-    settings = get_settings()
-    # A next key signs only once every verifier has it: clients cache the JWKS for
-    # jwks_max_age, our own instances reload keys every key_refresh_interval.
-    delay = max(settings.jwks_max_age, settings.key_refresh_interval)
-    return delay, retired_window(settings.access_token_ttl, settings.key_refresh_interval)
 
 
 @keys_app.command("rotate")
@@ -261,24 +227,13 @@ def keys_rotate(
     JWKS cache time has passed: the next key signs, the old one is retired and stays
     published until its last token has expired.
     """
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from meridian.oauth.keys import KeyRotationError, rotate
-
-    delay, window = _key_timing()
-
-    async def run() -> dict[str, object]:
-        engine = create_async_engine(get_settings().control_migrate_dsn)
-        try:
-            done = await rotate(
-                engine, activation_delay=delay, window=window, activate_only=activate
-            )
-        finally:
-            await engine.dispose()
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(done).items()}
+    from meridian.oauth.keys import KeyRotationError
+    from meridian.operations import rotate_signing_key
 
     try:
-        typer.echo(json.dumps(asyncio.run(run())))
+        typer.echo(
+            json.dumps(asyncio.run(rotate_signing_key(get_settings(), activate_only=activate)))
+        )
     except KeyRotationError as exc:
         typer.echo(f"meridian keys rotate: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -287,24 +242,9 @@ def keys_rotate(
 @keys_app.command("list")
 def keys_list() -> None:
     """Print the signing keys: state, when published or retired, and until when."""
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from meridian.operations import list_signing_keys
 
-    from meridian.oauth.keys import list_keys
-
-    delay, window = _key_timing()
-
-    async def run() -> list[dict[str, object]]:
-        engine = create_async_engine(get_settings().control_migrate_dsn)
-        try:
-            keys = await list_keys(engine, activation_delay=delay, window=window)
-        finally:
-            await engine.dispose()
-        return [
-            {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(key).items()}
-            for key in keys
-        ]
-
-    for row in asyncio.run(run()):
+    for row in asyncio.run(list_signing_keys(get_settings())):
         typer.echo(json.dumps(row))
 
 
@@ -319,29 +259,17 @@ def keys_rotate_kek() -> None:
     On a dev platform the KEK used here becomes the platform's own (its dev.json and
     data folder name it), so `meridian dev` and later commands keep reading the data.
     """
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from meridian.settings import KeyConfigError
-    from tenancy.keyring import KeyUnavailable, TenantKeyring
+    from meridian.operations import KEK_ERRORS, rotate_kek
 
     settings = get_settings()
-
-    async def run() -> int:
-        engine = create_async_engine(settings.control_migrate_dsn)
-        try:
-            return await TenantKeyring(engine, settings.key_provider()).rewrap_all()
-        finally:
-            await engine.dispose()
-
     try:
-        done = asyncio.run(run())
-    except (KeyConfigError, KeyUnavailable) as exc:
+        result = asyncio.run(rotate_kek(settings))
+    except KEK_ERRORS as exc:
         typer.echo(f"meridian keys rotate-kek: {exc}", err=True)
         raise typer.Exit(1) from exc
-    result: dict[str, object] = {"rewrapped": done, "primary": settings.key_provider().primary_id}
     dev_json = os.environ.get(DEV_JSON_ENV)
     if dev_json:
-        from meridian.dev import DevError, adopt_kek
+        from meridian_dev.datadir import DevError, adopt_kek
 
         try:
             result["dev_platform_kek_file"] = str(adopt_kek(Path(dev_json), settings))
@@ -352,49 +280,15 @@ def keys_rotate_kek() -> None:
     typer.echo(json.dumps(result))
 
 
-def _with_runtime(command: str, work: Callable[[Runtime], Awaitable[object]]) -> object:
-    """Run ``work`` with a started runtime (engines, keyring, cache), reporting errors."""
-    from meridian.errors import MeridianError
-    from meridian.runtime import Runtime
-    from meridian.settings import KeyConfigError
-    from tenancy.keyring import KeyUnavailable
-
-    async def run() -> object:
-        rt = await Runtime.start(get_settings())
-        try:
-            return await work(rt)
-        finally:
-            await rt.stop()
+def _with_runtime(command: str, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run ``work`` with a started runtime; a problem the user can fix is one line."""
+    from meridian.operations import RUNTIME_ERRORS, with_runtime
 
     try:
-        return asyncio.run(run())
-    except (KeyConfigError, KeyUnavailable, LookupError, MeridianError) as exc:
+        return asyncio.run(with_runtime(get_settings(), work))
+    except RUNTIME_ERRORS as exc:
         typer.echo(f"meridian {command}: {exc}", err=True)
         raise typer.Exit(1) from exc
-
-
-def _reencrypt_with_progress(rt: Runtime, tenant: TenantContext, batch_size: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from meridian.encryption.reencrypt import reencrypt
-
-    async def run() -> Any:
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        ) as bar:
-            tasks: dict[str, Any] = {}
-
-            def advance(table: str, done: int, total: int) -> None:
-                if table not in tasks:
-                    tasks[table] = bar.add_task(f"re-encrypting {table}", total=total)
-                bar.update(tasks[table], completed=done, total=max(total, done))
-
-            return await reencrypt(rt, tenant, batch_size=batch_size, progress=advance)
-
-    return run()
 
 
 @tenants_app.command("rotate-key")
@@ -413,20 +307,21 @@ def tenants_rotate_key(
     it (MERIDIAN_KEY_VERSIONS_TTL), so no search misses a row; new writes use it from
     then on. Interrupted? Run `meridian tenants reencrypt` (finished rows are skipped).
     """
-    from meridian.encryption.reencrypt import resolve_tenant, rotate_tenant_key
+    from meridian.encryption.reencrypt import ReencryptResult
+    from meridian.operations import reencrypt_summary, reencrypt_tenant, rotate_tenant_key
 
-    async def work(rt: Runtime) -> object:
-        ctx = await resolve_tenant(rt, tenant)
-        # Margin over the instances' cache of key versions (and of the active one).
-        wait = rt.settings.key_versions_ttl + 1.0
-        version = await rotate_tenant_key(rt, ctx.tenant_id, propagation=wait)
-        typer.echo(json.dumps({"tenant": str(ctx.tenant_id), "active_version": version}))
+    async def work(rt: Runtime) -> ReencryptResult | None:
+        rotated = await rotate_tenant_key(rt, tenant)
+        typer.echo(json.dumps(rotated.summary()))
         if not reencrypt_rows:
             return None
-        await asyncio.sleep(wait)  # every instance now writes with the new version
-        return await _reencrypt_with_progress(rt, ctx, batch_size)
+        return await reencrypt_tenant(
+            rt, rotated.tenant, batch_size=batch_size, wait=rotated.propagation
+        )
 
-    _report(_with_runtime("tenants rotate-key", work))
+    result = _with_runtime("tenants rotate-key", work)
+    if result is not None:
+        typer.echo(json.dumps(reencrypt_summary(result)))
 
 
 @tenants_app.command("reencrypt")
@@ -438,28 +333,12 @@ def tenants_reencrypt(
 ) -> None:
     """Move the tenant's rows still on old key versions to the active one (resumable),
     then retire the versions no row uses."""
-    from meridian.encryption.reencrypt import resolve_tenant
+    from meridian.operations import reencrypt_summary, reencrypt_tenant
 
-    async def work(rt: Runtime) -> object:
-        return await _reencrypt_with_progress(rt, await resolve_tenant(rt, tenant), batch_size)
+    async def work(rt: Runtime) -> dict[str, object]:
+        return reencrypt_summary(await reencrypt_tenant(rt, tenant, batch_size=batch_size))
 
-    _report(_with_runtime("tenants reencrypt", work))
-
-
-def _report(result: object) -> None:
-    from meridian.encryption.reencrypt import ReencryptResult
-
-    if isinstance(result, ReencryptResult):
-        typer.echo(
-            json.dumps(
-                {
-                    "active_version": result.active_version,
-                    "rows": result.rows,
-                    "retired_versions": result.retired,
-                    "seconds": round(result.seconds, 3),
-                }
-            )
-        )
+    typer.echo(json.dumps(_with_runtime("tenants reencrypt", work)))
 
 
 @tenants_app.command("delete")
@@ -469,17 +348,13 @@ def tenants_delete(
 ) -> None:
     """Crypto-shred a tenant: destroy its data keys, then mark it deleted. Its rows on
     the shard can never be read again. Irreversible."""
-    from meridian.admin.service import tenant_admin
-    from meridian.encryption.reencrypt import resolve_tenant
+    from meridian.operations import delete_tenant
 
     if not yes:
         typer.confirm(f"Destroy every key of tenant {tenant} (irreversible)?", abort=True)
 
-    async def work(rt: Runtime) -> object:
-        ctx = await resolve_tenant(rt, tenant)
-        row = await tenant_admin.delete(rt, ctx.tenant_id)
-        typer.echo(json.dumps({"tenant": str(row["id"]), "status": row["status"]}))
-        return None
+    async def work(rt: Runtime) -> None:
+        typer.echo(json.dumps(await delete_tenant(rt, tenant)))
 
     _with_runtime("tenants delete", work)
 
@@ -513,11 +388,11 @@ def seed(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Create tenants with realistic CRM data in bulk (resumable)."""
-    from meridian.seed import SeedError
-    from meridian.seed import seed as run_seed
+    from loadtests.seed import SeedError, run_blocking
+    from loadtests.seed import seed as run_seed
 
     try:
-        result = asyncio.run(
+        result = run_blocking(
             run_seed(
                 get_settings(),
                 tenants=tenants,
@@ -637,39 +512,6 @@ def loadtest(
     )
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost cause: SQLAlchemy wraps the driver's error, which wraps the OS's."""
-    seen = exc
-    while True:
-        inner = getattr(seen, "orig", None) or seen.__cause__
-        if inner is None or inner is seen:
-            return seen
-        seen = inner
-
-
-def _unreachable_database(exc: BaseException) -> str | None:
-    """One line saying what to do when a database cannot be reached, else None."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    cause = _root_cause(exc)
-    if isinstance(cause, asyncpg.InvalidCatalogNameError):
-        problem = str(cause)
-    elif isinstance(cause, (ConnectionError, TimeoutError, asyncpg.CannotConnectNowError)):
-        problem = f"nothing answers ({cause.__class__.__name__})"
-    elif isinstance(cause, OSError) and cause.errno is not None:
-        problem = cause.strerror or str(cause)
-    else:
-        return None
-    where = make_url(get_settings().control_migrate_dsn).render_as_string(hide_password=True)
-    return (
-        f"cannot reach the platform's databases ({problem}; control plane {where}). "
-        "Start the dev platform with `scripts/dev` and run this from the same folder, or "
-        "name its file with --dev-json / MERIDIAN_DEV_JSON, or set MERIDIAN_CONTROL_DSN "
-        "and the other MERIDIAN_* settings of your servers."
-    )
-
-
 def main() -> None:
     """The console script: errors a user can fix are one line on stderr, exit code 1."""
     from meridian.settings import DevPlatformError, KeyConfigError
@@ -680,7 +522,9 @@ def main() -> None:
         typer.echo(f"meridian: {exc}", err=True)
         sys.exit(1)
     except Exception as exc:
-        message = _unreachable_database(exc)
+        from meridian.operations import unreachable_database
+
+        message = unreachable_database(exc)
         if message is None:
             raise
         typer.echo(f"meridian: {message}", err=True)

@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from meridian.bootstrap import add_shard
+from meridian.operations import add_shard
 from meridian.settings import Settings
 from sharding.engines import ShardInfo
 from sharding.placement import choose_shard

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,13 +54,3 @@ def test_kek_from_a_file_or_json(tmp_path: Path) -> None:
     assert Settings(kek=rotating).key_provider().primary_id == "kek-2"
     with pytest.raises(KeyConfigError):
         Settings(kek="not base64 of 32 bytes").key_provider()
-
-
-def test_dev_makes_a_private_kek_once(tmp_path: Path) -> None:
-    from meridian.dev import _ensure_kek
-
-    path = _ensure_kek(tmp_path / "kek")
-    first = path.read_text()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _ensure_kek(path).read_text() == first  # kept across runs
-    assert LocalKeyProvider.from_file(path).primary_id == "local-1"

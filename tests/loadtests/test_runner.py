@@ -26,9 +26,9 @@ from loadtests.runner import (
     run_loadtest,
     summarise,
 )
-from meridian.localpg import free_port
-from meridian.seed import seed
+from loadtests.seed import seed
 from meridian.settings import Settings
+from meridian_dev.postgres import free_port
 from tests.fixtures.waiting import until_serving
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,10 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from typer.testing import CliRunner
 
-from meridian.bootstrap import create_admin_client
 from meridian.cli import app as cli
 from meridian.migrate import upgrade
 from meridian.oauth.keys import KeyRotationError, KeyStore, list_keys, retired_window, rotate
+from meridian.operations import create_admin_client
 from meridian.settings import Settings, get_settings
 from tests.fixtures.api import token_for
 from tests.fixtures.databases import APP_ROLE, TestDatabases, dsn, recreate_database

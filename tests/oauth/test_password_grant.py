@@ -204,7 +204,7 @@ async def test_platform_admin_client_cannot_use_the_password_grant(
     login_tenant: Tenant,
     settings: Any,
 ) -> None:
-    from meridian.bootstrap import create_admin_client
+    from meridian.operations import create_admin_client
 
     admin = await create_admin_client(settings, "no users")
     user = await make_user(login_client, login_tenant)

@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 
 from meridian.app import create_app
-from meridian.bootstrap import create_admin_client, migrate_all
+from meridian.operations import create_admin_client, migrate_all
 from meridian.settings import Settings
 from tests.fixtures.databases import TestDatabases, recreate_database
 

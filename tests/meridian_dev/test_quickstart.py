@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from meridian.localpg import LocalCluster, free_port, port_is_free
+from meridian_dev.postgres import LocalCluster, free_port, port_is_free
 from tests.fixtures.dev_platform import VENV_BIN, DevPlatform, clean_env, private_workdir
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Seeding at scale (meridian.seed) against the real test databases and the real app."""
+"""Seeding at scale (loadtests.seed) against the real test databases and the real app."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from loadtests.seed import ONBOARDING_CONCURRENCY, Plan, Seeder, SeedError, generate, seed
 from meridian.runtime import Runtime
-from meridian.seed import Plan, Seeder, SeedError, generate, seed
 from meridian.settings import Settings
 from tests.fixtures.api import onboard, token_for
 from tests.fixtures.shard_db import app_role, superuser
@@ -215,6 +215,37 @@ async def test_seed_refuses_a_tenant_it_did_not_create(
     with pytest.raises(SeedError, match="not created by the seeder"):
         await seed(settings, tenants=1, contacts=10, prefix=prefix, out=None, progress=False)
 
+    assert await _counts(databases, customer.shard_id, customer.id) == dict.fromkeys(TABLES, 0)
+
+
+async def test_a_tenant_that_fails_stops_the_run_and_the_file_keeps_the_others(
+    settings: Settings,
+    databases: TestDatabases,
+    app_client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Tenants are onboarded and loaded several at a time; one that cannot be seeded stops
+    the run: no tenant starts after it, those under way finish, and the credentials file
+    lists each of them as it is in the databases."""
+    prefix = _prefix()
+    out = tmp_path / "credentials.json"
+    customer = await onboard(app_client, admin_headers, region="eu", slug=f"{prefix}-0005")
+
+    with pytest.raises(SeedError, match="not created by the seeder"):
+        await seed(
+            settings, tenants=12, contacts=5, prefix=prefix, out=out, concurrency=2, progress=False
+        )
+
+    entries = _credentials(out)["tenants"]
+    indexes = {int(e["slug"].rsplit("-", 1)[1]) for e in entries}
+    assert {0, 1, 2} <= indexes
+    assert 5 not in indexes
+    # Onboardings start in index order: those begun before the failure, no later one.
+    assert max(indexes) < 5 + ONBOARDING_CONCURRENCY
+    for entry in entries:
+        counts = await _counts(databases, entry["shard_id"], entry["id"])
+        assert counts["contact"] == (5 if entry["seeded"] else 0)
     assert await _counts(databases, customer.shard_id, customer.id) == dict.fromkeys(TABLES, 0)
 
 

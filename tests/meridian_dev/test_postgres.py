@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meridian.localpg import (
+from meridian_dev.postgres import (
     LocalCluster,
     LocalPgError,
     PgEngine,

@@ -1,0 +1,302 @@
+"""Operations shared by the CLI, ``meridian dev``, the seeder and benchmarks, and the
+tests: migrations, the shard topology, platform-admin clients, signing keys, the KEK,
+tenant data keys and deletion.
+
+Each command of ``meridian.cli`` is one call into here; the CLI only declares the
+commands, prints what these return and turns the errors a user can fix into one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from meridian.admin.service import tenant_admin
+from meridian.encryption import reencrypt as reencryption
+from meridian.encryption.reencrypt import ReencryptResult, resolve_tenant
+from meridian.errors import MeridianError
+from meridian.migrate import upgrade
+from meridian.oauth import keys as signing_keys
+from meridian.oauth.clients import NewClient, create_client
+from meridian.oauth.principal import SCOPE_ADMIN
+from meridian.runtime import Runtime
+from meridian.settings import KeyConfigError, Settings, get_settings
+from sharding.models import Shard
+from sharding.registry import upsert_shard
+from tenancy.context import TenantContext
+from tenancy.keyring import KeyUnavailable, TenantKeyring
+from tenancy.models import DirectoryEntry
+
+# What an operation that runs with a started runtime raises for a problem the user can
+# fix (a tenant that does not exist, a KEK that is missing or does not unwrap, ...).
+RUNTIME_ERRORS: tuple[type[Exception], ...] = (
+    KeyConfigError,
+    KeyUnavailable,
+    LookupError,
+    MeridianError,
+)
+# What the KEK's re-wrap raises when the configured KEKs do not fit the stored keys.
+KEK_ERRORS: tuple[type[Exception], ...] = (KeyConfigError, KeyUnavailable)
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def _control(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A short-lived engine on the control plane as its owner, for one operation."""
+    engine = create_async_engine(settings.control_migrate_dsn)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _isoformat(row: dict[str, Any]) -> dict[str, object]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+# -- migrations and shards -----------------------------------------------------------------
+
+
+async def migrate_all(settings: Settings) -> list[str]:
+    """Control plane first, then every registered shard; returns the shard ids done."""
+    await upgrade("control", settings.control_migrate_dsn, app_role=settings.app_db_role)
+    await register_shards(settings)
+    shards = await shard_databases(settings)
+    for shard in shards.values():
+        await upgrade("shard", shard["admin_dsn"], app_role=settings.app_db_role)
+    return list(shards)
+
+
+async def add_shard(
+    settings: Settings,
+    *,
+    shard_id: str,
+    region: str,
+    dsn: str,
+    admin_dsn: str | None = None,
+    capacity: int = 1000,
+    dedicated: bool | None = None,
+) -> None:
+    """What `meridian shards add` does: migrate the shard's database (as its owner), then
+    register it in the topology, so no instance sees a shard without its tables."""
+    await upgrade("shard", admin_dsn or dsn, app_role=settings.app_db_role)
+    async with _control(settings) as engine, engine.begin() as conn:
+        await upsert_shard(
+            conn,
+            shard_id=shard_id,
+            region=region,
+            dsn=dsn,
+            admin_dsn=admin_dsn or dsn,
+            capacity=capacity,
+            dedicated=dedicated,
+        )
+
+
+async def register_shards(settings: Settings) -> None:
+    """Register (or update) the shards the settings name (MERIDIAN_SHARDS, a dev.json)."""
+    if not settings.shards:
+        return
+    async with _control(settings) as engine, engine.begin() as conn:
+        for s in settings.shards:
+            await upsert_shard(
+                conn,
+                shard_id=s.id,
+                region=s.region,
+                dsn=s.dsn,
+                admin_dsn=s.admin_dsn,
+                capacity=s.capacity,
+                dedicated=s.dedicated,
+            )
+
+
+async def shard_databases(settings: Settings) -> dict[str, dict[str, str]]:
+    """Every registered shard's region and databases (``dsn`` as the app role,
+    ``admin_dsn`` as the owner), by id in id order."""
+    async with _control(settings) as engine, engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(Shard.id, Shard.region, Shard.dsn, Shard.admin_dsn).order_by(Shard.id)
+            )
+        ).all()
+    return {r.id: {"region": r.region, "dsn": r.dsn, "admin_dsn": r.admin_dsn} for r in rows}
+
+
+async def list_shards(settings: Settings) -> list[dict[str, object]]:
+    """The shard topology with each shard's tenant count, in id order."""
+    stmt = (
+        select(
+            Shard.id,
+            Shard.region,
+            Shard.state,
+            Shard.capacity,
+            Shard.dedicated,
+            func.count(DirectoryEntry.tenant_id).label("tenant_count"),
+        )
+        .outerjoin(DirectoryEntry, DirectoryEntry.shard_id == Shard.id)
+        .group_by(Shard.id)
+        .order_by(Shard.id)
+    )
+    async with _control(settings) as engine, engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+
+# -- clients and signing keys --------------------------------------------------------------
+
+
+async def create_admin_client(settings: Settings, name: str = "platform admin") -> NewClient:
+    """A platform-admin OAuth client (scope platform:admin); its secret exists only here."""
+    async with _control(settings) as engine, engine.begin() as conn:
+        return await create_client(conn, name=name, scope=SCOPE_ADMIN, tenant_id=None)
+
+
+def _key_timing(settings: Settings) -> tuple[float, timedelta]:
+    # A next key signs only once every verifier has it: clients cache the JWKS for
+    # jwks_max_age, our own instances reload keys every key_refresh_interval.
+    delay = max(settings.jwks_max_age, settings.key_refresh_interval)
+    window = signing_keys.retired_window(settings.access_token_ttl, settings.key_refresh_interval)
+    return delay, window
+
+
+async def rotate_signing_key(settings: Settings, *, activate_only: bool) -> dict[str, object]:
+    """One step of the signing key's rotation (publish a next key, or promote it); raises
+    ``meridian.oauth.keys.KeyRotationError`` when the step would be unsafe now."""
+    delay, window = _key_timing(settings)
+    async with _control(settings) as engine:
+        done = await signing_keys.rotate(
+            engine, activation_delay=delay, window=window, activate_only=activate_only
+        )
+    return _isoformat(asdict(done))
+
+
+async def list_signing_keys(settings: Settings) -> list[dict[str, object]]:
+    """The signing keys: state, when published or retired, and until when."""
+    delay, window = _key_timing(settings)
+    async with _control(settings) as engine:
+        keys = await signing_keys.list_keys(engine, activation_delay=delay, window=window)
+    return [_isoformat(asdict(key)) for key in keys]
+
+
+async def rotate_kek(settings: Settings) -> dict[str, object]:
+    """Re-wrap every tenant data key under the primary KEK; raises one of ``KEK_ERRORS``
+    when the configured KEKs cannot do it."""
+    async with _control(settings) as engine:
+        done = await TenantKeyring(engine, settings.key_provider()).rewrap_all()
+    return {"rewrapped": done, "primary": settings.key_provider().primary_id}
+
+
+# -- tenants -------------------------------------------------------------------------------
+
+
+async def with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run ``work`` with a started runtime (engines, keyring, cache), stopped after."""
+    rt = await Runtime.start(settings)
+    try:
+        return await work(rt)
+    finally:
+        await rt.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeyRotated:
+    tenant: TenantContext
+    active_version: int
+    # Seconds every instance needs to see the new version, and so to write with it.
+    propagation: float
+
+    def summary(self) -> dict[str, object]:
+        return {"tenant": str(self.tenant.tenant_id), "active_version": self.active_version}
+
+
+async def rotate_tenant_key(rt: Runtime, tenant: str) -> TenantKeyRotated:
+    """A new data-key version for the tenant (id or slug), published first and activated
+    once every API instance has seen it, so no search misses a row."""
+    ctx = await resolve_tenant(rt, tenant)
+    # Margin over the instances' cache of key versions (and of the active one).
+    wait = rt.settings.key_versions_ttl + 1.0
+    version = await reencryption.rotate_tenant_key(rt, ctx.tenant_id, propagation=wait)
+    return TenantKeyRotated(ctx, version, wait)
+
+
+async def reencrypt_tenant(
+    rt: Runtime, tenant: TenantContext | str, *, batch_size: int, wait: float = 0.0
+) -> ReencryptResult:
+    """Move the tenant's rows still on old key versions to the active one (resumable),
+    with a progress bar per table, then retire the versions no row uses. ``wait``: seconds
+    to let every instance switch its writes to the active version first."""
+    if wait > 0:
+        await asyncio.sleep(wait)
+    ctx = tenant if isinstance(tenant, TenantContext) else await resolve_tenant(rt, tenant)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(table: str, done: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = bar.add_task(f"re-encrypting {table}", total=total)
+            bar.update(tasks[table], completed=done, total=max(total, done))
+
+        return await reencryption.reencrypt(rt, ctx, batch_size=batch_size, progress=advance)
+
+
+def reencrypt_summary(result: ReencryptResult) -> dict[str, object]:
+    return {
+        "active_version": result.active_version,
+        "rows": result.rows,
+        "retired_versions": result.retired,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+async def delete_tenant(rt: Runtime, tenant: str) -> dict[str, object]:
+    """Crypto-shred the tenant (id or slug): destroy its data keys, then mark it deleted."""
+    ctx = await resolve_tenant(rt, tenant)
+    row = await tenant_admin.delete(rt, ctx.tenant_id)
+    return {"tenant": str(row["id"]), "status": row["status"]}
+
+
+# -- diagnosis -----------------------------------------------------------------------------
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause: SQLAlchemy wraps the driver's error, which wraps the OS's."""
+    seen = exc
+    while True:
+        inner = getattr(seen, "orig", None) or seen.__cause__
+        if inner is None or inner is seen:
+            return seen
+        seen = inner
+
+
+def unreachable_database(exc: BaseException) -> str | None:
+    """One line saying what to do when a database cannot be reached, else None."""
+    cause = _root_cause(exc)
+    if isinstance(cause, asyncpg.InvalidCatalogNameError):
+        problem = str(cause)
+    elif isinstance(cause, (ConnectionError, TimeoutError, asyncpg.CannotConnectNowError)):
+        problem = f"nothing answers ({cause.__class__.__name__})"
+    elif isinstance(cause, OSError) and cause.errno is not None:
+        problem = cause.strerror or str(cause)
+    else:
+        return None
+    where = make_url(get_settings().control_migrate_dsn).render_as_string(hide_password=True)
+    return (
+        f"cannot reach the platform's databases ({problem}; control plane {where}). "
+        "Start the dev platform with `scripts/dev` and run this from the same folder, or "
+        "name its file with --dev-json / MERIDIAN_DEV_JSON, or set MERIDIAN_CONTROL_DSN "
+        "and the other MERIDIAN_* settings of your servers."
+    )
