@@ -10,11 +10,9 @@ half-loaded policy (unlike ``load_filtered_policy``, which clears the live model
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -23,6 +21,8 @@ import casbin
 from casbin.persist.adapter import Adapter
 
 from authz.policy import MODEL_TEXT, PolicySnapshot, Rule
+from primitives.localcache import LocalCache
+from primitives.singleflight import SingleFlight
 
 # Decisions kept per tenant policy; in practice far fewer (roles times catalogue entries).
 MEMO_MAX = 4096
@@ -139,14 +139,16 @@ class EnforcerRegistry:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loader = loader
-        self._max = max_tenants
         self._ttl = ttl
         self._clock = clock
-        self._entries: OrderedDict[UUID, TenantPolicy] = OrderedDict()
-        self._inflight: dict[UUID, asyncio.Future[TenantPolicy]] = {}
+        # No TTL in the LRU itself: an expired policy stays, to be revalidated by one
+        # version read (or kept for a while when the control plane cannot be read).
+        self._entries: LocalCache[TenantPolicy] = LocalCache(max_tenants, on_evict=self._evicted)
+        # One load per tenant however many requests arrive cold.
+        self._loads: SingleFlight[UUID, TenantPolicy] = SingleFlight()
         # Highest version announced per tenant: a load that raced with a change and
         # read an older version is not installed as if it were current.
-        self._announced: OrderedDict[UUID, int] = OrderedDict()
+        self._announced: LocalCache[int] = LocalCache(2 * max_tenants)
         # Bumped by clear(): a load started before a reset must not repopulate.
         self._epoch = 0
         self.stats = RegistryStats()
@@ -154,35 +156,21 @@ class EnforcerRegistry:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def _evicted(self, _tenant_id: Hashable, _policy: TenantPolicy) -> None:
+        self.stats.evictions += 1
+
     def cached(self, tenant_id: UUID) -> TenantPolicy | None:
         """The hot path: the tenant's fresh policy if loaded, without awaiting."""
         entry = self._entries.get(tenant_id)
         if entry is None or entry.deadline < self._clock():
             return None
-        self._entries.move_to_end(tenant_id)
         return entry
 
     async def get(self, tenant_id: UUID) -> TenantPolicy:
         entry = self.cached(tenant_id)
         if entry is not None:
             return entry
-        pending = self._inflight.get(tenant_id)
-        if pending is not None:
-            # One load per tenant however many requests arrive cold.
-            shared: TenantPolicy = await asyncio.shield(pending)
-            return shared
-        fut: asyncio.Future[TenantPolicy] = asyncio.get_running_loop().create_future()
-        self._inflight[tenant_id] = fut
-        try:
-            entry = await self._refresh(tenant_id)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved here; waiters re-raise it
-            raise
-        finally:
-            self._inflight.pop(tenant_id, None)
-        fut.set_result(entry)
-        return entry
+        return await self._loads.run(tenant_id, self._refresh, tenant_id)
 
     async def _refresh(self, tenant_id: UUID) -> TenantPolicy:
         try:
@@ -198,7 +186,7 @@ class EnforcerRegistry:
 
     async def _reload(self, tenant_id: UUID) -> TenantPolicy:
         epoch = self._epoch
-        announced = self._announced.get(tenant_id, -1)
+        announced = self._announced_version(tenant_id)
         stale = self._entries.get(tenant_id)
         if stale is not None and stale.version >= announced:
             # Expired by TTL only: one tiny read tells whether the rules changed.
@@ -209,37 +197,31 @@ class EnforcerRegistry:
                 return stale
         snapshot = await self._loader.load(tenant_id)
         for _ in range(2):
-            if snapshot.version >= self._announced.get(tenant_id, -1):
+            if snapshot.version >= self._announced_version(tenant_id):
                 break
             snapshot = await self._loader.load(tenant_id)
         entry = TenantPolicy(snapshot, self._clock() + self._ttl)
         self.stats.loads += 1
-        if epoch == self._epoch and entry.version >= self._announced.get(tenant_id, -1):
-            self._install(entry)
+        if epoch == self._epoch and entry.version >= self._announced_version(tenant_id):
+            self._entries.set(tenant_id, entry)
         return entry
 
-    def _install(self, entry: TenantPolicy) -> None:
-        self._entries[entry.tenant_id] = entry
-        self._entries.move_to_end(entry.tenant_id)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-            self.stats.evictions += 1
+    def _announced_version(self, tenant_id: UUID) -> int:
+        announced = self._announced.get(tenant_id)
+        return -1 if announced is None else announced
 
     def notice(self, tenant_id: UUID, version: int) -> None:
         """A tenant's policy reached ``version`` (here or on another instance): drop an
         older enforcer; the next request loads the new rules."""
-        if self._announced.get(tenant_id, -1) < version:
-            self._announced[tenant_id] = version
-            self._announced.move_to_end(tenant_id)
-            while len(self._announced) > 2 * self._max:
-                self._announced.popitem(last=False)
+        if self._announced_version(tenant_id) < version:
+            self._announced.set(tenant_id, version)
         entry = self._entries.get(tenant_id)
         if entry is not None and entry.version < version:
-            del self._entries[tenant_id]
+            self._entries.delete(tenant_id)
             self.stats.evictions += 1
 
     def evict(self, tenant_id: UUID) -> None:
-        if self._entries.pop(tenant_id, None) is not None:
+        if self._entries.delete(tenant_id):
             self.stats.evictions += 1
 
     def clear(self) -> None:

@@ -1,29 +1,26 @@
 """Policy-change announcements between API instances over Redis pub/sub.
 
 The published Casbin watchers pin old casbin and redis versions and call back from
-threads; this one is ~100 lines on ``redis.asyncio``. A change is announced as
+threads; this one is a few lines on ``primitives.pubsub``. A change is announced as
 (tenant, version) after its commit; every instance drops older enforcers of that
-tenant. redis-py's asyncio pub/sub does not reconnect by itself and loses what was
-published while away, so the loop reconnects on its own and forgets every enforcer
-after each (re)subscription. Redis being down never blocks a decision: the registry's
-TTL revalidation bounds staleness until it is back.
+tenant. What is published while a subscriber is away is lost, so every enforcer is
+forgotten after each (re)subscription. Redis being down never blocks a decision: the
+registry's TTL revalidation bounds staleness until it is back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 from uuid import UUID
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from authz.enforcer import EnforcerRegistry
+from primitives.pubsub import PubSubListener, RedisClient
 
 log = logging.getLogger("meridian.authz")
 
@@ -34,7 +31,7 @@ ALL_TENANTS = "*"
 class PolicyWatcher:
     def __init__(
         self,
-        redis: Redis | RedisCluster | None,
+        redis: RedisClient | None,
         registry: EnforcerRegistry,
         *,
         channel: str = CHANNEL,
@@ -44,21 +41,29 @@ class PolicyWatcher:
         self._registry = registry
         self._channel = channel
         self._timeout = op_timeout
-        self._task: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
+        # Announcements may have been missed while not subscribed: forget every enforcer.
+        self._listener = (
+            PubSubListener(
+                redis,
+                channel,
+                self._apply,
+                on_subscribed=registry.clear,
+                name="policy watcher",
+                logger=log,
+            )
+            if redis is not None
+            else None
+        )
+        self.subscribed = self._listener.subscribed if self._listener else asyncio.Event()
         self.last_lag: float | None = None  # seconds from publish to receipt, last message
 
     async def start(self) -> None:
-        if self._redis is not None and self._task is None:
-            self._task = asyncio.create_task(self._subscribe_forever())
+        if self._listener is not None:
+            self._listener.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self.subscribed.clear()
+        if self._listener is not None:
+            await self._listener.close()
 
     async def publish(self, tenant_id: UUID, version: int) -> bool:
         """Announce a committed change; False if Redis could not be told (the change
@@ -75,52 +80,12 @@ class PolicyWatcher:
             return False
         message = orjson.dumps(payload)
         try:
-            await asyncio.wait_for(self._redis.publish(self._channel, message), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await self._redis.publish(self._channel, message)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("policy change of %s not announced: %r", payload["t"], exc)
             return False
         return True
-
-    async def _subscribe_forever(self) -> None:
-        assert self._redis is not None
-        backoff = 0.1
-        while True:
-            try:
-                if isinstance(self._redis, RedisCluster):
-                    # Cluster pub/sub needs the slot map before it can pick a node.
-                    await self._redis.initialize()
-                pubsub = self._redis.pubsub()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("policy watcher cannot connect: %r", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            try:
-                await pubsub.subscribe(self._channel)
-                # Announcements may have been missed while not subscribed.
-                self._registry.clear()
-                self.subscribed.set()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None:
-                        # Idle: a ping notices a half-open socket within seconds.
-                        await asyncio.wait_for(pubsub.ping(), 2.0)
-                        continue
-                    if message.get("type") == "message":  # not the pings' pongs
-                        self._apply(message.get("data"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: start over with a fresh connection
-                self.subscribed.clear()
-                log.warning("policy watcher lost its connection: %r", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _apply(self, data: Any) -> None:
         try:

@@ -14,7 +14,6 @@ timeout: when it is slow or down the cache serves from L1 and the loader, never 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -25,19 +24,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from cache.breaker import CircuitBreaker
 from cache.codec import Codec, Envelope
-from cache.l1 import LocalCache
 from cache.metrics import CacheMetrics
+from primitives.breaker import CircuitBreaker
+from primitives.localcache import LocalCache
+from primitives.pubsub import PubSubListener, RedisClient
+from primitives.singleflight import SingleFlight
 
 T = TypeVar("T")
 log = logging.getLogger("meridian.cache")
 
-AnyRedis = Redis | RedisCluster
+AnyRedis = RedisClient
 
 
 def _jitter(ttl: float) -> float:
@@ -71,11 +70,18 @@ class _Entry:
     expiry: float  # wall-clock seconds
 
 
+# The largest -log(draw) can be (draws are floored at 1e-12, log(0) being undefined).
+_XFETCH_REACH = -math.log(1e-12)
+
+
 def _xfetch_due(entry: _Entry, beta: float, now: float) -> bool:
     """Vattani et al.: recompute early with a probability that grows near expiry."""
     if beta <= 0 or entry.delta <= 0:
         return False
-    return now - entry.delta * beta * math.log(random.random() or 1e-12) >= entry.expiry  # noqa: S311
+    scale = entry.delta * beta
+    if entry.expiry - now > scale * _XFETCH_REACH:
+        return False  # no draw could make it due: skip the draw (every L1 hit asks)
+    return now - scale * math.log(random.random() or 1e-12) >= entry.expiry  # noqa: S311
 
 
 class TwoLevelCache:
@@ -103,11 +109,25 @@ class TwoLevelCache:
         self.breaker = breaker or CircuitBreaker()
         self.breaker.on_close = self._on_redis_back
         self.metrics = metrics or CacheMetrics()
-        self._inflight: dict[Hashable, asyncio.Future[Any]] = {}
-        self._gen_inflight: dict[tuple[str, str], asyncio.Future[int]] = {}
+        # One load per key in this process, and one generation read per (tenant, kind).
+        self._loads: SingleFlight[Hashable, Any] = SingleFlight()
+        self._gen_loads: SingleFlight[tuple[str, str], int] = SingleFlight()
         self._instance = uuid.uuid4().hex
-        self._subscriber: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
+        # Invalidations from other instances. Messages missed while disconnected are
+        # lost, so L1 is cleared after every (re)subscription.
+        self._listener = (
+            PubSubListener(
+                redis,
+                self._channel,
+                self._apply,
+                on_subscribed=self.drop_local,
+                name="invalidation subscriber",
+                logger=log,
+            )
+            if redis is not None
+            else None
+        )
+        self.subscribed = self._listener.subscribed if self._listener else asyncio.Event()
 
     # -- keys -----------------------------------------------------------------------
     def key(self, tenant: str, kind: str, generation: int, item: str) -> str:
@@ -128,7 +148,10 @@ class TwoLevelCache:
             self.metrics.l2_errors.labels("breaker_open").inc()
             return False, None
         try:
-            result = await asyncio.wait_for(op(self._redis), self._timeout)
+            # asyncio.timeout rather than wait_for: no extra task per call on the hot
+            # path, and no cancellation lost when the call completes as it is cancelled.
+            async with asyncio.timeout(self._timeout):
+                result = await op(self._redis)
         except (RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()
             self.metrics.l2_errors.labels(reason).inc()
@@ -151,20 +174,13 @@ class TwoLevelCache:
         if known is not None:
             return known
         # Single-flight: a burst of cold reads asks Redis once, not once per request.
-        pending = self._gen_inflight.get(pair)
-        if pending is not None:
-            shared: int = await asyncio.shield(pending)
-            return shared
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._gen_inflight[pair] = fut
-        try:
-            ok, raw = await self._l2(lambda r: r.get(self.generation_key(tenant, kind)), "gen_get")
-            value = int(raw) if ok and raw is not None else (0 if ok else UNKNOWN)
-            if ok:
-                self._gens.set(pair, value, self._gen_ttl)
-        finally:
-            self._gen_inflight.pop(pair, None)
-        fut.set_result(value)
+        return await self._gen_loads.run(pair, self._read_generation, tenant, kind)
+
+    async def _read_generation(self, tenant: str, kind: str) -> int:
+        ok, raw = await self._l2(lambda r: r.get(self.generation_key(tenant, kind)), "gen_get")
+        value = int(raw) if ok and raw is not None else (0 if ok else UNKNOWN)
+        if ok:
+            self._gens.set((tenant, kind), value, self._gen_ttl)
         return value
 
     async def invalidate(self, tenant: str, kind: str, scope: str = "") -> None:
@@ -199,33 +215,28 @@ class TwoLevelCache:
         scope: str = "",
     ) -> T | None:
         label = kind  # metrics stay per kind, whatever the scope
-        kind = _scoped(kind, scope)
-        gen = await self.generation(tenant, kind)
-        l1_key = (tenant, kind, gen, self._local_gens.get((tenant, kind), 0), item)
+        if scope:
+            kind = f"{kind}/{scope}"
+        pair = (tenant, kind)
+        # The known generation inline: this is every request's path, and awaiting
+        # generation() would cost a coroutine even when it answers from memory.
+        gen = self._gens.get(pair)
+        if gen is None:
+            gen = await self.generation(tenant, kind)
+        l1_key = (tenant, kind, gen, self._local_gens.get(pair, 0), item)
         entry = self._l1.get(l1_key)
         if entry is not None:
-            if l1_key in self._inflight or not _xfetch_due(entry, policy.beta, time.time()):
+            # Due for early recomputation, but another request is at it: serve this one.
+            if not _xfetch_due(entry, policy.beta, time.time()) or l1_key in self._loads:
                 self.metrics.count("l1", label, "hit")
                 value: T | None = entry.value
                 return value
         else:
             self.metrics.count("l1", label, "miss")
-        pending = self._inflight.get(l1_key)
-        if pending is not None:
-            shared: T | None = await asyncio.shield(pending)
-            return shared
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[l1_key] = fut
-        try:
-            result = await self._fill(tenant, kind, label, gen, item, l1_key, loader, codec, policy)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved here; waiters re-raise it
-            raise
-        finally:
-            self._inflight.pop(l1_key, None)
-        fut.set_result(result)
-        return result
+        loaded: T | None = await self._loads.run(
+            l1_key, self._fill, tenant, kind, label, gen, item, l1_key, loader, codec, policy
+        )
+        return loaded
 
     async def _fill(
         self,
@@ -277,60 +288,12 @@ class TwoLevelCache:
 
     # -- invalidation subscriber -------------------------------------------------------------
     async def start(self) -> None:
-        if self._redis is not None and self._subscriber is None:
-            self._subscriber = asyncio.create_task(self._subscribe_forever())
+        if self._listener is not None:
+            self._listener.start()
 
     async def close(self) -> None:
-        if self._subscriber is not None:
-            self._subscriber.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._subscriber
-            self._subscriber = None
-
-    async def _subscribe_forever(self) -> None:
-        """Apply invalidations from other instances; reconnect on its own.
-
-        redis-py's asyncio PubSub does not reconnect by itself, and messages published
-        while disconnected are lost: so L1 is cleared after every (re)subscription.
-        """
-        assert self._redis is not None
-        backoff = 0.1
-        while True:
-            try:
-                if isinstance(self._redis, RedisCluster):
-                    # Cluster pub/sub needs the slot map before it can pick a node.
-                    await self._redis.initialize()
-                pubsub = self._redis.pubsub()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("invalidation subscriber cannot connect: %r", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            try:
-                await pubsub.subscribe(self._channel)
-                self.drop_local()
-                self.subscribed.set()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None:
-                        # Idle: a ping notices a half-open socket within seconds.
-                        await asyncio.wait_for(pubsub.ping(), 2.0)
-                        continue
-                    if message.get("type") == "message":  # not the pings' pongs
-                        self._apply(message.get("data"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: start over with a fresh connection
-                self.subscribed.clear()
-                log.warning("invalidation subscriber lost its connection: %r", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._listener is not None:
+            await self._listener.close()
 
     def _apply(self, data: Any) -> None:
         try:

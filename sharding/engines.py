@@ -8,13 +8,13 @@ requests for it are refused at once instead of each waiting for a connect timeou
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from primitives.breaker import CircuitBreaker
 from sharding.errors import ShardUnavailableError, UnknownShardError
 
 # How a server refuses a new connection to a shard database: not accepting connections
@@ -50,13 +50,6 @@ class PoolOptions:
     cooldown: float = 2.0
 
 
-class _Breaker:
-    __slots__ = ("down_until",)
-
-    def __init__(self) -> None:
-        self.down_until = 0.0
-
-
 class ShardEngines:
     """The per-shard connection pools of one process."""
 
@@ -66,7 +59,7 @@ class ShardEngines:
         self._engines: dict[str, AsyncEngine] = {}
         self._read_pools: dict[str, asyncpg.Pool] = {}
         self._pool_locks: dict[str, asyncio.Lock] = {}
-        self._breakers: dict[str, _Breaker] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
 
     @property
     def shards(self) -> dict[str, ShardInfo]:
@@ -86,12 +79,18 @@ class ShardEngines:
         self._shards = new
 
     def check_breaker(self, shard_id: str) -> None:
-        """Raise at once if the shard is known to be down (its breaker is open)."""
+        """Raise at once if the shard is known to be down (its breaker is open, or a
+        probe after the cooldown is still out). A transaction that gets through after
+        the cooldown is the probe: its outcome (``mark_up``/``mark_down``) decides."""
         breaker = self._breakers.get(shard_id)
-        if breaker is not None:
-            wait = breaker.down_until - time.monotonic()
-            if wait > 0:
-                raise ShardUnavailableError(shard_id, retry_after=wait)
+        if breaker is not None and not breaker.allow():
+            raise ShardUnavailableError(shard_id, retry_after=breaker.retry_after)
+
+    def unavailable_for(self, shard_id: str) -> float:
+        """Seconds until the shard's breaker lets a call through (0: now); asks
+        without becoming the probe, for reports such as readiness."""
+        breaker = self._breakers.get(shard_id)
+        return 0.0 if breaker is None else breaker.retry_after
 
     async def read_pool(self, shard_id: str) -> asyncpg.Pool:
         """The shard's raw asyncpg pool for hot reads, created on first use."""
@@ -129,9 +128,11 @@ class ShardEngines:
                 self._read_pools[shard_id] = pool
         return pool
 
-    def engine(self, shard_id: str) -> AsyncEngine:
-        """The shard's engine; raises at once if the shard is known to be down."""
-        self.check_breaker(shard_id)
+    def engine(self, shard_id: str, *, check: bool = True) -> AsyncEngine:
+        """The shard's engine; raises at once if the shard is known to be down (unless
+        ``check`` is false: a caller that only reports, such as readiness)."""
+        if check:
+            self.check_breaker(shard_id)
         engine = self._engines.get(shard_id)
         if engine is None:
             info = self._shards.get(shard_id)
@@ -142,12 +143,19 @@ class ShardEngines:
         return engine
 
     def mark_down(self, shard_id: str) -> ShardUnavailableError:
-        breaker = self._breakers.setdefault(shard_id, _Breaker())
-        breaker.down_until = time.monotonic() + self._options.cooldown
+        """A connection to the shard failed: one failure opens its breaker (a refused
+        or timed-out connect is the server's state, not one query's bad luck)."""
+        breaker = self._breakers.get(shard_id)
+        if breaker is None:
+            breaker = CircuitBreaker(failure_threshold=1, cooldown=self._options.cooldown)
+            self._breakers[shard_id] = breaker
+        breaker.failure()
         return ShardUnavailableError(shard_id, retry_after=self._options.cooldown)
 
     def mark_up(self, shard_id: str) -> None:
-        self._breakers.pop(shard_id, None)
+        breaker = self._breakers.get(shard_id)
+        if breaker is not None:
+            breaker.success()
 
     async def _connect(self, info: ShardInfo, dsn: str, **kwargs: Any) -> asyncpg.Connection:
         """Every new connection to a shard, for the read pools and the engines alike: a

@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from primitives.localcache import LocalCache
 from tenancy.crypto import FieldCipher
 from tenancy.models import TenantKey
 
@@ -122,16 +124,21 @@ class TenantKeyring:
         *,
         ttl: float = 300.0,
         versions_ttl: float | None = None,
+        max_tenants: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._control = control
         self._provider = provider
-        self._ttl = ttl
         # Which versions exist and which is active change at rotation: they are re-read
         # more often than unwrapped keys expire, so every instance follows within this.
-        self._versions_ttl = ttl if versions_ttl is None else versions_ttl
-        self._ciphers: dict[tuple[UUID, int], tuple[float, FieldCipher]] = {}
-        self._active: dict[UUID, tuple[float, int]] = {}
-        self._versions: dict[UUID, tuple[float, list[KeyInfo]]] = {}
+        versions_ttl = ttl if versions_ttl is None else versions_ttl
+        # Bounded: a process serving many tenants keeps the keys of the busiest ones
+        # (a tenant has one active version and, during a rotation, one or two more).
+        self._ciphers: LocalCache[FieldCipher] = LocalCache(4 * max_tenants, ttl=ttl, clock=clock)
+        self._active: LocalCache[int] = LocalCache(max_tenants, ttl=versions_ttl, clock=clock)
+        self._versions: LocalCache[list[KeyInfo]] = LocalCache(
+            max_tenants, ttl=versions_ttl, clock=clock
+        )
 
     # -- lifecycle --------------------------------------------------------------------
     async def create_key(self, conn: AsyncConnection, tenant_id: UUID) -> int:
@@ -246,10 +253,9 @@ class TenantKeyring:
     # -- use ---------------------------------------------------------------------------
     async def versions(self, tenant_id: UUID) -> list[KeyInfo]:
         """The tenant's key versions (cached for the TTL: searches ask on every call)."""
-        now = time.monotonic()
         hit = self._versions.get(tenant_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         async with self._control.connect() as conn:
             rows = (
                 await conn.execute(
@@ -259,13 +265,12 @@ class TenantKeyring:
                 )
             ).all()
         infos = [KeyInfo(r.version, r.state) for r in rows]
-        self._versions[tenant_id] = (now + self._versions_ttl, infos)
+        self._versions.set(tenant_id, infos)
         return infos
 
     async def active_cipher(self, tenant_id: UUID) -> FieldCipher:
-        now = time.monotonic()
-        hit = self._active.get(tenant_id)
-        if hit is None or hit[0] <= now:
+        active = self._active.get(tenant_id)
+        if active is None:
             async with self._control.connect() as conn:
                 version = await conn.scalar(
                     select(TenantKey.version).where(
@@ -274,15 +279,15 @@ class TenantKeyring:
                 )
             if version is None:
                 raise KeyUnavailable(f"tenant {tenant_id} has no active data key")
-            hit = self._active[tenant_id] = (now + self._versions_ttl, int(version))
-        return await self.cipher(tenant_id, hit[1])
+            active = int(version)
+            self._active.set(tenant_id, active)
+        return await self.cipher(tenant_id, active)
 
     async def cipher(self, tenant_id: UUID, version: int) -> FieldCipher:
         """The cipher of one key version (to decrypt rows written with it)."""
-        now = time.monotonic()
         hit = self._ciphers.get((tenant_id, version))
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         async with self._control.connect() as conn:
             row = (
                 await conn.execute(
@@ -295,7 +300,7 @@ class TenantKeyring:
             raise KeyUnavailable(f"key version {version} of tenant {tenant_id} is not usable")
         key = await self._provider.unwrap(row.wrapped_key, _context(tenant_id, version))
         cipher = FieldCipher(tenant_id, version, key)
-        self._ciphers[(tenant_id, version)] = (now + self._ttl, cipher)
+        self._ciphers.set((tenant_id, version), cipher)
         return cipher
 
     def forget(self, tenant_id: UUID | None = None) -> None:
@@ -305,7 +310,6 @@ class TenantKeyring:
             self._active.clear()
             self._versions.clear()
             return
-        self._active.pop(tenant_id, None)
-        self._versions.pop(tenant_id, None)
-        for key in [k for k in self._ciphers if k[0] == tenant_id]:
-            del self._ciphers[key]
+        self._active.delete(tenant_id)
+        self._versions.delete(tenant_id)
+        self._ciphers.delete_where(lambda key: isinstance(key, tuple) and key[0] == tenant_id)

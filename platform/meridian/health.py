@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from meridian.deps import RuntimeDep
 from meridian.web.responses import json_response
+from sharding.errors import ShardUnavailableError
 
 router = APIRouter(tags=["health"])
 _TIMEOUT = 2.0
@@ -37,7 +38,8 @@ async def _ping_engine(engine: AsyncEngine) -> None:
 
 async def _check(name: str, probe: Any) -> tuple[str, str]:
     try:
-        await asyncio.wait_for(probe, _TIMEOUT)
+        async with asyncio.timeout(_TIMEOUT):
+            await probe
     except Exception as exc:  # any failure means "not ready"; the name says where
         return name, f"down: {type(exc).__name__}"
     return name, "ok"
@@ -56,11 +58,11 @@ async def healthz() -> Response:
 async def readyz(rt: RuntimeDep) -> Response:
     probes = [_check("control", _ping_engine(rt.control))]
     for shard_id in rt.engines.shards:
-        try:
-            engine = rt.engines.engine(shard_id)
-        except Exception as exc:  # breaker open: report without waiting
-            probes.append(_fail(f"shard:{shard_id}", exc))
+        wait = rt.engines.unavailable_for(shard_id)
+        if wait > 0:  # breaker open: report without waiting
+            probes.append(_fail(f"shard:{shard_id}", ShardUnavailableError(shard_id, wait)))
             continue
+        engine = rt.engines.engine(shard_id, check=False)
         probes.append(_check(f"shard:{shard_id}", _ping_engine(engine)))
     if rt.redis is not None:
         probes.append(_check("redis", rt.redis.ping()))

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from authz.enforcer import EnforcerRegistry
 from authz.store import PolicyStore
 from authz.watcher import PolicyWatcher
-from cache.breaker import CircuitBreaker
 from cache.core import AnyRedis, Policy, TwoLevelCache
 from cache.metrics import CacheMetrics
 from meridian.directory import CachedDirectory
@@ -25,6 +24,7 @@ from meridian.oauth.notbefore import NotBeforeStore
 from meridian.oauth.server import MeridianAuthorizationServer
 from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
+from primitives.breaker import CircuitBreaker
 from sharding.engines import PoolOptions, ShardEngines, ShardInfo
 from sharding.models import Shard
 from sharding.registry import upsert_shard

@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from cache.breaker import CircuitBreaker
 from cache.core import AnyRedis, TwoLevelCache
 from cache.metrics import CacheMetrics
+from primitives.breaker import CircuitBreaker
 from tests.fixtures.redis_servers import RedisClusterServers
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from cache.breaker import CircuitBreaker
 from cache.codec import JSON
 from cache.core import Policy, TwoLevelCache
 from cache.metrics import CacheMetrics
+from primitives.breaker import CircuitBreaker
 from tests.cache.conftest import l2_attempts, l2_skipped
 from tests.fixtures.redis_servers import RedisServer
 from tests.fixtures.waiting import eventually

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cache.breaker import CircuitBreaker
 from cache.codec import Envelope
-from cache.l1 import LocalCache
+from primitives.breaker import CircuitBreaker
+from primitives.localcache import LocalCache
 
 
 class Clock:

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from meridian.app import create_app
-from meridian.bootstrap import add_shard, create_admin_client, migrate_all
-from meridian.localpg import LocalCluster
+from meridian.operations import add_shard, create_admin_client, migrate_all
 from meridian.settings import ShardConfig
+from meridian_dev.postgres import LocalCluster
 from tests.fixtures.api import AdminToken, Tenant, onboard
 from tests.fixtures.databases import APP_ROLE, PG_PORT, dsn, raw_dsn, recreate_database
 from tests.fixtures.pgcluster import StartCluster, pg_clusters
@@ -190,7 +190,7 @@ def _down_until(client: httpx.AsyncClient, shard_id: str) -> float:
     attempt to reach the shard, so an unchanged value means nobody tried to."""
     engines = client.app.state.runtime.engines  # type: ignore[attr-defined]
     breaker = engines._breakers.get(shard_id)  # a white-box look: no public accessor
-    return float(breaker.down_until) if breaker is not None else 0.0
+    return breaker.open_until if breaker is not None else 0.0
 
 
 async def test_shard_down_fails_only_its_tenants_fast(two_servers: TwoServers) -> None:

@@ -10,10 +10,10 @@ from joserfc.errors import JoseError
 from joserfc.jws import extract_compact
 from joserfc.jwt import JWTClaimsRegistry
 
-from cache.l1 import LocalCache
 from meridian.errors import Unauthorized
 from meridian.oauth.keys import ALGORITHM, VERIFY_LEEWAY, KeyStore
 from meridian.oauth.principal import Principal
+from primitives.localcache import LocalCache
 
 _MAX_TOKEN_BYTES = 8192
 _CACHE_MAX = 50_000
