@@ -75,6 +75,7 @@ class TenantPolicy:
         "_memo",
         "deadline",
         "domain",
+        "hold_until",
         "roles",
         "snapshot",
         "tenant_id",
@@ -87,6 +88,8 @@ class TenantPolicy:
         self.version = snapshot.version
         self.domain = snapshot.domain
         self.deadline = deadline
+        # Trusted until then while announcements arrive (the registry sets it).
+        self.hold_until = deadline
         self.roles = snapshot.role_names  # every role the tenant has (templates included)
         self._enforcer = CasbinEnforcer(snapshot.effective_rules())
         self._memo: dict[tuple[str, str, str], bool] = {}
@@ -127,7 +130,9 @@ class EnforcerRegistry:
     Staleness is bounded three ways: a change made here is applied here at once
     (:meth:`notice`); one made elsewhere arrives through the watcher within a second;
     and when Redis is unreachable, an entry older than ``ttl`` is revalidated against
-    the stored version before use.
+    the stored version before use. While the watcher's subscription is confirmed
+    (``live``), announcements are what keeps entries current, so one is revalidated
+    only after ``hold`` (a safety net for an announcement that was never published).
     """
 
     def __init__(
@@ -136,10 +141,14 @@ class EnforcerRegistry:
         *,
         max_tenants: int = 2000,
         ttl: float = 30.0,
+        hold: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loader = loader
         self._ttl = ttl
+        self._hold = ttl if hold is None else max(hold, ttl)
+        # Set by the watcher while its subscription is confirmed.
+        self.live = False
         self._clock = clock
         # No TTL in the LRU itself: an expired policy stays, to be revalidated by one
         # version read (or kept for a while when the control plane cannot be read).
@@ -162,7 +171,9 @@ class EnforcerRegistry:
     def cached(self, tenant_id: UUID) -> TenantPolicy | None:
         """The hot path: the tenant's fresh policy if loaded, without awaiting."""
         entry = self._entries.get(tenant_id)
-        if entry is None or entry.deadline < self._clock():
+        if entry is None:
+            return None
+        if (entry.hold_until if self.live else entry.deadline) < self._clock():
             return None
         return entry
 
@@ -181,7 +192,7 @@ class EnforcerRegistry:
                 raise PolicyUnavailable(f"policy of tenant {tenant_id} unavailable") from exc
             # Revalidation failed: the last policy known beats refusing everyone.
             log.warning("policy of %s not revalidated, kept for now: %r", tenant_id, exc)
-            stale.deadline = self._clock() + min(self._ttl, STALE_GRACE)
+            stale.deadline = stale.hold_until = self._clock() + min(self._ttl, STALE_GRACE)
             return stale
 
     async def _reload(self, tenant_id: UUID) -> TenantPolicy:
@@ -193,14 +204,17 @@ class EnforcerRegistry:
             self.stats.revalidations += 1
             version = await self._loader.version(tenant_id)
             if version == stale.version and self._entries.get(tenant_id) is stale:
-                stale.deadline = self._clock() + self._ttl
+                now = self._clock()
+                stale.deadline, stale.hold_until = now + self._ttl, now + self._hold
                 return stale
         snapshot = await self._loader.load(tenant_id)
         for _ in range(2):
             if snapshot.version >= self._announced_version(tenant_id):
                 break
             snapshot = await self._loader.load(tenant_id)
-        entry = TenantPolicy(snapshot, self._clock() + self._ttl)
+        now = self._clock()
+        entry = TenantPolicy(snapshot, now + self._ttl)
+        entry.hold_until = now + self._hold
         self.stats.loads += 1
         if epoch == self._epoch and entry.version >= self._announced_version(tenant_id):
             self._entries.set(tenant_id, entry)

@@ -47,7 +47,8 @@ class PolicyWatcher:
                 redis,
                 channel,
                 self._apply,
-                on_subscribed=registry.clear,
+                on_subscribed=self._subscribed,
+                on_unsubscribed=self._unsubscribed,
                 name="policy watcher",
                 logger=log,
             )
@@ -56,6 +57,14 @@ class PolicyWatcher:
         )
         self.subscribed = self._listener.subscribed if self._listener else asyncio.Event()
         self.last_lag: float | None = None  # seconds from publish to receipt, last message
+
+    def _subscribed(self) -> None:
+        self._registry.clear()
+        self._registry.live = True
+
+    def _unsubscribed(self) -> None:
+        # Announcements may be missed from now on: back to the registry's short TTL.
+        self._registry.live = False
 
     async def start(self) -> None:
         if self._listener is not None:

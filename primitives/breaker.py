@@ -7,13 +7,21 @@ half-open: exactly one caller is let through as a probe; its success closes the 
 reports (its caller was cancelled) does not wedge the breaker: after ``probe_timeout``
 the next caller probes instead. Any success closes it, any failure counts.
 
+Timeouts may be told apart (``timed_out()``, with ``timeout_window`` set): a backend
+that is merely busy still answers most calls, so a timeout alone does not count; only
+when calls keep timing out with no success at all for ``timeout_window`` seconds (at
+least ``timeout_threshold`` of them) is the backend taken for hung and the breaker
+opened. Refused or broken connections (``failure()``) count at once, as before. A probe
+that times out reopens it like any failed probe. Without ``timeout_window``, a timeout
+is a failure like any other.
+
 The caller reports outcomes (``allow()`` / ``success()`` / ``failure()``) rather than
 handing the breaker a function to wrap, because the callers decide what counts: the
-cache counts Redis errors and timeouts, the shards count refused connections but not
-an exhausted pool. purgatory and aiobreaker were considered: both wrap the call
-(context manager, decorator, ``call``), read the wall clock themselves (no clock for a
-test to move), and their half-open state lets every concurrent caller through; what
-they would replace is these few lines.
+cache reports Redis errors as failures and timeouts as timeouts, the shards count
+refused connections but not an exhausted pool. purgatory and aiobreaker were
+considered: both wrap the call (context manager, decorator, ``call``), read the wall
+clock themselves (no clock for a test to move), and their half-open state lets every
+concurrent caller through; what they would replace is these few lines.
 
 Synchronous and lock-free: every user runs on one event loop thread.
 """
@@ -33,7 +41,11 @@ class CircuitBreaker:
         "_open_until",
         "_probe_timeout",
         "_probe_until",
+        "_slow_count",
+        "_slow_since",
         "_threshold",
+        "_timeout_threshold",
+        "_timeout_window",
         "on_close",
     )
 
@@ -45,9 +57,11 @@ class CircuitBreaker:
         probe_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_close: Callable[[], None] | None = None,
+        timeout_window: float | None = None,
+        timeout_threshold: int = 5,
     ) -> None:
-        if failure_threshold < 1:
-            raise ValueError("failure_threshold must be positive")
+        if failure_threshold < 1 or timeout_threshold < 1:
+            raise ValueError("failure_threshold and timeout_threshold must be positive")
         self._threshold = failure_threshold
         self._cooldown = cooldown
         # How long one probe may take before another caller may probe instead.
@@ -56,6 +70,10 @@ class CircuitBreaker:
         self._failures = 0
         self._open_until = 0.0
         self._probe_until = 0.0  # while a probe is out
+        self._timeout_window = timeout_window
+        self._timeout_threshold = timeout_threshold
+        self._slow_since: float | None = None  # first timeout since the last success
+        self._slow_count = 0
         self.on_close = on_close
 
     @property
@@ -99,6 +117,8 @@ class CircuitBreaker:
         was_open = self._failures >= self._threshold
         self._failures = 0
         self._probe_until = 0.0
+        self._slow_since = None
+        self._slow_count = 0
         if was_open and self.on_close is not None:
             self.on_close()
 
@@ -107,3 +127,23 @@ class CircuitBreaker:
         self._probe_until = 0.0
         if self._failures >= self._threshold:
             self._open_until = self._clock() + self._cooldown
+
+    def timed_out(self) -> None:
+        """A call timed out: a failure only for a probe, or when nothing but timeouts
+        came back for ``timeout_window`` seconds (see the module docstring)."""
+        if self._timeout_window is None or self._failures >= self._threshold:
+            self.failure()
+            return
+        now = self._clock()
+        if self._slow_since is None:
+            self._slow_since = now
+        self._slow_count += 1
+        if (
+            self._slow_count >= self._timeout_threshold
+            and now - self._slow_since >= self._timeout_window
+        ):
+            self._slow_since = None
+            self._slow_count = 0
+            self._failures = self._threshold
+            self._probe_until = 0.0
+            self._open_until = now + self._cooldown

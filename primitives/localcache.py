@@ -99,6 +99,20 @@ class LocalCache(Generic[V]):
             del self._data[key]
         return len(doomed)
 
+    def shorten(self, limit: Callable[[V], float]) -> int:
+        """Let every live entry live at most ``limit(value)`` more seconds (a scan: for
+        rare events, e.g. a lost invalidation feed). Returns how many were shortened;
+        recency order may change."""
+        now = self._clock()
+        changed = [
+            (key, item)
+            for key, item in self._data.items()
+            if item is not None and item[0] > now + limit(item[1])
+        ]
+        for key, (_, value) in changed:
+            self._data[key] = (now + limit(value), value)
+        return len(changed)
+
     def clear(self) -> None:
         self._data.clear()
 

@@ -4,12 +4,14 @@ redis-py's asyncio PubSub does not reconnect, and what is published while a subs
 is away is lost. So the listener starts over on any failure (with a growing, jittered
 pause, so that instances do not reconnect in lockstep) and calls ``on_subscribed``
 after every (re)subscription, before ``subscribed`` is set: its users clear the local
-state the missed messages would have invalidated. A subscription counts once the
-server has confirmed it (redis-py's ``subscribe`` only sends the command): from then
-on nothing published is missed, so what the hook cleared cannot be refilled from
-before it. When the channel is quiet the listener pings, and a server that does not
-answer within ``reply_timeout`` (a hung process, a dead peer behind a silent socket)
-is left for a new connection within seconds rather than at the next message.
+state the missed messages would have invalidated. ``on_unsubscribed`` hears that a
+confirmed subscription was lost (its users stop trusting local state for long). A
+subscription counts once the server has confirmed it (redis-py's ``subscribe`` only
+sends the command): from then on nothing published is missed, so what the hook cleared
+cannot be refilled from before it. When the channel is quiet the listener pings, and a
+server that does not answer within ``reply_timeout`` (a hung process, a dead peer
+behind a silent socket) is left for a new connection within seconds rather than at the
+next message.
 
 Works with a standalone ``Redis`` and with ``RedisCluster`` clients.
 """
@@ -41,6 +43,7 @@ class PubSubListener:
         on_message: Callable[[bytes | str], None],
         *,
         on_subscribed: Callable[[], None] | None = None,
+        on_unsubscribed: Callable[[], None] | None = None,
         name: str = "pub/sub listener",
         min_backoff: float = 0.1,
         max_backoff: float = 2.0,
@@ -52,6 +55,7 @@ class PubSubListener:
         self._channel = channel
         self._on_message = on_message
         self._on_subscribed = on_subscribed
+        self._on_unsubscribed = on_unsubscribed
         self._name = name
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
@@ -102,7 +106,9 @@ class PubSubListener:
             except Exception as exc:  # any failure: start over with a fresh connection
                 self._log.warning("%s: no subscription, retrying: %r", self._name, exc)
             finally:
-                self.subscribed.clear()
+                if self.subscribed.is_set():
+                    self.subscribed.clear()
+                    self._lost()
                 if pubsub is not None:
                     try:
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -110,6 +116,14 @@ class PubSubListener:
                         self._log.debug("%s: closing the old subscription: %r", self._name, exc)
             await asyncio.sleep(backoff * (0.5 + 0.5 * random.random()))  # noqa: S311 - spreading, not secrecy
             backoff = min(backoff * 2, self._max_backoff)
+
+    def _lost(self) -> None:
+        if self._on_unsubscribed is None:
+            return
+        try:
+            self._on_unsubscribed()
+        except Exception:  # the listener must go on reconnecting whatever the hook does
+            self._log.exception("%s: on_unsubscribed failed", self._name)
 
     async def _subscribe(self, pubsub: PubSub) -> None:
         # Connecting included: a hung server accepts the connection (its kernel does)

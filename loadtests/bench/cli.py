@@ -10,7 +10,10 @@ Cases (wrk -t1 -c<connections>, a warm-up run first, <workers> uvicorn workers e
   tenant resolution, routing, residency check, RLS), ids spread over all contacts;
 - the same uncached read spread over two tenants on two shards;
 - Meridian ``GET /v1/contacts?limit=50`` with the list cache off, against the bare
-  endpoint's same SQL, and with the list cache on.
+  endpoint's same SQL, and with the list cache on;
+- ``many`` (only when asked for: ``--cases many --many-tenants 10,1000,10000``): the
+  uncached by-id read spread evenly over N tenants, for each N, on one server
+  (``loadtests.bench.many``; the tenants are seeded in bulk first).
 
 "Cache on" runs Meridian with MERIDIAN_CACHE_RECORDS and MERIDIAN_CACHE_LISTS true,
 "cache off" with both false.
@@ -34,6 +37,17 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from loadtests.bench.many import (
+    ManyTenant,
+    case_key,
+    fetch_tokens,
+    many_cases,
+    many_ratios,
+    many_requests,
+    parse_counts,
+    prime,
+    seed_many,
+)
 from loadtests.bench.prepare import (
     BenchTenant,
     PgServer,
@@ -107,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(c.key for c in CASES),
         help="comma-separated subset of: " + ", ".join(c.key for c in CASES),
     )
+    p.add_argument(
+        "--many-tenants",
+        default="10,1000,10000",
+        help="the 'many' case: tenant counts the read is spread over (all seeded first)",
+    )
+    p.add_argument("--many-contacts", type=int, default=10, help="contacts per 'many' tenant")
     p.add_argument("--db-prefix", default="bench", help="names of the databases it (re)creates")
     p.add_argument("--keep-databases", action="store_true")
     p.add_argument("--pg-host", default=os.environ.get("MERIDIAN_TEST_PG_HOST", "127.0.0.1"))
@@ -123,10 +143,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--append-docs", action="store_true", help="append the table to --docs")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args(argv)
-    unknown = set(args.cases.split(",")) - {c.key for c in CASES}
+    unknown = set(args.cases.split(",")) - {c.key for c in CASES} - {MANY}
     if unknown:
         p.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    try:
+        args.many_counts = parse_counts(args.many_tenants) if MANY in args.cases.split(",") else []
+    except ValueError as exc:
+        p.error(f"--many-tenants: {exc}")
     return args
+
+
+# The many-tenants case's key in --cases (its results are keyed many_<N>).
+MANY = "many"
+# Per-tenant state read on every request whose L1 hit rate the many case reports.
+STATE_KINDS = ("directory", "nbf")
 
 
 def _get_requests(tenants: list[BenchTenant]) -> list[tuple[str, str | None]]:
@@ -151,9 +181,18 @@ def _check(url: str, token: str | None, expect_rows: int | None = None) -> None:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, prepared: Prepared, log_dir: Path) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        prepared: Prepared,
+        log_dir: Path,
+        many: list[ManyTenant] | None = None,
+    ) -> None:
         self.args = args
         self.prepared = prepared
+        self.many_tenants = many or []
+        # "<case> <kind>" -> L1 hit rate of that per-tenant state during the case.
+        self.state_hits: dict[str, float] = {}
         self.log_dir = log_dir
         self.load = Load(args.connections, args.duration, args.warmup)
         self.wanted = set(args.cases.split(","))
@@ -236,6 +275,48 @@ class Bench:
                 _check(f"{server.base_url}/v1/contacts/{second.contact_ids[0]}", second.token)
                 self._measure("get_two_shards", server, _get_requests(tenants))
 
+    def many(self) -> None:
+        """The uncached by-id read spread over N tenants, for each N, on one server."""
+        if not self.args.many_counts:
+            return
+        port = free_port()
+        env = {
+            **server_env(self.prepared.settings),
+            "MERIDIAN_CACHE_RECORDS": "false",
+            "MERIDIAN_CACHE_LISTS": "false",
+        }
+        argv = meridian_argv(port, self.args.workers)
+        with Server("meridian-many", argv, env, port, "/readyz", self.log_dir) as server:
+            tokens = asyncio.run(fetch_tokens(server.base_url, self.many_tenants))
+            for n in self.args.many_counts:
+                requests = many_requests(self.many_tenants, tokens, n)
+                _check(server.base_url + requests[0][0], requests[0][1])
+                asyncio.run(prime(server.base_url, requests, n))
+                before = {k: self._state_counts(server, k) for k in STATE_KINDS}
+                self._measure(case_key(n), server, requests)
+                for kind in STATE_KINDS:
+                    hits, misses = (
+                        a - b
+                        for a, b in zip(self._state_counts(server, kind), before[kind], strict=True)
+                    )
+                    total = hits + misses
+                    self.state_hits[f"{case_key(n)} {kind}"] = (
+                        hits / total if total else float("nan")
+                    )
+
+    @staticmethod
+    def _state_counts(server: Server, kind: str) -> tuple[float, float]:
+        """L1 (hits, misses) of a kind of per-tenant state so far (one worker's)."""
+        status, body = http_get(server.base_url + "/metrics")
+        if status != 200:
+            return float("nan"), float("nan")
+        text = body.decode()
+        name = "meridian_cache_requests_total"
+        return (
+            counter_total(text, name, level="l1", kind=kind, result="hit"),
+            counter_total(text, name, level="l1", kind=kind, result="miss"),
+        )
+
     @staticmethod
     def _contact_l1_hits(server: Server) -> float:
         """Record-cache hits so far (one worker's count when there are several)."""
@@ -251,6 +332,7 @@ class Bench:
             ("bare FastAPI server", self.bare),
             ("Meridian, record cache on", lambda: self.meridian(cached=True)),
             ("Meridian, record cache off", lambda: self.meridian(cached=False)),
+            ("Meridian, many tenants", self.many),
         ]
         for round_no in range(1, self.args.rounds + 1):
             for title, step in steps:
@@ -307,6 +389,9 @@ def _notes(bench: Bench, args: argparse.Namespace) -> list[str]:
     )
     for key, hits in bench.cache_hits.items():
         notes.append(f"Contact record-cache hits counted by /metrics during `{key}`: {hits:,.0f}.")
+    if bench.state_hits:
+        rates = ", ".join(f"`{key}` {rate:.1%}" for key, rate in bench.state_hits.items())
+        notes.append(f"L1 hit rate of per-tenant state during the many-tenants cases: {rates}.")
     notes.append(
         "The bare endpoint connects as the PostgreSQL superuser (RLS not evaluated) with an "
         f"asyncpg pool of {PoolOptions().read_pool_size} per worker, Meridian's read-pool "
@@ -338,9 +423,17 @@ def main(argv: list[str] | None = None) -> int:
     prepared = asyncio.run(
         prepare(pg, prefix=args.db_prefix, contacts=args.contacts, redis_url=args.redis_url or None)
     )
+    many: list[ManyTenant] = []
     try:
+        if args.many_counts:
+            count = max(args.many_counts)
+            print(f"seeding {count:,} tenants ({args.many_contacts} contacts each)")
+            many, seconds = asyncio.run(
+                seed_many(pg, prepared, tenants=count, contacts=args.many_contacts)
+            )
+            print(f"  seeded in {seconds:.1f} s ({count / seconds:,.1f} tenants/s)")
         with tempfile.TemporaryDirectory(prefix="meridian-bench-") as logs:
-            bench = Bench(args, prepared, Path(logs))
+            bench = Bench(args, prepared, Path(logs), many)
             try:
                 bench.run()
             except Exception:
@@ -352,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(drop_databases(pg, list(prepared.databases.values())))
 
     report = Report(
-        cases=[c for c in CASES if c.key in bench.results],
+        cases=[c for c in [*CASES, *many_cases(args.many_counts)] if c.key in bench.results],
         results={k: median_result(v) for k, v in bench.results.items()},
-        ratios=RATIOS,
+        ratios=[*RATIOS, *many_ratios(args.many_counts)],
         notes=_notes(bench, args),
     )
     environment = [
@@ -369,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: one tenant per shard, {args.contacts} contacts each; by-id reads cycle "
         "through all of them",
     ]
+    if args.many_counts:
+        environment.append(
+            f"Many tenants: {max(args.many_counts):,} seeded tenants with "
+            f"{args.many_contacts} contacts each (loadtests.seed); reads spread evenly over "
+            f"the first {', '.join(f'{n:,}' for n in args.many_counts)}"
+        )
     print()
     print("\n".join(f"- {line}" for line in environment))
     print()

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from meridian.app import create_app
 from meridian.contacts.repository import SORTABLE, ContactRepository
-from meridian.crud.compiled import compile_sql, compile_statement
+from meridian.crud.compiled import compile_statement, compile_template
 from meridian.crud.pagination import DEFAULT_LIMIT, parse_sort
 from meridian.encryption.fields import encrypt_values
 from meridian.ids import new_id
@@ -128,7 +128,10 @@ def contact_sql() -> tuple[str, str]:
         ContactRepository.attr("tenant_id") == bindparam("tenant_id"),
         ContactRepository.attr("id") == bindparam("id"),
     )
-    get_sql = compile_sql(get_stmt, ("tenant_id", "id"))
+    get = compile_template(get_stmt)
+    if get is None or get.names != ("tenant_id", "id"):
+        raise RuntimeError(f"unexpected by-id parameters {get and get.names}")
+    get_sql = get.sql
     page = ContactRepository.page_statement(
         uuid.UUID(int=1),
         where=[],

@@ -1,8 +1,12 @@
 """The tenant directory behind the two-level cache.
 
-Entries live briefly in L1 (``directory_ttl``, the bound on how long a suspension or a
-move takes to reach an instance whose invalidations were lost) and longer in Redis;
-suspension, resumption and moves invalidate them at once on every instance.
+Suspension, resumption and moves invalidate entries at once on every instance, so
+while the invalidation feed is live an entry stays in L1 until invalidated (``hold``,
+at most its 300 s in Redis). Otherwise it lives ``directory_ttl``: the bound on how
+long a suspension takes to reach an instance whose invalidations are lost. A move needs
+no such bound: the shard checks the entry's epoch on every transaction and read
+(``meridian_enter_tenant`` / ``meridian_read_as``: MR001, MR003), and the router then
+re-resolves and retries (``sharding.router._rerouted``).
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ CODEC: Codec[TenantContext] = Codec(_encode, _decode)
 
 
 class CachedDirectory:
-    def __init__(self, loader: TenantDirectory, cache: TwoLevelCache, *, l1_ttl: float) -> None:
+    def __init__(
+        self, loader: TenantDirectory, cache: TwoLevelCache, *, l1_ttl: float, hold: float = 0.0
+    ) -> None:
         self.loader = loader
         self._cache = cache
-        self._policy = Policy(ttl=300, l1_ttl=l1_ttl, negative_ttl=min(5.0, l1_ttl))
+        self._policy = Policy(ttl=300, l1_ttl=l1_ttl, negative_ttl=min(5.0, l1_ttl), hold=hold)
 
     async def resolve(self, tenant_id: UUID) -> TenantContext | None:
         return await self._cache.get_or_load(

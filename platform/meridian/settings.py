@@ -104,8 +104,23 @@ class Settings(BaseSettings):
 
     # Cache: L1 is per process; L2 is Redis when redis_url is set.
     cache_l1_max_entries: int = Field(default=50_000, ge=100)
-    cache_op_timeout: float = Field(default=0.05, gt=0)  # per Redis operation
+    # Per Redis read. A timeout costs a database load and a new Redis connection
+    # (redis-py drops one cancelled mid-command), so it is not tight.
+    cache_op_timeout: float = Field(default=0.1, gt=0)
     cache_cooldown: float = Field(default=2.0, gt=0)  # breaker open time after failures
+    # Timeouts open the cache's breaker only when nothing but timeouts came back from
+    # Redis for this long (a busy Redis still answers most calls); refused or broken
+    # connections open it after 3 in a row, as before.
+    cache_timeout_window: float = Field(default=1.0, gt=0)
+    # Per-tenant state (directory entries, not-before times, actors, verified tokens,
+    # enforcers, data keys) is sized to stay in memory for this many tenants per
+    # process; about 1 KB per tenant plus its enforcer (~27 KB, see authz_max_tenants).
+    active_tenants: int = Field(default=10_000, ge=10)
+    # While the invalidation feed is live, per-tenant state read on every request
+    # (directory entries, not-before times, and generations; actors: 300 s) is kept
+    # this long instead of its short TTL: it changes only with an invalidation
+    # (docs/architecture.md, Cache).
+    tenant_state_hold: float = Field(default=300.0, gt=0)
     cache_records: bool = True  # single-record reads of contacts, accounts, opportunities
     cache_lists: bool = True  # list pages of the same kinds (5 s in process, 60 s in Redis)
     cache_record_ttl: float = Field(default=300.0, gt=0)  # L2 lifetime
@@ -145,10 +160,18 @@ class Settings(BaseSettings):
     # Authorization: tenant enforcers kept per process, and how long one is trusted
     # before its policy version is checked again (the bound when Redis announcements
     # cannot arrive; with Redis up, changes arrive within a second).
-    authz_max_tenants: int = Field(default=2000, ge=10)
+    # None: active_tenants. An enforcer with its memo is ~27 KB (270 MB at 10,000).
+    authz_max_tenants: int | None = Field(default=None, ge=10)
     authz_policy_ttl: float = Field(default=30.0, gt=0)
+    # While policy announcements arrive over Redis, an enforcer is trusted this long
+    # before its version is read again (authz_policy_ttl otherwise).
+    authz_policy_hold: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     shard_pool_size: int = Field(default=10, ge=1)
+    # Control-plane connections kept open (10 more may be opened, and are closed when
+    # returned). The seeder raises it: onboarding many tenants at once would otherwise
+    # open and close a connection every few statements.
+    control_pool_size: int = Field(default=5, ge=1)
     shard_connect_timeout: float = Field(default=2.0, gt=0)
     shard_cooldown: float = Field(default=2.0, gt=0)
 

@@ -301,3 +301,24 @@ async def test_an_unreadable_control_plane_keeps_the_last_policy(
             await conn.execute(text(f'REVOKE ALL ON {tables} FROM "{role}"'))
             await conn.execute(text(f'DROP ROLE "{role}"'))
         await admin.dispose()
+
+
+async def test_while_announcements_arrive_an_enforcer_is_held_past_the_ttl(
+    store: PolicyStore, new_tenant: NewTenant
+) -> None:
+    tenant = await new_tenant()
+    clock = Clock()
+    registry = EnforcerRegistry(store, ttl=10.0, hold=300.0, clock=clock)
+    registry.live = True  # as the watcher sets it while its subscription is confirmed
+    first = await registry.get(tenant)
+    clock.now += 100
+    assert registry.cached(tenant) is first  # no version read: announcements keep it current
+    assert registry.stats.revalidations == 0
+    # The subscription is lost: the short TTL applies again at once.
+    registry.live = False
+    assert registry.cached(tenant) is None
+    assert await registry.get(tenant) is first
+    assert registry.stats.revalidations == 1
+    clock.now += 301
+    registry.live = True
+    assert registry.cached(tenant) is None  # the hold is a bound too

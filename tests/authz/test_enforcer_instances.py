@@ -122,6 +122,7 @@ async def test_watcher_reconnects_and_forgets_what_it_may_have_missed(
     try:
         await watcher.start()
         await eventually(watcher.subscribed.is_set, what="the watcher subscribing")
+        assert registry.live  # announcements arrive: enforcers are held past their TTL
         await registry.get(tenant)
         assert registry.cached(tenant) is not None
 
@@ -129,6 +130,7 @@ async def test_watcher_reconnects_and_forgets_what_it_may_have_missed(
         await eventually(
             lambda: not watcher.subscribed.is_set(), what="the watcher noticing Redis is gone"
         )
+        assert not registry.live  # back to the TTL and its version checks
         # Decisions keep coming from the loaded enforcer while Redis is away.
         policy = registry.cached(tenant)
         assert policy is not None

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from loadtests.bench.cli import _get_requests, parse_args
+from loadtests.bench.cli import _get_requests, main, parse_args
+from loadtests.bench.many import ManyTenant, many_cases, many_ratios, many_requests
 from loadtests.bench.prepare import BenchTenant, contact_sql
 from loadtests.bench.report import (
     Case,
@@ -181,3 +182,49 @@ def test_cli_rejects_unknown_cases() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--cases", "hello,nonsense"])
     assert parse_args(["--cases", "hello", "--workers", "2"]).workers == 2
+
+
+def test_many_tenants_case_is_declared_and_asked_for_by_name() -> None:
+    assert parse_args([]).many_counts == []  # not in the default run: it seeds thousands
+    args = parse_args(["--cases", "many", "--many-tenants", "1000,10,10000"])
+    assert args.many_counts == [10, 1000, 10000]
+    assert [c.key for c in many_cases(args.many_counts)] == ["many_10", "many_1000", "many_10000"]
+    ratios = many_ratios(args.many_counts)
+    assert {(r.numerator, r.denominator) for r in ratios} == {
+        ("many_1000", "many_10"),
+        ("many_10000", "many_10"),
+    }
+    with pytest.raises(SystemExit):
+        parse_args(["--cases", "many", "--many-tenants", "0,10"])
+
+
+def test_many_requests_spread_evenly_over_the_tenants() -> None:
+    tenants = [
+        ManyTenant(uuid.uuid4(), f"c{i}", "s", [uuid.UUID(int=10 * i + k) for k in range(3)])
+        for i in range(4)
+    ]
+    tokens = [f"t{i}" for i in range(4)]
+    requests = many_requests(tenants, tokens, 2)
+    assert [token for _, token in requests] == ["t0", "t1"] * 3  # every contact of both
+    assert {path for path, _ in requests} == {
+        f"/v1/contacts/{cid}" for t in tenants[:2] for cid in t.contact_ids
+    }
+    assert len(many_requests(tenants, tokens, 4)) == 12
+    with pytest.raises(ValueError, match="5 wanted"):
+        many_requests(tenants, tokens, 5)
+
+
+@pytest.mark.timeout(600)
+def test_many_tenants_case_runs_with_tiny_sizes(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole harness on the case, tiny: its own databases, 3 tenants seeded, one
+    server, wrk for a second per N. Figures are printed, never asserted."""
+    prefix = f"benchtest_{uuid.uuid4().hex[:8]}"
+    argv = ["--cases", "many", "--many-tenants", "2,3", "--many-contacts", "2", "--contacts", "3"]
+    argv += ["--duration", "1", "--warmup", "0", "--connections", "4", "--db-prefix", prefix]
+    assert main([*argv, "--redis-url", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "spread over 2 tenants" in out
+    assert "spread over 3 tenants" in out
+    assert "3 tenants / 2 tenants (req/s)" in out

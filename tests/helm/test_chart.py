@@ -264,7 +264,7 @@ def test_api_deployment_runs_meridian_serve_with_probes_and_no_root(helm: str) -
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["resources"]["limits"]["memory"] == "512Mi"
+    assert container["resources"]["limits"]["memory"] == "1Gi"
     assert container["envFrom"] == [{"configMapRef": {"name": "rel-meridian-config"}}]
 
 
@@ -351,6 +351,10 @@ def test_rendered_environment_configures_meridian(
     assert api.issuer == ISSUER
     assert api.cache_records is False
     assert api.directory_ttl == Settings.model_fields["directory_ttl"].default
+    # The chart's defaults are the application's own (a stale copy would undo them).
+    for field in ("cache_op_timeout", "cache_timeout_window", "active_tenants"):
+        assert getattr(api, field) == Settings.model_fields[field].default, field
+    assert api.tenant_state_hold == Settings.model_fields["tenant_state_hold"].default
     assert api.control_dsn == SECRETS["meridian-secrets/control-dsn"]
     assert api.redis_url == SECRETS["meridian-secrets/redis-url"]
     assert [(s.id, s.region, s.capacity, s.dsn, s.admin_dsn) for s in api.shards] == [

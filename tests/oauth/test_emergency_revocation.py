@@ -143,3 +143,35 @@ async def test_revoke_endpoints_check_who_and_what(
     assert_problem(resp, 403, "forbidden")
     assert await status(login_client, colleague_session["access_token"]) == 200
     assert await status(login_client, other.token) == 200
+
+
+async def test_suspending_a_tenant_locks_it_out_on_every_instance(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    admin_headers: dict[str, str],
+) -> None:
+    """Directory entries stay in L1 until invalidated (minutes, not seconds): only the
+    invalidation published by the suspending instance can lock the tenant out elsewhere."""
+    a, b = pair
+    tenant = await onboard(a, admin_headers, slug=f"rs-{uuid.uuid4().hex[:10]}")
+    for inst in (a, b):
+        assert await status(inst, tenant.token) == 200  # its directory entry is in L1
+    runtime = b.app.state.runtime  # type: ignore[attr-defined]
+    assert runtime.cache.live
+    assert runtime.settings.tenant_state_hold > 60  # no TTL would end the wait below
+
+    resp = await a.post(f"/admin/v1/tenants/{tenant.id}/suspend", headers=admin_headers)
+    assert resp.status_code == 200, resp.text
+
+    async def locked_out() -> bool:
+        code = await status(b, tenant.token)
+        assert code in {200, 403}, code
+        return code == 403
+
+    await eventually(locked_out, what="the suspension reaching the other instance")
+    resumed = await b.post(f"/admin/v1/tenants/{tenant.id}/resume", headers=admin_headers)
+    assert resumed.status_code == 200, resumed.text
+
+    async def back() -> bool:
+        return await status(a, tenant.token) == 200
+
+    await eventually(back, what="the resumption reaching the first instance")

@@ -99,3 +99,54 @@ def test_outcomes_of_calls_let_through_earlier_still_count() -> None:
 def test_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         CircuitBreaker(failure_threshold=0)
+
+
+def busy_breaker(clock: Clock) -> CircuitBreaker:
+    # As the cache builds it: 3 failures, or 1 s of nothing but (at least 5) timeouts.
+    return CircuitBreaker(failure_threshold=3, cooldown=2, clock=clock, timeout_window=1.0)
+
+
+def test_timeouts_of_a_busy_backend_do_not_open_it() -> None:
+    clock = Clock()
+    breaker = busy_breaker(clock)
+    for _ in range(100):  # a burst: many calls time out together...
+        breaker.timed_out()
+    assert breaker.state == "closed"
+    for _ in range(50):  # ...and for long, but some calls still get answers
+        clock.now += 0.5
+        breaker.timed_out()
+        breaker.timed_out()
+        breaker.success()
+    assert breaker.state == "closed"
+
+
+def test_timeouts_with_no_answer_for_the_window_open_it() -> None:
+    clock = Clock()
+    breaker = busy_breaker(clock)
+    for _ in range(10):
+        breaker.timed_out()
+        clock.now += 0.25  # 2.5 s without one answer: the backend is hung
+    assert breaker.is_open
+    assert not breaker.allow()
+    clock.now += 2
+    assert breaker.allow()  # the probe...
+    breaker.timed_out()  # ...timing out reopens it at once
+    assert breaker.state == "open"
+
+
+def test_connection_failures_still_open_it_at_the_threshold() -> None:
+    clock = Clock()
+    breaker = busy_breaker(clock)
+    breaker.timed_out()
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == "closed"
+    breaker.failure()
+    assert breaker.is_open
+
+
+def test_without_a_timeout_window_a_timeout_is_a_failure() -> None:
+    breaker = CircuitBreaker(failure_threshold=2, cooldown=2, clock=Clock())
+    breaker.timed_out()
+    breaker.timed_out()
+    assert breaker.is_open

@@ -140,3 +140,16 @@ def test_behaves_like_an_lru_of_deadlines(ops: list[tuple[Any, ...]]) -> None:
             case ("tick", seconds):
                 clock.now += seconds
         assert len(cache) == len(model)
+
+
+def test_shorten_caps_remaining_lifetimes() -> None:
+    clock = Clock()
+    cache: LocalCache[int] = LocalCache(10, clock=clock)
+    cache.set("long", 300, ttl=300)
+    cache.set("short", 2, ttl=2)
+    assert cache.shorten(lambda value: 5.0) == 1  # only "long" had more than 5 s left
+    clock.now += 4
+    assert cache.get("long") == 300
+    assert cache.get("short") is None
+    clock.now += 2
+    assert cache.get("long") is None

@@ -3,8 +3,9 @@
 JWT access tokens cannot be recalled, so every request compares the token's ``iat``
 with the latest not-before of its tenant (subject ``*``) and of its user. The check
 runs on every request, so the time is read through the two-level cache; a revocation
-invalidates the tenant's entries on every instance (pub/sub, milliseconds) and L1 TTLs
-bound the delay when Redis is unreachable.
+invalidates the tenant's entries on every instance (pub/sub, milliseconds). So while
+that feed is live an entry stays in L1 until invalidated (``hold``); when it is not,
+the 5 s L1 TTL bounds the delay.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -45,15 +46,16 @@ class Revocation:
 
 
 class NotBeforeStore:
-    def __init__(self, control: AsyncEngine, cache: TwoLevelCache) -> None:
+    def __init__(self, control: AsyncEngine, cache: TwoLevelCache, *, hold: float = 0.0) -> None:
         self._control = control
         self._cache = cache
+        self._policy = replace(_POLICY, hold=hold)
 
     async def not_before(self, tenant_id: UUID, user_id: UUID | None) -> float:
         """Unix time before which tokens of this user (or client) of the tenant are void."""
         item = str(user_id) if user_id is not None else TENANT_SUBJECT
         value = await self._cache.get_or_load(
-            str(tenant_id), KIND, item, lambda: self._load(tenant_id, user_id), _CODEC, _POLICY
+            str(tenant_id), KIND, item, lambda: self._load(tenant_id, user_id), _CODEC, self._policy
         )
         return value or 0.0
 

@@ -12,7 +12,7 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from meridian.errors import Unauthorized
 from meridian.oauth.keys import ALGORITHM, VERIFY_LEEWAY, KeyStore
-from meridian.oauth.principal import Principal
+from meridian.principal import Principal
 from primitives.localcache import LocalCache
 
 _MAX_TOKEN_BYTES = 8192
@@ -20,7 +20,9 @@ _CACHE_MAX = 50_000
 
 
 class TokenVerifier:
-    def __init__(self, keys: KeyStore, *, issuer: str, audience: str) -> None:
+    def __init__(
+        self, keys: KeyStore, *, issuer: str, audience: str, max_tokens: int = _CACHE_MAX
+    ) -> None:
         self._keys = keys
         self._claims = JWTClaimsRegistry(
             leeway=VERIFY_LEEWAY,
@@ -35,7 +37,8 @@ class TokenVerifier:
         )
         # Verified tokens until they expire: a signature check costs ~50 µs, a hit ~1 µs.
         # Process memory only: a Redis round trip would cost more than the check saves.
-        self._cache: LocalCache[Principal] = LocalCache(_CACHE_MAX)
+        # Bounded by count (~1 KB each): a few live tokens per active tenant.
+        self._cache: LocalCache[Principal] = LocalCache(max_tokens)
 
     async def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
