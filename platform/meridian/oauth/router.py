@@ -35,12 +35,21 @@ def _form_body(model: type[TokenRequest] | type[RevocationRequest]) -> dict[str,
     return {"requestBody": {"required": True, "content": {FORM: {"schema": schema}}}}
 
 
+# invalid_client is 401 with a Basic challenge (RFC 6749 §5.2; Authlib sends it).
+BASIC_CHALLENGE = {
+    "WWW-Authenticate": {
+        "description": 'The Basic challenge, e.g. Basic error="invalid_client".',
+        "schema": {"type": "string", "pattern": "^Basic"},
+    }
+}
+
+
 def _oauth_errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
     return {
         int(status.removeprefix("s")): {
             "model": OAuthError,
             "description": description,
-            "headers": NO_STORE_HEADERS,
+            "headers": {**NO_STORE_HEADERS, **(BASIC_CHALLENGE if status == "s401" else {})},
         }
         for status, description in descriptions.items()
     }

@@ -38,8 +38,8 @@ from starlette.responses import JSONResponse
 from meridian.oauth.clients import ClientRecord
 from meridian.oauth.keys import ALGORITHM, KeyStore
 from meridian.oauth.login import LoginUser
-from meridian.oauth.principal import SCOPE_ADMIN, TENANT_SCOPES
 from meridian.oauth.refresh import RefreshRecord, new_refresh_token
+from meridian.principal import SCOPE_ADMIN, TENANT_SCOPES
 from tenancy.context import TenantContext
 
 SUPPORTED_SCOPES = [*TENANT_SCOPES, SCOPE_ADMIN]
@@ -271,6 +271,24 @@ class _TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
 
     def get_audiences(self, client: Client, user: Any, scope: str) -> str:
         return self._audience
+
+    def generate(
+        self,
+        grant_type: str,
+        client: Client,
+        user: Any = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        token: dict[str, Any] = super().generate(
+            grant_type, client, user, scope, expires_in, include_refresh_token
+        )
+        # Authlib leaves an empty scope out (a request narrowed to nothing), but RFC 6749
+        # §5.1 requires it whenever it differs from the request, and TokenResponse says
+        # it is always there.
+        token.setdefault("scope", "")
+        return token
 
     def get_extra_claims(
         self, client: Client, grant_type: str, user: User | None, scope: str
