@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from enum import Enum
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -92,9 +93,32 @@ async def _rerouted(
     return fresh
 
 
+class ReadStrategy(Enum):
+    """How a read of one row runs on a shard."""
+
+    # meridian_read_as joined laterally: enter the tenant and read in ONE statement.
+    ONE_STATEMENT = "one-statement"
+    # BEGIN READ ONLY + meridian_enter_tenant, the query, COMMIT (``reader``).
+    TRANSACTION = "transaction"
+
+
 class ShardRouter:
-    def __init__(self, engines: ShardEngines) -> None:
+    def __init__(self, engines: ShardEngines, *, one_statement_reads: bool = True) -> None:
         self.engines = engines
+        self.one_statement_reads = one_statement_reads
+
+    def read_strategy(self, shard_id: str) -> ReadStrategy:
+        """How one-row reads run on ``shard_id``: the one place this is chosen.
+
+        The one-statement form is one round trip instead of three, but a shard whose
+        planner cannot route a function scan joined laterally to a distributed table
+        (Citus: no parameters in SQL functions under a generic plan, a fan-out to every
+        shard under a custom one) must read in a transaction. Today the choice is the
+        deployment's (``one_statement_reads``); a shard's engine can decide it here.
+        """
+        if self.one_statement_reads:
+            return ReadStrategy.ONE_STATEMENT
+        return ReadStrategy.TRANSACTION
 
     def session(self, tenant: TenantContext) -> AsyncSession:
         """A new, not yet begun session on the tenant's shard (prefer ``transaction``)."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
+from uuid import UUID
 
-import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +27,7 @@ from meridian.errors import (
     Unauthorized,
 )
 from meridian.identity import Actor, resolve_actor
-from meridian.oauth.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
+from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
 from tenancy.context import TenantContext, TenantStatus, current_tenant_id
 
@@ -78,33 +78,29 @@ class TenantAccess:
         view = self.policy.snapshot.roles().get(role)
         return view is not None and all(self.can(obj, act) for obj, act in view.effective)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self.runtime.router.transaction(
-            self.tenant, write=False, on_stale=self.runtime.refresh_tenant
-        ) as session:
-            yield session
-
-    @asynccontextmanager
-    async def reader(self) -> AsyncIterator[asyncpg.Connection]:
-        """The hot read path: a raw asyncpg connection inside the tenant (no ORM)."""
-        async with self.runtime.router.reader(
-            self.tenant, on_stale=self.runtime.refresh_tenant
-        ) as conn:
-            yield conn
-
-    async def read_one(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        """One row in one round trip (see ``ShardRouter.read_one``)."""
-        return await self.runtime.router.read_one(
-            self.tenant, sql, args, on_stale=self.runtime.refresh_tenant
-        )
-
+    # Reads go through meridian.crud.reads (the one read flow), writes through
+    # meridian.crud.endpoints.writing, which opens this transaction.
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         async with self.runtime.router.transaction(
             self.tenant, write=True, on_stale=self.runtime.refresh_tenant
         ) as session:
             yield session
+
+
+# Record scope, beyond the (object, action) a route declares: decided by the policy the
+# request was authorized with (memoised, no I/O).
+RECORDS_READ_ALL = ("records", "read_all")
+
+
+def sees_all_records(access: TenantAccess) -> bool:
+    """Clients act for the whole tenant; a user sees everything if their role may."""
+    return access.actor.user_id is None or access.can(*RECORDS_READ_ALL)
+
+
+def record_viewer(access: TenantAccess) -> UUID | None:
+    """The user whose record scope applies to this request; None when it sees all."""
+    return None if sees_all_records(access) else access.actor.user_id
 
 
 async def _load_policy(runtime: Runtime, tenant: TenantContext) -> TenantPolicy:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
@@ -33,7 +33,7 @@ class Readiness(BaseModel):
 
 async def _ping_engine(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
+        await conn.execute(select(literal(1)))
 
 
 async def _check(name: str, probe: Any) -> tuple[str, str]:

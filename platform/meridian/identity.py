@@ -1,5 +1,8 @@
 """Who acts inside a tenant: a user (with a role and a place in the reporting line) or
-an OAuth client acting for the tenant as a whole (with the role it was given)."""
+an OAuth client acting for the tenant as a whole (with the role it was given).
+
+A user's role and state come from the users domain's query, which the runtime holds
+(``Runtime.load_actor``): the kit does not import the users domain."""
 
 from __future__ import annotations
 
@@ -10,8 +13,7 @@ from uuid import UUID
 from cache.codec import JSON
 from cache.core import Policy
 from meridian.errors import Unauthorized
-from meridian.oauth.principal import Principal
-from meridian.users.repository import UserRepository
+from meridian.principal import Principal
 from tenancy.context import TenantContext
 
 if TYPE_CHECKING:
@@ -23,9 +25,10 @@ DEFAULT_CLIENT_ROLE = "admin"
 # A user's role and state, read on every request of a user token. Cached because the
 # request path must not pay a shard round trip for it; invalidated (every instance)
 # when the user changes, so a role change or a deactivation applies at once, and
-# within ACTOR_POLICY.l1_ttl seconds even if invalidations cannot arrive (Redis down).
+# within ACTOR_POLICY.l1_ttl seconds even if invalidations cannot arrive (Redis down);
+# while they do arrive, an entry is kept until invalidated (hold, at most its L2 TTL).
 ACTOR_KIND = "actor"
-ACTOR_POLICY = Policy(ttl=300, l1_ttl=5, negative_ttl=5)
+ACTOR_POLICY = Policy(ttl=300, l1_ttl=5, negative_ttl=5, hold=300)
 # Generations per bucket of user ids, as for records: a change to one user does not
 # make every user of the tenant miss.
 ACTOR_BUCKETS = 64
@@ -48,7 +51,7 @@ async def resolve_actor(runtime: Runtime, tenant: TenantContext, principal: Prin
 
     async def load() -> dict[str, Any] | None:
         async with runtime.router.reader(tenant, on_stale=runtime.refresh_tenant) as conn:
-            found = await UserRepository.fetch_actor(conn, tenant.tenant_id, user_id)
+            found = await runtime.load_actor(conn, tenant.tenant_id, user_id)
         return {"role": found.role, "active": found.active} if found is not None else None
 
     state = await runtime.cache.get_or_load(

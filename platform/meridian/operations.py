@@ -28,7 +28,7 @@ from meridian.errors import MeridianError
 from meridian.migrate import upgrade
 from meridian.oauth import keys as signing_keys
 from meridian.oauth.clients import NewClient, create_client
-from meridian.oauth.principal import SCOPE_ADMIN
+from meridian.principal import SCOPE_ADMIN
 from meridian.runtime import Runtime
 from meridian.settings import KeyConfigError, Settings, get_settings
 from sharding.models import Shard

@@ -1,12 +1,18 @@
-"""The process-wide runtime: engines, router, cache, directory, keys — built at start-up."""
+"""The process-wide runtime: engines, router, cache, directory, keys — built at start-up.
+
+The composition root: it builds the oauth domain's token services and takes the users
+domain's actor query, so the request kit (``meridian.deps``, ``meridian.identity``) uses
+them through this object without importing a domain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
+import asyncpg
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -24,6 +30,7 @@ from meridian.oauth.notbefore import NotBeforeStore
 from meridian.oauth.server import MeridianAuthorizationServer
 from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
+from meridian.users.repository import ActorRow, UserRepository
 from primitives.breaker import CircuitBreaker
 from sharding.engines import PoolOptions, ShardEngines, ShardInfo
 from sharding.models import Shard
@@ -56,6 +63,9 @@ class Runtime:
     policy_watcher: PolicyWatcher
     # Tenant data keys for field encryption (unwrapped keys in this process only).
     keyring: TenantKeyring
+    # A user's role and state on the tenant's shard, read by meridian.identity for
+    # every user token (behind the cache).
+    load_actor: Callable[[asyncpg.Connection, UUID, UUID], Awaitable[ActorRow | None]]
     # Kinds whose single-record reads are cached, and how (see record_policies()).
     record_cache: dict[str, Policy] = field(default_factory=dict)
     list_cache: dict[str, Policy] = field(default_factory=dict)
@@ -68,7 +78,7 @@ class Runtime:
         key_provider = settings.key_provider()
         control = create_async_engine(
             settings.control_dsn,
-            pool_size=5,
+            pool_size=settings.control_pool_size,
             max_overflow=10,
             pool_timeout=5,
             connect_args={"timeout": 5},
@@ -89,27 +99,46 @@ class Runtime:
         redis = connect_redis(settings)
         # One registry per app, so several apps in one process (tests) do not collide.
         registry = CollectorRegistry()
+        active = settings.active_tenants
         cache = TwoLevelCache(
             redis,
             l1_max_entries=settings.cache_l1_max_entries,
+            # Directory entry, not-before times (tenant, user) and actor per tenant.
+            held_max_entries=4 * active,
+            generation_hold=settings.tenant_state_hold,
             op_timeout=settings.cache_op_timeout,
-            breaker=CircuitBreaker(failure_threshold=3, cooldown=settings.cache_cooldown),
+            breaker=CircuitBreaker(
+                failure_threshold=3,
+                cooldown=settings.cache_cooldown,
+                timeout_window=settings.cache_timeout_window,
+            ),
             metrics=CacheMetrics(registry),
         )
         policies = PolicyStore(control)
         authz = EnforcerRegistry(
-            policies, max_tenants=settings.authz_max_tenants, ttl=settings.authz_policy_ttl
+            policies,
+            max_tenants=settings.authz_max_tenants or active,
+            ttl=settings.authz_policy_ttl,
+            hold=settings.authz_policy_hold,
         )
         rt = cls(
             settings=settings,
             control=control,
             engines=engines,
-            router=ShardRouter(engines),
+            router=ShardRouter(engines, one_statement_reads=settings.single_statement_reads),
             directory=CachedDirectory(
-                TenantDirectory(control), cache, l1_ttl=settings.directory_ttl
+                TenantDirectory(control),
+                cache,
+                l1_ttl=settings.directory_ttl,
+                hold=settings.tenant_state_hold,
             ),
             keys=keys,
-            verifier=TokenVerifier(keys, issuer=settings.issuer, audience=settings.audience),
+            verifier=TokenVerifier(
+                keys,
+                issuer=settings.issuer,
+                audience=settings.audience,
+                max_tokens=5 * active,
+            ),
             oauth=MeridianAuthorizationServer(
                 keys,
                 issuer=settings.issuer,
@@ -117,7 +146,7 @@ class Runtime:
                 ttl=settings.access_token_ttl,
                 password_grant=settings.password_grant,
             ),
-            revocations=NotBeforeStore(control, cache),
+            revocations=NotBeforeStore(control, cache, hold=settings.tenant_state_hold),
             cache=cache,
             metrics=registry,
             policies=policies,
@@ -128,7 +157,9 @@ class Runtime:
                 key_provider,
                 ttl=settings.keyring_ttl,
                 versions_ttl=settings.key_versions_ttl,
+                max_tenants=active,
             ),
+            load_actor=UserRepository.fetch_actor,
             record_cache=record_policies(settings),
             list_cache=list_policies(settings),
             redis=redis,

@@ -216,6 +216,7 @@ async def test_idempotent_post(app_client: httpx.AsyncClient, tenant: Tenant) ->
     first = await app_client.post("/v1/activities", json=body, headers=headers)
     second = await app_client.post("/v1/activities", json=body, headers=headers)
     assert first.status_code == second.status_code == 201
+    assert "idempotent-replayed" not in first.headers
     assert second.json() == first.json()
     assert second.headers["idempotent-replayed"] == "true"
     assert second.headers["etag"] == '"1"'

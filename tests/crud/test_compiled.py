@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from meridian.accounts.models import Account
-from meridian.crud.compiled import compile_statement, fetch
+from meridian.crud.compiled import cache_size, compile_statement, fetch, is_cached, prepared
 from tests.fixtures.shard_db import Pair, make_pair, superuser, superuser_dsn
 
 if TYPE_CHECKING:
@@ -62,3 +62,63 @@ async def test_bound_values_are_never_mixed_between_executions(
         for tenant_id, ids in ((pair.a_id, pair.a_accounts), (pair.b_id, pair.b_accounts)):
             stmt = select(Account.id).where(Account.tenant_id == tenant_id)
             assert {r["id"] for r in await fetch(conn, stmt)} == ids
+
+
+# -- the one statement cache -------------------------------------------------------------
+
+
+def test_a_prepared_shape_is_built_and_compiled_once() -> None:
+    built: list[int] = []
+    key = ("test", uuid.uuid4())
+
+    def build() -> Select[Any]:
+        built.append(1)
+        return select(Account.id).where(
+            Account.tenant_id == bindparam("tenant_id"), Account.name == "fixed"
+        )
+
+    first = prepared(key, build)
+    second = prepared(key, build)
+    assert first is second
+    assert built == [1]
+    assert is_cached(key)
+    # Named parameters come per execution; a value bound in the statement is a constant.
+    tenant = uuid.uuid4()
+    assert first.names == ("tenant_id", "name_1")
+    assert first.args({"tenant_id": tenant}) == [tenant, "fixed"]
+    with pytest.raises(KeyError):
+        first.args({})
+
+
+def test_different_shapes_are_compiled_separately() -> None:
+    one = prepared(("test", uuid.uuid4()), lambda: select(Account.id))
+    other = prepared(("test", uuid.uuid4()), lambda: select(Account.name))
+    assert one is not other
+    assert one.sql != other.sql
+
+
+def test_statements_of_one_shape_share_one_entry_with_their_own_values() -> None:
+    tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
+    sql_a, args_a = compile_statement(select(Account.id).where(Account.tenant_id == tenant_a))
+    size = cache_size()
+    sql_b, args_b = compile_statement(select(Account.id).where(Account.tenant_id == tenant_b))
+    assert cache_size() == size
+    assert (sql_a, args_a, args_b) == (sql_b, [tenant_a], [tenant_b])
+    # Another shape (another column, another filter) is another entry.
+    sql_c, _ = compile_statement(select(Account.name).where(Account.tenant_id == tenant_a))
+    sql_d, _ = compile_statement(
+        select(Account.id).where(Account.tenant_id == tenant_a, Account.name == "x")
+    )
+    assert len({sql_a, sql_c, sql_d}) == 3
+    assert cache_size() == size + 2
+
+
+def test_repository_reads_use_the_one_cache() -> None:
+    from meridian.contacts.repository import ContactRepository
+
+    sql = ContactRepository.by_id_sql()
+    assert ContactRepository.by_id_sql() is sql
+    assert is_cached((ContactRepository, "one-statement"))
+    assert "e.tid" in sql
+    assert "$1" in sql
+    assert "$2" not in sql

@@ -1,15 +1,98 @@
-"""Conditional requests on accounts: ETag on reads and writes, If-None-Match → 304,
-a stale If-Match → 412 with nothing changed."""
+"""``meridian.crud.http``: the conditional-request helpers on their own (ETags,
+If-None-Match → 304, created and replayed responses), then through accounts: ETag on
+reads and writes, If-None-Match → 304, a stale If-Match → 412 with nothing changed."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from meridian.crud.http import (
+    conditional_response,
+    created,
+    etag,
+    not_modified,
+    stored_response,
+    tagged_response,
+    version_etag,
+)
+from meridian.crud.idempotency import StoredResponse
 from tests.fixtures.api import Tenant
 from tests.fixtures.problems import assert_problem
+
+# -- the helpers -------------------------------------------------------------------------
+
+
+def test_etags_are_strong_and_name_the_version() -> None:
+    assert version_etag(7) == '"7"'
+    assert etag({"id": "x", "version": 3}) == '"3"'
+
+
+@pytest.mark.parametrize(
+    "header",
+    ['"3"', ' "3" ', '"1", "3"', '"1" ,"3"', 'W/"3"', '"1", W/"3"', "*", " * "],
+)
+def test_if_none_match_naming_the_tag_or_star_is_not_modified(header: str) -> None:
+    assert not_modified('"3"', header)
+
+
+@pytest.mark.parametrize("header", [None, "", '"4"', '"1", "2"', 'W/"33"', '"3'])
+def test_if_none_match_not_naming_the_tag_is_modified(header: str | None) -> None:
+    assert not not_modified('"3"', header)
+
+
+def test_conditional_response_is_the_body_with_its_version_etag() -> None:
+    row = {"id": "x", "version": 2}
+    resp = conditional_response(row, '"1"')
+    assert resp.status_code == 200
+    assert resp.headers["etag"] == '"2"'
+    assert resp.media_type == "application/json"
+    assert orjson.loads(resp.body) == row
+
+
+def test_conditional_response_is_304_without_a_body_when_the_client_holds_it() -> None:
+    resp = conditional_response({"id": "x", "version": 2}, 'W/"2"')
+    assert resp.status_code == 304
+    assert resp.body == b""
+    assert resp.headers["etag"] == '"2"'
+
+
+def test_conditional_response_takes_another_tag_for_unversioned_bodies() -> None:
+    body = {"id": "x"}  # no version: the tag is given (a constant, a policy version)
+    assert conditional_response(body, '"1"', tag='"1"').status_code == 304
+    fresh = conditional_response(body, None, tag='"1"')
+    assert (fresh.status_code, fresh.headers["etag"]) == (200, '"1"')
+
+
+def test_tagged_response_keeps_status_and_headers() -> None:
+    resp = tagged_response({"a": 1}, '"5"', 201, {"Location": "/v1/x/1"})
+    assert resp.status_code == 201
+    assert resp.headers["etag"] == '"5"'
+    assert resp.headers["location"] == "/v1/x/1"
+
+
+def test_created_has_location_and_the_etag_only_when_there_is_one() -> None:
+    row = {"id": "r", "version": 1}
+    assert created(row, "/v1/x/r", '"1"') == StoredResponse(
+        201, row, {"Location": "/v1/x/r", "ETag": '"1"'}
+    )
+    assert created(row, "/v1/x/r", None).headers == {"Location": "/v1/x/r"}
+
+
+def test_stored_response_marks_replays_only() -> None:
+    first = stored_response(StoredResponse(201, {"id": "r"}, {"Location": "/v1/x/r"}))
+    assert first.status_code == 201
+    assert first.headers["location"] == "/v1/x/r"
+    assert "idempotent-replayed" not in first.headers
+    replay = stored_response(StoredResponse(201, {"id": "r"}, {"Location": "/v1/x/r"}, True))
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert orjson.loads(replay.body) == {"id": "r"}
+
+
+# -- through the API ---------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -91,7 +174,9 @@ async def test_patch_with_stale_etag_is_412_and_changes_nothing(
             json={"name": "Loser", "domain": "loser.example"},
             headers={**tenant.headers, "If-Match": tag},
         )
-        assert_problem(lost, 412, "precondition-failed")
+        assert_problem(
+            lost, 412, "precondition-failed", "The account has changed since the ETag was issued"
+        )
     assert await _current(app_client, tenant, account) == before
 
 
@@ -101,7 +186,9 @@ async def test_delete_with_stale_etag_is_412_and_keeps_the_record(
     url = _url(account)
     await app_client.patch(url, json={"name": "v2"}, headers=tenant.headers)
     refused = await app_client.delete(url, headers={**tenant.headers, "If-Match": '"1"'})
-    assert_problem(refused, 412, "precondition-failed")
+    assert_problem(
+        refused, 412, "precondition-failed", "The account has changed since the ETag was issued"
+    )
     assert (await _current(app_client, tenant, account))["name"] == "v2"
     done = await app_client.delete(url, headers={**tenant.headers, "If-Match": '"2"'})
     assert done.status_code == 204

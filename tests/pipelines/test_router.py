@@ -11,6 +11,10 @@ from tests.activities.rows import create_account, create_opportunity, default_pi
 from tests.fixtures.api import Tenant
 from tests.fixtures.problems import assert_problem
 
+# The 412 of a stale If-Match names what the ETag was of.
+PIPELINE_CHANGED = "The pipeline has changed since the ETag was issued; read it again."
+STAGE_CHANGED = "The pipeline stage has changed since the ETag was issued; read it again."
+
 
 def stages_body(*names: str) -> list[dict[str, Any]]:
     return [{"name": n, "probability": 10 * i, "kind": "open"} for i, n in enumerate(names)]
@@ -108,11 +112,11 @@ async def test_pipeline_crud(app_client: httpx.AsyncClient, tenant: Tenant) -> N
     stale = await app_client.patch(
         f"/v1/pipelines/{pid}", json={"name": "X"}, headers={**tenant.headers, "If-Match": '"1"'}
     )
-    assert_problem(stale, 412, "precondition-failed")
+    assert_problem(stale, 412, "precondition-failed", PIPELINE_CHANGED)
     stale_delete = await app_client.delete(
         f"/v1/pipelines/{pid}", headers={**tenant.headers, "If-Match": '"1"'}
     )
-    assert_problem(stale_delete, 412, "precondition-failed")
+    assert_problem(stale_delete, 412, "precondition-failed", PIPELINE_CHANGED)
 
     deleted = await app_client.delete(
         f"/v1/pipelines/{pid}", headers={**tenant.headers, "If-Match": '"2"'}
@@ -388,11 +392,11 @@ async def test_stage_etags_and_pipeline_etag(app_client: httpx.AsyncClient, tena
     stale = await app_client.patch(
         f"{base}/{stage['id']}", json={"name": "X"}, headers={**tenant.headers, "If-Match": '"1"'}
     )
-    assert stale.status_code == 412
+    assert_problem(stale, 412, "precondition-failed", STAGE_CHANGED)
     stale_delete = await app_client.delete(
         f"{base}/{stage['id']}", headers={**tenant.headers, "If-Match": '"1"'}
     )
-    assert stale_delete.status_code == 412
+    assert_problem(stale_delete, 412, "precondition-failed", STAGE_CHANGED)
     assert (await get_pipeline(app_client, tenant, pid)).json() == before
 
     # A stage change invalidates the pipeline's ETag.
@@ -400,14 +404,15 @@ async def test_stage_etags_and_pipeline_etag(app_client: httpx.AsyncClient, tena
     stale_pipeline = await app_client.patch(
         f"/v1/pipelines/{pid}", json={"name": "Y"}, headers={**tenant.headers, "If-Match": '"1"'}
     )
-    assert stale_pipeline.status_code == 412
+    assert_problem(stale_pipeline, 412, "precondition-failed", PIPELINE_CHANGED)
     # POST of a stage takes the pipeline's ETag.
     stale_post = await app_client.post(
         base,
         json={"name": "Z", "probability": 5, "position": 0},
         headers={**tenant.headers, "If-Match": '"1"'},
     )
-    assert stale_post.status_code == 412
+    # Its 412 is about the pipeline, whose ETag it named.
+    assert_problem(stale_post, 412, "precondition-failed", PIPELINE_CHANGED)
     fresh_post = await app_client.post(
         base,
         json={"name": "Z", "probability": 5, "position": 0},

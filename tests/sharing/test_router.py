@@ -209,12 +209,21 @@ async def test_duplicates_and_idempotent_retries(
         path, json={"user_id": grantee}, headers={**tenant.headers, **key}
     )
     assert first.status_code == 201, first.text
+    assert first.headers["location"] == f"{path}/{first.json()['id']}"
+    assert "etag" not in first.headers  # a share is never changed: it has no ETag
+    assert "idempotent-replayed" not in first.headers
     replay = await app_client.post(
         path, json={"user_id": grantee}, headers={**tenant.headers, **key}
     )
     assert replay.status_code == 201
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.json() == first.json()
+    assert replay.headers["location"] == first.headers["location"]
+    assert "etag" not in replay.headers
+    reused = await app_client.post(
+        path, json={"team_id": grantee}, headers={**tenant.headers, **key}
+    )
+    assert_problem(reused, 422, "idempotency-key-reused")
     assert_problem(
         await app_client.post(path, json={"user_id": grantee}, headers=tenant.headers),
         409,

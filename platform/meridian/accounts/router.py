@@ -108,7 +108,8 @@ async def get_account(
     return await endpoints.fetch(access, AccountRepository, KIND, account_id, if_none_match)
 
 
-@router.patch("/{account_id}", response_model=AccountRead)
+# 409: a parent_id that would make the account its own ancestor.
+@router.patch("/{account_id}", response_model=AccountRead, openapi_extra=problems(Conflict))
 async def update_account(
     account_id: UUID,
     body: AccountUpdate,

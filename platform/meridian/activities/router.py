@@ -18,27 +18,24 @@ from meridian.activities.models import Activity
 from meridian.activities.repository import SORTABLE, ActivityRepository
 from meridian.activities.schemas import ActivityCreate, ActivityRead, ActivityType
 from meridian.activities.service import activity as activity_service
-from meridian.crud import endpoints
+from meridian.crud import endpoints, reads
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfNoneMatchHeader,
     LimitQuery,
-    conditional_response,
     page_response,
     sort_query,
-    stored_response,
 )
-from meridian.crud.idempotency import StoredResponse, request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest, parse_sort
 from meridian.crud.schemas import IsoDateTime, Page
 from meridian.deps import (
     CanCreateActivities,
     CanReadActivities,
     TenantAccess,
+    record_viewer,
 )
 from meridian.errors import NotFound
-from meridian.users.permissions import record_viewer
 
 router = APIRouter(prefix="/v1/activities", tags=["activities"])
 timeline_router = APIRouter(tags=["activities"])
@@ -57,24 +54,14 @@ async def create_activity(
 ) -> Response:
     """At least one of contact_id, account_id, opportunity_id; each must exist. Without
     account_id, the opportunity's (else the contact's) account is recorded."""
-    # endpoints.create derives the ETag from a version column, which activities lack.
-    fingerprint = request_fingerprint(
-        "POST",
-        request.url.path,
-        endpoints.idempotency_payload(access, body.model_dump(mode="json")),
+    return await endpoints.create(
+        access,
+        request,
+        idempotency_key,
+        body,
+        lambda session: activity_service.create(session, access.tenant, body),
+        tag=lambda _row: ETAG,  # no version column: the ETag is constant
     )
-    endpoints.default_owner(access, body)
-    async with access.write() as session:
-
-        async def produce() -> StoredResponse:
-            row = await activity_service.create(session, access.tenant, body)
-            location = f"{request.url.path.rstrip('/')}/{row['id']}"
-            return StoredResponse(201, row, {"Location": location, "ETag": ETAG})
-
-        stored = await run_idempotent(
-            session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
-        )
-    return stored_response(stored)
 
 
 @router.get("", response_model=Page[ActivityRead])
@@ -127,13 +114,9 @@ async def list_activities(
 async def get_activity(
     activity_id: UUID, access: CanReadActivities, if_none_match: IfNoneMatchHeader = None
 ) -> Response:
-    async with access.reader() as conn:
-        row = await ActivityRepository.fetch_visible(
-            conn, access.tenant.tenant_id, activity_id, record_viewer(access)
-        )
-    if row is None:
-        raise endpoints.not_found(KIND, activity_id)
-    return conditional_response(row, ETAG, if_none_match)
+    return await endpoints.fetch(
+        access, ActivityRepository, KIND, activity_id, if_none_match, tag=ETAG
+    )
 
 
 async def _timeline(
@@ -143,17 +126,20 @@ async def _timeline(
     # The parent is part of the digest: a cursor works only on the timeline it came from.
     digest = filters_digest(access.tenant.tenant_id, {field: parent_id})
     after = Cursor.decode(cursor, sort=NEWEST_FIRST, digest=digest) if cursor else None
-    async with access.reader() as conn:
-        rows = await ActivityRepository.fetch_timeline(
+    tenant_id, viewer = access.tenant.tenant_id, record_viewer(access)
+    rows = await reads.read(
+        access,
+        lambda conn: ActivityRepository.fetch_timeline(
             conn,
-            access.tenant.tenant_id,
+            tenant_id,
             field,
             parent_id,
-            viewer=record_viewer(access),
+            viewer=viewer,
             sort=NEWEST_FIRST,
             limit=size,
             cursor=after,
-        )
+        ),
+    )
     if rows is None:
         raise NotFound(f"No {field.removesuffix('_id')} with id {parent_id}.")
     return page_response(rows, limit=size, sort=NEWEST_FIRST, digest=digest)

@@ -17,7 +17,8 @@ from meridian.admin.schemas import (
     TenantRead,
 )
 from meridian.admin.service import tenant_admin
-from meridian.crud.http import IdempotencyKeyHeader, LimitQuery
+from meridian.crud.http import IdempotencyKeyHeader, LimitQuery, stored_response
+from meridian.crud.idempotency import StoredResponse
 from meridian.crud.schemas import Page
 from meridian.deps import AdminPrincipal, RuntimeDep
 from meridian.errors import Conflict, DedicatedShardOccupied
@@ -41,11 +42,11 @@ async def create_tenant(
     _: AdminPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
+    # Not endpoints.create: onboarding spans the control plane and a shard, so it
+    # resumes (the service) rather than replaying a stored response.
     row, created_now = await tenant_admin.onboard(rt, body, idempotency_key)
     headers = {"Location": f"/admin/v1/tenants/{row['id']}"}
-    if not created_now:
-        headers["Idempotent-Replayed"] = "true"
-    return json_response(row, 201, headers)
+    return stored_response(StoredResponse(201, row, headers, replayed=not created_now))
 
 
 @router.get("/tenants", response_model=Page[TenantRead])
@@ -121,8 +122,7 @@ async def create_tenant_client(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     client, created_now = await tenant_admin.add_client(rt, tenant_id, body, idempotency_key)
-    headers = {} if created_now else {"Idempotent-Replayed": "true"}
-    return json_response(client, 201, headers)
+    return stored_response(StoredResponse(201, client, replayed=not created_now))
 
 
 @router.post("/tenants/{tenant_id}/revoke-tokens", response_model=TokensRevoked)

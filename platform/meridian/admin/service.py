@@ -9,11 +9,13 @@ the same request (same slug and Idempotency-Key) resumes wherever the last one s
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meridian.admin.schemas import ClientCreate, TenantCreate
@@ -29,8 +31,8 @@ from meridian.errors import (
 from meridian.ids import new_id
 from meridian.oauth.clients import create_client
 from meridian.oauth.models import OAuthClient
-from meridian.oauth.principal import TENANT_SCOPES
 from meridian.pipelines.defaults import seed_default_pipeline
+from meridian.principal import TENANT_SCOPES
 from meridian.runtime import Runtime
 from sharding.models import Shard
 from sharding.placement import PlacementError, choose_shard
@@ -100,6 +102,104 @@ class TenantAdminService:
         row["placement"] = self._placement(rt, body, row["shard_id"])
         return row, not resumed
 
+    async def onboard_many(
+        self,
+        rt: Runtime,
+        requests: Sequence[tuple[TenantCreate, str | None]],
+        *,
+        concurrency: int = 8,
+    ) -> list[tuple[dict[str, Any], bool]]:
+        """:meth:`onboard` for many tenants at once (the load-test seeder): the same
+        steps, checks and answers for each, but every tenant placed by region is placed
+        in ONE control transaction under ONE placement lock (placement serialises
+        onboardings: one at a time, it bounds how fast tenants can be created), then
+        finished ``concurrency`` at a time. Requests naming a shard go one by one."""
+        results: dict[int, tuple[dict[str, Any], bool]] = {}
+        pending: list[tuple[int, UUID, TenantCreate, bool]] = []
+        by_region = [
+            (i, body, key) for i, (body, key) in enumerate(requests) if body.shard_id is None
+        ]
+        if by_region:
+            async with rt.control.begin() as conn:
+                existing = {
+                    r.slug: r
+                    for r in await conn.execute(
+                        select(
+                            Tenant.id, Tenant.slug, Tenant.creation_key, Tenant.creation_fingerprint
+                        ).where(Tenant.slug.in_([body.slug for _, body, _ in by_region]))
+                    )
+                }
+                await conn.execute(select(func.pg_advisory_xact_lock(_PLACEMENT_LOCK)))
+                shards = await rt.reload_topology()
+                counts = dict(await rt.tenant_counts())
+                tenants: list[dict[str, Any]] = []
+                for i, body, raw_key in by_region:
+                    key = validate_key(raw_key) if raw_key else None
+                    fingerprint = request_fingerprint(
+                        "POST", "/admin/v1/tenants", body.model_dump(mode="json")
+                    )
+                    found = existing.get(body.slug)
+                    if found is not None:
+                        if key is None or found.creation_key != key:
+                            raise Conflict(f"A tenant with slug {body.slug!r} exists.")
+                        if found.creation_fingerprint != fingerprint:
+                            raise IdempotencyKeyReused(
+                                "This Idempotency-Key was used for a different request; "
+                                "use a new key."
+                            )
+                        pending.append((i, found.id, body, False))
+                        continue
+                    assert body.region is not None
+                    if not any(s.region == body.region for s in shards):
+                        raise invalid_field(
+                            "region", f"no shard in region {body.region!r}", NOT_FOUND
+                        )
+                    try:
+                        shard = choose_shard(shards, counts, body.region)
+                    except PlacementError as exc:
+                        raise Conflict(f"region: {exc}.") from exc
+                    counts[shard.id] = counts.get(shard.id, 0) + 1
+                    tenant_id = new_id()
+                    tenants.append(
+                        {
+                            "id": tenant_id,
+                            "slug": body.slug,
+                            "name": body.name,
+                            "region": shard.region,
+                            "status": TenantStatus.PROVISIONING.value,
+                            "plan": body.plan,
+                            "creation_key": key,
+                            "creation_fingerprint": fingerprint,
+                            "shard_id": shard.id,
+                        }
+                    )
+                    pending.append((i, tenant_id, body, True))
+                if tenants:
+                    await conn.execute(
+                        insert(Tenant),
+                        [{k: v for k, v in t.items() if k != "shard_id"} for t in tenants],
+                    )
+                    await conn.execute(
+                        insert(DirectoryEntry),
+                        [
+                            {"tenant_id": t["id"], "shard_id": t["shard_id"], "epoch": 1}
+                            for t in tenants
+                        ],
+                    )
+        gate = asyncio.Semaphore(concurrency)
+
+        async def finish(i: int, tenant_id: UUID, body: TenantCreate, created: bool) -> None:
+            async with gate:
+                row = await self._finish(rt, tenant_id, body.name)
+            row["placement"] = self._placement(rt, body, row["shard_id"])
+            results[i] = (row, created)
+
+        await asyncio.gather(*(finish(*p) for p in pending))
+        for i, (body, key) in enumerate(requests):
+            if body.shard_id is not None:
+                results[i] = await self.onboard(rt, body, key)
+        return [results[i] for i in range(len(requests))]
+
     def _placement(self, rt: Runtime, body: TenantCreate, shard_id: str) -> str:
         """How the tenant was placed: by region, or onto the shard named (dedicated or
         shared). Derived from the request, so a replay answers the same."""
@@ -116,7 +216,7 @@ class TenantAdminService:
         key: str | None,
         fingerprint: bytes,
     ) -> UUID:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PLACEMENT_LOCK})
+        await conn.execute(select(func.pg_advisory_xact_lock(_PLACEMENT_LOCK)))
         shards = await rt.reload_topology()
         if body.shard_id is not None:
             shard = next((s for s in shards if s.id == body.shard_id), None)

@@ -20,9 +20,10 @@ what the query costs (see loadtests/scope_bench.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import orjson
@@ -33,31 +34,60 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from authz.fields import PII_PERMISSION, is_sensitive, mask_row
-from authz.models import RECORD_KINDS
 from cache.codec import JSON
+from meridian.crud import reads
+from meridian.crud.hooks import record_deleted
 from meridian.crud.http import (
+    conditional_response,
     created,
+    etag,
     expected_version,
     page_body,
-    record_response,
     stored_response,
+    tagged_response,
 )
 from meridian.crud.idempotency import request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
 from meridian.crud.repository import TenantRepository, VersionMismatch
-from meridian.deps import TenantAccess
+from meridian.deps import TenantAccess, record_viewer
 from meridian.encryption.fields import SENSITIVE, open_row, open_rows, sealed
 from meridian.errors import NotFound, PreconditionFailed
-from meridian.sharing.repository import ShareRepository
-from meridian.users.permissions import record_viewer
 from meridian.web.responses import dumps, json_response
 
 Row = dict[str, Any]
 OWNER = "owner_id"
+T = TypeVar("T")
 
 
 def not_found(kind: str, record_id: UUID) -> NotFound:
     return NotFound(f"No {kind} with id {record_id}.")
+
+
+def stale(kind: str) -> PreconditionFailed:
+    """The 412 of a write whose If-Match names a version the record no longer has."""
+    return PreconditionFailed(f"The {kind} has changed since the ETag was issued; read it again.")
+
+
+@asynccontextmanager
+async def writing(access: TenantAccess, kind: str) -> AsyncIterator[AsyncSession]:
+    """The write transaction of every flow (routers open none): committed when the
+    block ends, so a failed commit is an error response, never a 2xx. A stale If-Match
+    inside it (``VersionMismatch``, from a repository or a service) rolls it back and is
+    412 naming ``kind``."""
+    try:
+        async with access.write() as session:
+            yield session
+    except VersionMismatch as exc:
+        raise stale(kind) from exc
+
+
+async def transact(
+    access: TenantAccess, kind: str, work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """A change that is not one of the flows below (a service's own delete, a revoke):
+    ``work`` in the tenant's write transaction, committed before this returns."""
+    async with writing(access, kind) as session:
+        return await work(session)
 
 
 def shown(access: TenantAccess, kind: str, row: Row) -> Row:
@@ -84,19 +114,28 @@ async def create(
     make: Callable[[AsyncSession], Awaitable[Row]],
     *,
     kind: str | None = None,
+    tag: Callable[[Row], str] | None = etag,
+    subject: str | None = None,
 ) -> Response:
-    """``kind`` names the cached lists the new record belongs to."""
+    """The one idempotent creation: 201 with Location (and ETag), replayed for a retry
+    with the same Idempotency-Key, in one write transaction with the key's record.
+
+    ``kind`` names the cached lists the new record belongs to; ``tag`` gives the new
+    row's ETag (None: the resource has none); ``subject`` is what an If-Match of the
+    creation names, for its 412 (a stage's creation takes its pipeline's ETag).
+    """
     fingerprint = request_fingerprint(
         "POST", request.url.path, idempotency_payload(access, body.model_dump(mode="json"))
     )
     default_owner(access, body)
 
-    async with access.write() as session:
+    async with writing(access, subject or kind or "record") as session:
 
         async def produce() -> Any:
             # Kept in the idempotency record: ciphertext (base64), never plaintext.
             row = sealed(await make(session))
-            return created(row, f"{request.url.path.rstrip('/')}/{row['id']}")
+            location = f"{request.url.path.rstrip('/')}/{row['id']}"
+            return created(row, location, tag(row) if tag is not None else None)
 
         stored = await run_idempotent(
             session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
@@ -140,30 +179,21 @@ async def fetch(
     kind: str,
     record_id: UUID,
     if_none_match: str | None,
+    *,
+    tag: str | None = None,
 ) -> Response:
+    """A record by id, or 304 if the client holds its ETag (its version, else ``tag``)."""
     tenant_id = access.tenant.tenant_id
     viewer = record_viewer(access)
-
-    async def load() -> Row | None:
-        if (
-            repo.one_statement_reads
-            and access.runtime.settings.single_statement_reads
-            and not repo.is_scoped_for(viewer)
-        ):
-            found = await access.read_one(repo.by_id_sql(), record_id)
-            return dict(found) if found is not None else None
-        async with access.reader() as conn:
-            return await repo.fetch_visible(conn, tenant_id, record_id, viewer)
-
     policy = access.runtime.record_cache.get(kind)
     if policy is None or repo.is_scoped_for(viewer):
-        row = await load()
+        row = await reads.by_id(access, repo, record_id)
     else:
 
         async def load_json() -> Row | None:
             # Cached as JSON-ready values, ciphertexts as base64: decrypted after the
             # cache, so no cache level ever holds a sensitive field in clear.
-            found = await load()
+            found = await reads.by_id(access, repo, record_id)
             return orjson.loads(dumps(sealed(found))) if found is not None else None
 
         row = await access.runtime.cache.get_or_load(
@@ -177,7 +207,9 @@ async def fetch(
         )
     if row is None:
         raise not_found(kind, record_id)
-    return record_response(shown(access, kind, await opened(access, kind, row)), if_none_match)
+    return conditional_response(
+        shown(access, kind, await opened(access, kind, row)), if_none_match, tag=tag
+    )
 
 
 # Record generations are kept per bucket of ids, so a write invalidates 1/64 of the
@@ -219,11 +251,13 @@ async def listing(
     viewer = record_viewer(access)
 
     async def load() -> Row:
-        async with access.reader() as conn:
-            # The viewer's scope is part of the query, never a filter after it.
-            rows = await repo.fetch_scoped_page(
+        # The viewer's scope is part of the query, never a filter after it.
+        rows = await reads.read(
+            access,
+            lambda conn: repo.fetch_scoped_page(
                 conn, tenant_id, viewer, where=where, sort=sort, limit=size, cursor=after
-            )
+            ),
+        )
         return page_body(rows, limit=size, sort=sort, digest=digest)
 
     kind = repo.model.__tablename__
@@ -272,24 +306,19 @@ async def change(
     # The kind names the table (routers' KIND); its repository knows the record scope.
     repo = TenantRepository.for_kind(kind)
     viewer = record_viewer(access)
-    try:
-        async with access.write() as session:
-            if repo is not None and repo.is_scoped_for(viewer):
-                # In the transaction of the change, and locked: a record the actor
-                # cannot see is 404 (whatever its ETag) and is left untouched.
-                scoped = repo(session, access.tenant, viewer=viewer)
-                if not await scoped.lock_visible(record_id, for_update=True):
-                    raise not_found(kind, record_id)
-            row = await apply(session, version)
-    except VersionMismatch as exc:
-        raise PreconditionFailed(
-            f"The {kind} has changed since the ETag was issued; read it again."
-        ) from exc
+    async with writing(access, kind) as session:
+        if repo is not None and repo.is_scoped_for(viewer):
+            # In the transaction of the change, and locked: a record the actor
+            # cannot see is 404 (whatever its ETag) and is left untouched.
+            scoped = repo(session, access.tenant, viewer=viewer)
+            if not await scoped.lock_visible(record_id, for_update=True):
+                raise not_found(kind, record_id)
+        row = await apply(session, version)
     if row is None:
         raise not_found(kind, record_id)
     await invalidate(access, kind, record_id)
     row = await opened(access, kind, row)
-    return json_response(shown(access, kind, row), headers={"ETag": f'"{row["version"]}"'})
+    return tagged_response(shown(access, kind, row), etag(row))
 
 
 async def remove(
@@ -301,19 +330,15 @@ async def remove(
 ) -> Response:
     version = expected_version(if_match)
     viewer = record_viewer(access)
-    try:
-        async with access.write() as session:
-            # With a viewer, the DELETE itself carries the scope (and so does the
-            # version check behind a 412): an invisible record is 404, never touched.
-            scoped = repo(session, access.tenant, viewer=viewer)
-            deleted = await scoped.delete(record_id, expected_version=version)
-            if deleted and kind in RECORD_KINDS:
-                # Shares name records without a foreign key (one table for all kinds).
-                await ShareRepository(session, access.tenant).forget_record(kind, record_id)
-    except VersionMismatch as exc:
-        raise PreconditionFailed(
-            f"The {kind} has changed since the ETag was issued; read it again."
-        ) from exc
+    async with writing(access, kind) as session:
+        # With a viewer, the DELETE itself carries the scope (and so does the
+        # version check behind a 412): an invisible record is 404, never touched.
+        scoped = repo(session, access.tenant, viewer=viewer)
+        deleted = await scoped.delete(record_id, expected_version=version)
+        if deleted:
+            # What other domains keep about the record goes in the same transaction
+            # (sharing: its shares, which name records without a foreign key).
+            await record_deleted(session, access.tenant, kind, record_id)
     if not deleted:
         raise not_found(kind, record_id)
     await invalidate(access, kind, record_id)

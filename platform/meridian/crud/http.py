@@ -77,8 +77,14 @@ def sort_query(sortable: Iterable[str], default: str) -> Any:
     )
 
 
+def version_etag(version: int) -> str:
+    """The strong ETag of a representation at ``version`` (as If-Match expects it)."""
+    return f'"{version}"'
+
+
 def etag(row: dict[str, Any]) -> str:
-    return f'"{row["version"]}"'
+    """The ETag of a versioned record: its ``version``."""
+    return version_etag(row["version"])
 
 
 def expected_version(if_match: str | None) -> int | None:
@@ -93,23 +99,41 @@ def expected_version(if_match: str | None) -> int | None:
     return version
 
 
-def conditional_response(body: Any, tag: str, if_none_match: str | None) -> Response:
-    """The body with its ETag, or 304 when the client holds that version already (weak
-    comparison, RFC 9110 §13.1.2)."""
-    if if_none_match and (
-        if_none_match.strip() == "*"
-        or tag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-    ):
+def not_modified(tag: str, if_none_match: str | None) -> bool:
+    """Whether the client already holds ``tag``: its If-None-Match (of the declared
+    format) is ``*`` or lists it, weakly compared (RFC 9110 §13.1.2)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return tag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+
+
+def tagged_response(
+    body: Any, tag: str, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response with its ETag."""
+    return json_response(body, status_code, {"ETag": tag, **(headers or {})})
+
+
+def conditional_response(
+    body: Any, if_none_match: str | None, *, tag: str | None = None
+) -> Response:
+    """The answer to every GET of one representation: the body with its ETag, or 304
+    without a body when the client holds it already. The ETag is the record's version
+    unless ``tag`` names another (a constant, the tenant's policy version)."""
+    tag = etag(body) if tag is None else tag
+    if not_modified(tag, if_none_match):
         return Response(status_code=304, headers={"ETag": tag})
-    return json_response(body, headers={"ETag": tag})
+    return tagged_response(body, tag)
 
 
-def record_response(row: dict[str, Any], if_none_match: str | None) -> Response:
-    return conditional_response(row, etag(row), if_none_match)
-
-
-def created(row: dict[str, Any], location: str) -> StoredResponse:
-    return StoredResponse(201, row, {"Location": location, "ETag": etag(row)})
+def created(row: dict[str, Any], location: str, tag: str | None) -> StoredResponse:
+    """A 201 as kept for replays: the new row, its Location and (if it has one) ETag."""
+    headers = {"Location": location}
+    if tag is not None:
+        headers["ETag"] = tag
+    return StoredResponse(201, row, headers)
 
 
 def stored_response(stored: StoredResponse) -> Response:

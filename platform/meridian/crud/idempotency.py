@@ -4,6 +4,7 @@ The key row is written in the same shard transaction as the change it guards, so
 two commit or vanish together. A concurrent duplicate blocks on the key's unique index
 until the first transaction ends, then replays its response: no double writes, no lock
 table. Keys expire after 24 hours; an expired key is taken over by the next request.
+Its one user is the creation flow, ``meridian.crud.endpoints.create``.
 """
 
 from __future__ import annotations

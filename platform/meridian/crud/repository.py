@@ -13,7 +13,6 @@ WHERE clause, so a record outside the viewer's scope is never read, changed or d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 from uuid import UUID
 
@@ -34,13 +33,19 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from authz.models import RECORD_KINDS
 from authz.scope import Value, has_reports, visible_to, visible_to_leaf
-from meridian.crud.compiled import compile_sql, compile_statement, fetch
+from meridian.crud.compiled import (
+    Compiled,
+    compile_statement,
+    fetch,
+    prepared,
+    prepared_from,
+    shape,
+)
 from meridian.crud.pagination import Cursor, Sort, after, order_by
 from tenancy.context import TenantContext
 from tenancy.planes import ShardBase
@@ -50,34 +55,11 @@ M = TypeVar("M", bound=ShardBase)
 # Never part of an API representation: the tenant is implied by the token.
 _HIDDEN = frozenset({"tenant_id"})
 _GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
-# SQL of the one-statement by-id read (ShardRouter.read_one), per repository class.
-_ONE_SQL: dict[type[Any], str] = {}
-# SQL of the by-id read, compiled once per repository class.
-_GET_SQL: dict[type[Any], str] = {}
-
-_DIALECT = AsyncpgDialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
-# The values a scoped statement compiled once takes per request.
+# The values a statement compiled once (meridian.crud.compiled) takes per request.
 _TENANT: BindParameter[UUID] = bindparam("scope_tenant", type_=Uuid())
 _VIEWER: BindParameter[UUID] = bindparam("scope_viewer", type_=Uuid())
 _RECORD: BindParameter[UUID] = bindparam("scope_record", type_=Uuid())
 _ROWS: BindParameter[int] = bindparam("scope_rows", type_=Integer())
-_SCOPE_NAMES = frozenset({_TENANT.key, _VIEWER.key, _ROWS.key})
-_BY_ID_NAMES = frozenset({_TENANT.key, _VIEWER.key, _RECORD.key})
-_TEMPLATES_MAX = 2_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Template:
-    """Compiled SQL, and where each positional argument comes from: a scope parameter
-    (its name) or the n-th bound value of the unscoped page it was made from."""
-
-    sql: str
-    sources: tuple[int | str, ...]
-    fixed: dict[str, Any] = field(default_factory=dict)
-
-
-_SCOPED_PAGES: dict[tuple[type[Any], Any], _Template] = {}
-_VISIBLE_SQL: dict[type[Any], _Template] = {}
 
 
 class VersionMismatch(Exception):
@@ -244,53 +226,19 @@ class TenantRepository(Generic[M]):
         takes the values of its own unscoped page, in the same order.
         """
         base = cls.page_statement(tenant_id, where=where, sort=sort, limit=limit, cursor=cursor)
-        key = base._generate_cache_key()
-        template = _SCOPED_PAGES.get((cls, key.key)) if key is not None else None
-        if template is None and key is not None:
-            template = cls._page_template(base, sort, key.bindparams)
-            if template is not None:
-                if len(_SCOPED_PAGES) >= _TEMPLATES_MAX:
-                    _SCOPED_PAGES.clear()
-                _SCOPED_PAGES[(cls, key.key)] = template
+        key = shape(base)
+        template: Compiled | None = None
+        if key is not None:
+            template = prepared_from(
+                (cls, "scoped-page", key.key),
+                lambda: cls._scope_page(base, sort, _TENANT, _VIEWER, _ROWS),
+                key.bindparams,
+            )
         if template is None or key is None:
             # A shape the template cannot express (e.g. an expanding IN list).
             return compile_statement(cls._scope_page(base, sort, tenant_id, viewer, limit + 1))
-        scope = {
-            **template.fixed,
-            _TENANT.key: tenant_id,
-            _VIEWER.key: viewer,
-            _ROWS.key: limit + 1,
-        }
-        values = [bp.effective_value for bp in key.bindparams]
-        args = [scope[s] if isinstance(s, str) else values[s] for s in template.sources]
-        return template.sql, args
-
-    @classmethod
-    def _page_template(
-        cls, base: Select[Any], sort: Sort, bound: Sequence[BindParameter[Any]]
-    ) -> _Template | None:
-        compiled = _DIALECT.statement_compiler(
-            _DIALECT, cls._scope_page(base, sort, _TENANT, _VIEWER, _ROWS)
-        )
-        if compiled.post_compile_params or compiled.literal_execute_params:
-            return None
-        position: dict[str, int] = {}
-        for index, bp in enumerate(bound):
-            name = compiled.bind_names.get(bp)
-            if name is None:
-                return None
-            position.setdefault(name, index)
-        sources: list[int | str] = []
-        fixed: dict[str, Any] = {}
-        for name in compiled.positiontup or ():
-            if name in position:
-                sources.append(position[name])
-                continue
-            if name not in _SCOPE_NAMES:
-                # A constant of the scope itself (a record kind, a depth).
-                fixed[name] = compiled.binds[name].effective_value
-            sources.append(name)
-        return _Template(compiled.string, tuple(sources), fixed)
+        scope = {_TENANT.key: tenant_id, _VIEWER.key: viewer, _ROWS.key: limit + 1}
+        return template.sql, template.args_from(key.bindparams, scope)
 
     # -- hot reads on a raw connection (ShardRouter.reader) ---------------------------
     @classmethod
@@ -300,29 +248,21 @@ class TenantRepository(Generic[M]):
         """The record if ``viewer`` may see it (``fetch_one`` when nothing is hidden)."""
         if viewer is None or not cls.is_scoped_for(viewer):
             return await cls.fetch_one(conn, tenant_id, record_id)
-        template = _VISIBLE_SQL.get(cls)
-        if template is None:
-            # The predicate of the viewer's lists: a record opens exactly when it is
-            # listed. Compiled once per class, like the unscoped by-id read.
-            kind: str = cls.model.__tablename__
-            shareable = kind if kind in RECORD_KINDS else None
-            owner, id_col = cls.attr("owner_id"), cls.attr("id")
-            visible = visible_to(owner, id_col, shareable, _TENANT, _VIEWER)
-            stmt = select(*cls.read_columns()).where(
-                cls.attr("tenant_id") == _TENANT, id_col == _RECORD, visible
-            )
-            compiled = _DIALECT.statement_compiler(_DIALECT, stmt)
-            names = tuple(compiled.positiontup or ())
-            fixed = {n: compiled.binds[n].effective_value for n in names if n not in _BY_ID_NAMES}
-            template = _VISIBLE_SQL[cls] = _Template(compiled.string, names, fixed)
-        values = {
-            **template.fixed,
-            _TENANT.key: tenant_id,
-            _VIEWER.key: viewer,
-            _RECORD.key: record_id,
-        }
-        found = await conn.fetchrow(template.sql, *(values[str(s)] for s in template.sources))
+        template = prepared((cls, "visible"), cls._visible_statement)
+        values = {_TENANT.key: tenant_id, _VIEWER.key: viewer, _RECORD.key: record_id}
+        found = await conn.fetchrow(template.sql, *template.args(values))
         return dict(found) if found is not None else None
+
+    @classmethod
+    def _visible_statement(cls) -> Select[Any]:
+        # The predicate of the viewer's lists: a record opens exactly when it is listed.
+        kind: str = cls.model.__tablename__
+        shareable = kind if kind in RECORD_KINDS else None
+        owner, id_col = cls.attr("owner_id"), cls.attr("id")
+        visible = visible_to(owner, id_col, shareable, _TENANT, _VIEWER)
+        return select(*cls.read_columns()).where(
+            cls.attr("tenant_id") == _TENANT, id_col == _RECORD, visible
+        )
 
     # Whether a by-id read is the row alone, so it can take the one-statement path
     # (ShardRouter.read_one); a repository whose fetch_one adds more sets this False.
@@ -332,28 +272,33 @@ class TenantRepository(Generic[M]):
     def by_id_sql(cls) -> str:
         """The by-id read for ``ShardRouter.read_one``: ``$1`` is the id and the tenant
         comes from the enter function's lateral ``e.tid``."""
-        sql = _ONE_SQL.get(cls)
-        if sql is None:
-            stmt = select(*cls.read_columns()).where(
-                cls.attr("tenant_id") == literal_column("e.tid"),
-                cls.attr("id") == bindparam("id"),
-            )
-            sql = _ONE_SQL[cls] = compile_sql(stmt, ("id",))
-        return sql
+        compiled = prepared((cls, "one-statement"), cls._one_statement)
+        if compiled.names != (_RECORD.key,):
+            raise ValueError(f"{cls.__name__}: the by-id read takes {compiled.names}")
+        return compiled.sql
+
+    @classmethod
+    def _one_statement(cls) -> Select[Any]:
+        return select(*cls.read_columns()).where(
+            cls.attr("tenant_id") == literal_column("e.tid"),
+            cls.attr("id") == _RECORD,
+        )
 
     @classmethod
     async def fetch_one(
         cls, conn: asyncpg.Connection, tenant_id: UUID, record_id: UUID
     ) -> dict[str, Any] | None:
-        sql = _GET_SQL.get(cls)
-        if sql is None:
-            stmt = select(*cls.read_columns()).where(
-                cls.attr("tenant_id") == bindparam("tenant_id"),
-                cls.attr("id") == bindparam("id"),
-            )
-            sql = _GET_SQL[cls] = compile_sql(stmt, ("tenant_id", "id"))
-        row = await conn.fetchrow(sql, tenant_id, record_id)
+        compiled = prepared((cls, "by-id"), cls._by_id_statement)
+        row = await conn.fetchrow(
+            compiled.sql, *compiled.args({_TENANT.key: tenant_id, _RECORD.key: record_id})
+        )
         return dict(row) if row is not None else None
+
+    @classmethod
+    def _by_id_statement(cls) -> Select[Any]:
+        return select(*cls.read_columns()).where(
+            cls.attr("tenant_id") == _TENANT, cls.attr("id") == _RECORD
+        )
 
     @classmethod
     async def fetch_page(
@@ -407,20 +352,6 @@ class TenantRepository(Generic[M]):
             .where(self.scoped(), self.attr("id") == record_id)
         )
         return bool(await self.session.scalar(stmt))
-
-    async def page(
-        self,
-        *,
-        where: Sequence[ColumnElement[bool]],
-        sort: Sort,
-        limit: int,
-        cursor: Cursor | None,
-    ) -> list[dict[str, Any]]:
-        stmt = self.scoped_page_statement(
-            self.tenant_id, self.viewer, where=where, sort=sort, limit=limit, cursor=cursor
-        )
-        result = await self.session.execute(stmt)
-        return [dict(r) for r in result.mappings()]
 
     async def reference_exists(self, model: type[Any], record_id: UUID) -> bool:
         """Whether the tenant has the record a write is about to refer to, locked FOR KEY

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from joserfc.jwk import KeySet, RSAKey
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meridian.oauth.models import SigningKey
@@ -54,7 +54,7 @@ class KeyStore:
     async def ensure_active_key(self) -> None:
         """Create the first signing key if there is none (idempotent, race-free)."""
         async with self._control.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _KEY_LOCK_ID})
+            await conn.execute(select(func.pg_advisory_xact_lock(_KEY_LOCK_ID)))
             count = await conn.scalar(
                 select(func.count()).select_from(SigningKey).where(SigningKey.state == "active")
             )
@@ -135,7 +135,7 @@ class Rotation:
 
 
 async def _lock(conn: AsyncConnection) -> datetime:
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _KEY_LOCK_ID})
+    await conn.execute(select(func.pg_advisory_xact_lock(_KEY_LOCK_ID)))
     now: datetime = (await conn.execute(select(func.now()))).scalar_one()
     return now
 

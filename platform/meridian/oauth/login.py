@@ -1,26 +1,21 @@
 """What the token endpoint needs to know about a user, read from the tenant's shard.
 
-Raw reads on the shard's read path (one round trip to enter the tenant, one query),
-done before Authlib's synchronous code runs in its worker thread.
+Reads on the shard's read path (the users repository's queries; one round trip to
+enter the tenant, one query), done before Authlib's synchronous code runs in its
+worker thread. They take the shard router, not the runtime: the runtime builds the
+authorization server, which uses ``LoginUser``, so importing the runtime here would
+close a circle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from uuid import UUID
 
-import asyncpg
-
-from meridian.contacts.schemas import normalise_email  # the form users' emails are stored in
+from meridian.crud.schemas import normalise_email  # the form users' emails are stored in
+from meridian.users.repository import LoginRow, UserRepository
+from sharding.router import OnStale, ShardRouter
 from tenancy.context import TenantContext
-
-if TYPE_CHECKING:
-    from meridian.runtime import Runtime
-
-_COLUMNS = "id, role, active, password_hash"
-_BY_EMAIL = f"SELECT {_COLUMNS} FROM app_user WHERE tenant_id = $1 AND email = $2"  # noqa: S608
-_BY_ID = f"SELECT {_COLUMNS} FROM app_user WHERE tenant_id = $1 AND id = $2"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,19 +26,23 @@ class LoginUser:
     password_hash: str | None  # None: the user cannot sign in with a password
 
 
-def _user(row: asyncpg.Record | None) -> LoginUser | None:
+def _user(row: LoginRow | None) -> LoginUser | None:
     if row is None:
         return None
-    return LoginUser(UUID(str(row["id"])), row["role"], row["active"], row["password_hash"])
+    return LoginUser(UUID(str(row.id)), row.role, row.active, row.password_hash)
 
 
-async def user_by_email(rt: Runtime, tenant: TenantContext, email: str) -> LoginUser | None:
-    async with rt.router.reader(tenant, on_stale=rt.refresh_tenant) as conn:
-        row = await conn.fetchrow(_BY_EMAIL, tenant.tenant_id, normalise_email(email))
+async def user_by_email(
+    router: ShardRouter, tenant: TenantContext, email: str, *, on_stale: OnStale
+) -> LoginUser | None:
+    async with router.reader(tenant, on_stale=on_stale) as conn:
+        row = await UserRepository.fetch_login(conn, tenant.tenant_id, email=normalise_email(email))
     return _user(row)
 
 
-async def user_by_id(rt: Runtime, tenant: TenantContext, user_id: UUID) -> LoginUser | None:
-    async with rt.router.reader(tenant, on_stale=rt.refresh_tenant) as conn:
-        row = await conn.fetchrow(_BY_ID, tenant.tenant_id, user_id)
+async def user_by_id(
+    router: ShardRouter, tenant: TenantContext, user_id: UUID, *, on_stale: OnStale
+) -> LoginUser | None:
+    async with router.reader(tenant, on_stale=on_stale) as conn:
+        row = await UserRepository.fetch_login(conn, tenant.tenant_id, user_id=user_id)
     return _user(row)

@@ -111,7 +111,7 @@ async def _prepare_login(
         return  # Authlib answers (missing parameter, or another tenant)
     if len(password) > MAX_LENGTH:
         return  # no stored password is that long; do not spend a hash on it
-    exchange.login = await user_by_email(rt, tenant, username)
+    exchange.login = await user_by_email(rt.router, tenant, username, on_stale=rt.refresh_tenant)
     stored = exchange.login.password_hash if exchange.login else None
     # Verified even for unknown users (against a dummy hash): same time either way.
     # In a worker thread, a few at a time (each hash takes tens of MiB and ~50 ms).
@@ -133,7 +133,9 @@ async def _prepare_refresh(
     exchange.refresh = record
     if record is not None and record.client_id == client.client_id and record.used_at is None:
         # The user must still exist and be active (checked by the grant).
-        exchange.refresh_user = await user_by_id(rt, tenant, record.user_id)
+        exchange.refresh_user = await user_by_id(
+            rt.router, tenant, record.user_id, on_stale=rt.refresh_tenant
+        )
 
 
 async def _persist(rt: Runtime, exchange: Exchange, response: Response) -> Response:

@@ -8,14 +8,14 @@ from uuid import UUID
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from meridian.crud import reads
 from meridian.deps import CanUpdateUsers
 from meridian.errors import NotFound
 from meridian.oauth.schemas import TokensRevoked
+from meridian.users.repository import UserRepository
 from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1", tags=["users"])
-
-_USER_EXISTS = "SELECT 1 FROM app_user WHERE tenant_id = $1 AND id = $2"
 
 
 @router.post("/users/{user_id}/revoke-tokens", response_model=TokensRevoked)
@@ -23,8 +23,7 @@ async def revoke_user_tokens(user_id: UUID, access: CanUpdateUsers) -> Response:
     """Every access token of the user issued before now is refused, on every API
     instance within a second, and the user's refresh tokens are revoked: the user
     must sign in again. Tokens issued afterwards work."""
-    async with access.reader() as conn:
-        found = await conn.fetchval(_USER_EXISTS, access.tenant.tenant_id, user_id)
+    found = await reads.by_id(access, UserRepository, user_id)
     if found is None:
         # Includes users of other tenants: an id outside the tenant does not exist here.
         raise NotFound(f"No user with id {user_id}.")

@@ -26,6 +26,7 @@ from meridian.deps import (
     CanReadOpportunities,
     CanUpdateOpportunities,
 )
+from meridian.errors import Conflict
 from meridian.opportunities.models import Opportunity
 from meridian.opportunities.repository import SORTABLE, OpportunityRepository
 from meridian.opportunities.schemas import (
@@ -34,12 +35,15 @@ from meridian.opportunities.schemas import (
     OpportunityUpdate,
 )
 from meridian.opportunities.service import opportunity as opportunity_service
+from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
 KIND = "opportunity"
 
 
-@router.post("", status_code=201, response_model=OpportunityRead)
+# 409: no stage given and none to default to (the tenant has no default pipeline, or
+# the pipeline has no stage).
+@router.post("", status_code=201, response_model=OpportunityRead, openapi_extra=problems(Conflict))
 async def create_opportunity(
     body: OpportunityCreate,
     request: Request,

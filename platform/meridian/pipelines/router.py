@@ -10,27 +10,24 @@ the pipeline's ETag in If-Match, since where a stage lands depends on the others
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from meridian.crud import endpoints
+from meridian.crud import endpoints, reads
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
     IfNoneMatchHeader,
     LimitQuery,
+    conditional_response,
     expected_version,
-    record_response,
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
-from meridian.crud.repository import VersionMismatch
 from meridian.crud.schemas import Page
 from meridian.deps import (
     CanCreatePipelines,
@@ -38,7 +35,7 @@ from meridian.deps import (
     CanReadPipelines,
     CanUpdatePipelines,
 )
-from meridian.errors import Conflict, NotFound, PreconditionFailed
+from meridian.errors import Conflict, NotFound
 from meridian.pipelines.models import Pipeline
 from meridian.pipelines.repository import SORTABLE, PipelineRepository, StageRepository
 from meridian.pipelines.schemas import (
@@ -56,17 +53,6 @@ from meridian.web.responses import json_response
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
 KIND = "pipeline"
 STAGE_KIND = "pipeline stage"
-
-
-@contextmanager
-def _precondition(kind: str) -> Iterator[None]:
-    """412 for a stale If-Match raised by a service (the transaction has rolled back)."""
-    try:
-        yield
-    except VersionMismatch as exc:
-        raise PreconditionFailed(
-            f"The {kind} has changed since the ETag was issued; read it again."
-        ) from exc
 
 
 # 409: a concurrent change of the default pipeline won the one-default index.
@@ -145,17 +131,18 @@ async def delete_pipeline(
 ) -> Response:
     """Refused (409) for the default pipeline and while opportunities are in it."""
     version = expected_version(if_match)
-    with _precondition(KIND):
-        async with access.write() as session:
-            await pipeline_service.delete(session, access.tenant, pipeline_id, version)
+    await endpoints.transact(
+        access,
+        KIND,
+        lambda session: pipeline_service.delete(session, access.tenant, pipeline_id, version),
+    )
     return Response(status_code=204)
 
 
 @router.get("/{pipeline_id}/stages", response_model=Page[StageRead])
 async def list_pipeline_stages(pipeline_id: UUID, access: CanReadPipelines) -> Response:
     """All stages ordered by position (bounded, so never more than one page)."""
-    async with access.reader() as conn:
-        pipeline = await PipelineRepository.fetch_one(conn, access.tenant.tenant_id, pipeline_id)
+    pipeline = await reads.by_id(access, PipelineRepository, pipeline_id)
     if pipeline is None:
         raise endpoints.not_found(KIND, pipeline_id)
     return json_response({"data": pipeline["stages"], "next_cursor": None})
@@ -179,16 +166,16 @@ async def create_pipeline_stage(
     """Appends, or inserts at ``position`` shifting the later stages. If-Match, when
     given, is the pipeline's ETag."""
     version = expected_version(if_match)
-    with _precondition(KIND):
-        return await endpoints.create(
-            access,
-            request,
-            idempotency_key,
-            body,
-            lambda session: pipeline_service.add_stage(
-                session, access.tenant, pipeline_id, body, version
-            ),
-        )
+    return await endpoints.create(
+        access,
+        request,
+        idempotency_key,
+        body,
+        lambda session: pipeline_service.add_stage(
+            session, access.tenant, pipeline_id, body, version
+        ),
+        subject=KIND,  # If-Match names the pipeline's version
+    )
 
 
 @router.get("/{pipeline_id}/stages/{stage_id}", response_model=StageRead)
@@ -198,11 +185,13 @@ async def get_pipeline_stage(
     access: CanReadPipelines,
     if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
-    async with access.reader() as conn:
-        row = await StageRepository.fetch_in(conn, access.tenant.tenant_id, pipeline_id, stage_id)
+    tenant_id = access.tenant.tenant_id
+    row = await reads.read(
+        access, lambda conn: StageRepository.fetch_in(conn, tenant_id, pipeline_id, stage_id)
+    )
     if row is None:
         raise NotFound(f"No stage with id {stage_id} in pipeline {pipeline_id}.")
-    return record_response(row, if_none_match)
+    return conditional_response(row, if_none_match)
 
 
 @router.patch(
@@ -237,9 +226,11 @@ async def delete_pipeline_stage(
     """Refused (409) for the last stage and while opportunities are in it. If-Match is
     the stage's ETag."""
     version = expected_version(if_match)
-    with _precondition(STAGE_KIND):
-        async with access.write() as session:
-            await pipeline_service.delete_stage(
-                session, access.tenant, pipeline_id, stage_id, version
-            )
+    await endpoints.transact(
+        access,
+        STAGE_KIND,
+        lambda session: pipeline_service.delete_stage(
+            session, access.tenant, pipeline_id, stage_id, version
+        ),
+    )
     return Response(status_code=204)

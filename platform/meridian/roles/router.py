@@ -21,24 +21,27 @@ from meridian.crud.http import (
     IfNoneMatchHeader,
     conditional_response,
     expected_version,
+    stored_response,
+    tagged_response,
+    version_etag,
 )
+from meridian.crud.idempotency import StoredResponse
 from meridian.deps import CanCreateRoles, CanDeleteRoles, CanReadRoles, CanUpdateRoles
 from meridian.errors import Conflict
 from meridian.roles.schemas import RoleCreate, RoleList, RolePermissions, RoleRead, RoleUpdate
 from meridian.roles.service import role as role_service
 from meridian.web.openapi import problems
-from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1/roles", tags=["roles"])
 RoleNamePath = Annotated[str, Path(max_length=63, pattern=ROLE_NAME.pattern)]
 
 
-def _etag(version: int) -> str:
-    return f'"{version}"'
+def _etag(row: dict[str, Any]) -> str:
+    return version_etag(row["policy_version"])
 
 
-def _role_response(row: dict[str, Any], status_code: int = 200, **headers: str) -> Response:
-    return json_response(row, status_code, {"ETag": _etag(row["policy_version"]), **headers})
+def _role_response(row: dict[str, Any]) -> Response:
+    return tagged_response(row, _etag(row))
 
 
 @router.get("", response_model=RoleList)
@@ -46,7 +49,7 @@ async def list_roles(access: CanReadRoles) -> Response:
     """Every role of the tenant by name, templates included (one page: a tenant has few
     roles)."""
     rows, version = await role_service.list_roles(access)
-    return json_response({"data": rows, "next_cursor": None}, headers={"ETag": _etag(version)})
+    return tagged_response({"data": rows, "next_cursor": None}, version_etag(version))
 
 
 @router.post("", status_code=201, response_model=RoleRead, openapi_extra=problems(Conflict))
@@ -57,11 +60,12 @@ async def create_role(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """A custom role: its own permissions plus, with ``inherits``, another role's."""
+    # Not endpoints.create: roles live in the control plane, the key is kept on the role
+    # (tenant_role.creation_key) and a replay answers the role as it is now.
     row, created_now = await role_service.create_role(access, body, idempotency_key)
-    headers = {"Location": f"{request.url.path.rstrip('/')}/{body.name}"}
-    if not created_now:
-        headers["Idempotent-Replayed"] = "true"
-    return _role_response(row, 201, **headers)
+    location = f"{request.url.path.rstrip('/')}/{body.name}"
+    headers = {"ETag": _etag(row), "Location": location}
+    return stored_response(StoredResponse(201, row, headers, replayed=not created_now))
 
 
 @router.get("/{name}", response_model=RoleRead)
@@ -69,7 +73,7 @@ async def get_role(
     name: RoleNamePath, access: CanReadRoles, if_none_match: IfNoneMatchHeader = None
 ) -> Response:
     row = await role_service.get_role(access, name)
-    return conditional_response(row, _etag(row["policy_version"]), if_none_match)
+    return conditional_response(row, if_none_match, tag=_etag(row))
 
 
 @router.patch("/{name}", response_model=RoleRead, openapi_extra=problems(Conflict))

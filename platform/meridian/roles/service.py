@@ -27,6 +27,7 @@ from authz.policy import (
     RoleView,
     Rule,
 )
+from meridian.crud import reads
 from meridian.crud.idempotency import validate_key
 from meridian.deps import TenantAccess
 from meridian.errors import (
@@ -41,6 +42,7 @@ from meridian.errors import (
 )
 from meridian.oauth.models import OAuthClient
 from meridian.roles.schemas import PermissionIn, RoleCreate, RoleUpdate
+from meridian.users.repository import UserRepository
 
 Row = dict[str, Any]
 
@@ -308,13 +310,10 @@ class RoleService:
     async def _users_hold(self, access: TenantAccess, name: str) -> bool:
         """Users live on the tenant's shard. The check is not atomic with the delete
         (two databases); a user given the role meanwhile is simply denied everything."""
-        async with access.reader() as conn:
-            found = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM app_user WHERE tenant_id = $1 AND role = $2)",
-                access.tenant.tenant_id,
-                name,
-            )
-        return bool(found)
+        tenant_id = access.tenant.tenant_id
+        return await reads.read(
+            access, lambda conn: UserRepository.fetch_role_held(conn, tenant_id, name)
+        )
 
 
 role = RoleService()

@@ -17,29 +17,33 @@ from starlette.responses import Response
 
 from meridian.accounts.repository import AccountRepository
 from meridian.contacts.repository import ContactRepository
-from meridian.crud import endpoints
+from meridian.crud import endpoints, reads
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     LimitQuery,
     page_response,
-    stored_response,
 )
-from meridian.crud.idempotency import StoredResponse, request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, check_limit, filters_digest
 from meridian.crud.repository import TenantRepository
 from meridian.crud.schemas import Page
-from meridian.deps import CanCreateShares, CanDeleteShares, CanReadShares, TenantAccess
+from meridian.deps import (
+    CanCreateShares,
+    CanDeleteShares,
+    CanReadShares,
+    TenantAccess,
+    record_viewer,
+)
 from meridian.errors import Conflict, Forbidden
 from meridian.opportunities.repository import OpportunityRepository
 from meridian.sharing.repository import OLDEST_FIRST, ShareRepository
 from meridian.sharing.schemas import ShareCreate, ShareRead
 from meridian.sharing.service import record_not_found
 from meridian.sharing.service import sharing as sharing_service
-from meridian.users.permissions import record_viewer
 from meridian.web.openapi import problems
 
 router = APIRouter(tags=["sharing"])
+SHARE = "share"
 
 # URL segment -> (record kind, its repository).
 SHAREABLE: dict[str, tuple[str, type[TenantRepository[Any]]]] = {
@@ -72,18 +76,14 @@ def _list_shares(
         after = Cursor.decode(cursor, sort=OLDEST_FIRST, digest=digest) if cursor else None
         tenant_id = access.tenant.tenant_id
         viewer = record_viewer(access)
-        async with access.reader() as conn:
-            # One read transaction: the record's visibility and its shares agree.
-            if await repo.fetch_visible(conn, tenant_id, record_id, viewer) is None:
-                raise record_not_found(kind, record_id)
-            rows = await ShareRepository.fetch_page(
-                conn,
-                tenant_id,
-                where=ShareRepository.of_record(kind, record_id),
-                sort=OLDEST_FIRST,
-                limit=size,
-                cursor=after,
-            )
+        rows = await reads.read(
+            access,
+            lambda conn: ShareRepository.fetch_of_record(
+                conn, repo, tenant_id, record_id, viewer=viewer, limit=size, cursor=after
+            ),
+        )
+        if rows is None:
+            raise record_not_found(kind, record_id)
         return page_response(rows, limit=size, sort=OLDEST_FIRST, digest=digest)
 
     return list_shares
@@ -99,27 +99,22 @@ def _create_share(kind: str, plural: str) -> Callable[..., Awaitable[Response]]:
     ) -> Response:
         _require_update(access, plural, kind)
         viewer = record_viewer(access)
-        payload = endpoints.idempotency_payload(access, body.model_dump(mode="json"))
-        fingerprint = request_fingerprint("POST", request.url.path, payload)
-        async with access.write() as session:
-
-            async def produce() -> StoredResponse:
-                row = await sharing_service.grant(
-                    session,
-                    access.tenant,
-                    kind,
-                    record_id,
-                    body,
-                    viewer=viewer,
-                    granted_by=access.actor.user_id,
-                )
-                location = f"{request.url.path.rstrip('/')}/{row['id']}"
-                return StoredResponse(201, row, {"Location": location})
-
-            stored = await run_idempotent(
-                session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
-            )
-        return stored_response(stored)
+        return await endpoints.create(
+            access,
+            request,
+            idempotency_key,
+            body,
+            lambda session: sharing_service.grant(
+                session,
+                access.tenant,
+                kind,
+                record_id,
+                body,
+                viewer=viewer,
+                granted_by=access.actor.user_id,
+            ),
+            tag=None,  # a share is never changed, only revoked: it has no ETag
+        )
 
     return create_share
 
@@ -128,10 +123,13 @@ def _delete_share(kind: str, plural: str) -> Callable[..., Awaitable[Response]]:
     async def delete_share(record_id: UUID, share_id: UUID, access: CanDeleteShares) -> Response:
         _require_update(access, plural, kind)
         viewer = record_viewer(access)
-        async with access.write() as session:
-            await sharing_service.revoke(
+        await endpoints.transact(
+            access,
+            SHARE,
+            lambda session: sharing_service.revoke(
                 session, access.tenant, kind, record_id, share_id, viewer=viewer
-            )
+            ),
+        )
         return Response(status_code=204)
 
     return delete_share

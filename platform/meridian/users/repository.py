@@ -11,11 +11,24 @@ from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import Text, cast, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    Select,
+    Text,
+    Uuid,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.orm import aliased
 
 from authz.models import UserClosure
-from meridian.crud.compiled import fetchrow
+from meridian.crud.compiled import prepared
 from meridian.crud.repository import TenantRepository
 from meridian.users.models import AppUser
 
@@ -42,6 +55,28 @@ class Current(NamedTuple):
     active: bool
 
 
+class LoginRow(NamedTuple):
+    id: UUID
+    role: str
+    active: bool
+    password_hash: str | None
+
+
+_TENANT = bindparam("tenant_id", type_=Uuid())
+_USER = bindparam("user_id", type_=Uuid())
+
+
+def _login_statement(by: str) -> Select[UUID, str, bool, str | None]:
+    key = (
+        AppUser.email == bindparam("email")
+        if by == "email"
+        else AppUser.id == bindparam("id", type_=Uuid())
+    )
+    return select(AppUser.id, AppUser.role, AppUser.active, AppUser.password_hash).where(
+        AppUser.tenant_id == _TENANT, key
+    )
+
+
 class Credentials(NamedTuple):
     id: UUID
     role: str
@@ -58,11 +93,49 @@ class UserRepository(TenantRepository[AppUser]):
     async def fetch_actor(
         conn: asyncpg.Connection, tenant_id: UUID, user_id: UUID
     ) -> ActorRow | None:
-        stmt = select(AppUser.role, AppUser.active).where(
-            AppUser.tenant_id == tenant_id, AppUser.id == user_id
+        compiled = prepared(
+            (AppUser, "actor"),
+            lambda: select(AppUser.role, AppUser.active).where(
+                AppUser.tenant_id == _TENANT, AppUser.id == _USER
+            ),
         )
-        row = await fetchrow(conn, stmt)
+        row = await conn.fetchrow(
+            compiled.sql, *compiled.args({"tenant_id": tenant_id, "user_id": user_id})
+        )
         return ActorRow(row["role"], row["active"]) if row is not None else None
+
+    @staticmethod
+    async def fetch_login(
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        *,
+        email: str | None = None,
+        user_id: UUID | None = None,
+    ) -> LoginRow | None:
+        """What the token endpoint checks of the user with this (normalised) e-mail, or
+        this id: the only read of a password hash outside a change of it."""
+        by = "email" if email is not None else "id"
+        compiled = prepared((AppUser, "login", by), lambda: _login_statement(by))
+        value = email if email is not None else user_id
+        row = await conn.fetchrow(compiled.sql, *compiled.args({"tenant_id": tenant_id, by: value}))
+        if row is None:
+            return None
+        return LoginRow(row["id"], row["role"], row["active"], row["password_hash"])
+
+    @staticmethod
+    async def fetch_role_held(conn: asyncpg.Connection, tenant_id: UUID, role: str) -> bool:
+        """Whether any user of the tenant has ``role`` (a role in use is not deleted)."""
+        compiled = prepared(
+            (AppUser, "role-held"),
+            lambda: select(
+                exists().where(AppUser.tenant_id == _TENANT, AppUser.role == bindparam("role"))
+            ),
+        )
+        return bool(
+            await conn.fetchval(
+                compiled.sql, *compiled.args({"tenant_id": tenant_id, "role": role})
+            )
+        )
 
     # -- checks ----------------------------------------------------------------------------
     async def email_taken(self, email: str) -> bool:

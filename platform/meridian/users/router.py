@@ -12,7 +12,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from meridian.contacts.schemas import normalise_email
 from meridian.crud import endpoints
 from meridian.crud.http import (
     CursorQuery,
@@ -23,7 +22,7 @@ from meridian.crud.http import (
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
-from meridian.crud.schemas import Page
+from meridian.crud.schemas import Page, normalise_email
 from meridian.deps import CanCreateUsers, CanReadUsers, CanUpdateUsers
 from meridian.errors import Conflict
 from meridian.identity import forget_actor
@@ -96,7 +95,8 @@ async def get_user(
     return await endpoints.fetch(access, UserRepository, KIND, user_id, if_none_match)
 
 
-@router.patch("/{user_id}", response_model=UserRead)
+# 409: a manager at or below the user, or deactivating a user who manages active users.
+@router.patch("/{user_id}", response_model=UserRead, openapi_extra=problems(Conflict))
 async def update_user(
     user_id: UUID,
     body: UserUpdate,

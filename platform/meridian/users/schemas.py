@@ -8,8 +8,7 @@ from uuid import UUID
 
 from pydantic import ConfigDict, Field, SecretStr, StringConstraints
 
-from meridian.contacts.schemas import Email
-from meridian.crud.schemas import NOT_BLANK, Flag, InputModel, Omittable, RecordRead
+from meridian.crud.schemas import NOT_BLANK, Email, Flag, InputModel, Omittable, RecordRead
 from meridian.users import passwords
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NOT_BLANK)]

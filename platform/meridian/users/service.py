@@ -9,8 +9,8 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from meridian.contacts.schemas import normalise_email
 from meridian.crud.repository import VersionMismatch
+from meridian.crud.schemas import normalise_email
 from meridian.deps import TenantAccess
 from meridian.errors import NOT_FOUND, Conflict, Forbidden, invalid_field
 from meridian.ids import new_id

@@ -51,7 +51,7 @@ from meridian.errors import (
     ValidationFailed,
     problem_types,
 )
-from meridian.oauth.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE
+from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE
 
 # Where a route names the problems only it can answer with (popped from the document).
 _EXTRA_KEY = "x-meridian-problems"

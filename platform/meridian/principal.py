@@ -1,4 +1,6 @@
-"""The authenticated caller of a request."""
+"""The authenticated caller of a request, and the OAuth scopes a token may carry.
+
+A kit module: the request dependencies read it, the oauth domain issues and verifies it."""
 
 from __future__ import annotations
 
