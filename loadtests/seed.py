@@ -25,7 +25,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -684,13 +684,6 @@ class Seeder:
         ready: asyncio.Queue[_Onboarded | None] = asyncio.Queue()
         failures: list[Exception] = []
 
-        async def onboard(index: int) -> None:
-            nonlocal created
-            tenant, new = await self.onboard(index)
-            done[index], created = tenant, created + new
-            self._record(tenant, "onboarding")
-            ready.put_nowait(tenant)
-
         async def load(tenant: _Onboarded) -> None:
             await self.load(tenant)
             self._record(tenant, "loading", sum(tenant.rows.values()))
@@ -711,12 +704,10 @@ class Seeder:
             await self.onboard_batch(indexes, onboarded)
 
         async def onboarding() -> None:
-            batches = (
-                range(start, min(start + ONBOARDING_BATCH, tenants))
-                for start in range(0, tenants, ONBOARDING_BATCH)
-            )
             try:
-                await _each(_take(batches), ONBOARDING_BATCHES_AT_ONCE, onboard_batch, failures)
+                await _each(
+                    _take(_batches(tenants)), ONBOARDING_BATCHES_AT_ONCE, onboard_batch, failures
+                )
             finally:
                 ready.put_nowait(None)
 
@@ -729,21 +720,25 @@ class Seeder:
         return [done[i] for i in sorted(done)], created
 
     async def onboard_all(self, tenants: int) -> tuple[list[_Onboarded], int]:
-        """Onboard (or find) tenants 0..N-1, a few at a time; returns them in index order
-        and how many are new."""
+        """Onboard (or find) tenants 0..N-1 in batches, as :meth:`run` does without
+        loading them; returns them in index order and how many are new."""
         self.reporter.phase("onboarding", tenants)
         done: dict[int, _Onboarded] = {}
         created = 0
         failures: list[Exception] = []
 
-        async def onboard(index: int) -> None:
+        def onboarded(tenant: _Onboarded, new: bool) -> None:
             nonlocal created
-            tenant, new = await self.onboard(index)
-            done[index], created = tenant, created + new
+            done[tenant.index], created = tenant, created + new
             self._record(tenant, "onboarding")
 
+        async def onboard_batch(indexes: range) -> None:
+            await self.onboard_batch(indexes, onboarded)
+
         try:
-            await _each(_take(range(tenants)), ONBOARDING_CONCURRENCY, onboard, failures)
+            await _each(
+                _take(_batches(tenants)), ONBOARDING_BATCHES_AT_ONCE, onboard_batch, failures
+            )
         finally:
             self._save()
         if failures:
@@ -792,6 +787,7 @@ class Seeder:
             raise SeedError(f"tenant {ctx.slug!r} is {ctx.status.value}; it cannot be seeded")
         client_id, secret = row["client"]["client_id"], row["client"]["client_secret"]
         if not secret:
+            # The first client's secret is shown once; reuse what we kept, or add a client.
             client_id, secret = await self._credentials_for(ctx)
         return _Onboarded(index, ctx, client_id, secret)
 
@@ -802,22 +798,9 @@ class Seeder:
             row, created_now = await tenant_admin.onboard(
                 self.rt, body, self.idempotency_key(index)
             )
-            # The answer is the tenant as onboarding left it, read after its last write:
-            # reading the directory again would only repeat it.
-            ctx: TenantContext | None = TenantContext(
-                tenant_id=row["id"],
-                slug=row["slug"],
-                shard_id=row["shard_id"],
-                region=row["region"],
-                status=TenantStatus(row["status"]),
-                epoch=row["epoch"],
-            )
-            secret = row["client"]["client_secret"]
-            client_id = row["client"]["client_id"]
         except IdempotencyKeyReused:
             # Ours (same key) but asked with other arguments (e.g. other regions): keep it.
             ctx = await self.rt.directory.load(await self._tenant_id(slug))
-            created_now, secret, client_id = False, None, ""
         except Conflict as exc:
             # The slug is taken, or placement found no room (every shard of the region
             # full or closed): only the first is about the prefix.
@@ -829,13 +812,16 @@ class Seeder:
             ) from exc
         except MeridianError as exc:
             raise SeedError(f"onboarding {slug!r} failed: {exc}") from exc
+        else:
+            tenant = await self._onboarded(index, row)
+            tenant.new = created_now
+            return tenant, created_now
         if ctx is None or ctx.status is not TenantStatus.ACTIVE:
             state = ctx.status.value if ctx else "gone"
             raise SeedError(f"tenant {slug!r} is {state}; it cannot be seeded")
-        if not secret:
-            # The first client's secret is shown once; reuse what we kept, or add a client.
-            client_id, secret = await self._credentials_for(ctx)
-        return _Onboarded(index, ctx, client_id, secret, new=created_now), created_now
+        # The first client's secret is shown once; reuse what we kept, or add a client.
+        client_id, secret = await self._credentials_for(ctx)
+        return _Onboarded(index, ctx, client_id, secret, new=False), False
 
     async def _tenant_id(self, slug: str) -> UUID:
         found = await self._find_tenant_id(slug)
@@ -1100,6 +1086,12 @@ class _Insert:
             if n != len(rows.get(table, [])):
                 raise SeedError(f"{table}: inserted {n} of {len(rows.get(table, []))} rows")
         return inserted
+
+
+def _batches(tenants: int) -> Iterator[range]:
+    """Tenant indexes 0..N-1 in onboarding batches (TenantAdminService.onboard_many)."""
+    for start in range(0, tenants, ONBOARDING_BATCH):
+        yield range(start, min(start + ONBOARDING_BATCH, tenants))
 
 
 def _take(items: Iterable[T]) -> Callable[[], Awaitable[T | None]]:
