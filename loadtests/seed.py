@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.admin.schemas import ClientCreate, TenantCreate
 from meridian.admin.service import tenant_admin
+from meridian.admin.wiring import admin_deps
 from meridian.encryption.fields import encrypt_values
 from meridian.errors import Conflict, IdempotencyKeyReused, MeridianError
 from meridian.ids import new_id
@@ -761,7 +762,7 @@ class Seeder:
         requests = [(self._request(i), self.idempotency_key(i)) for i in indexes]
         try:
             answers = await tenant_admin.onboard_many(
-                self.rt, requests, concurrency=ONBOARDING_CONCURRENCY
+                admin_deps(self.rt), requests, concurrency=ONBOARDING_CONCURRENCY
             )
         except MeridianError:
             for i in indexes:
@@ -796,7 +797,7 @@ class Seeder:
         body = self._request(index)
         try:
             row, created_now = await tenant_admin.onboard(
-                self.rt, body, self.idempotency_key(index)
+                admin_deps(self.rt), body, self.idempotency_key(index)
             )
         except IdempotencyKeyReused:
             # Ours (same key) but asked with other arguments (e.g. other regions): keep it.
@@ -844,7 +845,7 @@ class Seeder:
         ):
             return client_id, secret
         client, _ = await tenant_admin.add_client(
-            self.rt, ctx.tenant_id, ClientCreate(name="load test client"), None
+            admin_deps(self.rt), ctx.tenant_id, ClientCreate(name="load test client"), None
         )
         return str(client["client_id"]), str(client["client_secret"])
 

@@ -71,13 +71,6 @@ class TenantAccess:
         """In-handler capability check (memoised, no I/O): e.g. ``can("pii", "read")``."""
         return self.policy.allows(self.actor.role, obj, act)
 
-    def may_assign(self, role: str) -> bool:
-        """Whether the caller may give ``role`` to a user or client: the role exists in
-        the tenant and grants nothing the caller does not hold (no escalation by
-        assignment)."""
-        view = self.policy.snapshot.roles().get(role)
-        return view is not None and all(self.can(obj, act) for obj, act in view.effective)
-
     # Reads go through meridian.crud.reads (the one read flow), writes through
     # meridian.crud.endpoints.writing, which opens this transaction.
     @asynccontextmanager

@@ -2,7 +2,8 @@
 an OAuth client acting for the tenant as a whole (with the role it was given).
 
 A user's role and state come from the users domain's query, which the runtime holds
-(``Runtime.load_actor``): the kit does not import the users domain."""
+(``Runtime.actor_sql`` in one statement, ``Runtime.load_actor`` in a read transaction,
+as the shard's read strategy says): the kit does not import the users domain."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cache.codec import JSON
 from cache.core import Policy
 from meridian.errors import Unauthorized
 from meridian.principal import Principal
+from sharding.router import ReadStrategy
 from tenancy.context import TenantContext
 
 if TYPE_CHECKING:
@@ -50,7 +52,14 @@ async def resolve_actor(runtime: Runtime, tenant: TenantContext, principal: Prin
     user_id = principal.user_id
 
     async def load() -> dict[str, Any] | None:
-        async with runtime.router.reader(tenant, on_stale=runtime.refresh_tenant) as conn:
+        router = runtime.router
+        if router.read_strategy(tenant.shard_id) is ReadStrategy.ONE_STATEMENT:
+            # One round trip (ShardRouter.read_one) instead of three.
+            row = await router.read_one(
+                tenant, runtime.actor_sql(), (user_id,), on_stale=runtime.refresh_tenant
+            )
+            return {"role": row["role"], "active": row["active"]} if row is not None else None
+        async with router.reader(tenant, on_stale=runtime.refresh_tenant) as conn:
             found = await runtime.load_actor(conn, tenant.tenant_id, user_id)
         return {"role": found.role, "active": found.active} if found is not None else None
 

@@ -21,7 +21,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from meridian import runtime
 from meridian.admin.service import tenant_admin
+from meridian.admin.wiring import admin_deps
 from meridian.encryption import reencrypt as reencryption
 from meridian.encryption.reencrypt import ReencryptResult, resolve_tenant
 from meridian.errors import MeridianError
@@ -107,17 +109,8 @@ async def register_shards(settings: Settings) -> None:
     """Register (or update) the shards the settings name (MERIDIAN_SHARDS, a dev.json)."""
     if not settings.shards:
         return
-    async with _control(settings) as engine, engine.begin() as conn:
-        for s in settings.shards:
-            await upsert_shard(
-                conn,
-                shard_id=s.id,
-                region=s.region,
-                dsn=s.dsn,
-                admin_dsn=s.admin_dsn,
-                capacity=s.capacity,
-                dedicated=s.dedicated,
-            )
+    async with _control(settings) as engine:
+        await runtime.register_shards(engine, settings)
 
 
 async def shard_databases(settings: Settings) -> dict[str, dict[str, str]]:
@@ -265,7 +258,7 @@ def reencrypt_summary(result: ReencryptResult) -> dict[str, object]:
 async def delete_tenant(rt: Runtime, tenant: str) -> dict[str, object]:
     """Crypto-shred the tenant (id or slug): destroy its data keys, then mark it deleted."""
     ctx = await resolve_tenant(rt, tenant)
-    row = await tenant_admin.delete(rt, ctx.tenant_id)
+    row = await tenant_admin.delete(admin_deps(rt), ctx.tenant_id)
     return {"tenant": str(row["id"]), "status": row["status"]}
 
 

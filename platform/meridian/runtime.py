@@ -66,6 +66,9 @@ class Runtime:
     # A user's role and state on the tenant's shard, read by meridian.identity for
     # every user token (behind the cache).
     load_actor: Callable[[asyncpg.Connection, UUID, UUID], Awaitable[ActorRow | None]]
+    # The same read as one statement for ShardRouter.read_one ($1: the user's id), used
+    # where the shard reads that way (identity picks by ShardRouter.read_strategy).
+    actor_sql: Callable[[], str]
     # Kinds whose single-record reads are cached, and how (see record_policies()).
     record_cache: dict[str, Policy] = field(default_factory=dict)
     list_cache: dict[str, Policy] = field(default_factory=dict)
@@ -160,6 +163,7 @@ class Runtime:
                 max_tenants=active,
             ),
             load_actor=UserRepository.fetch_actor,
+            actor_sql=UserRepository.actor_sql,
             record_cache=record_policies(settings),
             list_cache=list_policies(settings),
             redis=redis,
@@ -190,19 +194,7 @@ class Runtime:
 
     async def register_configured_shards(self) -> None:
         """Shards named in settings are upserted into the topology (DSNs may change)."""
-        if not self.settings.shards:
-            return
-        async with self.control.begin() as conn:
-            for s in self.settings.shards:
-                await upsert_shard(
-                    conn,
-                    shard_id=s.id,
-                    region=s.region,
-                    dsn=s.dsn,
-                    admin_dsn=s.admin_dsn,
-                    capacity=s.capacity,
-                    dedicated=s.dedicated,
-                )
+        await register_shards(self.control, self.settings)
 
     async def reload_topology(self) -> list[ShardInfo]:
         async with self.control.connect() as conn:
@@ -274,6 +266,24 @@ def connect_redis(settings: Settings) -> AnyRedis | None:
             settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
         )
     return Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+
+async def register_shards(control: AsyncEngine, settings: Settings) -> None:
+    """Upsert the shards the settings name (MERIDIAN_SHARDS, a dev.json) into the
+    topology, so their DSNs follow the configuration; at start-up and from the CLI."""
+    if not settings.shards:
+        return
+    async with control.begin() as conn:
+        for s in settings.shards:
+            await upsert_shard(
+                conn,
+                shard_id=s.id,
+                region=s.region,
+                dsn=s.dsn,
+                admin_dsn=s.admin_dsn,
+                capacity=s.capacity,
+                dedicated=s.dedicated,
+            )
 
 
 def record_policies(settings: Settings) -> dict[str, Policy]:

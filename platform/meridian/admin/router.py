@@ -17,6 +17,7 @@ from meridian.admin.schemas import (
     TenantRead,
 )
 from meridian.admin.service import tenant_admin
+from meridian.admin.wiring import admin_deps
 from meridian.crud.http import IdempotencyKeyHeader, LimitQuery, stored_response
 from meridian.crud.idempotency import StoredResponse
 from meridian.crud.schemas import Page
@@ -44,7 +45,7 @@ async def create_tenant(
 ) -> Response:
     # Not endpoints.create: onboarding spans the control plane and a shard, so it
     # resumes (the service) rather than replaying a stored response.
-    row, created_now = await tenant_admin.onboard(rt, body, idempotency_key)
+    row, created_now = await tenant_admin.onboard(admin_deps(rt), body, idempotency_key)
     headers = {"Location": f"/admin/v1/tenants/{row['id']}"}
     return stored_response(StoredResponse(201, row, headers, replayed=not created_now))
 
@@ -62,7 +63,7 @@ async def list_tenants(
     shard_id: Annotated[str | None, Query(max_length=63)] = None,
 ) -> Response:
     rows = await tenant_admin.list_tenants(
-        rt,
+        admin_deps(rt),
         status=status.value if status else None,
         region=region,
         shard_id=shard_id,
@@ -75,7 +76,7 @@ async def list_tenants(
 
 @router.get("/tenants/{tenant_id}", response_model=TenantRead)
 async def get_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
-    return json_response(await tenant_admin.get(rt, tenant_id))
+    return json_response(await tenant_admin.get(admin_deps(rt), tenant_id))
 
 
 @router.post(
@@ -84,7 +85,7 @@ async def get_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Resp
 async def suspend_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """Naturally idempotent: suspending a suspended tenant changes nothing."""
     row = await tenant_admin.set_status(
-        rt, tenant_id, to=TenantStatus.SUSPENDED, allowed_from={TenantStatus.ACTIVE}
+        admin_deps(rt), tenant_id, to=TenantStatus.SUSPENDED, allowed_from={TenantStatus.ACTIVE}
     )
     return json_response(row)
 
@@ -95,7 +96,7 @@ async def suspend_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> 
 async def resume_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """Naturally idempotent: resuming an active tenant changes nothing."""
     row = await tenant_admin.set_status(
-        rt, tenant_id, to=TenantStatus.ACTIVE, allowed_from={TenantStatus.SUSPENDED}
+        admin_deps(rt), tenant_id, to=TenantStatus.ACTIVE, allowed_from={TenantStatus.SUSPENDED}
     )
     return json_response(row)
 
@@ -104,7 +105,7 @@ async def resume_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> R
 async def delete_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """Crypto-shredding: destroys the tenant's data keys, then marks it deleted. Its
     rows on the shard become unreadable to anyone; its tokens are refused. Idempotent."""
-    return json_response(await tenant_admin.delete(rt, tenant_id))
+    return json_response(await tenant_admin.delete(admin_deps(rt), tenant_id))
 
 
 # 409: two requests with one Idempotency-Key racing for its unique index.
@@ -121,7 +122,9 @@ async def create_tenant_client(
     _: AdminPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    client, created_now = await tenant_admin.add_client(rt, tenant_id, body, idempotency_key)
+    client, created_now = await tenant_admin.add_client(
+        admin_deps(rt), tenant_id, body, idempotency_key
+    )
     return stored_response(StoredResponse(201, client, replayed=not created_now))
 
 
@@ -129,10 +132,10 @@ async def create_tenant_client(
 async def revoke_tenant_tokens(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """Emergency revocation: all tokens of the tenant issued before now are refused, on
     every API instance within a second; tokens issued afterwards work."""
-    return json_response(await tenant_admin.revoke_tokens(rt, tenant_id))
+    return json_response(await tenant_admin.revoke_tokens(admin_deps(rt), tenant_id))
 
 
 @router.get("/shards", response_model=Page[ShardRead])
 async def list_shards(rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """The topology with tenant counts, as one page (a platform has few shards)."""
-    return json_response({"data": await tenant_admin.shards(rt), "next_cursor": None})
+    return json_response({"data": await tenant_admin.shards(admin_deps(rt)), "next_cursor": None})

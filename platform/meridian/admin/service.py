@@ -10,16 +10,19 @@ the same request (same slug and Idempotency-Key) resumes wherever the last one s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import RowMapping, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from cache.core import TwoLevelCache
 from meridian.admin.schemas import ClientCreate, TenantCreate
+from meridian.crud import control
 from meridian.crud.idempotency import request_fingerprint, validate_key
+from meridian.directory import CachedDirectory
 from meridian.errors import (
     NOT_FOUND,
     Conflict,
@@ -31,15 +34,37 @@ from meridian.errors import (
 from meridian.ids import new_id
 from meridian.oauth.clients import create_client
 from meridian.oauth.models import OAuthClient
+from meridian.oauth.notbefore import NotBeforeStore
 from meridian.pipelines.defaults import seed_default_pipeline
 from meridian.principal import TENANT_SCOPES
-from meridian.runtime import Runtime
+from sharding.engines import ShardEngines, ShardInfo
 from sharding.models import Shard
 from sharding.placement import PlacementError, choose_shard
+from sharding.router import ShardRouter
 from tenancy.context import TenantStatus
+from tenancy.keyring import TenantKeyring
 from tenancy.models import DirectoryEntry, Tenant
 
 _PLACEMENT_LOCK = 0x504C4143  # "PLAC": serialises placement decisions
+
+
+@dataclass(frozen=True, slots=True)
+class AdminDeps:
+    """What platform administration uses (built from the runtime by
+    ``meridian.admin.wiring.admin_deps``): the control plane, through the kit's
+    ``meridian.crud.control`` flows; the topology; the tenant's shard, directory entry,
+    data keys, not-before time and cached lists."""
+
+    control: AsyncEngine
+    engines: ShardEngines
+    router: ShardRouter
+    directory: CachedDirectory
+    keyring: TenantKeyring
+    revocations: NotBeforeStore
+    cache: TwoLevelCache
+    list_kinds: tuple[str, ...]  # the kinds whose list pages are cached
+    reload_topology: Callable[[], Awaitable[list[ShardInfo]]]
+    tenant_counts: Callable[[], Awaitable[dict[str, int]]]
 
 
 def _tenant_columns() -> list[Any]:
@@ -71,14 +96,32 @@ async def _tenant_row(conn: AsyncConnection, tenant_id: UUID) -> dict[str, Any] 
     return dict(row) if row is not None else None
 
 
+def _fingerprint(body: TenantCreate) -> bytes:
+    return request_fingerprint("POST", "/admin/v1/tenants", body.model_dump(mode="json"))
+
+
+def _resumed(found: Any, body: TenantCreate, key: str | None, fingerprint: bytes) -> UUID:
+    """The tenant a retried onboarding resumes (``found``: the row with ``body``'s slug):
+    409 if another onboarding made it, 422 if this key was used for another request."""
+    if key is None or found.creation_key != key:
+        raise Conflict(f"A tenant with slug {body.slug!r} exists.")
+    if found.creation_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used for a different request; use a new key."
+        )
+    tenant_id: UUID = found.id
+    return tenant_id
+
+
 class TenantAdminService:
     async def onboard(
-        self, rt: Runtime, body: TenantCreate, idempotency_key: str | None
+        self, deps: AdminDeps, body: TenantCreate, idempotency_key: str | None
     ) -> tuple[dict[str, Any], bool]:
         """Returns (tenant with first client, created_now)."""
         key = validate_key(idempotency_key) if idempotency_key else None
-        fingerprint = request_fingerprint("POST", "/admin/v1/tenants", body.model_dump(mode="json"))
-        async with rt.control.begin() as conn:
+        fingerprint = _fingerprint(body)
+
+        async def place(conn: AsyncConnection) -> tuple[UUID, bool]:
             existing = (
                 await conn.execute(
                     select(
@@ -87,24 +130,17 @@ class TenantAdminService:
                 )
             ).one_or_none()
             if existing is not None:
-                if key is None or existing.creation_key != key:
-                    raise Conflict(f"A tenant with slug {body.slug!r} exists.")
-                if existing.creation_fingerprint != fingerprint:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was used for a different request; use a new key."
-                    )
-                tenant_id = existing.id
-                resumed = True
-            else:
-                tenant_id = await self._place(rt, conn, body, key, fingerprint)
-                resumed = False
-        row = await self._finish(rt, tenant_id, body.name)
-        row["placement"] = self._placement(rt, body, row["shard_id"])
+                return _resumed(existing, body, key, fingerprint), True
+            return await self._place(deps, conn, body, key, fingerprint), False
+
+        tenant_id, resumed = await control.transact(deps.control, place)
+        row = await self._finish(deps, tenant_id, body.name)
+        row["placement"] = self._placement(deps, body, row["shard_id"])
         return row, not resumed
 
     async def onboard_many(
         self,
-        rt: Runtime,
+        deps: AdminDeps,
         requests: Sequence[tuple[TenantCreate, str | None]],
         *,
         concurrency: int = 8,
@@ -120,7 +156,8 @@ class TenantAdminService:
             (i, body, key) for i, (body, key) in enumerate(requests) if body.shard_id is None
         ]
         if by_region:
-            async with rt.control.begin() as conn:
+
+            async def place_all(conn: AsyncConnection) -> None:
                 existing = {
                     r.slug: r
                     for r in await conn.execute(
@@ -130,24 +167,15 @@ class TenantAdminService:
                     )
                 }
                 await conn.execute(select(func.pg_advisory_xact_lock(_PLACEMENT_LOCK)))
-                shards = await rt.reload_topology()
-                counts = dict(await rt.tenant_counts())
+                shards = await deps.reload_topology()
+                counts = dict(await deps.tenant_counts())
                 tenants: list[dict[str, Any]] = []
                 for i, body, raw_key in by_region:
                     key = validate_key(raw_key) if raw_key else None
-                    fingerprint = request_fingerprint(
-                        "POST", "/admin/v1/tenants", body.model_dump(mode="json")
-                    )
+                    fingerprint = _fingerprint(body)
                     found = existing.get(body.slug)
                     if found is not None:
-                        if key is None or found.creation_key != key:
-                            raise Conflict(f"A tenant with slug {body.slug!r} exists.")
-                        if found.creation_fingerprint != fingerprint:
-                            raise IdempotencyKeyReused(
-                                "This Idempotency-Key was used for a different request; "
-                                "use a new key."
-                            )
-                        pending.append((i, found.id, body, False))
+                        pending.append((i, _resumed(found, body, key, fingerprint), body, False))
                         continue
                     assert body.region is not None
                     if not any(s.region == body.region for s in shards):
@@ -186,38 +214,40 @@ class TenantAdminService:
                             for t in tenants
                         ],
                     )
+
+            await control.transact(deps.control, place_all)
         gate = asyncio.Semaphore(concurrency)
 
         async def finish(i: int, tenant_id: UUID, body: TenantCreate, created: bool) -> None:
             async with gate:
-                row = await self._finish(rt, tenant_id, body.name)
-            row["placement"] = self._placement(rt, body, row["shard_id"])
+                row = await self._finish(deps, tenant_id, body.name)
+            row["placement"] = self._placement(deps, body, row["shard_id"])
             results[i] = (row, created)
 
         await asyncio.gather(*(finish(*p) for p in pending))
         for i, (body, key) in enumerate(requests):
             if body.shard_id is not None:
-                results[i] = await self.onboard(rt, body, key)
+                results[i] = await self.onboard(deps, body, key)
         return [results[i] for i in range(len(requests))]
 
-    def _placement(self, rt: Runtime, body: TenantCreate, shard_id: str) -> str:
+    def _placement(self, deps: AdminDeps, body: TenantCreate, shard_id: str) -> str:
         """How the tenant was placed: by region, or onto the shard named (dedicated or
         shared). Derived from the request, so a replay answers the same."""
         if body.shard_id is None:
             return "region"
-        info = rt.engines.shards.get(shard_id)
+        info = deps.engines.shards.get(shard_id)
         return "dedicated" if info is not None and info.dedicated else "shard"
 
     async def _place(
         self,
-        rt: Runtime,
+        deps: AdminDeps,
         conn: AsyncConnection,
         body: TenantCreate,
         key: str | None,
         fingerprint: bytes,
     ) -> UUID:
         await conn.execute(select(func.pg_advisory_xact_lock(_PLACEMENT_LOCK)))
-        shards = await rt.reload_topology()
+        shards = await deps.reload_topology()
         if body.shard_id is not None:
             shard = next((s for s in shards if s.id == body.shard_id), None)
             if shard is None:
@@ -229,7 +259,7 @@ class TenantAdminService:
                     f"region: shard {shard.id!r} is in region {shard.region!r}, "
                     f"not {body.region!r}."
                 )
-            if shard.dedicated and (await rt.tenant_counts()).get(shard.id, 0) > 0:
+            if shard.dedicated and (await deps.tenant_counts()).get(shard.id, 0) > 0:
                 # Decided under the placement lock: two onboardings cannot both take it.
                 raise DedicatedShardOccupied(
                     f"Shard {shard.id!r} is dedicated and already holds a tenant; "
@@ -240,7 +270,7 @@ class TenantAdminService:
             if not any(s.region == body.region for s in shards):
                 raise invalid_field("region", f"no shard in region {body.region!r}", NOT_FOUND)
             try:
-                shard = choose_shard(shards, await rt.tenant_counts(), body.region)
+                shard = choose_shard(shards, await deps.tenant_counts(), body.region)
             except PlacementError as exc:
                 # The region exists but every shared shard of it is full, closed or offline.
                 raise Conflict(f"region: {exc}.") from exc
@@ -262,15 +292,18 @@ class TenantAdminService:
         )
         return tenant_id
 
-    async def _finish(self, rt: Runtime, tenant_id: UUID, name: str) -> dict[str, Any]:
-        ctx = await rt.directory.load(tenant_id)
+    async def _finish(self, deps: AdminDeps, tenant_id: UUID, name: str) -> dict[str, Any]:
+        ctx = await deps.directory.load(tenant_id)
         assert ctx is not None
         if ctx.status is TenantStatus.PROVISIONING:
-            if ctx.shard_id not in rt.engines.shards:
-                await rt.reload_topology()
-            async with rt.router.transaction(ctx, write=True, admit=True) as session:
+            if ctx.shard_id not in deps.engines.shards:
+                await deps.reload_topology()
+            async with deps.router.transaction(ctx, write=True, admit=True) as session:
                 await seed_default_pipeline(session, ctx)
-        async with rt.control.begin() as conn:
+
+        async def activate(
+            conn: AsyncConnection,
+        ) -> tuple[dict[str, Any] | None, str, str, str | None]:
             client_secret: str | None = None
             client = (
                 await conn.execute(
@@ -292,28 +325,29 @@ class TenantAdminService:
             else:
                 client_id, scope = client.client_id, client.scope
             # The first data key exists before the tenant can write anything (idempotent).
-            await rt.keyring.ensure_key(conn, tenant_id)
+            await deps.keyring.ensure_key(conn, tenant_id)
             await conn.execute(
                 update(Tenant)
                 .where(Tenant.id == tenant_id, Tenant.status == TenantStatus.PROVISIONING.value)
                 .values(status=TenantStatus.ACTIVE.value, updated_at=func.now())
             )
-            row = await _tenant_row(conn, tenant_id)
-        await rt.directory.invalidate(tenant_id)
+            return await _tenant_row(conn, tenant_id), client_id, scope, client_secret
+
+        row, client_id, scope, client_secret = await control.transact(deps.control, activate)
+        await deps.directory.invalidate(tenant_id)
         assert row is not None
         row["client"] = {"client_id": client_id, "client_secret": client_secret, "scope": scope}
         return row
 
-    async def get(self, rt: Runtime, tenant_id: UUID) -> dict[str, Any]:
-        async with rt.control.connect() as conn:
-            row = await _tenant_row(conn, tenant_id)
+    async def get(self, deps: AdminDeps, tenant_id: UUID) -> dict[str, Any]:
+        row = await control.read(deps.control, lambda conn: _tenant_row(conn, tenant_id))
         if row is None:
             raise NotFound(f"No tenant with id {tenant_id}.")
         return row
 
     async def list_tenants(
         self,
-        rt: Runtime,
+        deps: AdminDeps,
         *,
         status: str | None,
         region: str | None,
@@ -333,13 +367,17 @@ class TenantAdminService:
         if after:
             stmt = stmt.where(Tenant.id > after)
         stmt = stmt.order_by(Tenant.id).limit(limit + 1)
-        async with rt.control.connect() as conn:
+
+        async def page(conn: AsyncConnection) -> list[dict[str, Any]]:
             return [dict(r) for r in (await conn.execute(stmt)).mappings()]
 
+        return await control.read(deps.control, page)
+
     async def set_status(
-        self, rt: Runtime, tenant_id: UUID, *, to: TenantStatus, allowed_from: set[TenantStatus]
+        self, deps: AdminDeps, tenant_id: UUID, *, to: TenantStatus, allowed_from: set[TenantStatus]
     ) -> dict[str, Any]:
-        async with rt.control.begin() as conn:
+
+        async def change(conn: AsyncConnection) -> dict[str, Any] | None:
             current = await conn.scalar(
                 select(Tenant.status).where(Tenant.id == tenant_id).with_for_update()
             )
@@ -353,45 +391,53 @@ class TenantAdminService:
                     .where(Tenant.id == tenant_id)
                     .values(status=to.value, updated_at=func.now())
                 )
-            row = await _tenant_row(conn, tenant_id)
-        await rt.directory.invalidate(tenant_id)
+            return await _tenant_row(conn, tenant_id)
+
+        row = await control.transact(deps.control, change)
+        await deps.directory.invalidate(tenant_id)
         assert row is not None
         return row
 
-    async def delete(self, rt: Runtime, tenant_id: UUID) -> dict[str, Any]:
+    async def delete(self, deps: AdminDeps, tenant_id: UUID) -> dict[str, Any]:
         """Crypto-shredding: the tenant's data keys are destroyed first (committed on
         their own), then the tenant is marked deleted. Its rows stay on the shard but
         nobody can decrypt them again; its tokens stop working (a deleted tenant is
         "gone" to every endpoint). Re-running it finishes an interrupted deletion."""
-        async with rt.control.begin() as conn:
+
+        async def shred(conn: AsyncConnection) -> None:
             current = await conn.scalar(
                 select(Tenant.status).where(Tenant.id == tenant_id).with_for_update()
             )
             if current is None:
                 raise NotFound(f"No tenant with id {tenant_id}.")
-            await rt.keyring.destroy_all(conn, tenant_id)
-        async with rt.control.begin() as conn:
+            await deps.keyring.destroy_all(conn, tenant_id)
+
+        async def mark_deleted(conn: AsyncConnection) -> dict[str, Any] | None:
             await conn.execute(
                 update(Tenant)
                 .where(Tenant.id == tenant_id)
                 .values(status=TenantStatus.DELETED.value, updated_at=func.now())
             )
-            row = await _tenant_row(conn, tenant_id)
-        rt.keyring.forget(tenant_id)
+            return await _tenant_row(conn, tenant_id)
+
+        await control.transact(deps.control, shred)
+        row = await control.transact(deps.control, mark_deleted)
+        deps.keyring.forget(tenant_id)
         # Every instance stops serving the tenant within its directory TTL at the latest.
-        await rt.directory.invalidate(tenant_id)
+        await deps.directory.invalidate(tenant_id)
         # Cached pages and records hold ciphertext only, and no request of the tenant
         # reaches them any more; the lists are dropped anyway, records expire by TTL.
-        for kind in rt.list_cache:
-            await rt.cache.invalidate(str(tenant_id), f"{kind}-list")
+        for kind in deps.list_kinds:
+            await deps.cache.invalidate(str(tenant_id), f"{kind}-list")
         assert row is not None
         return row
 
     async def add_client(
-        self, rt: Runtime, tenant_id: UUID, body: ClientCreate, idempotency_key: str | None
+        self, deps: AdminDeps, tenant_id: UUID, body: ClientCreate, idempotency_key: str | None
     ) -> tuple[dict[str, Any], bool]:
         key = validate_key(idempotency_key) if idempotency_key else None
-        async with rt.control.begin() as conn:
+
+        async def add(conn: AsyncConnection) -> tuple[dict[str, Any], bool]:
             status = await conn.scalar(select(Tenant.status).where(Tenant.id == tenant_id))
             if status is None or status == TenantStatus.DELETED.value:
                 raise NotFound(f"No tenant with id {tenant_id}.")
@@ -420,35 +466,34 @@ class TenantAdminService:
                     .where(OAuthClient.client_id == new.client_id)
                     .values(creation_key=key)
                 )
-        return {
-            "client_id": new.client_id,
-            "client_secret": new.client_secret,
-            "scope": new.scope,
-        }, True
+            return {
+                "client_id": new.client_id,
+                "client_secret": new.client_secret,
+                "scope": new.scope,
+            }, True
 
-    async def revoke_tokens(self, rt: Runtime, tenant_id: UUID) -> dict[str, Any]:
+        return await control.transact(deps.control, add)
+
+    async def revoke_tokens(self, deps: AdminDeps, tenant_id: UUID) -> dict[str, Any]:
         """Emergency revocation: every token of the tenant issued until now is refused
         (access tokens on their next request, refresh tokens at once)."""
-        async with rt.control.connect() as conn:
-            exists = await conn.scalar(select(Tenant.id).where(Tenant.id == tenant_id))
+        exists = await control.read(
+            deps.control, lambda conn: conn.scalar(select(Tenant.id).where(Tenant.id == tenant_id))
+        )
         if exists is None:
             raise NotFound(f"No tenant with id {tenant_id}.")
-        return asdict(await rt.revocations.revoke(tenant_id, None))
+        return asdict(await deps.revocations.revoke(tenant_id, None))
 
-    async def shards(self, rt: Runtime) -> list[dict[str, Any]]:
-        counts = await rt.tenant_counts()
-        async with rt.control.connect() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        select(
-                            Shard.id, Shard.region, Shard.state, Shard.capacity, Shard.dedicated
-                        ).order_by(Shard.id)
-                    )
-                )
-                .mappings()
-                .all()
-            )
+    async def shards(self, deps: AdminDeps) -> list[dict[str, Any]]:
+        counts = await deps.tenant_counts()
+
+        async def topology(conn: AsyncConnection) -> Sequence[RowMapping]:
+            stmt = select(
+                Shard.id, Shard.region, Shard.state, Shard.capacity, Shard.dedicated
+            ).order_by(Shard.id)
+            return (await conn.execute(stmt)).mappings().all()
+
+        rows = await control.read(deps.control, topology)
         return [{**r, "tenant_count": counts.get(r["id"], 0)} for r in rows]
 
 

@@ -16,7 +16,23 @@ from meridian.deps import RuntimeDep
 from meridian.oauth import service
 from meridian.oauth.schemas import OAuthError, RevocationRequest, TokenRequest, TokenResponse
 from meridian.oauth.server import AUTH_METHODS, SUPPORTED_SCOPES
+from meridian.runtime import Runtime
 from meridian.web.responses import json_response
+
+
+def _token_deps(rt: Runtime) -> service.TokenDeps:
+    """The collaborators of the token and revocation endpoints, out of the runtime."""
+    return service.TokenDeps(
+        control=rt.control,
+        directory=rt.directory,
+        router=rt.router,
+        refresh_tenant=rt.refresh_tenant,
+        revocations=rt.revocations,
+        server=rt.oauth,
+        issuer=rt.settings.issuer,
+        refresh_token_ttl=rt.settings.refresh_token_ttl,
+    )
+
 
 router = APIRouter(tags=["oauth"])
 FORM = "application/x-www-form-urlencoded"
@@ -83,7 +99,7 @@ async def issue_token(request: Request, rt: RuntimeDep) -> Response:
         return service.oauth_error(
             400, "invalid_request", "The token request must be application/x-www-form-urlencoded."
         )
-    return await service.token(rt, request.headers, request.query_params, form)
+    return await service.token(_token_deps(rt), request.headers, request.query_params, form)
 
 
 @router.post(
@@ -110,7 +126,7 @@ async def revoke_token(request: Request, rt: RuntimeDep) -> Response:
         return service.oauth_error(
             400, "invalid_request", "The request must be application/x-www-form-urlencoded."
         )
-    return await service.revoke(rt, request.headers, request.query_params, form)
+    return await service.revoke(_token_deps(rt), request.headers, request.query_params, form)
 
 
 @router.get("/.well-known/jwks.json")

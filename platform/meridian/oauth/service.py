@@ -13,14 +13,18 @@ run a password hash.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 from uuid import UUID
 
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import Response
 
+from meridian.crud import control
+from meridian.directory import CachedDirectory
 from meridian.ids import new_id
 from meridian.oauth.clients import ClientRecord, find_client
 from meridian.oauth.login import user_by_email, user_by_id
+from meridian.oauth.notbefore import NotBeforeStore
 from meridian.oauth.refresh import (
     claim_refresh_token,
     find_refresh_token,
@@ -29,18 +33,34 @@ from meridian.oauth.refresh import (
 )
 from meridian.oauth.server import (
     Exchange,
+    MeridianAuthorizationServer,
     StarletteOAuth2Request,
     requested_client_id,
     requested_client_secret,
 )
 from meridian.users.passwords import MAX_LENGTH, verify_in_thread
 from meridian.web.responses import json_response
+from sharding.router import OnStale, ShardRouter
 from tenancy.context import TenantContext, TenantStatus
 
-if TYPE_CHECKING:
-    from meridian.runtime import Runtime
-
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDeps:
+    """What the token and revocation endpoints use, handed in by the router: the control
+    plane (clients, refresh tokens; through the kit's ``meridian.crud.control`` flows),
+    the directory and the shards (the tenant, its users), the not-before times, Authlib's
+    server, and the settings they need."""
+
+    control: AsyncEngine
+    directory: CachedDirectory
+    router: ShardRouter
+    refresh_tenant: OnStale
+    revocations: NotBeforeStore
+    server: MeridianAuthorizationServer
+    issuer: str
+    refresh_token_ttl: int
 
 
 def oauth_error(status: int, error: str, description: str) -> Response:
@@ -49,33 +69,30 @@ def oauth_error(status: int, error: str, description: str) -> Response:
 
 
 async def _client(
-    rt: Runtime, headers: Mapping[str, str], form: Mapping[str, str]
+    rt: TokenDeps, headers: Mapping[str, str], form: Mapping[str, str]
 ) -> tuple[ClientRecord | None, bool]:
     """The client the request names, and whether it presented the right secret."""
     client_id = requested_client_id(headers, form)
     client = None
     if client_id:
-        async with rt.control.connect() as conn:
-            client = await find_client(conn, client_id)
+        client = await control.read(rt.control, lambda conn: find_client(conn, client_id))
     secret = requested_client_secret(headers, form) or ""
     authenticated = client is not None and not client.revoked and client.secret_matches(secret)
     return client, authenticated
 
 
 def _request(
-    rt: Runtime,
+    rt: TokenDeps,
     path: str,
     headers: Mapping[str, str],
     query: Mapping[str, str],
     form: Mapping[str, str],
 ) -> StarletteOAuth2Request:
-    return StarletteOAuth2Request(
-        "POST", rt.settings.issuer.rstrip("/") + path, headers, query, form
-    )
+    return StarletteOAuth2Request("POST", rt.issuer.rstrip("/") + path, headers, query, form)
 
 
 async def token(
-    rt: Runtime, headers: Mapping[str, str], query: Mapping[str, str], form: Mapping[str, str]
+    rt: TokenDeps, headers: Mapping[str, str], query: Mapping[str, str], form: Mapping[str, str]
 ) -> Response:
     client, authenticated = await _client(rt, headers, form)
     exchange = Exchange(client)
@@ -88,7 +105,7 @@ async def token(
             return oauth_error(400, "unauthorized_client", f"The client's tenant is {state}.")
         exchange.tenant = tenant
         grant_type = form.get("grant_type")
-        if grant_type == "password" and rt.oauth.password_grant:
+        if grant_type == "password" and rt.server.password_grant:
             await _prepare_login(rt, exchange, tenant, form)
         elif grant_type == "refresh_token":
             await _prepare_refresh(rt, exchange, client, tenant, form)
@@ -96,14 +113,14 @@ async def token(
         if exchange.refresh is not None:
             subject = exchange.refresh.user_id
         await rt.revocations.wait_until_past(tenant.tenant_id, subject)
-    response = await rt.oauth.token_response(
+    response = await rt.server.token_response(
         _request(rt, "/oauth/token", headers, query, form), exchange
     )
     return await _persist(rt, exchange, response)
 
 
 async def _prepare_login(
-    rt: Runtime, exchange: Exchange, tenant: TenantContext, form: Mapping[str, str]
+    rt: TokenDeps, exchange: Exchange, tenant: TenantContext, form: Mapping[str, str]
 ) -> None:
     slug, username, password = form.get("tenant"), form.get("username"), form.get("password")
     exchange.tenant_matches = slug == tenant.slug
@@ -119,7 +136,7 @@ async def _prepare_login(
 
 
 async def _prepare_refresh(
-    rt: Runtime,
+    rt: TokenDeps,
     exchange: Exchange,
     client: ClientRecord,
     tenant: TenantContext,
@@ -128,8 +145,7 @@ async def _prepare_refresh(
     presented = form.get("refresh_token")
     if not presented:
         return
-    async with rt.control.connect() as conn:
-        record = await find_refresh_token(conn, presented)
+    record = await control.read(rt.control, lambda conn: find_refresh_token(conn, presented))
     exchange.refresh = record
     if record is not None and record.client_id == client.client_id and record.used_at is None:
         # The user must still exist and be active (checked by the grant).
@@ -138,11 +154,11 @@ async def _prepare_refresh(
         )
 
 
-async def _persist(rt: Runtime, exchange: Exchange, response: Response) -> Response:
+async def _persist(rt: TokenDeps, exchange: Exchange, response: Response) -> Response:
+    family = exchange.revoke_family
     if response.status_code != 200:
-        if exchange.revoke_family is not None:
-            async with rt.control.begin() as conn:
-                await revoke_family(conn, exchange.revoke_family)
+        if family is not None:
+            await control.transact(rt.control, lambda conn: revoke_family(conn, family))
         return response
     issued = exchange.issued_refresh_token
     if issued is None:
@@ -151,24 +167,26 @@ async def _persist(rt: Runtime, exchange: Exchange, response: Response) -> Respo
     if client is None or tenant is None or user_id is None:  # Authlib issued it, so set
         raise RuntimeError("a refresh token was issued without client, tenant or user")
     used = exchange.used_refresh
-    async with rt.control.begin() as conn:
+
+    async def rotate(conn: AsyncConnection) -> UUID | None:
         # Claim the old token and store its successor atomically: of two concurrent
-        # uses of one token exactly one claims it; the other is a reuse.
-        reused: UUID | None = None
+        # uses of one token exactly one claims it; the other is a reuse (its family).
         if used is not None and not await claim_refresh_token(conn, used.id):
-            reused = used.family_id
-            await revoke_family(conn, reused)
-        else:
-            await store_refresh_token(
-                conn,
-                issued,
-                family_id=used.family_id if used is not None else new_id(),
-                tenant_id=tenant.tenant_id,
-                user_id=user_id,
-                client_id=client.client_id,
-                scope=exchange.issued_scope,
-                ttl=rt.settings.refresh_token_ttl,
-            )
+            await revoke_family(conn, used.family_id)
+            return used.family_id
+        await store_refresh_token(
+            conn,
+            issued,
+            family_id=used.family_id if used is not None else new_id(),
+            tenant_id=tenant.tenant_id,
+            user_id=user_id,
+            client_id=client.client_id,
+            scope=exchange.issued_scope,
+            ttl=rt.refresh_token_ttl,
+        )
+        return None
+
+    reused = await control.transact(rt.control, rotate)
     if reused is not None:
         # The access token minted in the thread is dropped: it never leaves the server.
         return oauth_error(
@@ -178,18 +196,19 @@ async def _persist(rt: Runtime, exchange: Exchange, response: Response) -> Respo
 
 
 async def revoke(
-    rt: Runtime, headers: Mapping[str, str], query: Mapping[str, str], form: Mapping[str, str]
+    rt: TokenDeps, headers: Mapping[str, str], query: Mapping[str, str], form: Mapping[str, str]
 ) -> Response:
     client, authenticated = await _client(rt, headers, form)
     exchange = Exchange(client)
     presented = form.get("token")
     if authenticated and presented:
-        async with rt.control.connect() as conn:
-            exchange.refresh = await find_refresh_token(conn, presented)
-    response = await rt.oauth.revocation_response(
+        exchange.refresh = await control.read(
+            rt.control, lambda conn: find_refresh_token(conn, presented)
+        )
+    response = await rt.server.revocation_response(
         _request(rt, "/oauth/revoke", headers, query, form), exchange
     )
-    if response.status_code == 200 and exchange.revoke_family is not None:
-        async with rt.control.begin() as conn:
-            await revoke_family(conn, exchange.revoke_family)
+    family = exchange.revoke_family
+    if response.status_code == 200 and family is not None:
+        await control.transact(rt.control, lambda conn: revoke_family(conn, family))
     return response

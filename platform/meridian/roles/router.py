@@ -15,6 +15,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from authz.policy import ROLE_NAME
+from meridian.crud import control, reads
 from meridian.crud.http import (
     IdempotencyKeyHeader,
     IfMatchHeader,
@@ -25,10 +26,17 @@ from meridian.crud.http import (
     tagged_response,
     version_etag,
 )
-from meridian.crud.idempotency import StoredResponse
-from meridian.deps import CanCreateRoles, CanDeleteRoles, CanReadRoles, CanUpdateRoles
+from meridian.crud.idempotency import StoredResponse, validate_key
+from meridian.deps import (
+    CanCreateRoles,
+    CanDeleteRoles,
+    CanReadRoles,
+    CanUpdateRoles,
+    TenantAccess,
+)
 from meridian.errors import Conflict
 from meridian.roles.schemas import RoleCreate, RoleList, RolePermissions, RoleRead, RoleUpdate
+from meridian.roles.service import Grantor
 from meridian.roles.service import role as role_service
 from meridian.web.openapi import problems
 
@@ -44,11 +52,18 @@ def _role_response(row: dict[str, Any]) -> Response:
     return tagged_response(row, _etag(row))
 
 
+def _grantor(access: TenantAccess) -> Grantor:
+    return Grantor(access.actor.role, access.policy)
+
+
 @router.get("", response_model=RoleList)
 async def list_roles(access: CanReadRoles) -> Response:
     """Every role of the tenant by name, templates included (one page: a tenant has few
     roles)."""
-    rows, version = await role_service.list_roles(access)
+    tenant_id = access.tenant.tenant_id
+    rows, version = await control.read(
+        access.runtime.control, lambda conn: role_service.list_roles(conn, tenant_id)
+    )
     return tagged_response({"data": rows, "next_cursor": None}, version_etag(version))
 
 
@@ -62,7 +77,11 @@ async def create_role(
     """A custom role: its own permissions plus, with ``inherits``, another role's."""
     # Not endpoints.create: roles live in the control plane, the key is kept on the role
     # (tenant_role.creation_key) and a replay answers the role as it is now.
-    row, created_now = await role_service.create_role(access, body, idempotency_key)
+    key = validate_key(idempotency_key) if idempotency_key else None
+    tenant_id, grantor = access.tenant.tenant_id, _grantor(access)
+    row, created_now = await control.change_policy(
+        access, lambda conn, _: role_service.create_role(conn, tenant_id, grantor, body, key)
+    )
     location = f"{request.url.path.rstrip('/')}/{body.name}"
     headers = {"ETag": _etag(row), "Location": location}
     return stored_response(StoredResponse(201, row, headers, replayed=not created_now))
@@ -72,7 +91,10 @@ async def create_role(
 async def get_role(
     name: RoleNamePath, access: CanReadRoles, if_none_match: IfNoneMatchHeader = None
 ) -> Response:
-    row = await role_service.get_role(access, name)
+    tenant_id = access.tenant.tenant_id
+    row = await control.read(
+        access.runtime.control, lambda conn: role_service.get_role(conn, tenant_id, name)
+    )
     return conditional_response(row, if_none_match, tag=_etag(row))
 
 
@@ -84,7 +106,17 @@ async def update_role(
     if_match: IfMatchHeader = None,
 ) -> Response:
     """Custom roles only (templates: PUT /v1/roles/{name}/permissions)."""
-    row = await role_service.update_role(access, name, body, expected_version(if_match))
+    expected, tenant_id, grantor = (
+        expected_version(if_match),
+        access.tenant.tenant_id,
+        _grantor(access),
+    )
+    row = await control.change_policy(
+        access,
+        lambda conn, version: role_service.update_role(
+            conn, tenant_id, grantor, name, body, version=version, expected=expected
+        ),
+    )
     return _role_response(row)
 
 
@@ -93,7 +125,20 @@ async def delete_role(
     name: RoleNamePath, access: CanDeleteRoles, if_match: IfMatchHeader = None
 ) -> Response:
     """Custom roles only, and only while no user, client or role depends on them (409)."""
-    await role_service.delete_role(access, name, expected_version(if_match))
+    expected, tenant_id = expected_version(if_match), access.tenant.tenant_id
+
+    async def users_hold() -> bool:
+        # Users live on the tenant's shard: read through the kit's read flow.
+        return await reads.read(
+            access, lambda shard: role_service.users_hold(shard, tenant_id, name)
+        )
+
+    await control.change_policy(
+        access,
+        lambda conn, version: role_service.delete_role(
+            conn, tenant_id, name, version=version, expected=expected, users_hold=users_hold
+        ),
+    )
     return Response(status_code=204)
 
 
@@ -106,8 +151,16 @@ async def set_role_permissions(
 ) -> Response:
     """Replace a role's own permissions. On a template this overrides it for this tenant
     only (admin cannot be overridden)."""
-    row = await role_service.set_role_permissions(
-        access, name, body.permissions, expected_version(if_match)
+    expected, tenant_id, grantor = (
+        expected_version(if_match),
+        access.tenant.tenant_id,
+        _grantor(access),
+    )
+    row = await control.change_policy(
+        access,
+        lambda conn, version: role_service.set_role_permissions(
+            conn, tenant_id, grantor, name, body.permissions, version=version, expected=expected
+        ),
     )
     return _role_response(row)
 
@@ -117,5 +170,15 @@ async def reset_role_permissions(
     name: RoleNamePath, access: CanUpdateRoles, if_match: IfMatchHeader = None
 ) -> Response:
     """Drop this tenant's override of a template (idempotent)."""
-    row = await role_service.reset_role_permissions(access, name, expected_version(if_match))
+    expected, tenant_id, grantor = (
+        expected_version(if_match),
+        access.tenant.tenant_id,
+        _grantor(access),
+    )
+    row = await control.change_policy(
+        access,
+        lambda conn, version: role_service.reset_role_permissions(
+            conn, tenant_id, grantor, name, version=version, expected=expected
+        ),
+    )
     return _role_response(row)

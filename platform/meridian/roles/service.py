@@ -1,7 +1,8 @@
 """Role management: templates (shared, overridable per tenant) and custom roles.
 
 Every change runs in one control-plane transaction that first locks the tenant's policy
-version, validates against the rules as they are under that lock, writes, and bumps the
+version (opened by the kit's ``meridian.crud.control.change_policy``, never here),
+validates against the rules as they are under that lock, writes, and bumps the
 version; after the commit the change is applied in this process at once and announced
 to the others. The version is the ETag of every role: a role's effective permissions
 depend on the roles it inherits, so any change of the tenant's policy changes it.
@@ -9,15 +10,17 @@ depend on the roles it inherits, so any change of the tenant's policy changes it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from authz import store
+from authz.enforcer import TenantPolicy
 from authz.policy import (
     LOCKED_TEMPLATES,
     MAX_INHERITANCE_DEPTH,
@@ -27,9 +30,6 @@ from authz.policy import (
     RoleView,
     Rule,
 )
-from meridian.crud import reads
-from meridian.crud.idempotency import validate_key
-from meridian.deps import TenantAccess
 from meridian.errors import (
     NOT_FOUND,
     Conflict,
@@ -92,14 +92,14 @@ def _check_version(expected: int | None, current: int) -> None:
         raise PreconditionFailed("The tenant's roles have changed since the ETag was issued.")
 
 
-def _check_grantable(access: TenantAccess, perms: Iterable[Permission]) -> None:
+def _check_grantable(grantor: Grantor, perms: Iterable[Permission]) -> None:
     """Nobody hands out rights they do not hold themselves (no escalation through a
     role they are allowed to edit)."""
-    missing = sorted(p for p in perms if not access.can(*p))
+    missing = sorted(p for p in perms if not grantor.holds(p))
     if missing:
         listed = ", ".join(f"{o}:{a}" for o, a in missing)
         raise Forbidden(
-            f"The role '{access.actor.role}' cannot grant permissions it does not hold: {listed}."
+            f"The role '{grantor.role}' cannot grant permissions it does not hold: {listed}."
         )
 
 
@@ -133,187 +133,206 @@ def _with_parent(snapshot: PolicySnapshot, role: str, parent: str | None) -> lis
     return rules
 
 
+@dataclass(frozen=True, slots=True)
+class Grantor:
+    """Who changes a role: the caller's role and the tenant's policy as it was when the
+    request was authorized (the rights the caller may hand out)."""
+
+    role: str
+    policy: TenantPolicy
+
+    def holds(self, perm: Permission) -> bool:
+        return self.policy.allows(self.role, *perm)
+
+
 class RoleService:
-    @asynccontextmanager
-    async def _locked(self, access: TenantAccess) -> AsyncIterator[tuple[AsyncConnection, int]]:
-        """A control-plane transaction holding the tenant's policy lock; the version
-        after it (bumped by :meth:`_commit`) is announced once it has committed."""
-        tenant_id = access.tenant.tenant_id
-        async with access.runtime.control.begin() as conn:
-            version = await store.lock_policy(conn, tenant_id)
-            yield conn, version
-            new_version = await store.read_version(conn, tenant_id)
-        if new_version != version:
-            await access.runtime.announce_policy(tenant_id, new_version)
+    """Reads take a control-plane connection, changes take the connection of the
+    transaction ``meridian.crud.control.change_policy`` opens under the tenant's policy
+    lock, with ``version`` the policy version under that lock; no method opens one."""
 
     async def _view(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> Row:
         snapshot, view = await _existing(conn, tenant_id, name)
         descriptions = await store.descriptions(conn, tenant_id)
         return _present(view, descriptions.get(name), snapshot.version)
 
-    async def list_roles(self, access: TenantAccess) -> tuple[list[Row], int]:
-        tenant_id = access.tenant.tenant_id
-        async with access.runtime.control.connect() as conn:
-            snapshot = await store.read_snapshot(conn, tenant_id)
-            descriptions = await store.descriptions(conn, tenant_id)
+    async def list_roles(self, conn: AsyncConnection, tenant_id: UUID) -> tuple[list[Row], int]:
+        snapshot = await store.read_snapshot(conn, tenant_id)
+        descriptions = await store.descriptions(conn, tenant_id)
         rows = [
             _present(view, descriptions.get(name), snapshot.version)
             for name, view in sorted(snapshot.roles().items())
         ]
         return rows, snapshot.version
 
-    async def get_role(self, access: TenantAccess, name: str) -> Row:
-        async with access.runtime.control.connect() as conn:
-            return await self._view(conn, access.tenant.tenant_id, name)
+    async def get_role(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> Row:
+        return await self._view(conn, tenant_id, name)
 
     async def create_role(
-        self, access: TenantAccess, body: RoleCreate, idempotency_key: str | None
+        self,
+        conn: AsyncConnection,
+        tenant_id: UUID,
+        grantor: Grantor,
+        body: RoleCreate,
+        key: str | None,
     ) -> tuple[Row, bool]:
-        """Returns (role, created_now); a retry with the same Idempotency-Key returns
-        the role it created."""
-        tenant_id = access.tenant.tenant_id
-        key = validate_key(idempotency_key) if idempotency_key else None
-        async with self._locked(access) as (conn, _):
-            if key is not None:
-                earlier = await store.find_role_by_key(conn, tenant_id, key)
-                if earlier is not None:
-                    if earlier != body.name:
-                        raise IdempotencyKeyReused(
-                            "This Idempotency-Key created another role; use a new key."
-                        )
-                    return await self._view(conn, tenant_id, earlier), False
-            snapshot = await store.read_snapshot(conn, tenant_id)
-            if body.name in snapshot.role_names:
-                kind = "role template" if body.name in TEMPLATES else "role"
-                raise Conflict(f"A {kind} named '{body.name}' already exists.")
-            perms = _perms(body.permissions)
-            inherited: frozenset[Permission] = frozenset()
-            if body.inherits is not None:
-                parent = snapshot.roles().get(body.inherits)
-                if parent is None:
-                    raise _no_parent(body.inherits)
-                inherited = parent.effective
-                if snapshot.depth_of(body.inherits) + 1 > MAX_INHERITANCE_DEPTH:
-                    raise Conflict(
-                        f"A role may inherit through at most {MAX_INHERITANCE_DEPTH} roles."
+        """Returns (role, created_now); a retry with the same (validated) Idempotency-Key
+        returns the role it created."""
+        if key is not None:
+            earlier = await store.find_role_by_key(conn, tenant_id, key)
+            if earlier is not None:
+                if earlier != body.name:
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key created another role; use a new key."
                     )
-            _check_grantable(access, perms | inherited)
-            await store.put_role(
-                conn,
-                tenant_id,
-                body.name,
-                "custom",
-                description=body.description,
-                creation_key=key,
-            )
-            await store.set_permissions(conn, tenant_id, body.name, perms)
-            await store.set_parent(conn, tenant_id, body.name, body.inherits)
-            await store.bump_version(conn, tenant_id)
-            return await self._view(conn, tenant_id, body.name), True
+                return await self._view(conn, tenant_id, earlier), False
+        snapshot = await store.read_snapshot(conn, tenant_id)
+        if body.name in snapshot.role_names:
+            kind = "role template" if body.name in TEMPLATES else "role"
+            raise Conflict(f"A {kind} named '{body.name}' already exists.")
+        perms = _perms(body.permissions)
+        inherited: frozenset[Permission] = frozenset()
+        if body.inherits is not None:
+            parent = snapshot.roles().get(body.inherits)
+            if parent is None:
+                raise _no_parent(body.inherits)
+            inherited = parent.effective
+            if snapshot.depth_of(body.inherits) + 1 > MAX_INHERITANCE_DEPTH:
+                raise Conflict(f"A role may inherit through at most {MAX_INHERITANCE_DEPTH} roles.")
+        _check_grantable(grantor, perms | inherited)
+        await store.put_role(
+            conn,
+            tenant_id,
+            body.name,
+            "custom",
+            description=body.description,
+            creation_key=key,
+        )
+        await store.set_permissions(conn, tenant_id, body.name, perms)
+        await store.set_parent(conn, tenant_id, body.name, body.inherits)
+        await store.bump_version(conn, tenant_id)
+        return await self._view(conn, tenant_id, body.name), True
 
     async def update_role(
-        self, access: TenantAccess, name: str, body: RoleUpdate, expected: int | None
+        self,
+        conn: AsyncConnection,
+        tenant_id: UUID,
+        grantor: Grantor,
+        name: str,
+        body: RoleUpdate,
+        *,
+        version: int,
+        expected: int | None,
     ) -> Row:
-        tenant_id = access.tenant.tenant_id
         changes = body.model_fields_set
-        async with self._locked(access) as (conn, version):
-            _check_version(expected, version)
-            snapshot, view = await _existing(conn, tenant_id, name)
-            if view.kind != "custom":
-                raise Conflict(
-                    f"'{name}' is a role template: change its permissions for this tenant "
-                    f"with PUT /v1/roles/{name}/permissions."
-                )
-            if "inherits" in changes:
-                if body.inherits is not None and body.inherits not in snapshot.role_names:
-                    raise _no_parent(body.inherits)
-                rules = _with_parent(snapshot, name, body.inherits)
-                _check_graph(snapshot, rules)
-                parent = snapshot.roles().get(body.inherits) if body.inherits else None
-                _check_grantable(access, parent.effective if parent else ())
-                await store.set_parent(conn, tenant_id, name, body.inherits)
-            if "permissions" in changes:
-                perms = _perms(body.permissions or [])
-                _check_grantable(access, perms - view.permissions)
-                await store.set_permissions(conn, tenant_id, name, perms)
-            if "description" in changes:
-                await store.describe_role(conn, tenant_id, name, body.description)
-            if changes:
-                await store.bump_version(conn, tenant_id)
-            return await self._view(conn, tenant_id, name)
+        _check_version(expected, version)
+        snapshot, view = await _existing(conn, tenant_id, name)
+        if view.kind != "custom":
+            raise Conflict(
+                f"'{name}' is a role template: change its permissions for this tenant "
+                f"with PUT /v1/roles/{name}/permissions."
+            )
+        if "inherits" in changes:
+            if body.inherits is not None and body.inherits not in snapshot.role_names:
+                raise _no_parent(body.inherits)
+            rules = _with_parent(snapshot, name, body.inherits)
+            _check_graph(snapshot, rules)
+            parent = snapshot.roles().get(body.inherits) if body.inherits else None
+            _check_grantable(grantor, parent.effective if parent else ())
+            await store.set_parent(conn, tenant_id, name, body.inherits)
+        if "permissions" in changes:
+            perms = _perms(body.permissions or [])
+            _check_grantable(grantor, perms - view.permissions)
+            await store.set_permissions(conn, tenant_id, name, perms)
+        if "description" in changes:
+            await store.describe_role(conn, tenant_id, name, body.description)
+        if changes:
+            await store.bump_version(conn, tenant_id)
+        return await self._view(conn, tenant_id, name)
 
     async def set_role_permissions(
         self,
-        access: TenantAccess,
+        conn: AsyncConnection,
+        tenant_id: UUID,
+        grantor: Grantor,
         name: str,
         permissions: list[PermissionIn],
+        *,
+        version: int,
         expected: int | None,
     ) -> Row:
         """A custom role's permissions, or a template's for this tenant (an override)."""
-        tenant_id = access.tenant.tenant_id
         perms = _perms(permissions)
-        async with self._locked(access) as (conn, version):
-            _check_version(expected, version)
-            _, view = await _existing(conn, tenant_id, name)
-            if name in LOCKED_TEMPLATES:
-                raise Conflict(
-                    f"The '{name}' role cannot be changed: it keeps the tenant manageable."
-                )
-            _check_grantable(access, perms - view.permissions)
-            if view.kind == "template":
-                await store.put_role(conn, tenant_id, name, "override")
-            await store.set_permissions(conn, tenant_id, name, perms)
-            await store.bump_version(conn, tenant_id)
-            return await self._view(conn, tenant_id, name)
+        _check_version(expected, version)
+        _, view = await _existing(conn, tenant_id, name)
+        if name in LOCKED_TEMPLATES:
+            raise Conflict(f"The '{name}' role cannot be changed: it keeps the tenant manageable.")
+        _check_grantable(grantor, perms - view.permissions)
+        if view.kind == "template":
+            await store.put_role(conn, tenant_id, name, "override")
+        await store.set_permissions(conn, tenant_id, name, perms)
+        await store.bump_version(conn, tenant_id)
+        return await self._view(conn, tenant_id, name)
 
     async def reset_role_permissions(
-        self, access: TenantAccess, name: str, expected: int | None
+        self,
+        conn: AsyncConnection,
+        tenant_id: UUID,
+        grantor: Grantor,
+        name: str,
+        *,
+        version: int,
+        expected: int | None,
     ) -> Row:
         """Drop a tenant's override of a template: the shared permissions apply again."""
-        tenant_id = access.tenant.tenant_id
-        async with self._locked(access) as (conn, version):
-            _check_version(expected, version)
-            _, view = await _existing(conn, tenant_id, name)
-            if view.kind != "template":
-                raise Conflict(f"'{name}' is a custom role: it has no template to return to.")
-            if view.overridden:
-                template = TEMPLATES.get(name, frozenset())
-                _check_grantable(access, template - view.permissions)
-                await store.drop_role(conn, tenant_id, name)
-                await store.bump_version(conn, tenant_id)
-            return await self._view(conn, tenant_id, name)
-
-    async def delete_role(self, access: TenantAccess, name: str, expected: int | None) -> None:
-        tenant_id = access.tenant.tenant_id
-        async with self._locked(access) as (conn, version):
-            _check_version(expected, version)
-            snapshot, view = await _existing(conn, tenant_id, name)
-            if view.kind != "custom":
-                raise Conflict(f"'{name}' is a role template and cannot be deleted.")
-            heirs = sorted(r for r in snapshot.custom_roles if snapshot.parent_of(r) == name)
-            if heirs:
-                raise Conflict(f"Roles inherit from '{name}': {', '.join(heirs)}.")
-            client_holds = await conn.scalar(
-                select(
-                    exists().where(
-                        OAuthClient.tenant_id == tenant_id,
-                        OAuthClient.role == name,
-                        OAuthClient.revoked_at.is_(None),
-                    )
-                )
-            )
-            if client_holds or await self._users_hold(access, name):
-                raise Conflict(f"Role '{name}' is still given to users or clients.")
+        _check_version(expected, version)
+        _, view = await _existing(conn, tenant_id, name)
+        if view.kind != "template":
+            raise Conflict(f"'{name}' is a custom role: it has no template to return to.")
+        if view.overridden:
+            template = TEMPLATES.get(name, frozenset())
+            _check_grantable(grantor, template - view.permissions)
             await store.drop_role(conn, tenant_id, name)
             await store.bump_version(conn, tenant_id)
+        return await self._view(conn, tenant_id, name)
 
-    async def _users_hold(self, access: TenantAccess, name: str) -> bool:
-        """Users live on the tenant's shard. The check is not atomic with the delete
-        (two databases); a user given the role meanwhile is simply denied everything."""
-        tenant_id = access.tenant.tenant_id
-        return await reads.read(
-            access, lambda conn: UserRepository.fetch_role_held(conn, tenant_id, name)
+    async def delete_role(
+        self,
+        conn: AsyncConnection,
+        tenant_id: UUID,
+        name: str,
+        *,
+        version: int,
+        expected: int | None,
+        users_hold: Callable[[], Awaitable[bool]],
+    ) -> None:
+        """``users_hold`` tells whether a user of the tenant still has the role (see
+        :meth:`users_hold`); it is asked last, only when nothing else stops the delete."""
+        _check_version(expected, version)
+        snapshot, view = await _existing(conn, tenant_id, name)
+        if view.kind != "custom":
+            raise Conflict(f"'{name}' is a role template and cannot be deleted.")
+        heirs = sorted(r for r in snapshot.custom_roles if snapshot.parent_of(r) == name)
+        if heirs:
+            raise Conflict(f"Roles inherit from '{name}': {', '.join(heirs)}.")
+        client_holds = await conn.scalar(
+            select(
+                exists().where(
+                    OAuthClient.tenant_id == tenant_id,
+                    OAuthClient.role == name,
+                    OAuthClient.revoked_at.is_(None),
+                )
+            )
         )
+        if client_holds or await users_hold():
+            raise Conflict(f"Role '{name}' is still given to users or clients.")
+        await store.drop_role(conn, tenant_id, name)
+        await store.bump_version(conn, tenant_id)
+
+    async def users_hold(self, shard: asyncpg.Connection, tenant_id: UUID, name: str) -> bool:
+        """Whether a user has the role, read on the tenant's shard (where users live).
+        The check is not atomic with the delete (two databases); a user given the role
+        meanwhile is simply denied everything."""
+        return await UserRepository.fetch_role_held(shard, tenant_id, name)
 
 
 role = RoleService()

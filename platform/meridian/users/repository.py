@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     update,
 )
@@ -103,6 +104,20 @@ class UserRepository(TenantRepository[AppUser]):
             compiled.sql, *compiled.args({"tenant_id": tenant_id, "user_id": user_id})
         )
         return ActorRow(row["role"], row["active"]) if row is not None else None
+
+    @staticmethod
+    def actor_sql() -> str:
+        """The actor's role and state for ``ShardRouter.read_one`` (one round trip):
+        ``$1`` is the user's id, the tenant the enter function's lateral ``e.tid``."""
+        compiled = prepared(
+            (AppUser, "actor-one-statement"),
+            lambda: select(AppUser.role, AppUser.active).where(
+                AppUser.tenant_id == literal_column("e.tid"), AppUser.id == _USER
+            ),
+        )
+        if compiled.names != (_USER.key,):
+            raise ValueError(f"the actor read takes {compiled.names}")
+        return compiled.sql
 
     @staticmethod
     async def fetch_login(

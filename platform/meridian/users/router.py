@@ -46,7 +46,7 @@ async def create_user(
     """Create (invite) a user; without a password the user cannot log in yet. The role
     must be one of the tenant's (422) and grant nothing the caller's role lacks (403).
     The e-mail is unique in the tenant (409)."""
-    user_service.check_assignable(access, body.role)
+    user_service.check_assignable(access.policy, access.actor.role, body.role)
     password_hash = await user_service.hash_password(body)
     # The idempotency fingerprint sees the password masked (SecretStr), never in clear.
     return await endpoints.create(
@@ -110,7 +110,7 @@ async def update_user(
     as on creation.
     """
     if body.role is not None:
-        user_service.check_assignable(access, body.role)
+        user_service.check_assignable(access.policy, access.actor.role, body.role)
     password_hash = await user_service.hash_password(body)
     response = await endpoints.change(
         access,

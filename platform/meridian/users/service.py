@@ -9,9 +9,9 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from authz.enforcer import TenantPolicy
 from meridian.crud.repository import VersionMismatch
 from meridian.crud.schemas import normalise_email
-from meridian.deps import TenantAccess
 from meridian.errors import NOT_FOUND, Conflict, Forbidden, invalid_field
 from meridian.ids import new_id
 from meridian.users import passwords
@@ -24,12 +24,14 @@ PASSWORD = "password"  # noqa: S105 (the field's name)
 
 
 class UserService:
-    def check_assignable(self, access: TenantAccess, role: str) -> None:
+    def check_assignable(self, policy: TenantPolicy, grantor: str, role: str) -> None:
         """``role`` must exist in the tenant (422 naming it) and grant nothing the
-        caller's own role lacks (403: nobody escalates by handing out a role)."""
-        if role not in access.policy.snapshot.roles():
+        caller's own role (``grantor``) lacks under the tenant's ``policy`` as the request
+        was authorized with it (403: nobody escalates by handing out a role)."""
+        view = policy.snapshot.roles().get(role)
+        if view is None:
             raise invalid_field("role", f"no role named '{role}' in this tenant", NOT_FOUND)
-        if not access.may_assign(role):
+        if not all(policy.allows(grantor, obj, act) for obj, act in view.effective):
             raise Forbidden(f"The role '{role}' grants permissions your role does not have.")
 
     async def hash_password(self, body: UserCreate | UserUpdate) -> str | None:
