@@ -26,11 +26,16 @@ async def test_runtime_refuses_to_start_without_a_kek(databases: TestDatabases) 
         await Runtime.start(settings)
 
 
-def test_serve_refuses_to_start_without_a_kek(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_refuses_to_start_without_a_kek(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from meridian.settings import get_settings
 
-    for name in [n for n in os.environ if n.startswith("MERIDIAN_KEK")]:
+    for name in [n for n in os.environ if n.startswith(("MERIDIAN_KEK", "MERIDIAN_DEV_JSON"))]:
         monkeypatch.delenv(name)
+    # Away from the checkout: after `scripts/dev`, its ./.meridian/dev.json (which names
+    # a KEK file) would otherwise be picked up, as it is meant to be for a user.
+    monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(app, ["serve"])
