@@ -8,6 +8,7 @@ requests for it are refused at once instead of each waiting for a connect timeou
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,10 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from primitives.breaker import CircuitBreaker
+from sharding.engine import EngineTraits, ShardEngine, asyncpg_dsn, detect_engine, traits
 from sharding.errors import ShardUnavailableError, UnknownShardError
+
+log = logging.getLogger("sharding.engines")
 
 # How a server refuses a new connection to a shard database: not accepting connections
 # (ALLOW_CONNECTIONS false, or being dropped or renamed: 55000), gone meanwhile (3D000),
@@ -35,6 +39,8 @@ class ShardInfo:
     capacity: int = 1000
     # Holds one tenant only: placement by region never picks it.
     dedicated: bool = False
+    # What the database runs; what depends on it is sharding.engine.traits.
+    engine: ShardEngine = ShardEngine.POSTGRES
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,9 @@ class ShardEngines:
         self._read_pools: dict[str, asyncpg.Pool] = {}
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        # The engine found on each database when its read pool was made: once known,
+        # it outranks the recorded one (the database is what the SQL runs on).
+        self._detected: dict[str, ShardEngine] = {}
 
     @property
     def shards(self) -> dict[str, ShardInfo]:
@@ -76,6 +85,7 @@ class ShardEngines:
                 pool = self._read_pools.pop(sid, None)
                 if pool is not None:
                     asyncio.get_running_loop().create_task(pool.close())
+                self._detected.pop(sid, None)
         self._shards = new
 
     def check_breaker(self, shard_id: str) -> None:
@@ -92,6 +102,19 @@ class ShardEngines:
         breaker = self._breakers.get(shard_id)
         return 0.0 if breaker is None else breaker.retry_after
 
+    def shard_engine(self, shard_id: str) -> ShardEngine:
+        """The shard's database engine: as detected on the database once its read pool
+        has been made, else as recorded in the topology (an unknown shard: postgres)."""
+        detected = self._detected.get(shard_id)
+        if detected is not None:
+            return detected
+        info = self._shards.get(shard_id)
+        return ShardEngine.POSTGRES if info is None else ShardEngine(info.engine)
+
+    def traits(self, shard_id: str) -> EngineTraits:
+        """What the shard's engine decides (sharding.engine)."""
+        return traits(self.shard_engine(shard_id))
+
     async def read_pool(self, shard_id: str) -> asyncpg.Pool:
         """The shard's raw asyncpg pool for hot reads, created on first use."""
         self.check_breaker(shard_id)
@@ -105,27 +128,57 @@ class ShardEngines:
         async with lock:
             pool = self._read_pools.get(shard_id)
             if pool is None:
-                o = self._options
                 try:
-                    pool = await asyncpg.create_pool(
-                        _asyncpg_dsn(info.dsn),
-                        connect=lambda dsn, **kw: self._connect(info, dsn, **kw),
-                        min_size=1,
-                        max_size=o.read_pool_size,
-                        timeout=o.connect_timeout,
-                        reset=_reset_connection,
-                        server_settings={
-                            "statement_timeout": str(o.statement_timeout_ms),
-                            "application_name": f"meridian:{info.id}:read",
-                            # Reads are prepared once per connection and run with the
-                            # same shape every time; planning each run (a custom plan)
-                            # costs more than the run for scoped lists.
-                            "plan_cache_mode": "force_generic_plan",
-                        },
-                    )
+                    pool = await self._open_read_pool(info)
                 except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                     raise self.mark_down(shard_id) from exc
                 self._read_pools[shard_id] = pool
+        return pool
+
+    async def _open_read_pool(self, info: ShardInfo) -> asyncpg.Pool:
+        """A read pool set up for the shard's engine, checked against its database once
+        (one catalog query); when the database runs another engine than the topology
+        says, that is logged and the pool is made again for the engine it runs."""
+        engine = self.shard_engine(info.id)
+        pool = await self._create_read_pool(info, traits(engine))
+        try:
+            async with pool.acquire() as conn:
+                detected = await detect_engine(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        self._detected[info.id] = detected
+        if detected is engine:
+            return pool
+        log.error(
+            "shard %s is recorded as engine %s but its database runs %s; using %s "
+            "(record it with `meridian shards add %s --engine %s ...`)",
+            info.id,
+            engine.value,
+            detected.value,
+            detected.value,
+            info.id,
+            detected.value,
+        )
+        await pool.close()
+        return await self._create_read_pool(info, traits(detected))
+
+    async def _create_read_pool(self, info: ShardInfo, engine: EngineTraits) -> asyncpg.Pool:
+        """A read pool whose connections have the engine's settings (plan_cache_mode)."""
+        o = self._options
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            asyncpg_dsn(info.dsn),
+            connect=lambda dsn, **kw: self._connect(info, dsn, **kw),
+            min_size=1,
+            max_size=o.read_pool_size,
+            timeout=o.connect_timeout,
+            reset=_reset_connection,
+            server_settings={
+                "statement_timeout": str(o.statement_timeout_ms),
+                "application_name": f"meridian:{info.id}:read",
+                **engine.read_pool_settings,
+            },
+        )
         return pool
 
     def engine(self, shard_id: str, *, check: bool = True) -> AsyncEngine:
@@ -176,7 +229,7 @@ class ShardEngines:
         async def connect() -> asyncpg.Connection:
             return await self._connect(
                 info,
-                _asyncpg_dsn(info.dsn),
+                asyncpg_dsn(info.dsn),
                 timeout=o.connect_timeout,
                 server_settings={
                     "statement_timeout": str(o.statement_timeout_ms),
@@ -204,10 +257,6 @@ class ShardEngines:
         await asyncio.gather(
             *(e.dispose() for e in engines.values()), *(p.close() for p in pools.values())
         )
-
-
-def _asyncpg_dsn(dsn: str) -> str:
-    return dsn.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:

@@ -23,6 +23,7 @@ class Shard(ControlBase):
         CheckConstraint("state IN ('active', 'closed', 'offline')", name="state"),
         CheckConstraint("capacity > 0", name="capacity_positive"),
         CheckConstraint("id ~ '^[a-z0-9][a-z0-9-]{0,62}$'", name="id_format"),
+        CheckConstraint("engine IN ('postgres', 'citus')", name="engine"),
     )
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -36,6 +37,9 @@ class Shard(ControlBase):
     capacity: Mapped[int] = mapped_column(Integer, server_default="1000")
     # Holds one tenant (a large organisation): placement by region never picks it.
     dedicated: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # What the database runs (sharding.engine.ShardEngine): checked against the database
+    # when the shard is added; what depends on it is decided by sharding.engine.traits.
+    engine: Mapped[str] = mapped_column(String(16), server_default="postgres")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from enum import Enum
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -21,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
+from sharding.engine import ReadStrategy
 from sharding.engines import ShardEngines
 from sharding.errors import ResidencyError, ShardUnavailableError
 from tenancy.context import TenantContext
@@ -93,15 +93,6 @@ async def _rerouted(
     return fresh
 
 
-class ReadStrategy(Enum):
-    """How a read of one row runs on a shard."""
-
-    # meridian_read_as joined laterally: enter the tenant and read in ONE statement.
-    ONE_STATEMENT = "one-statement"
-    # BEGIN READ ONLY + meridian_enter_tenant, the query, COMMIT (``reader``).
-    TRANSACTION = "transaction"
-
-
 class ShardRouter:
     def __init__(self, engines: ShardEngines, *, one_statement_reads: bool = True) -> None:
         self.engines = engines
@@ -112,13 +103,13 @@ class ShardRouter:
 
         The one-statement form is one round trip instead of three, but a shard whose
         planner cannot route a function scan joined laterally to a distributed table
-        (Citus: no parameters in SQL functions under a generic plan, a fan-out to every
-        shard under a custom one) must read in a transaction. Today the choice is the
-        deployment's (``one_statement_reads``); a shard's engine can decide it here.
+        (Citus) must read in a transaction: the shard's engine decides
+        (``sharding.engine.traits``), and the deployment can turn one-statement reads
+        off everywhere (``one_statement_reads``).
         """
-        if self.one_statement_reads:
-            return ReadStrategy.ONE_STATEMENT
-        return ReadStrategy.TRANSACTION
+        if not self.one_statement_reads:
+            return ReadStrategy.TRANSACTION
+        return self.engines.traits(shard_id).by_id_reads
 
     def session(self, tenant: TenantContext) -> AsyncSession:
         """A new, not yet begun session on the tenant's shard (prefer ``transaction``)."""

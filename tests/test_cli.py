@@ -164,9 +164,11 @@ def test_shards_add_registers_and_migrates_a_new_shard(dev: DevPlatform) -> None
             "--admin-dsn", admin_dsn, cwd=dev.workdir,
         )
     )  # fmt: skip
-    assert out.strip() == "shard ap-1 (ap) registered and migrated"
+    # The engine is the one found on the database: plain PostgreSQL here.
+    assert out.strip() == "shard ap-1 (ap, postgres) registered and migrated"
     shards = json_lines(ok(meridian("shards", "list", cwd=dev.workdir)))
-    assert {"id": "ap-1", "region": "ap", "tenant_count": 0, "dedicated": False}.items() <= next(
+    expected = {"id": "ap-1", "region": "ap", "tenant_count": 0, "dedicated": False}
+    assert {**expected, "engine": "postgres"}.items() <= next(
         s for s in shards if s["id"] == "ap-1"
     ).items()
     # The running API places a tenant of that region there.
@@ -181,6 +183,28 @@ def test_shards_add_registers_and_migrates_a_new_shard(dev: DevPlatform) -> None
     tenant = resp.json()["client"]
     accounts = httpx.get(f"{dev.base_url}/v1/accounts", headers=token(dev.base_url, tenant))
     assert accounts.status_code == 200, accounts.text
+
+
+def test_shards_add_refuses_an_engine_the_database_does_not_run(dev: DevPlatform) -> None:
+    info = dev.info()
+    owner_dsn = info["databases"]["control_admin"].replace("+asyncpg", "")
+    server = owner_dsn.rsplit("/", 1)[0].replace("meridian_owner@", "postgres@")
+    asyncio.run(_create_database(server, "meridian_shard_ap_9"))
+    admin_dsn = info["databases"]["shards"]["us-1"]["admin_dsn"].replace(
+        "meridian_shard_us_1", "meridian_shard_ap_9"
+    )
+    # Named with --dev-json: no note about the platform found, the error alone.
+    done = meridian(
+        "--dev-json", str(dev.dev_json), "shards", "add", "ap-9", "--region", "ap",
+        "--dsn", admin_dsn, "--engine", "citus", cwd=dev.workdir,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        "meridian shards add: shard ap-9 is declared as engine citus, "
+        "but its database runs postgres"
+    )
+    shards = json_lines(ok(meridian("shards", "list", cwd=dev.workdir)))
+    assert "ap-9" not in {s["id"] for s in shards}
 
 
 def test_signing_keys_rotate_in_two_steps(dev: DevPlatform) -> None:

@@ -20,6 +20,7 @@ import typer
 
 from loadtests.credentials import DEFAULT_CREDENTIALS, RESULTS_DIR
 from meridian.settings import DEV_JSON_ENV, get_settings
+from sharding.engine import EngineMismatchError, ShardEngine
 
 if TYPE_CHECKING:
     from meridian.runtime import Runtime
@@ -169,22 +170,35 @@ def shards_add(
             show_default=False,
         ),
     ] = None,
+    engine: Annotated[
+        ShardEngine | None,
+        typer.Option(
+            help="The database engine. Default: the one found on the database; when "
+            "given, the database must run it (else nothing is done).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Register a shard (and migrate it)."""
     from meridian.operations import add_shard
 
-    asyncio.run(
-        add_shard(
-            get_settings(),
-            shard_id=shard_id,
-            region=region,
-            dsn=dsn,
-            admin_dsn=admin_dsn,
-            capacity=capacity,
-            dedicated=dedicated,
+    try:
+        recorded = asyncio.run(
+            add_shard(
+                get_settings(),
+                shard_id=shard_id,
+                region=region,
+                dsn=dsn,
+                admin_dsn=admin_dsn,
+                capacity=capacity,
+                dedicated=dedicated,
+                engine=engine,
+            )
         )
-    )
-    typer.echo(f"shard {shard_id} ({region}) registered and migrated")
+    except EngineMismatchError as exc:
+        typer.echo(f"meridian shards add: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"shard {shard_id} ({region}, {recorded}) registered and migrated")
 
 
 @shards_app.command("list")

@@ -15,7 +15,7 @@ from cache.codec import JSON
 from cache.core import Policy
 from meridian.errors import Unauthorized
 from meridian.principal import Principal
-from sharding.router import ReadStrategy
+from sharding.engine import ReadStrategy
 from tenancy.context import TenantContext
 
 if TYPE_CHECKING:

@@ -33,6 +33,7 @@ from meridian.oauth.clients import NewClient, create_client
 from meridian.principal import SCOPE_ADMIN
 from meridian.runtime import Runtime
 from meridian.settings import KeyConfigError, Settings, get_settings
+from sharding.engine import ShardEngine, agreed_engine, detect_engine_at
 from sharding.models import Shard
 from sharding.registry import upsert_shard
 from tenancy.context import TenantContext
@@ -89,11 +90,16 @@ async def add_shard(
     admin_dsn: str | None = None,
     capacity: int = 1000,
     dedicated: bool | None = None,
-) -> None:
-    """What `meridian shards add` does: migrate the shard's database (as its owner), then
-    register it in the topology, so no instance sees a shard without its tables."""
+    engine: ShardEngine | str | None = None,
+) -> ShardEngine:
+    """What `meridian shards add` does: find the engine the shard's database runs, migrate
+    it (as its owner), then register it in the topology, so no instance sees a shard
+    without its tables. Returns the engine recorded: the one detected, which ``engine``
+    (when given) must name, else ``sharding.engine.EngineMismatchError`` and nothing is
+    done."""
+    recorded = agreed_engine(shard_id, engine, await detect_engine_at(admin_dsn or dsn))
     await upgrade("shard", admin_dsn or dsn, app_role=settings.app_db_role)
-    async with _control(settings) as engine, engine.begin() as conn:
+    async with _control(settings) as control, control.begin() as conn:
         await upsert_shard(
             conn,
             shard_id=shard_id,
@@ -102,7 +108,9 @@ async def add_shard(
             admin_dsn=admin_dsn or dsn,
             capacity=capacity,
             dedicated=dedicated,
+            engine=recorded,
         )
+    return recorded
 
 
 async def register_shards(settings: Settings) -> None:
@@ -134,6 +142,7 @@ async def list_shards(settings: Settings) -> list[dict[str, object]]:
             Shard.state,
             Shard.capacity,
             Shard.dedicated,
+            Shard.engine,
             func.count(DirectoryEntry.tenant_id).label("tenant_count"),
         )
         .outerjoin(DirectoryEntry, DirectoryEntry.shard_id == Shard.id)

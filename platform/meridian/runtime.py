@@ -32,6 +32,7 @@ from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
 from meridian.users.repository import ActorRow, UserRepository
 from primitives.breaker import CircuitBreaker
+from sharding.engine import ShardEngine
 from sharding.engines import PoolOptions, ShardEngines, ShardInfo
 from sharding.models import Shard
 from sharding.registry import upsert_shard
@@ -207,10 +208,16 @@ class Runtime:
                         Shard.state,
                         Shard.capacity,
                         Shard.dedicated,
+                        Shard.engine,
                     )
                 )
             ).all()
-        shards = [ShardInfo(r.id, r.region, r.dsn, r.state, r.capacity, r.dedicated) for r in rows]
+        shards = [
+            ShardInfo(
+                r.id, r.region, r.dsn, r.state, r.capacity, r.dedicated, ShardEngine(r.engine)
+            )
+            for r in rows
+        ]
         self.engines.set_topology(shards)
         return shards
 
@@ -283,6 +290,7 @@ async def register_shards(control: AsyncEngine, settings: Settings) -> None:
                 admin_dsn=s.admin_dsn,
                 capacity=s.capacity,
                 dedicated=s.dedicated,
+                engine=s.engine,
             )
 
 

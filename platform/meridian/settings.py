@@ -17,6 +17,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from sharding.engine import ShardEngine
+
 if TYPE_CHECKING:
     from tenancy.keyring import LocalKeyProvider
 
@@ -87,6 +89,10 @@ class ShardConfig(BaseModel):
     capacity: int = 1000
     # Holds one tenant; None leaves a registered shard's flag as it is.
     dedicated: bool | None = None
+    # The database engine (sharding.engine.ShardEngine); None leaves a registered shard's
+    # as it is (a new one: postgres). Instances check it against the database when they
+    # first read from the shard, and follow the database (logging the disagreement).
+    engine: ShardEngine | None = None
 
 
 class Settings(BaseSettings):
@@ -154,8 +160,9 @@ class Settings(BaseSettings):
 
     directory_ttl: float = Field(default=5.0, gt=0)
     # By-id reads as one statement (enter the tenant laterally, one round trip) rather
-    # than BEGIN / enter / SELECT / COMMIT. Turn off for shards that run Citus, whose
-    # planner may not route a function scan joined laterally to a distributed table.
+    # than BEGIN / enter / SELECT / COMMIT, on shards whose engine allows it (not Citus,
+    # whose planner does not route a function scan joined laterally to a distributed
+    # table: sharding.engine). Off: every shard reads by id in a transaction.
     single_statement_reads: bool = True
     # Authorization: tenant enforcers kept per process, and how long one is trusted
     # before its policy version is checked again (the bound when Redis announcements

@@ -162,6 +162,7 @@ async def test_list_shards_with_counts_and_tenant_pagination(
     by_id = {s["id"]: s for s in shards.json()["data"]}
     assert {"us-1", "eu-1"} <= set(by_id)
     assert by_id["us-1"]["region"] == "us"
+    assert by_id["us-1"]["engine"] == "postgres"  # detected when the shard was added
     assert by_id["us-1"]["tenant_count"] >= 1
 
     seen: list[str] = []

@@ -19,11 +19,13 @@ from meridian.crud.repository import TenantRepository
 from meridian.deps import TenantAccess
 from meridian.pipelines.repository import PipelineRepository
 from meridian.runtime import Runtime
-from sharding.engines import ShardEngines
-from sharding.router import ReadStrategy, ShardRouter
+from sharding.engine import ReadStrategy, ShardEngine
+from sharding.engines import ShardEngines, ShardInfo
+from sharding.router import ShardRouter
 from tests.fixtures.api import Tenant
 
-NO_ENGINES = cast(ShardEngines, object())
+# A topology without shards: "s1" is unknown, so it reads as plain PostgreSQL does.
+NO_ENGINES = ShardEngines([])
 
 
 def access_on(router: Any, *, user_id: uuid.UUID | None = None, sees_all: bool = True) -> Any:
@@ -39,6 +41,22 @@ def test_a_shard_reads_in_one_statement_unless_configured_otherwise() -> None:
     assert ShardRouter(NO_ENGINES).read_strategy("s1") is ReadStrategy.ONE_STATEMENT
     router = ShardRouter(NO_ENGINES, one_statement_reads=False)
     assert router.read_strategy("s1") is ReadStrategy.TRANSACTION
+
+
+@pytest.mark.parametrize("one_statement_reads", [True, False])
+def test_the_read_strategy_follows_the_shards_engine(one_statement_reads: bool) -> None:
+    engines = ShardEngines(
+        [
+            ShardInfo("pg-1", "us", "dsn"),
+            ShardInfo("citus-1", "us", "dsn", engine=ShardEngine.CITUS),
+        ]
+    )
+    router = ShardRouter(engines, one_statement_reads=one_statement_reads)
+    # A Citus shard reads in a transaction whatever the deployment says; a PostgreSQL
+    # one as the deployment says.
+    assert router.read_strategy("citus-1") is ReadStrategy.TRANSACTION
+    expected = ReadStrategy.ONE_STATEMENT if one_statement_reads else ReadStrategy.TRANSACTION
+    assert router.read_strategy("pg-1") is expected
 
 
 @pytest.mark.parametrize(

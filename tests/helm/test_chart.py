@@ -310,7 +310,7 @@ def _kubelet_env(
 TWO_SHARDS = """
 shards:
   - {id: us-1, region: us, capacity: 500, dsn: {key: us-app}, adminDsn: {key: us-owner}}
-  - {id: eu-1, region: eu, dsn: {key: eu-app, secretName: eu-secrets}}
+  - {id: eu-1, region: eu, engine: citus, dsn: {key: eu-app, secretName: eu-secrets}}
 config:
   cacheRecords: false
   directoryTtl: null
@@ -357,9 +357,9 @@ def test_rendered_environment_configures_meridian(
     assert api.tenant_state_hold == Settings.model_fields["tenant_state_hold"].default
     assert api.control_dsn == SECRETS["meridian-secrets/control-dsn"]
     assert api.redis_url == SECRETS["meridian-secrets/redis-url"]
-    assert [(s.id, s.region, s.capacity, s.dsn, s.admin_dsn) for s in api.shards] == [
-        ("us-1", "us", 500, SECRETS["meridian-secrets/us-app"], None),
-        ("eu-1", "eu", 1000, SECRETS["eu-secrets/eu-app"], None),
+    assert [(s.id, s.region, s.capacity, s.dsn, s.admin_dsn, s.engine) for s in api.shards] == [
+        ("us-1", "us", 500, SECRETS["meridian-secrets/us-app"], None, None),
+        ("eu-1", "eu", 1000, SECRETS["eu-secrets/eu-app"], None, "citus"),
     ]
     # The API gets neither owner DSN.
     assert api.control_admin_dsn is None

@@ -126,6 +126,9 @@ owner DSNs and neither the control plane's app DSN nor Redis, which migrations d
   valueFrom:
     {{- include "meridian.secretKeyRef" (dict "root" $root "ref" $shard.dsn) | nindent 4 }}
 {{- $entry := dict "id" $shard.id "region" $shard.region "capacity" ($shard.capacity | default 1000 | int) "dsn" (printf "$(MERIDIAN_SHARD_%d_DSN)" $i) }}
+{{- if $shard.engine }}
+{{- $_ := set $entry "engine" $shard.engine }}
+{{- end }}
 {{- if and $admin $shard.adminDsn }}
 - name: {{ printf "MERIDIAN_SHARD_%d_ADMIN_DSN" $i }}
   valueFrom:

@@ -7,6 +7,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from meridian.crud.schemas import NOT_BLANK, Addressable, InputModel, any_present
+from sharding.engine import ShardEngine
 from tenancy.context import TenantStatus
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
@@ -75,4 +76,5 @@ class ShardRead(BaseModel):
     state: Literal["active", "closed", "offline"]
     capacity: int
     dedicated: bool  # holds one tenant; placement by region never picks it
+    engine: ShardEngine  # what the shard's database runs (sharding.engine)
     tenant_count: int

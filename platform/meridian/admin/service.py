@@ -489,7 +489,7 @@ class TenantAdminService:
 
         async def topology(conn: AsyncConnection) -> Sequence[RowMapping]:
             stmt = select(
-                Shard.id, Shard.region, Shard.state, Shard.capacity, Shard.dedicated
+                Shard.id, Shard.region, Shard.state, Shard.capacity, Shard.dedicated, Shard.engine
             ).order_by(Shard.id)
             return (await conn.execute(stmt)).mappings().all()
 

@@ -17,7 +17,7 @@ import asyncpg
 
 from meridian.crud.repository import TenantRepository
 from meridian.deps import TenantAccess, record_viewer
-from sharding.router import ReadStrategy
+from sharding.engine import ReadStrategy
 
 Row = dict[str, Any]
 T = TypeVar("T")

@@ -73,9 +73,10 @@ class TenantRepository(Generic[M]):
     # Scoped lists are built to do well under a generic plan, whoever runs them. Left
     # to choose, PostgreSQL often re-plans them at every execution (the generic
     # estimate looks dearer than a custom plan) and a custom plan costs ~0.6 ms to make,
-    # more than running it. The shard read pools set plan_cache_mode =
-    # force_generic_plan on their connections (sharding.engines); a connection without
-    # it can turn this on to send SET LOCAL first, at one more round trip.
+    # more than running it. The read pools of PostgreSQL shards set plan_cache_mode =
+    # force_generic_plan on their connections (sharding.engine.traits; Citus shards
+    # keep the server's default, under which Citus can route these reads); a connection
+    # without it can turn this on to send SET LOCAL first, at one more round trip.
     set_generic_plans: ClassVar[bool] = False
     # Repository of each table, for flows that know a record's kind only.
     _by_kind: ClassVar[dict[str, type[TenantRepository[Any]]]] = {}
