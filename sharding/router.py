@@ -195,6 +195,25 @@ class ShardRouter:
             await pool.release(conn)
         self.engines.mark_up(tenant.shard_id)
 
+    async def read_row(
+        self,
+        tenant: TenantContext,
+        sql: Callable[[], str],
+        args: Sequence[Any],
+        in_transaction: Callable[[asyncpg.Connection], Awaitable[Any]],
+        *,
+        strategy: ReadStrategy | None = None,
+        on_stale: OnStale | None = None,
+    ) -> Any:
+        """One row, read the way ``strategy`` says (default: the shard's,
+        :meth:`read_strategy`): ``sql()`` in one statement (:meth:`read_one`), or
+        ``in_transaction(conn)`` in a read transaction (:meth:`reader`). The row, or
+        None."""
+        if (strategy or self.read_strategy(tenant.shard_id)) is ReadStrategy.ONE_STATEMENT:
+            return await self.read_one(tenant, sql(), args, on_stale=on_stale)
+        async with self.reader(tenant, on_stale=on_stale) as conn:
+            return await in_transaction(conn)
+
     async def read_one(
         self,
         tenant: TenantContext,

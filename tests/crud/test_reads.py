@@ -90,6 +90,9 @@ class SpyRouter:
     def read_strategy(self, shard_id: str) -> ReadStrategy:
         return self.strategy
 
+    # The real dispatch, over the spied read_strategy, read_one and reader.
+    read_row = ShardRouter.read_row
+
     async def read_one(self, tenant: Any, sql: str, args: Any, *, on_stale: Any) -> Any:
         self.calls.append("read_one")
         return {"id": args[0]}

@@ -40,14 +40,17 @@ async def by_id(
     """The record if it exists in the tenant and the caller's record scope holds it."""
     viewer = record_viewer(access)
     runtime = access.runtime
-    if by_id_strategy(access, repo, viewer) is ReadStrategy.ONE_STATEMENT:
-        # One round trip (see ShardRouter.read_one); the SQL is compiled once per class.
-        found = await runtime.router.read_one(
-            access.tenant, repo.by_id_sql(), (record_id,), on_stale=runtime.refresh_tenant
-        )
-        return dict(found) if found is not None else None
     tenant_id = access.tenant.tenant_id
-    return await read(access, lambda conn: repo.fetch_visible(conn, tenant_id, record_id, viewer))
+    # One statement: one round trip (ShardRouter.read_one), its SQL compiled once per class.
+    found = await runtime.router.read_row(
+        access.tenant,
+        repo.by_id_sql,
+        (record_id,),
+        lambda conn: repo.fetch_visible(conn, tenant_id, record_id, viewer),
+        strategy=by_id_strategy(access, repo, viewer),
+        on_stale=runtime.refresh_tenant,
+    )
+    return dict(found) if found is not None else None
 
 
 async def read(access: TenantAccess, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
