@@ -28,8 +28,8 @@ import shutil
 import socket
 import stat
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -74,6 +74,18 @@ def find_bin_dir() -> Path:
         "in /usr/lib/postgresql/*/bin. Install them (Debian: apt-get install postgresql), "
         "or use the embedded PostgreSQL (`--postgres embedded`)."
     )
+
+
+def has_extension(bin_dir: Path, name: str) -> bool:
+    """Whether the installation of the binaries in ``bin_dir`` has the extension
+    ``name`` (its control file, where that installation's ``pg_config`` says extensions
+    live)."""
+    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [str(bin_dir / "pg_config"), "--sharedir"], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise LocalPgError(f"{bin_dir / 'pg_config'} --sharedir failed: {done.stderr.strip()}")
+    return (Path(done.stdout.strip()) / "extension" / f"{name}.control").exists()
 
 
 def embedded_bin_dir() -> Path:
@@ -244,6 +256,8 @@ class LocalCluster:
     ``host:port`` over TCP only (no Unix socket, so no socket-path length limits).
 
     ``fsync=False`` is for throwaway test clusters only: a crash can corrupt the data.
+    ``settings`` are further server settings given at each start (``-c name=value``), e.g.
+    ``shared_preload_libraries``, which only a server start can set.
     """
 
     root: Path
@@ -252,6 +266,7 @@ class LocalCluster:
     fsync: bool = True
     superuser: str = "postgres"
     engine: PgEngine = "system"
+    settings: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def data_dir(self) -> Path:
@@ -459,6 +474,7 @@ class LocalCluster:
             # synchronous_commit on: without it an immediate stop (a test's "shard
             # down") loses commits still in WAL buffers; with fsync off it costs a write().
             settings["full_page_writes"] = "off"
+        settings.update(self.settings)
         # -k '': TCP only (clients all connect to host:port).
         options = [f"-p {self.port}", "-k ''"]
         options += [f"-c {k}={shlex.quote(v)}" for k, v in settings.items()]
