@@ -55,7 +55,7 @@ def is_sensitive(kind: str) -> bool:
     return kind in SENSITIVE_FIELDS
 
 
-def mask_row(kind: str, row: dict[str, Any], can_read_pii: bool) -> dict[str, Any]:
+def mask_row(kind: str, row: Mapping[str, Any], can_read_pii: bool) -> Mapping[str, Any]:
     """``row`` itself when nothing is to be hidden, else a masked copy (never mutated:
     it may be a cached value)."""
     fields = SENSITIVE_FIELDS.get(kind)
@@ -69,9 +69,3 @@ def mask_row(kind: str, row: dict[str, Any], can_read_pii: bool) -> dict[str, An
                 masked = dict(row)
             masked[name] = mask(value)
     return row if masked is None else masked
-
-
-def mask_rows(kind: str, rows: list[dict[str, Any]], can_read_pii: bool) -> list[dict[str, Any]]:
-    if can_read_pii or kind not in SENSITIVE_FIELDS:
-        return rows
-    return [mask_row(kind, row, False) for row in rows]

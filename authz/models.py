@@ -9,6 +9,7 @@ predicate joins in SQL.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypedDict
 from uuid import UUID
 
 from sqlalchemy import (
@@ -179,3 +180,15 @@ class RecordShare(TenantScoped, ShardBase):
     team_id: Mapped[UUID | None]
     created_by: Mapped[UUID | None]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ShareRow(TypedDict):
+    """A share as its repository reads it."""
+
+    id: UUID
+    record_kind: str
+    record_id: UUID
+    user_id: UUID | None
+    team_id: UUID | None
+    created_by: UUID | None
+    created_at: datetime

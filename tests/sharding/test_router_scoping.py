@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import aliased
 
-from meridian.accounts.models import Account
+from meridian.accounts.models import Account, AccountRow
 from meridian.accounts.repository import AccountRepository
 from meridian.crud.pagination import Sort
 from meridian.crud.repository import TenantRepository, VersionMismatch
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 SHARD = "us-1"
 
 
-class GenericAccounts(TenantRepository[Account]):
+class GenericAccounts(TenantRepository[AccountRow]):
     """The base repository with nothing of AccountRepository's own."""
 
     model = Account
@@ -250,7 +250,7 @@ def tenant_session(
 
 @pytest.mark.parametrize("repo_class", [GenericAccounts, AccountRepository])
 async def test_repository_reads_see_nothing_of_other_tenant(
-    tenant_session: SessionFactory, pair: Pair, repo_class: type[TenantRepository[Account]]
+    tenant_session: SessionFactory, pair: Pair, repo_class: type[TenantRepository[AccountRow]]
 ) -> None:
     b = context_of(pair.b)
     async with tenant_session(b) as session:
@@ -294,7 +294,7 @@ def raw_reader(
 async def test_hot_read_paths_see_nothing_of_other_tenant(
     raw_reader: Callable[[TenantContext], AbstractAsyncContextManager[asyncpg.Connection]],
     pair: Pair,
-    repo_class: type[TenantRepository[Account]],
+    repo_class: type[TenantRepository[AccountRow]],
 ) -> None:
     b = context_of(pair.b)
     sort = Sort("created_at", Account.created_at, True)

@@ -5,7 +5,7 @@ from uuid import UUID
 from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record
+from meridian.crud.model import Record, RecordRow
 from tenancy.planes import ShardBase
 
 
@@ -38,3 +38,13 @@ class Account(Record, ShardBase):
     tax_id_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     tax_id_bidx: Mapped[bytes | None] = mapped_column(LargeBinary)
     enc_version: Mapped[int | None] = mapped_column(Integer)
+
+
+class AccountRow(RecordRow):
+    """An account as its repository reads it (the tax id still sealed)."""
+
+    name: str
+    domain: str | None
+    parent_id: UUID | None
+    owner_id: UUID | None
+    tax_id_enc: bytes | None

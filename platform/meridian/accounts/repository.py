@@ -4,7 +4,7 @@ from uuid import UUID
 
 from sqlalchemy import literal, select
 
-from meridian.accounts.models import Account
+from meridian.accounts.models import Account, AccountRow
 from meridian.crud.repository import TenantRepository
 
 SORTABLE = {
@@ -14,7 +14,7 @@ SORTABLE = {
 }
 
 
-class AccountRepository(TenantRepository[Account]):
+class AccountRepository(TenantRepository[AccountRow]):
     model = Account
     # The blind index serves searches only; the key version is in the ciphertext header.
     hidden = TenantRepository.hidden | {"tax_id_bidx", "enc_version"}

@@ -3,11 +3,11 @@ id is stored encrypted."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from meridian.accounts.models import AccountRow
 from meridian.accounts.repository import AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountUpdate
 from meridian.encryption import service as encryption
@@ -27,7 +27,7 @@ class AccountService:
         tenant: TenantContext,
         body: AccountCreate,
         keyring: TenantKeyring,
-    ) -> dict[str, Any]:
+    ) -> AccountRow:
         values = body.changes()
         await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")
         row_id = new_id()
@@ -42,7 +42,7 @@ class AccountService:
         body: AccountUpdate,
         expected_version: int | None,
         keyring: TenantKeyring,
-    ) -> dict[str, Any] | None:
+    ) -> AccountRow | None:
         repo = AccountRepository(session, tenant)
         values = body.changes()
         parent = values.get("parent_id")

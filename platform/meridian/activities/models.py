@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypedDict
 from uuid import UUID
 
 from sqlalchemy import (
@@ -70,3 +71,18 @@ class Activity(TenantScoped, ShardBase):
     opportunity_id: Mapped[UUID | None]
     owner_id: Mapped[UUID | None]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ActivityRow(TypedDict):
+    """An activity as its repository reads it (immutable: no version)."""
+
+    id: UUID
+    type: str
+    subject: str
+    body: str | None
+    occurred_at: datetime
+    contact_id: UUID | None
+    account_id: UUID | None
+    opportunity_id: UUID | None
+    owner_id: UUID | None
+    created_at: datetime

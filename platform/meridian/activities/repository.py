@@ -11,7 +11,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from meridian.accounts.models import Account
 from meridian.accounts.repository import AccountRepository
-from meridian.activities.models import Activity
+from meridian.activities.models import Activity, ActivityRow
 from meridian.contacts.models import Contact
 from meridian.contacts.repository import ContactRepository
 from meridian.crud.compiled import fetchrow
@@ -50,7 +50,7 @@ def _linked_statement(tenant_id: UUID, field: str, record_id: UUID) -> Select[An
     return select(link.account).where(link.model.tenant_id == tenant_id, link.model.id == record_id)
 
 
-class ActivityRepository(TenantRepository[Activity]):
+class ActivityRepository(TenantRepository[ActivityRow]):
     model = Activity
 
     async def linked(self, field: str, record_id: UUID) -> LinkedRecord | None:
@@ -72,7 +72,7 @@ class ActivityRepository(TenantRepository[Activity]):
         sort: Sort,
         limit: int,
         cursor: Cursor | None,
-    ) -> list[dict[str, Any]] | None:
+    ) -> list[ActivityRow] | None:
         """Activities linked to a contact, account or opportunity (``field`` names which)
         that ``viewer`` may see, up to ``limit + 1``; None when the record does not exist
         in the tenant or is out of the viewer's scope (the same 404 either way)."""

@@ -4,19 +4,17 @@ owner is an active user of the tenant."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from meridian.activities.models import ActivityRow
 from meridian.activities.repository import LINKS, ActivityRepository
 from meridian.activities.schemas import ActivityCreate
 from meridian.errors import NOT_FOUND, invalid_field
 from meridian.ids import new_id
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
-
-Row = dict[str, Any]
 
 
 def _noun(field: str) -> str:
@@ -26,7 +24,7 @@ def _noun(field: str) -> str:
 class ActivityService:
     async def create(
         self, session: AsyncSession, tenant: TenantContext, body: ActivityCreate
-    ) -> Row:
+    ) -> ActivityRow:
         repo = ActivityRepository(session, tenant)
         values = body.model_dump()
         await user_service.require_active(session, tenant, values["owner_id"], "owner_id")

@@ -5,7 +5,7 @@ from uuid import UUID
 from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record
+from meridian.crud.model import Record, RecordRow
 from tenancy.planes import ShardBase
 
 
@@ -49,3 +49,16 @@ class Contact(Record, ShardBase):
     title: Mapped[str | None] = mapped_column(String(200))
     account_id: Mapped[UUID | None]
     owner_id: Mapped[UUID | None]
+
+
+class ContactRow(RecordRow):
+    """A contact as its repository reads it (email, phone and tax id still sealed)."""
+
+    first_name: str | None
+    last_name: str
+    email_enc: bytes | None
+    phone_enc: bytes | None
+    tax_id_enc: bytes | None
+    title: str | None
+    account_id: UUID | None
+    owner_id: UUID | None

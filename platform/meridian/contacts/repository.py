@@ -7,7 +7,7 @@ from uuid import UUID
 from sqlalchemy import select
 
 from meridian.accounts.models import Account
-from meridian.contacts.models import Contact
+from meridian.contacts.models import Contact, ContactRow
 from meridian.crud.repository import TenantRepository
 
 SORTABLE = {
@@ -17,7 +17,7 @@ SORTABLE = {
 }
 
 
-class ContactRepository(TenantRepository[Contact]):
+class ContactRepository(TenantRepository[ContactRow]):
     model = Contact
     # Blind indexes serve searches only; the key version is in each ciphertext's header.
     hidden = TenantRepository.hidden | {"email_bidx", "phone_bidx", "tax_id_bidx", "enc_version"}

@@ -4,12 +4,12 @@ whose email is already on file is refused as a duplicate unless asked for."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from meridian.contacts.models import ContactRow
 from meridian.contacts.repository import ContactRepository
 from meridian.contacts.schemas import ContactCreate, ContactUpdate
 from meridian.crud.repository import VersionMismatch
@@ -37,7 +37,7 @@ class ContactService:
         keyring: TenantKeyring,
         *,
         allow_duplicate: bool = False,
-    ) -> dict[str, Any]:
+    ) -> ContactRow:
         repo = ContactRepository(session, tenant)
         values = body.model_dump()
         await self._check_account(repo, values["account_id"])
@@ -73,7 +73,7 @@ class ContactService:
         body: ContactUpdate,
         expected_version: int | None,
         keyring: TenantKeyring,
-    ) -> dict[str, Any] | None:
+    ) -> ContactRow | None:
         repo = ContactRepository(session, tenant)
         values = body.changes()
         if values.get("account_id") is not None or values.get("owner_id") is not None:

@@ -48,14 +48,15 @@ from meridian.crud.http import (
 )
 from meridian.crud.idempotency import request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
-from meridian.crud.repository import TenantRepository, VersionMismatch
+from meridian.crud.repository import Row, TenantRepository, VersionMismatch
 from meridian.deps import TenantAccess, record_viewer
 from meridian.encryption.fields import SENSITIVE, open_row, open_rows, sealed
 from meridian.errors import NotFound, PreconditionFailed
 from meridian.web.responses import dumps, json_response
 
-Row = dict[str, Any]
 OWNER = "owner_id"
+# A list page's JSON body: {"data": [rows], "next_cursor": ...}.
+PageBody = dict[str, Any]
 T = TypeVar("T")
 
 
@@ -250,7 +251,7 @@ async def listing(
     tenant_id = access.tenant.tenant_id
     viewer = record_viewer(access)
 
-    async def load() -> Row:
+    async def load() -> PageBody:
         # The viewer's scope is part of the query, never a filter after it.
         rows = await reads.read(
             access,
@@ -267,11 +268,11 @@ async def listing(
             _shown_page(access, kind, await _opened_page(access, kind, await load()))
         )
 
-    async def load_json() -> Row:
+    async def load_json() -> PageBody:
         page = await load()
         # Ciphertexts go into the cache as base64 and are decrypted after it.
         page["data"] = [sealed(r) for r in page["data"]]
-        return cast(Row, orjson.loads(dumps(page)))
+        return cast(PageBody, orjson.loads(dumps(page)))
 
     # The page is named by everything that shapes it; the generation of the tenant's
     # "<kind>-list" changes with every write of that kind.
@@ -282,14 +283,14 @@ async def listing(
     return json_response(_shown_page(access, kind, await _opened_page(access, kind, body)))
 
 
-async def _opened_page(access: TenantAccess, kind: str, body: Row | None) -> Row | None:
+async def _opened_page(access: TenantAccess, kind: str, body: PageBody | None) -> PageBody | None:
     if body is None or kind not in SENSITIVE:
         return body
     data = await open_rows(access.runtime.keyring, access.tenant.tenant_id, kind, body["data"])
     return {**body, "data": data}
 
 
-def _shown_page(access: TenantAccess, kind: str, body: Row | None) -> Row | None:
+def _shown_page(access: TenantAccess, kind: str, body: PageBody | None) -> PageBody | None:
     if body is None or not is_sensitive(kind) or access.can(*PII_PERMISSION):
         return body
     return {**body, "data": [mask_row(kind, row, False) for row in body["data"]]}

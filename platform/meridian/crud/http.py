@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import Header, Query
@@ -82,7 +82,7 @@ def version_etag(version: int) -> str:
     return f'"{version}"'
 
 
-def etag(row: dict[str, Any]) -> str:
+def etag(row: Mapping[str, Any]) -> str:
     """The ETag of a versioned record: its ``version``."""
     return version_etag(row["version"])
 
@@ -128,7 +128,7 @@ def conditional_response(
     return tagged_response(body, tag)
 
 
-def created(row: dict[str, Any], location: str, tag: str | None) -> StoredResponse:
+def created(row: Mapping[str, Any], location: str, tag: str | None) -> StoredResponse:
     """A 201 as kept for replays: the new row, its Location and (if it has one) ETag."""
     headers = {"Location": location}
     if tag is not None:
@@ -144,7 +144,7 @@ def stored_response(stored: StoredResponse) -> Response:
 
 
 def page_body(
-    rows: Sequence[dict[str, Any]], *, limit: int, sort: Sort, digest: str
+    rows: Sequence[Mapping[str, Any]], *, limit: int, sort: Sort, digest: str
 ) -> dict[str, Any]:
     """``rows`` holds up to limit + 1 rows; the extra one only says a next page exists."""
     more = len(rows) > limit
@@ -157,6 +157,6 @@ def page_body(
 
 
 def page_response(
-    rows: Sequence[dict[str, Any]], *, limit: int, sort: Sort, digest: str
+    rows: Sequence[Mapping[str, Any]], *, limit: int, sort: Sort, digest: str
 ) -> Response:
     return json_response(page_body(rows, limit=limit, sort=sort, digest=digest))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypedDict
 from uuid import UUID
 
 from sqlalchemy import DateTime, Integer, func
@@ -23,3 +24,13 @@ class Record(TenantScoped):
     )
     # Bumped on every update; the ETag is derived from it.
     version: Mapped[int] = mapped_column(Integer, server_default="1", sort_order=92)
+
+
+class RecordRow(TypedDict):
+    """What a ``Record``'s row carries besides its own columns (the tenant is implied
+    by the token and never read back). Each table's row type extends it."""
+
+    id: UUID
+    created_at: datetime
+    updated_at: datetime
+    version: int

@@ -15,11 +15,10 @@ from uuid import UUID
 
 import asyncpg
 
-from meridian.crud.repository import TenantRepository
+from meridian.crud.repository import Row, TenantRepository
 from meridian.deps import TenantAccess, record_viewer
 from sharding.engine import ReadStrategy
 
-Row = dict[str, Any]
 T = TypeVar("T")
 
 

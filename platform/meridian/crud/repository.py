@@ -2,7 +2,8 @@
 
 Every statement names ``tenant_id`` explicitly (RLS hides rows but does not route on
 Citus), and reads select columns rather than ORM objects to keep object churn off the
-hot paths. Rows come back as plain mappings ready for JSON.
+hot paths. Rows come back as plain dicts ready for JSON, typed by the repository's row
+type (a ``TypedDict`` beside its model, whose keys a test holds to the columns read).
 
 Record scope: a repository whose model has an ``owner_id`` is record-scoped. Reads and
 writes given a ``viewer`` (a user id) carry the ``authz.scope`` predicate in their own
@@ -13,7 +14,7 @@ WHERE clause, so a record outside the viewer's scope is never read, changed or d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 from uuid import UUID
 
 import asyncpg
@@ -50,7 +51,10 @@ from meridian.crud.pagination import Cursor, Sort, after, order_by
 from tenancy.context import TenantContext
 from tenancy.planes import ShardBase
 
-M = TypeVar("M", bound=ShardBase)
+# A repository's row: the TypedDict of the columns it reads (``read_columns``).
+R = TypeVar("R", bound=Mapping[str, Any])
+# Any repository's row, as flows that serve every record kind see it.
+Row = Mapping[str, Any]
 
 # Never part of an API representation: the tenant is implied by the token.
 _HIDDEN = frozenset({"tenant_id"})
@@ -66,8 +70,8 @@ class VersionMismatch(Exception):
     """The row exists but its version is not the one the client expected (412)."""
 
 
-class TenantRepository(Generic[M]):
-    model: ClassVar[type[Any]]
+class TenantRepository(Generic[R]):
+    model: ClassVar[type[ShardBase]]
     # Columns never part of an API representation.
     hidden: ClassVar[frozenset[str]] = _HIDDEN
     # Scoped lists are built to do well under a generic plan, whoever runs them. Left
@@ -245,14 +249,14 @@ class TenantRepository(Generic[M]):
     @classmethod
     async def fetch_visible(
         cls, conn: asyncpg.Connection, tenant_id: UUID, record_id: UUID, viewer: UUID | None
-    ) -> dict[str, Any] | None:
+    ) -> R | None:
         """The record if ``viewer`` may see it (``fetch_one`` when nothing is hidden)."""
         if viewer is None or not cls.is_scoped_for(viewer):
             return await cls.fetch_one(conn, tenant_id, record_id)
         template = prepared((cls, "visible"), cls._visible_statement)
         values = {_TENANT.key: tenant_id, _VIEWER.key: viewer, _RECORD.key: record_id}
         found = await conn.fetchrow(template.sql, *template.args(values))
-        return dict(found) if found is not None else None
+        return cast(R, dict(found)) if found is not None else None
 
     @classmethod
     def _visible_statement(cls) -> Select[Any]:
@@ -288,12 +292,12 @@ class TenantRepository(Generic[M]):
     @classmethod
     async def fetch_one(
         cls, conn: asyncpg.Connection, tenant_id: UUID, record_id: UUID
-    ) -> dict[str, Any] | None:
+    ) -> R | None:
         compiled = prepared((cls, "by-id"), cls._by_id_statement)
         row = await conn.fetchrow(
             compiled.sql, *compiled.args({_TENANT.key: tenant_id, _RECORD.key: record_id})
         )
-        return dict(row) if row is not None else None
+        return cast(R, dict(row)) if row is not None else None
 
     @classmethod
     def _by_id_statement(cls) -> Select[Any]:
@@ -311,9 +315,9 @@ class TenantRepository(Generic[M]):
         sort: Sort,
         limit: int,
         cursor: Cursor | None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[R]:
         stmt = cls.page_statement(tenant_id, where=where, sort=sort, limit=limit, cursor=cursor)
-        return [dict(r) for r in await fetch(conn, stmt)]
+        return [cast(R, dict(r)) for r in await fetch(conn, stmt)]
 
     @classmethod
     async def fetch_scoped_page(
@@ -326,7 +330,7 @@ class TenantRepository(Generic[M]):
         sort: Sort,
         limit: int,
         cursor: Cursor | None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[R]:
         """A page as ``viewer`` sees it (``fetch_page`` when nothing is hidden)."""
         if not cls.is_scoped_for(viewer):
             return await cls.fetch_page(
@@ -338,13 +342,13 @@ class TenantRepository(Generic[M]):
         )
         if TenantRepository.set_generic_plans:
             await conn.execute(_GENERIC_PLANS)
-        return [dict(r) for r in await conn.fetch(sql, *args)]
+        return [cast(R, dict(r)) for r in await conn.fetch(sql, *args)]
 
     # -- reads in a session ---------------------------------------------------------
-    async def get(self, record_id: UUID) -> dict[str, Any] | None:
+    async def get(self, record_id: UUID) -> R | None:
         stmt = self.select_rows().where(self.attr("id") == record_id)
         row = (await self.session.execute(stmt)).mappings().one_or_none()
-        return dict(row) if row is not None else None
+        return cast(R, dict(row)) if row is not None else None
 
     async def exists(self, record_id: UUID) -> bool:
         stmt = (
@@ -378,7 +382,9 @@ class TenantRepository(Generic[M]):
         )
         return await self.session.scalar(stmt) is not None
 
-    async def lock_sealed(self, record_id: UUID, columns: Sequence[str]) -> dict[str, Any] | None:
+    async def lock_sealed(
+        self, record_id: UUID, columns: Sequence[str]
+    ) -> dict[str, bytes | None] | None:
         """``columns`` (a row's ciphertexts) of a record in scope, locked FOR NO KEY
         UPDATE: a change that re-encrypts the others must not race another change (or
         the re-encryption job) of the same row. None when there is no such record."""
@@ -391,18 +397,18 @@ class TenantRepository(Generic[M]):
         return dict(row) if row is not None else None
 
     # -- writes ---------------------------------------------------------------------
-    async def insert(self, values: Mapping[str, Any]) -> dict[str, Any]:
+    async def insert(self, values: Mapping[str, Any]) -> R:
         stmt = (
             insert(self.model)
             .values(tenant_id=self.tenant_id, **values)
             .returning(*self.read_columns())
         )
         row = (await self.session.execute(stmt)).mappings().one()
-        return dict(row)
+        return cast(R, dict(row))
 
     async def update(
         self, record_id: UUID, values: Mapping[str, Any], *, expected_version: int | None
-    ) -> dict[str, Any] | None:
+    ) -> R | None:
         """Apply ``values``; None if the row does not exist. Raises VersionMismatch."""
         conditions = [self.scoped(), self.attr("id") == record_id]
         if expected_version is not None:
@@ -415,7 +421,7 @@ class TenantRepository(Generic[M]):
         )
         row = (await self.session.execute(stmt)).mappings().one_or_none()
         if row is not None:
-            return dict(row)
+            return cast(R, dict(row))
         if expected_version is not None and await self.exists(record_id):
             raise VersionMismatch
         return None

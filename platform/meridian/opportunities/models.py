@@ -7,7 +7,7 @@ from uuid import UUID
 from sqlalchemy import CheckConstraint, Date, ForeignKeyConstraint, Index, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record
+from meridian.crud.model import Record, RecordRow
 from tenancy.planes import ShardBase
 
 
@@ -44,3 +44,14 @@ class Opportunity(Record, ShardBase):
     stage_id: Mapped[UUID]
     expected_close_date: Mapped[date | None] = mapped_column(Date)
     owner_id: Mapped[UUID | None]
+
+
+class OpportunityRow(RecordRow):
+    account_id: UUID
+    name: str
+    amount: Decimal
+    currency: str
+    pipeline_id: UUID
+    stage_id: UUID
+    expected_close_date: date | None
+    owner_id: UUID | None

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from meridian.accounts.models import Account
 from meridian.crud.repository import TenantRepository
-from meridian.opportunities.models import Opportunity
+from meridian.opportunities.models import Opportunity, OpportunityRow
 from meridian.pipelines.models import Pipeline, PipelineStage
 
 SORTABLE = {
@@ -20,7 +20,7 @@ SORTABLE = {
 }
 
 
-class OpportunityRepository(TenantRepository[Opportunity]):
+class OpportunityRepository(TenantRepository[OpportunityRow]):
     model = Opportunity
 
     async def placement(self, opportunity_id: UUID) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@ the owner is an active user of the tenant."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.crud.repository import VersionMismatch
 from meridian.errors import NOT_FOUND, Conflict, ValidationFailed, invalid_field
 from meridian.ids import new_id
+from meridian.opportunities.models import OpportunityRow
 from meridian.opportunities.repository import OpportunityRepository
 from meridian.opportunities.schemas import OpportunityCreate, OpportunityUpdate
 from meridian.users.service import user as user_service
@@ -20,7 +20,7 @@ from tenancy.context import TenantContext
 class OpportunityService:
     async def create(
         self, session: AsyncSession, tenant: TenantContext, body: OpportunityCreate
-    ) -> dict[str, Any]:
+    ) -> OpportunityRow:
         repo = OpportunityRepository(session, tenant)
         values = body.model_dump()
         await self._check_account(repo, values["account_id"])
@@ -49,7 +49,7 @@ class OpportunityService:
         opportunity_id: UUID,
         body: OpportunityUpdate,
         expected_version: int | None,
-    ) -> dict[str, Any] | None:
+    ) -> OpportunityRow | None:
         repo = OpportunityRepository(session, tenant)
         values = body.changes()
         await user_service.require_active(session, tenant, values.get("owner_id"), "owner_id")

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record
+from meridian.crud.model import Record, RecordRow
 from tenancy.planes import ShardBase
 
 
@@ -77,3 +77,24 @@ class PipelineStage(Record, ShardBase):
     # Win probability in percent, used for the weighted pipeline value.
     probability: Mapped[float] = mapped_column(Percent)
     kind: Mapped[str] = mapped_column(String(8), server_default="open")
+
+
+class StageRow(RecordRow):
+    pipeline_id: UUID
+    name: str
+    position: int
+    probability: float
+    kind: str
+
+
+class PipelineColumns(RecordRow):
+    name: str
+    is_default: bool
+
+
+class PipelineRow(PipelineColumns, total=False):
+    """A pipeline as its repository reads it; its representation adds the stages,
+    ordered by position (``PipelineRepository`` reads both). Not ``NotRequired``: under
+    postponed annotations Python 3.11 counts such a key as required."""
+
+    stages: list[StageRow]

@@ -6,8 +6,8 @@ indexed query per read or page), so its ETag, bumped by every stage change, cove
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 import asyncpg
@@ -18,23 +18,28 @@ from meridian.crud.compiled import fetch, fetchrow
 from meridian.crud.pagination import Cursor, Sort
 from meridian.crud.repository import TenantRepository
 from meridian.opportunities.models import Opportunity
-from meridian.pipelines.models import Pipeline, PipelineStage
+from meridian.pipelines.models import Pipeline, PipelineRow, PipelineStage, StageRow
 
 SORTABLE = {
     "name": Pipeline.name,
     "created_at": Pipeline.created_at,
 }
-Row = dict[str, Any]
 
 
-def _group(pipeline_ids: Iterable[UUID], stages: Iterable[Any]) -> dict[UUID, list[Row]]:
-    found: dict[UUID, list[Row]] = {pid: [] for pid in pipeline_ids}
+class PipelineLock(NamedTuple):
+    id: UUID
+    is_default: bool
+    version: int
+
+
+def _group(pipeline_ids: Iterable[UUID], stages: Iterable[Any]) -> dict[UUID, list[StageRow]]:
+    found: dict[UUID, list[StageRow]] = {pid: [] for pid in pipeline_ids}
     for stage in stages:
-        found[stage["pipeline_id"]].append(dict(stage))
+        found[stage["pipeline_id"]].append(cast(StageRow, dict(stage)))
     return found
 
 
-class StageRepository(TenantRepository[PipelineStage]):
+class StageRepository(TenantRepository[StageRow]):
     model = PipelineStage
 
     def _in_pipeline(self, pipeline_id: UUID) -> list[ColumnElement[bool]]:
@@ -52,9 +57,9 @@ class StageRepository(TenantRepository[PipelineStage]):
             .order_by(PipelineStage.pipeline_id, PipelineStage.position, PipelineStage.id)
         )
 
-    async def of_pipeline(self, pipeline_id: UUID) -> list[Row]:
+    async def of_pipeline(self, pipeline_id: UUID) -> list[StageRow]:
         stmt = self.of_pipelines_statement(self.tenant_id, [pipeline_id])
-        return [dict(r) for r in (await self.session.execute(stmt)).mappings()]
+        return [cast(StageRow, dict(r)) for r in (await self.session.execute(stmt)).mappings()]
 
     @classmethod
     def in_pipeline_statement(
@@ -66,17 +71,17 @@ class StageRepository(TenantRepository[PipelineStage]):
             PipelineStage.id == stage_id,
         )
 
-    async def get_in(self, pipeline_id: UUID, stage_id: UUID) -> Row | None:
+    async def get_in(self, pipeline_id: UUID, stage_id: UUID) -> StageRow | None:
         stmt = self.in_pipeline_statement(self.tenant_id, pipeline_id, stage_id)
         row = (await self.session.execute(stmt)).mappings().one_or_none()
-        return dict(row) if row is not None else None
+        return cast(StageRow, dict(row)) if row is not None else None
 
     @classmethod
     async def fetch_in(
         cls, conn: asyncpg.Connection, tenant_id: UUID, pipeline_id: UUID, stage_id: UUID
-    ) -> Row | None:
+    ) -> StageRow | None:
         row = await fetchrow(conn, cls.in_pipeline_statement(tenant_id, pipeline_id, stage_id))
-        return dict(row) if row is not None else None
+        return cast(StageRow, dict(row)) if row is not None else None
 
     async def count(self, pipeline_id: UUID) -> int:
         stmt = (
@@ -84,14 +89,15 @@ class StageRepository(TenantRepository[PipelineStage]):
         )
         return int(await self.session.scalar(stmt) or 0)
 
-    async def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def insert_many(self, rows: Sequence[Mapping[str, Any]]) -> list[StageRow]:
         stmt = (
             insert(PipelineStage)
             .values([{"tenant_id": self.tenant_id, **row} for row in rows])
             .returning(*self.read_columns())
         )
         result = (await self.session.execute(stmt)).mappings()
-        return sorted((dict(r) for r in result), key=lambda r: (r["position"], r["id"]))
+        stages = (cast(StageRow, dict(r)) for r in result)
+        return sorted(stages, key=lambda r: (r["position"], r["id"]))
 
     async def shift(
         self,
@@ -135,7 +141,7 @@ class StageRepository(TenantRepository[PipelineStage]):
         return await self.session.scalar(stmt) is not None
 
 
-class PipelineRepository(TenantRepository[Pipeline]):
+class PipelineRepository(TenantRepository[PipelineRow]):
     model = Pipeline
     # A pipeline is read with its stages (fetch_one below), not as a bare row.
     one_statement_reads = False
@@ -143,8 +149,8 @@ class PipelineRepository(TenantRepository[Pipeline]):
     # -- reads with stages: on a raw connection (GET, list) and in a session (services)
     @classmethod
     async def _with_stages(
-        cls, conn: asyncpg.Connection, tenant_id: UUID, rows: list[Row]
-    ) -> list[Row]:
+        cls, conn: asyncpg.Connection, tenant_id: UUID, rows: list[PipelineRow]
+    ) -> list[PipelineRow]:
         if rows:
             ids = [r["id"] for r in rows]
             stages = await fetch(conn, StageRepository.of_pipelines_statement(tenant_id, ids))
@@ -156,7 +162,7 @@ class PipelineRepository(TenantRepository[Pipeline]):
     @classmethod
     async def fetch_one(
         cls, conn: asyncpg.Connection, tenant_id: UUID, record_id: UUID
-    ) -> Row | None:
+    ) -> PipelineRow | None:
         row = await super().fetch_one(conn, tenant_id, record_id)
         if row is None:
             return None
@@ -172,20 +178,20 @@ class PipelineRepository(TenantRepository[Pipeline]):
         sort: Sort,
         limit: int,
         cursor: Cursor | None,
-    ) -> list[Row]:
+    ) -> list[PipelineRow]:
         rows = await super().fetch_page(
             conn, tenant_id, where=where, sort=sort, limit=limit, cursor=cursor
         )
         return await cls._with_stages(conn, tenant_id, rows)
 
-    async def get(self, record_id: UUID) -> Row | None:
+    async def get(self, record_id: UUID) -> PipelineRow | None:
         row = await super().get(record_id)
         if row is None:
             return None
         row["stages"] = await StageRepository(self.session, self.tenant).of_pipeline(record_id)
         return row
 
-    async def lock(self, pipeline_id: UUID) -> Row | None:
+    async def lock(self, pipeline_id: UUID) -> PipelineLock | None:
         """The pipeline's default flag and version, row-locked until the transaction ends.
 
         Pipeline changes take this lock first and stage changes take the same row lock
@@ -196,8 +202,8 @@ class PipelineRepository(TenantRepository[Pipeline]):
             .where(self.scoped(), Pipeline.id == pipeline_id)
             .with_for_update()
         )
-        row = (await self.session.execute(stmt)).mappings().one_or_none()
-        return dict(row) if row is not None else None
+        row = (await self.session.execute(stmt)).one_or_none()
+        return PipelineLock(*row) if row is not None else None
 
     async def touch(self, pipeline_id: UUID, expected_version: int | None = None) -> bool:
         """Bump the version (a stage changes), which also row-locks the pipeline until

@@ -8,7 +8,6 @@ pipelines can still collide on the one-default unique index: the loser gets 409.
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.crud.repository import VersionMismatch
 from meridian.errors import Conflict, NotFound
 from meridian.ids import new_id
+from meridian.pipelines.models import PipelineRow, StageRow
 from meridian.pipelines.repository import PipelineRepository, StageRepository
 from meridian.pipelines.schemas import (
     MAX_STAGES,
@@ -25,8 +25,6 @@ from meridian.pipelines.schemas import (
     StageUpdate,
 )
 from tenancy.context import TenantContext
-
-Row = dict[str, Any]
 
 
 def _pipeline_not_found(pipeline_id: UUID) -> NotFound:
@@ -40,7 +38,7 @@ def _stage_not_found(pipeline_id: UUID, stage_id: UUID) -> NotFound:
 class PipelineService:
     async def create(
         self, session: AsyncSession, tenant: TenantContext, body: PipelineCreate
-    ) -> Row:
+    ) -> PipelineRow:
         pipelines = PipelineRepository(session, tenant)
         current_default = await pipelines.default_id()
         if body.is_default and current_default is not None:
@@ -69,20 +67,20 @@ class PipelineService:
         pipeline_id: UUID,
         body: PipelineUpdate,
         expected_version: int | None,
-    ) -> Row | None:
+    ) -> PipelineRow | None:
         values = body.changes()
         pipelines = PipelineRepository(session, tenant)
         current = await pipelines.lock(pipeline_id)
         if current is None:
             return None
-        if expected_version is not None and current["version"] != expected_version:
+        if expected_version is not None and current.version != expected_version:
             raise VersionMismatch
-        if values.get("is_default") is False and current["is_default"]:
+        if values.get("is_default") is False and current.is_default:
             raise Conflict(
                 "A tenant always has one default pipeline: make another pipeline the "
                 "default instead of unsetting this one."
             )
-        if values.get("is_default") is True and not current["is_default"]:
+        if values.get("is_default") is True and not current.is_default:
             await pipelines.clear_default(keep=pipeline_id)
         await pipelines.update(pipeline_id, values, expected_version=None)
         return await pipelines.get(pipeline_id)
@@ -98,9 +96,9 @@ class PipelineService:
         current = await pipelines.lock(pipeline_id)
         if current is None:
             raise _pipeline_not_found(pipeline_id)
-        if expected_version is not None and current["version"] != expected_version:
+        if expected_version is not None and current.version != expected_version:
             raise VersionMismatch
-        if current["is_default"]:
+        if current.is_default:
             raise Conflict(
                 "The default pipeline cannot be deleted; make another pipeline the default first."
             )
@@ -119,7 +117,7 @@ class PipelineService:
         pipeline_id: UUID,
         body: StageAdd,
         expected_version: int | None,
-    ) -> Row:
+    ) -> StageRow:
         """Insert a stage; ``expected_version`` is the pipeline's (its If-Match)."""
         pipelines = PipelineRepository(session, tenant)
         # The version bump also takes the pipeline's row lock: stage edits serialise.
@@ -148,7 +146,7 @@ class PipelineService:
         stage_id: UUID,
         body: StageUpdate,
         expected_version: int | None,
-    ) -> Row:
+    ) -> StageRow:
         values = body.changes()
         pipelines = PipelineRepository(session, tenant)
         stages = StageRepository(session, tenant)

@@ -9,7 +9,7 @@ depend on the roles it inherits); If-Match makes a change conditional (412).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
@@ -35,7 +35,14 @@ from meridian.deps import (
     TenantAccess,
 )
 from meridian.errors import Conflict
-from meridian.roles.schemas import RoleCreate, RoleList, RolePermissions, RoleRead, RoleUpdate
+from meridian.roles.schemas import (
+    RoleBody,
+    RoleCreate,
+    RoleList,
+    RolePermissions,
+    RoleRead,
+    RoleUpdate,
+)
 from meridian.roles.service import Grantor
 from meridian.roles.service import role as role_service
 from meridian.web.openapi import problems
@@ -44,11 +51,11 @@ router = APIRouter(prefix="/v1/roles", tags=["roles"])
 RoleNamePath = Annotated[str, Path(max_length=63, pattern=ROLE_NAME.pattern)]
 
 
-def _etag(row: dict[str, Any]) -> str:
+def _etag(row: RoleBody) -> str:
     return version_etag(row["policy_version"])
 
 
-def _role_response(row: dict[str, Any]) -> Response:
+def _role_response(row: RoleBody) -> Response:
     return tagged_response(row, _etag(row))
 
 

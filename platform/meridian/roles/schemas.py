@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 from pydantic import (
     AfterValidator,
@@ -97,3 +97,21 @@ class RoleRead(Addressable, Versioned):
 
 class RoleList(Page[RoleRead], Versioned):
     """Every role of the tenant; its ETag is the policy version, like each role's."""
+
+
+class PermissionBody(TypedDict):
+    object: str
+    action: str
+
+
+class RoleBody(TypedDict):
+    """A role as the service hands it to the router (``RoleRead``'s JSON)."""
+
+    name: str
+    kind: str
+    overridden: bool
+    inherits: str | None
+    description: str | None
+    permissions: list[PermissionBody]
+    effective_permissions: list[PermissionBody]
+    policy_version: int

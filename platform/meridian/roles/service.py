@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -41,21 +40,25 @@ from meridian.errors import (
     invalid_field,
 )
 from meridian.oauth.models import OAuthClient
-from meridian.roles.schemas import PermissionIn, RoleCreate, RoleUpdate
+from meridian.roles.schemas import (
+    PermissionBody,
+    PermissionIn,
+    RoleBody,
+    RoleCreate,
+    RoleUpdate,
+)
 from meridian.users.repository import UserRepository
-
-Row = dict[str, Any]
 
 
 def _perms(items: Iterable[PermissionIn]) -> frozenset[Permission]:
     return frozenset((p.object, p.action) for p in items)
 
 
-def _listed(perms: Iterable[Permission]) -> list[dict[str, str]]:
+def _listed(perms: Iterable[Permission]) -> list[PermissionBody]:
     return [{"object": o, "action": a} for o, a in sorted(perms)]
 
 
-def _present(view: RoleView, description: str | None, version: int) -> Row:
+def _present(view: RoleView, description: str | None, version: int) -> RoleBody:
     return {
         "name": view.name,
         "kind": view.kind,
@@ -150,12 +153,14 @@ class RoleService:
     transaction ``meridian.crud.control.change_policy`` opens under the tenant's policy
     lock, with ``version`` the policy version under that lock; no method opens one."""
 
-    async def _view(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> Row:
+    async def _view(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> RoleBody:
         snapshot, view = await _existing(conn, tenant_id, name)
         descriptions = await store.descriptions(conn, tenant_id)
         return _present(view, descriptions.get(name), snapshot.version)
 
-    async def list_roles(self, conn: AsyncConnection, tenant_id: UUID) -> tuple[list[Row], int]:
+    async def list_roles(
+        self, conn: AsyncConnection, tenant_id: UUID
+    ) -> tuple[list[RoleBody], int]:
         snapshot = await store.read_snapshot(conn, tenant_id)
         descriptions = await store.descriptions(conn, tenant_id)
         rows = [
@@ -164,7 +169,7 @@ class RoleService:
         ]
         return rows, snapshot.version
 
-    async def get_role(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> Row:
+    async def get_role(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> RoleBody:
         return await self._view(conn, tenant_id, name)
 
     async def create_role(
@@ -174,7 +179,7 @@ class RoleService:
         grantor: Grantor,
         body: RoleCreate,
         key: str | None,
-    ) -> tuple[Row, bool]:
+    ) -> tuple[RoleBody, bool]:
         """Returns (role, created_now); a retry with the same (validated) Idempotency-Key
         returns the role it created."""
         if key is not None:
@@ -222,7 +227,7 @@ class RoleService:
         *,
         version: int,
         expected: int | None,
-    ) -> Row:
+    ) -> RoleBody:
         changes = body.model_fields_set
         _check_version(expected, version)
         snapshot, view = await _existing(conn, tenant_id, name)
@@ -259,7 +264,7 @@ class RoleService:
         *,
         version: int,
         expected: int | None,
-    ) -> Row:
+    ) -> RoleBody:
         """A custom role's permissions, or a template's for this tenant (an override)."""
         perms = _perms(permissions)
         _check_version(expected, version)
@@ -282,7 +287,7 @@ class RoleService:
         *,
         version: int,
         expected: int | None,
-    ) -> Row:
+    ) -> RoleBody:
         """Drop a tenant's override of a template: the shared permissions apply again."""
         _check_version(expected, version)
         _, view = await _existing(conn, tenant_id, name)

@@ -13,7 +13,7 @@ import asyncpg
 from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz.models import RECORD_KINDS, RecordShare
+from authz.models import RECORD_KINDS, RecordShare, ShareRow
 from meridian.crud import hooks
 from meridian.crud.pagination import Cursor, Sort
 from meridian.crud.repository import TenantRepository
@@ -22,7 +22,7 @@ from tenancy.context import TenantContext
 OLDEST_FIRST = Sort("created_at", RecordShare.created_at, descending=False)
 
 
-class ShareRepository(TenantRepository[RecordShare]):
+class ShareRepository(TenantRepository[ShareRow]):
     model = RecordShare
 
     @staticmethod
@@ -40,7 +40,7 @@ class ShareRepository(TenantRepository[RecordShare]):
         viewer: UUID | None,
         limit: int,
         cursor: Cursor | None,
-    ) -> list[dict[str, Any]] | None:
+    ) -> list[ShareRow] | None:
         """A page of the shares of a record ``viewer`` can see, oldest first; None when
         the record does not exist or is out of their scope (the same 404 either way).
         Run in one read transaction, so the record's visibility and its shares agree."""

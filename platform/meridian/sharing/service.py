@@ -4,11 +4,11 @@ scoped readers, so a grant or a revocation applies to their next request."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from authz.models import ShareRow
 from meridian.crud.repository import TenantRepository
 from meridian.errors import Conflict, NotFound
 from meridian.ids import new_id
@@ -16,8 +16,6 @@ from meridian.sharing.repository import ShareRepository
 from meridian.sharing.schemas import ShareCreate
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
-
-Row = dict[str, Any]
 
 
 def record_not_found(kind: str, record_id: UUID) -> NotFound:
@@ -51,7 +49,7 @@ class SharingService:
         *,
         viewer: UUID | None,
         granted_by: UUID | None,
-    ) -> Row:
+    ) -> ShareRow:
         await self._lock_record(session, tenant, kind, record_id, viewer)
         field = "user_id" if body.user_id is not None else "team_id"
         await user_service.require_active(session, tenant, body.user_id or body.team_id, field)

@@ -7,7 +7,7 @@ from uuid import UUID
 from sqlalchemy import Boolean, ForeignKeyConstraint, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record
+from meridian.crud.model import Record, RecordRow
 from tenancy.planes import ShardBase
 
 
@@ -32,3 +32,13 @@ class AppUser(Record, ShardBase):
     active: Mapped[bool] = mapped_column(Boolean, server_default="true")
     # argon2id; None for users who cannot log in with a password (invited, SSO later).
     password_hash: Mapped[str | None] = mapped_column(Text)
+
+
+class UserRow(RecordRow):
+    """A user as the API shows one (never the password hash)."""
+
+    email: str
+    name: str
+    role: str
+    manager_id: UUID | None
+    active: bool

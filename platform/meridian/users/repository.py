@@ -31,7 +31,7 @@ from sqlalchemy.orm import aliased
 from authz.models import UserClosure
 from meridian.crud.compiled import prepared
 from meridian.crud.repository import TenantRepository
-from meridian.users.models import AppUser
+from meridian.users.models import AppUser, UserRow
 
 SORTABLE = {
     "name": AppUser.name,
@@ -84,7 +84,7 @@ class Credentials(NamedTuple):
     password_hash: str | None
 
 
-class UserRepository(TenantRepository[AppUser]):
+class UserRepository(TenantRepository[UserRow]):
     model = AppUser
     # The password hash never leaves the repository except for verification.
     hidden = frozenset({"tenant_id", "password_hash"})

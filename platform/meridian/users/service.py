@@ -4,7 +4,6 @@ runs on the event loop."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,11 +14,11 @@ from meridian.crud.schemas import normalise_email
 from meridian.errors import NOT_FOUND, Conflict, Forbidden, invalid_field
 from meridian.ids import new_id
 from meridian.users import passwords
+from meridian.users.models import UserRow
 from meridian.users.repository import Credentials, UserRepository
 from meridian.users.schemas import UserCreate, UserUpdate
 from tenancy.context import TenantContext
 
-Row = dict[str, Any]
 PASSWORD = "password"  # noqa: S105 (the field's name)
 
 
@@ -57,7 +56,7 @@ class UserService:
         tenant: TenantContext,
         body: UserCreate,
         password_hash: str | None,
-    ) -> Row:
+    ) -> UserRow:
         repo = UserRepository(session, tenant)
         if await repo.email_taken(body.email):
             # A racing duplicate is stopped by the unique index (also 409).
@@ -80,7 +79,7 @@ class UserService:
         body: UserUpdate,
         expected_version: int | None,
         password_hash: str | None,
-    ) -> Row | None:
+    ) -> UserRow | None:
         values = body.changes()
         if PASSWORD in values:
             del values[PASSWORD]
