@@ -8,7 +8,8 @@ themselves.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
 
 # Whether the database runs Citus: its extension is installed there.
 DETECT_SQL = "SELECT extname FROM pg_extension WHERE extname = 'citus'"
+# The column every tenant table is distributed (and colocated) on.
+TENANT_COLUMN = "tenant_id"
+# The table every other tenant table is colocated with: the residency row that each
+# transaction reads on entering a tenant then lives in the same shard group as the
+# tenant's rows, so a tenant's transaction stays on one worker.
+COLOCATION_ANCHOR = "tenant_residency"
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class ShardEngine(enum.StrEnum):
@@ -43,6 +51,58 @@ class EngineTraits:
     by_id_reads: ReadStrategy
     # Server settings of the raw read pools' connections, on top of the common ones.
     read_pool_settings: Mapping[str, str] = field(default_factory=dict)
+    # Shard migrations: statements the migration transaction starts with, before any
+    # revision runs (``SET LOCAL``, so they end with it).
+    migration_preamble: tuple[str, ...] = ()
+    # Database-level settings every session on the shard must have (``ALTER DATABASE``:
+    # its owner may set them, where ``ALTER ROLE`` would need CREATEROLE).
+    database_settings: Mapping[str, str] = field(default_factory=dict)
+    # Whether tenant tables are distributed on TENANT_COLUMN (and lookup tables
+    # replicated to every node) when a revision creates them.
+    distributes_tables: bool = False
+
+    def table_layout(
+        self, tenant_tables: Sequence[str], reference_tables: Sequence[str] = ()
+    ) -> list[str]:
+        """The statements that lay out tables a revision just created (empty ones: a
+        table with rows under forced RLS cannot be distributed by its owner). Nothing
+        on an engine that does not distribute; on Citus the anchor first, in its own
+        colocation group, then every other tenant table colocated with it. Already
+        distributed tables are left alone, so a layout can be re-run."""
+        if not self.distributes_tables:
+            return []
+        for name in (*tenant_tables, *reference_tables):
+            if not _TABLE_NAME.match(name):
+                raise ValueError(f"not a plain table name: {name!r}")
+        ordered = sorted(tenant_tables, key=lambda t: t != COLOCATION_ANCHOR)
+        statements = [
+            _unless_distributed(
+                t,
+                f"create_distributed_table('{t}', '{TENANT_COLUMN}', colocate_with => "
+                f"'{'none' if t == COLOCATION_ANCHOR else COLOCATION_ANCHOR}')",
+            )
+            for t in ordered
+        ]
+        statements += [
+            _unless_distributed(t, f"create_reference_table('{t}')") for t in reference_tables
+        ]
+        return statements
+
+    def database_settings_sql(self) -> list[str]:
+        """``ALTER DATABASE`` statements for ``database_settings`` on the connection's
+        database (re-running them changes nothing)."""
+        return [
+            "DO $do$ BEGIN EXECUTE format('ALTER DATABASE %I SET "
+            f"{name} = %L', current_database(), '{value}'); END $do$"
+            for name, value in self.database_settings.items()
+        ]
+
+
+def _unless_distributed(table: str, call: str) -> str:
+    return (
+        f"SELECT {call} WHERE NOT EXISTS "  # noqa: S608 - names checked by the caller
+        f"(SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '{table}'::regclass)"
+    )
 
 
 _TRAITS: Mapping[ShardEngine, EngineTraits] = MappingProxyType(
@@ -65,6 +125,15 @@ _TRAITS: Mapping[ShardEngine, EngineTraits] = MappingProxyType(
             # a distributed plan for parameterised scoped reads; custom plans route them
             # to one worker.
             read_pool_settings=MappingProxyType({}),
+            # DDL on distributed tables and the DML or function calls after it share one
+            # migration transaction: over parallel connections Citus refuses that
+            # ("cannot run function command because there was a parallel operation on
+            # a distributed table in the transaction").
+            migration_preamble=("SET LOCAL citus.multi_shard_modify_mode = 'sequential'",),
+            # SET LOCAL app.tenant_id (in meridian_enter_tenant) reaches the workers only
+            # with this; without it every tenant query sees no rows there.
+            database_settings=MappingProxyType({"citus.propagate_set_commands": "local"}),
+            distributes_tables=True,
         ),
     }
 )
@@ -88,10 +157,14 @@ class EngineMismatchError(Exception):
         self.detected = detected
 
 
+def engine_from(detected: object) -> ShardEngine:
+    """The engine DETECT_SQL's answer (its one value, or None for no row) names."""
+    return ShardEngine.CITUS if detected is not None else ShardEngine.POSTGRES
+
+
 async def detect_engine(conn: asyncpg.Connection) -> ShardEngine:
     """The engine the database behind ``conn`` runs (one catalog query)."""
-    found = await conn.fetchval(DETECT_SQL)
-    return ShardEngine.CITUS if found is not None else ShardEngine.POSTGRES
+    return engine_from(await conn.fetchval(DETECT_SQL))
 
 
 async def detect_engine_at(dsn: str) -> ShardEngine:

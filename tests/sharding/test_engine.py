@@ -40,6 +40,29 @@ def test_traits_per_engine() -> None:
         traits("mysql")
 
 
+def test_what_shard_migrations_run_per_engine() -> None:
+    pg = traits(ShardEngine.POSTGRES)
+    # The same revisions run unchanged on PostgreSQL: nothing is added there.
+    assert pg.table_layout(["account", "tenant_residency"], ["country"]) == []
+    assert pg.migration_preamble == ()
+    assert pg.database_settings_sql() == []
+    citus = traits(ShardEngine.CITUS)
+    assert citus.migration_preamble == ("SET LOCAL citus.multi_shard_modify_mode = 'sequential'",)
+    layout = citus.table_layout(["account", "tenant_residency"], ["country"])
+    # The anchor first, in a group of its own; the others colocated with it.
+    assert [s.split(" WHERE ")[0] for s in layout] == [
+        "SELECT create_distributed_table('tenant_residency', 'tenant_id', colocate_with => 'none')",
+        "SELECT create_distributed_table('account', 'tenant_id', "
+        "colocate_with => 'tenant_residency')",
+        "SELECT create_reference_table('country')",
+    ]
+    assert all("NOT EXISTS (SELECT 1 FROM pg_dist_partition" in s for s in layout)
+    [setting] = citus.database_settings_sql()
+    assert "ALTER DATABASE %I SET citus.propagate_set_commands = %L" in setting
+    with pytest.raises(ValueError, match="plain table name"):
+        citus.table_layout(["account; DROP TABLE x"])
+
+
 def test_a_declared_engine_must_be_the_detected_one() -> None:
     assert agreed_engine("s", None, ShardEngine.POSTGRES) is ShardEngine.POSTGRES
     assert agreed_engine("s", "citus", ShardEngine.CITUS) is ShardEngine.CITUS

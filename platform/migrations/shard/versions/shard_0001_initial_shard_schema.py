@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from meridian.migrate import lay_out_tables
+
 revision = "shard_0001"
 down_revision = None
 branch_labels = None
@@ -344,6 +346,17 @@ def upgrade() -> None:
         unique=False,
     )
     # ### end Alembic commands ###
+    # Citus: distributed on tenant_id, colocated (a no-op on PostgreSQL).
+    lay_out_tables(
+        "tenant_residency",
+        "account",
+        "idempotency_key",
+        "pipeline",
+        "contact",
+        "pipeline_stage",
+        "opportunity",
+        "activity",
+    )
 
 
 def downgrade() -> None:

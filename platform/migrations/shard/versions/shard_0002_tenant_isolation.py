@@ -147,18 +147,9 @@ def upgrade() -> None:
             op.execute(f"GRANT UPDATE ({', '.join(updatable)}) ON {table} TO {app}")
     # Activities are immutable; deleting one happens only through its subject's cascade.
     op.execute(f"REVOKE DELETE ON activity FROM {app}")
-    # On a Citus shard, SET LOCAL reaches the workers only with this setting.
-    op.execute(
-        f"""
-        DO $do$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
-                EXECUTE 'ALTER ROLE {role} SET citus.propagate_set_commands = ''local''';
-            END IF;
-        END
-        $do$
-        """
-    )
+    # On a Citus shard SET LOCAL reaches the workers only with
+    # citus.propagate_set_commands = 'local': a database setting the shard's engine
+    # decides, applied by every migration run (platform/migrations/shard/env.py).
 
 
 def downgrade() -> None:

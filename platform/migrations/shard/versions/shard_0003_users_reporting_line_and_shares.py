@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from meridian.migrate import lay_out_tables
+
 revision = "shard_0003"
 down_revision = "shard_0002"
 branch_labels = None
@@ -136,6 +138,8 @@ def upgrade() -> None:
         unique=False,
     )
     # ### end Alembic commands ###
+    # Citus: distributed on tenant_id, colocated with the others (a no-op on PostgreSQL).
+    lay_out_tables("app_user", "record_share", "user_closure")
     role = op.get_context().config.attributes["app_role"]
     app = '"' + role.replace('"', '""') + '"'
     policy = "tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid"

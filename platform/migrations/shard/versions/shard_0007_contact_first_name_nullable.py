@@ -22,15 +22,14 @@ depends_on = None
 def upgrade() -> None:
     op.execute("ALTER TABLE contact ALTER COLUMN first_name DROP NOT NULL")
     op.execute("ALTER TABLE contact ALTER COLUMN first_name DROP DEFAULT")
-    # Citus: DML after DDL on a distributed table in one transaction must not go parallel.
-    op.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+    # Citus: DML after DDL on a distributed table in one transaction must not go
+    # parallel; every migration transaction starts sequential there (sharding.engine).
     op.execute("ALTER TABLE contact NO FORCE ROW LEVEL SECURITY")
     op.execute("UPDATE contact SET first_name = NULL WHERE first_name = ''")
     op.execute("ALTER TABLE contact FORCE ROW LEVEL SECURITY")
 
 
 def downgrade() -> None:
-    op.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
     op.execute("ALTER TABLE contact NO FORCE ROW LEVEL SECURITY")
     op.execute("UPDATE contact SET first_name = '' WHERE first_name IS NULL")
     op.execute("ALTER TABLE contact FORCE ROW LEVEL SECURITY")
