@@ -298,7 +298,14 @@ class TenantAdminService:
         if ctx.status is TenantStatus.PROVISIONING:
             if ctx.shard_id not in deps.engines.shards:
                 await deps.reload_topology()
-            async with deps.router.transaction(ctx, write=True, admit=True) as session:
+            # Admission commits on its own before anything else runs in the tenant: the
+            # owner-run admission writes the residency row, and on Citus the app role
+            # may not then touch the colocated shards in the same transaction ("cannot
+            # perform query on placements that were modified in this transaction by a
+            # different user"). Both steps are idempotent, so a retry resumes either.
+            async with deps.router.transaction(ctx, write=True, admit=True):
+                pass
+            async with deps.router.transaction(ctx, write=True) as session:
                 await seed_default_pipeline(session, ctx)
 
         async def activate(

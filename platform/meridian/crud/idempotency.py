@@ -13,12 +13,12 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, func, select, text, update
+from sqlalchemy import DateTime, Index, Integer, LargeBinary, String, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from meridian.errors import BadRequest, IdempotencyKeyReused
 from tenancy.planes import ShardBase, TenantScoped
 
-KEY_TTL_HOURS = 24
+KEY_TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
 # Printable ASCII, no space first or last (HTTP strips those, so the key would change).
 KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
@@ -78,22 +78,24 @@ async def run_idempotent(
         return await produce()
     key = validate_key(key)
     table = IdempotencyKey.__table__.c
-    claim = (
-        insert(IdempotencyKey)
-        .values(tenant_id=tenant_id, key=key, request_hash=fingerprint)
-        .on_conflict_do_update(
-            index_elements=[table.tenant_id, table.key],
-            set_={
-                "request_hash": fingerprint,
-                "status_code": None,
-                "response_body": None,
-                "response_headers": None,
-                "created_at": func.now(),
-            },
-            where=table.created_at < func.now() - text(f"interval '{KEY_TTL_HOURS} hours'"),
-        )
-        .returning(table.key)
+    # now() only in VALUES: Citus refuses functions that are not IMMUTABLE in DO
+    # UPDATE SET, so the takeover of an expired key reuses the inserted value
+    # (EXCLUDED) and expiry compares with a bound cutoff (the app's clock: seconds of
+    # skew do not matter against a 24-hour lifetime).
+    inserted = insert(IdempotencyKey).values(
+        tenant_id=tenant_id, key=key, request_hash=fingerprint, created_at=func.now()
     )
+    claim = inserted.on_conflict_do_update(
+        index_elements=[table.tenant_id, table.key],
+        set_={
+            "request_hash": fingerprint,
+            "status_code": None,
+            "response_body": None,
+            "response_headers": None,
+            "created_at": inserted.excluded.created_at,
+        },
+        where=table.created_at < datetime.now(UTC) - KEY_TTL,
+    ).returning(table.key)
     claimed = (await session.execute(claim)).first()
     if claimed is None:
         row = (
