@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from meridian.migrate import alembic_config, upgrade
 from meridian.models import shard_metadata
-from tests.citus.conftest import CitusApi
+from meridian.operations import list_shards
+from tests.citus.conftest import CITUS_SHARD, CitusApi
 from tests.fixtures.databases import APP_ROLE
 
 pytestmark = pytest.mark.slow
@@ -52,6 +53,11 @@ async def test_every_tenant_table_is_distributed_colocated_on_tenant_id(
     assert [r["relname"] for r in local] == ["alembic_version"]
     # Set by the owner as a database setting (ALTER ROLE would need CREATEROLE).
     assert "citus.propagate_set_commands=local" in settings
+
+
+async def test_the_topology_records_each_shards_engine(citus_api: CitusApi) -> None:
+    engines = {s["id"]: s["engine"] for s in await list_shards(citus_api.settings)}
+    assert engines == {"us-1": "postgres", CITUS_SHARD: "citus"}
 
 
 def _down_and_up(connection: Connection, revision: str) -> None:
