@@ -1,5 +1,6 @@
 """The Citus colocation rules and the isolation set-up, checked against ``pg_catalog`` of
-a migrated shard (Citus itself is not installed on the build machines).
+the plain PostgreSQL shards, so a table that breaks them fails here even where Citus is
+not installed (tests/citus runs the schema and the API on a real Citus cluster).
 
 See docs: every table keyed by ``tenant_id``; every PK/UNIQUE/FK/index includes or
 leads with it; FORCE RLS with subquery-free policies; no user triggers (Citus disables
