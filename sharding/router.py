@@ -9,9 +9,10 @@ added, so ORM bulk UPDATE/DELETE are scoped even when written carelessly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -29,6 +30,8 @@ from tenancy.planes import TenantScoped
 ENTER_TENANT = text("SELECT meridian_enter_tenant(:tenant_id, :epoch, :write)")
 ADMIT_TENANT = text("SELECT meridian_admit_tenant(:tenant_id, :epoch)")
 RESIDENCY_SQLSTATES = frozenset({"MR001", "MR002", "MR003"})
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 # Connection-level failures: the server is gone, refusing, or shutting down.
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "08006"})
 
@@ -77,6 +80,25 @@ def is_unavailable(exc: BaseException) -> bool:
     )
 
 
+def is_lost_connection(exc: BaseException) -> bool:
+    """Whether a pooled connection died under us (its backend was ended: a server
+    restart, an administrator, an idle timeout): a new connection may well work, so
+    this alone says nothing about the shard."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig.__cause__ or exc.orig if exc.orig is not None else exc
+    return isinstance(
+        exc,
+        asyncpg.ConnectionDoesNotExistError
+        | asyncpg.AdminShutdownError
+        | asyncpg.InterfaceError
+        | asyncpg.InternalClientError
+        | ConnectionResetError
+        | BrokenPipeError,
+    )
+
+
 OnStale = Callable[[TenantContext], Awaitable[TenantContext | None]]
 
 
@@ -121,24 +143,57 @@ class ShardRouter:
             autoflush=False,
         )
 
+    async def _on_shard(
+        self,
+        shard_id: str,
+        attempt: Callable[[], Awaitable[T]],
+        refresh: Callable[[], Awaitable[None]] | None = None,
+    ) -> T:
+        """``attempt`` (the first use of a pooled connection: a transaction's begin, a
+        one-statement read), once more on a new connection if the pooled one had died.
+
+        Without this, every connection a restarted server left in the pools failed one
+        request and opened the shard's breaker (one failure opens it): a 503 for all its
+        tenants while the server was up. A second failure is the shard's state and is
+        reported as before. ``refresh`` drops the pool's other connections from before
+        (asyncpg); SQLAlchemy's pool does that itself on a disconnect.
+        """
+        try:
+            return await attempt()
+        except BaseException as exc:
+            if not is_lost_connection(exc):
+                self._reraise(shard_id, exc)
+            logger.warning(
+                "shard %s: a pooled connection had died (%r); reconnecting", shard_id, exc
+            )
+        try:
+            if refresh is not None:
+                await refresh()
+            return await attempt()
+        except BaseException as exc:
+            self._reraise(shard_id, exc)
+
     async def _begin(
         self, tenant: TenantContext, write: bool, *, admit: bool = False
     ) -> AsyncSession:
-        session = self.session(tenant)
-        try:
-            await session.begin()
-            if admit:
+        async def attempt() -> AsyncSession:
+            session = self.session(tenant)
+            try:
+                await session.begin()
+                if admit:
+                    await session.execute(
+                        ADMIT_TENANT, {"tenant_id": tenant.tenant_id, "epoch": tenant.epoch}
+                    )
                 await session.execute(
-                    ADMIT_TENANT, {"tenant_id": tenant.tenant_id, "epoch": tenant.epoch}
+                    ENTER_TENANT,
+                    {"tenant_id": tenant.tenant_id, "epoch": tenant.epoch, "write": write},
                 )
-            await session.execute(
-                ENTER_TENANT,
-                {"tenant_id": tenant.tenant_id, "epoch": tenant.epoch, "write": write},
-            )
-        except BaseException as exc:
-            await session.close()
-            self._reraise(tenant.shard_id, exc)
-        return session
+            except BaseException:
+                await session.close()
+                raise
+            return session
+
+        return await self._on_shard(tenant.shard_id, attempt)
 
     @asynccontextmanager
     async def transaction(
@@ -245,32 +300,37 @@ class ShardRouter:
         self, tenant: TenantContext, sql: str, args: Sequence[Any]
     ) -> asyncpg.Record | None:
         pool = await self.engines.read_pool(tenant.shard_id)
-        try:
-            row: asyncpg.Record | None = await pool.fetchrow(
+
+        async def attempt() -> asyncpg.Record | None:
+            found: asyncpg.Record | None = await pool.fetchrow(
                 sql, *args, tenant.tenant_id, tenant.epoch
             )
-        except BaseException as exc:
-            self._reraise(tenant.shard_id, exc)
+            return found
+
+        row = await self._on_shard(tenant.shard_id, attempt, pool.expire_connections)
         self.engines.mark_up(tenant.shard_id)
         return row
 
     async def _begin_read(self, tenant: TenantContext) -> tuple[asyncpg.Connection, asyncpg.Pool]:
         pool = await self.engines.read_pool(tenant.shard_id)
-        try:
+        # Literals, not parameters: the simple protocol sends BEGIN and the enter call
+        # in one round trip. Both values are typed (UUID, int), never text from a
+        # client, so formatting them is safe.
+        begin = (
+            f"BEGIN READ ONLY; SELECT meridian_enter_tenant("
+            f"'{UUID(str(tenant.tenant_id))}'::uuid, {int(tenant.epoch)}, false)"
+        )
+
+        async def attempt() -> asyncpg.Connection:
             conn = await pool.acquire()
-        except BaseException as exc:
-            self._reraise(tenant.shard_id, exc)
-        try:
-            # Literals, not parameters: the simple protocol sends BEGIN and the enter
-            # call in one round trip. Both values are typed (UUID, int), never text
-            # from a client, so formatting them is safe.
-            await conn.execute(
-                f"BEGIN READ ONLY; SELECT meridian_enter_tenant("
-                f"'{UUID(str(tenant.tenant_id))}'::uuid, {int(tenant.epoch)}, false)"
-            )
-        except BaseException as exc:
-            await pool.release(conn)
-            self._reraise(tenant.shard_id, exc)
+            try:
+                await conn.execute(begin)
+            except BaseException:
+                await pool.release(conn)
+                raise
+            return conn
+
+        conn = await self._on_shard(tenant.shard_id, attempt, pool.expire_connections)
         return conn, pool
 
     def _reraise(self, shard_id: str, exc: BaseException) -> NoReturn:

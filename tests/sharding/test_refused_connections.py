@@ -91,8 +91,10 @@ async def connections_refused(database: str) -> AsyncIterator[None]:
 
 
 async def _no_backends(admin: asyncpg.Connection, database: str) -> bool:
+    # Client backends only: an autovacuum worker may start on the database at any time.
     left = await admin.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
         database,
     )
     return bool(left == 0)
