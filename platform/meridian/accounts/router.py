@@ -6,7 +6,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from authz.fields import PII_PERMISSION
 from meridian.accounts.models import Account
 from meridian.accounts.repository import SORTABLE, AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountRead, AccountUpdate
@@ -28,8 +27,7 @@ from meridian.deps import (
     CanReadAccounts,
     CanUpdateAccounts,
 )
-from meridian.encryption.service import blind_filter
-from meridian.errors import Conflict, Forbidden
+from meridian.errors import Conflict
 from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -76,25 +74,12 @@ async def list_accounts(
         "owner_id": owner_id,
     }
     where = [getattr(Account, k) == v for k, v in filters.items() if v is not None]
-    if tax_id is not None:
-        if not access.can(*PII_PERMISSION):
-            # Filtering on a masked field would tell whether a value is on file.
-            raise Forbidden("Filtering by tax_id needs the pii:read permission.")
-        criterion, token = await blind_filter(
-            access.runtime.keyring,
-            access.tenant.tenant_id,
-            KIND,
-            "tax_id",
-            Account.tax_id_bidx,
-            tax_id,
-        )
-        where.append(criterion)
-        filters["tax_id"] = token
     return await endpoints.listing(
         access,
         AccountRepository,
         where=where,
         filters=filters,
+        searched={"tax_id": tax_id},
         sort=parse_sort(sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,

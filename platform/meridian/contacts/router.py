@@ -8,7 +8,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from authz.fields import PII_PERMISSION
 from meridian.contacts.models import Contact
 from meridian.contacts.repository import SORTABLE, ContactRepository
 from meridian.contacts.schemas import ContactCreate, ContactRead, ContactUpdate
@@ -30,8 +29,7 @@ from meridian.deps import (
     CanReadContacts,
     CanUpdateContacts,
 )
-from meridian.encryption.service import blind_filter
-from meridian.errors import Duplicate, Forbidden
+from meridian.errors import Duplicate
 from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
@@ -90,28 +88,12 @@ async def list_contacts(
         "owner_id": owner_id,
     }
     where = [getattr(Contact, k) == v for k, v in filters.items() if v is not None]
-    for field, value in searched.items():
-        if value is None:
-            continue
-        if not access.can(*PII_PERMISSION):
-            # Filtering on a masked field would tell whether a value is on file.
-            raise Forbidden(f"Filtering by {field} needs the pii:read permission.")
-        # Blind-index search: the cursor and cache key name the index, not the value.
-        criterion, token = await blind_filter(
-            access.runtime.keyring,
-            access.tenant.tenant_id,
-            KIND,
-            field,
-            getattr(Contact, f"{field}_bidx"),
-            value,
-        )
-        where.append(criterion)
-        filters[field] = token
     return await endpoints.listing(
         access,
         ContactRepository,
         where=where,
         filters=filters,
+        searched=searched,
         sort=parse_sort(sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,

@@ -51,7 +51,8 @@ from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
 from meridian.crud.repository import Row, TenantRepository, VersionMismatch
 from meridian.deps import TenantAccess, record_viewer
 from meridian.encryption.fields import SENSITIVE, open_row, open_rows, sealed
-from meridian.errors import NotFound, PreconditionFailed
+from meridian.encryption.service import blind_filter
+from meridian.errors import Forbidden, NotFound, PreconditionFailed
 from meridian.web.responses import dumps, json_response
 
 OWNER = "owner_id"
@@ -241,11 +242,33 @@ async def listing(
     *,
     where: Sequence[ColumnElement[bool]],
     filters: Mapping[str, Any],
+    searched: Mapping[str, str | None] | None = None,
     sort: Sort,
     limit: int | None,
     cursor: str | None,
 ) -> Response:
+    """A page of ``repo``'s records matching ``where`` (``filters`` names them for the
+    cursor and the cache key) and the exact-match ``searched`` values of sealed fields,
+    found through their blind indexes."""
     size = check_limit(limit)
+    where, filters = list(where), dict(filters)
+    for field, value in (searched or {}).items():
+        if value is None:
+            continue
+        if not access.can(*PII_PERMISSION):
+            # Filtering on a masked field would tell whether a value is on file.
+            raise Forbidden(f"Filtering by {field} needs the pii:read permission.")
+        criterion, token = await blind_filter(
+            access.runtime.keyring,
+            access.tenant.tenant_id,
+            repo.model.__tablename__,
+            field,
+            repo.attr(f"{field}_bidx"),
+            value,
+        )
+        where.append(criterion)
+        # The cursor and the cache key name the index, never the value.
+        filters[field] = token
     digest = filters_digest(access.tenant.tenant_id, filters)
     after = Cursor.decode(cursor, sort=sort, digest=digest) if cursor else None
     tenant_id = access.tenant.tenant_id
