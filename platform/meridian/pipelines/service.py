@@ -110,6 +110,26 @@ class PipelineService:
         await pipelines.delete(pipeline_id, expected_version=None)
 
     # -- stages -------------------------------------------------------------------------
+    async def _stage(
+        self,
+        session: AsyncSession,
+        tenant: TenantContext,
+        pipeline_id: UUID,
+        stage_id: UUID,
+        expected_version: int | None,
+    ) -> tuple[StageRepository, StageRow]:
+        """The stage a change is about, at ``expected_version`` (its If-Match), with its
+        pipeline version-bumped and so row-locked: stage edits of a pipeline serialise."""
+        stages = StageRepository(session, tenant)
+        if not await PipelineRepository(session, tenant).touch(pipeline_id):
+            raise _pipeline_not_found(pipeline_id)
+        stage = await stages.get_in(pipeline_id, stage_id)
+        if stage is None:
+            raise _stage_not_found(pipeline_id, stage_id)
+        if expected_version is not None and stage["version"] != expected_version:
+            raise VersionMismatch
+        return stages, stage
+
     async def add_stage(
         self,
         session: AsyncSession,
@@ -148,15 +168,7 @@ class PipelineService:
         expected_version: int | None,
     ) -> StageRow:
         values = body.changes()
-        pipelines = PipelineRepository(session, tenant)
-        stages = StageRepository(session, tenant)
-        if not await pipelines.touch(pipeline_id):
-            raise _pipeline_not_found(pipeline_id)
-        stage = await stages.get_in(pipeline_id, stage_id)
-        if stage is None:
-            raise _stage_not_found(pipeline_id, stage_id)
-        if expected_version is not None and stage["version"] != expected_version:
-            raise VersionMismatch
+        stages, stage = await self._stage(session, tenant, pipeline_id, stage_id, expected_version)
         old, new = stage["position"], values.get("position")
         if new is not None and new != old:
             count = await stages.count(pipeline_id)
@@ -180,15 +192,7 @@ class PipelineService:
         stage_id: UUID,
         expected_version: int | None,
     ) -> None:
-        pipelines = PipelineRepository(session, tenant)
-        stages = StageRepository(session, tenant)
-        if not await pipelines.touch(pipeline_id):
-            raise _pipeline_not_found(pipeline_id)
-        stage = await stages.get_in(pipeline_id, stage_id)
-        if stage is None:
-            raise _stage_not_found(pipeline_id, stage_id)
-        if expected_version is not None and stage["version"] != expected_version:
-            raise VersionMismatch
+        stages, stage = await self._stage(session, tenant, pipeline_id, stage_id, expected_version)
         if await stages.count(pipeline_id) <= 1:
             raise Conflict("A pipeline needs at least one stage; this is its last.")
         if await stages.in_use(pipeline_id, stage_id):

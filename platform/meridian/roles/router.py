@@ -9,9 +9,12 @@ depend on the roles it inherits); If-Match makes a change conditional (412).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import APIRouter, Path, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from authz.policy import ROLE_NAME
@@ -61,6 +64,24 @@ def _role_response(row: RoleBody) -> Response:
 
 def _grantor(access: TenantAccess) -> Grantor:
     return Grantor(access.actor.role, access.policy)
+
+
+# (connection, tenant, grantor, policy version, the version If-Match expects) -> the role
+RoleChange = Callable[[AsyncConnection, UUID, Grantor, int, int | None], Awaitable[RoleBody]]
+
+
+async def _changed(access: TenantAccess, if_match: str | None, change: RoleChange) -> Response:
+    """A change of one role at the policy version If-Match names, answered with the
+    role as it now is."""
+    expected, tenant_id, grantor = (
+        expected_version(if_match),
+        access.tenant.tenant_id,
+        _grantor(access),
+    )
+    row = await control.change_policy(
+        access, lambda conn, version: change(conn, tenant_id, grantor, version, expected)
+    )
+    return _role_response(row)
 
 
 @router.get("", response_model=RoleList)
@@ -113,18 +134,13 @@ async def update_role(
     if_match: IfMatchHeader = None,
 ) -> Response:
     """Custom roles only (templates: PUT /v1/roles/{name}/permissions)."""
-    expected, tenant_id, grantor = (
-        expected_version(if_match),
-        access.tenant.tenant_id,
-        _grantor(access),
-    )
-    row = await control.change_policy(
+    return await _changed(
         access,
-        lambda conn, version: role_service.update_role(
+        if_match,
+        lambda conn, tenant_id, grantor, version, expected: role_service.update_role(
             conn, tenant_id, grantor, name, body, version=version, expected=expected
         ),
     )
-    return _role_response(row)
 
 
 @router.delete("/{name}", status_code=204, openapi_extra=problems(Conflict))
@@ -158,18 +174,13 @@ async def set_role_permissions(
 ) -> Response:
     """Replace a role's own permissions. On a template this overrides it for this tenant
     only (admin cannot be overridden)."""
-    expected, tenant_id, grantor = (
-        expected_version(if_match),
-        access.tenant.tenant_id,
-        _grantor(access),
-    )
-    row = await control.change_policy(
+    return await _changed(
         access,
-        lambda conn, version: role_service.set_role_permissions(
+        if_match,
+        lambda conn, tenant_id, grantor, version, expected: role_service.set_role_permissions(
             conn, tenant_id, grantor, name, body.permissions, version=version, expected=expected
         ),
     )
-    return _role_response(row)
 
 
 @router.delete("/{name}/permissions", response_model=RoleRead, openapi_extra=problems(Conflict))
@@ -177,15 +188,10 @@ async def reset_role_permissions(
     name: RoleNamePath, access: CanUpdateRoles, if_match: IfMatchHeader = None
 ) -> Response:
     """Drop this tenant's override of a template (idempotent)."""
-    expected, tenant_id, grantor = (
-        expected_version(if_match),
-        access.tenant.tenant_id,
-        _grantor(access),
-    )
-    row = await control.change_policy(
+    return await _changed(
         access,
-        lambda conn, version: role_service.reset_role_permissions(
+        if_match,
+        lambda conn, tenant_id, grantor, version, expected: role_service.reset_role_permissions(
             conn, tenant_id, grantor, name, version=version, expected=expected
         ),
     )
-    return _role_response(row)
