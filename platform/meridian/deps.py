@@ -71,8 +71,8 @@ class TenantAccess:
         """In-handler capability check (memoised, no I/O): e.g. ``can("pii", "read")``."""
         return self.policy.allows(self.actor.role, obj, act)
 
-    # Reads go through meridian.crud.reads (the one read flow), writes through
-    # meridian.crud.endpoints.writing, which opens this transaction.
+    # Reads go through meridian.crud.endpoints.by_id and .read (the one read flow),
+    # writes through meridian.crud.endpoints.writing, which opens this transaction.
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         async with self.runtime.router.transaction(

@@ -18,7 +18,7 @@ from meridian.activities.models import Activity
 from meridian.activities.repository import SORTABLE, ActivityRepository
 from meridian.activities.schemas import ActivityCreate, ActivityRead, ActivityType
 from meridian.activities.service import activity as activity_service
-from meridian.crud import endpoints, reads
+from meridian.crud import endpoints
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -127,7 +127,7 @@ async def _timeline(
     digest = filters_digest(access.tenant.tenant_id, {field: parent_id})
     after = Cursor.decode(cursor, sort=NEWEST_FIRST, digest=digest) if cursor else None
     tenant_id, viewer = access.tenant.tenant_id, record_viewer(access)
-    rows = await reads.read(
+    rows = await endpoints.read(
         access,
         lambda conn: ActivityRepository.fetch_timeline(
             conn,

@@ -4,8 +4,8 @@ request or an operation (services take the connection, routers open none).
 ``read`` runs work on one connection (its implicit transaction is rolled back),
 ``transact`` commits the work before it returns, and ``change_policy`` is ``transact``
 for a change of a tenant's access rules: under the tenant's policy lock, announced to
-this process and the others once committed. Tenant-shard writes have their twin in
-``meridian.crud.endpoints.writing``, shard reads in ``meridian.crud.reads``.
+this process and the others once committed. Tenant-shard work has its twins in
+``meridian.crud.endpoints``: ``writing`` for writes, ``by_id`` and ``read`` for reads.
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """The request flows every resource shares: create, read, list, update, delete.
 
-Routers stay thin: they parse HTTP and call these with their repository and service.
+Routers stay thin: they parse HTTP and call these with their repository and service;
+routers and services open no transaction. Reads: a record by id goes through
+``by_id``, which picks how it is read (``by_id_strategy``: the shard's strategy,
+``ShardRouter.read_strategy``, when the read is one row nobody's scope hides); every
+other read (lists, timelines, a record with its parts) runs its repository's work in
+``read``, one read-only transaction inside the tenant on a raw asyncpg connection.
+Writes run in ``writing``, the tenant's write transaction on an ORM session.
 
 Record scope: a user whose role does not see every record reads and writes through the
 ``authz.scope`` predicate (``TenantRepository.visibility``); a record outside it is 404,
@@ -26,6 +32,7 @@ from dataclasses import replace
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
+import asyncpg
 import orjson
 from fastapi import Request
 from pydantic import BaseModel
@@ -35,7 +42,6 @@ from starlette.responses import Response
 
 from authz.fields import PII_PERMISSION, is_sensitive, mask_row
 from cache.codec import JSON
-from meridian.crud import reads
 from meridian.crud.hooks import record_deleted
 from meridian.crud.http import (
     conditional_response,
@@ -54,6 +60,7 @@ from meridian.encryption.fields import SENSITIVE, open_row, open_rows, sealed
 from meridian.encryption.service import blind_filter
 from meridian.errors import Forbidden, NotFound, PreconditionFailed
 from meridian.web.responses import dumps, json_response
+from sharding.engine import ReadStrategy
 
 OWNER = "owner_id"
 # A list page's JSON body: {"data": [rows], "next_cursor": ...}.
@@ -70,6 +77,7 @@ def stale(kind: str) -> PreconditionFailed:
     return PreconditionFailed(f"The {kind} has changed since the ETag was issued; read it again.")
 
 
+# -- the write transaction and the read transaction: where every flow opens one -----
 @asynccontextmanager
 async def writing(access: TenantAccess, kind: str) -> AsyncIterator[AsyncSession]:
     """The write transaction of every flow (routers open none): committed when the
@@ -92,6 +100,46 @@ async def transact(
         return await work(session)
 
 
+def by_id_strategy(
+    access: TenantAccess, repo: type[TenantRepository[Any]], viewer: UUID | None
+) -> ReadStrategy:
+    """How a by-id read of ``repo`` for ``viewer`` runs: in one statement where the
+    tenant's shard reads that way and the read is the row alone (no record scope, no
+    parts such as a pipeline's stages); otherwise in a read transaction."""
+    if not repo.one_statement_reads or repo.is_scoped_for(viewer):
+        return ReadStrategy.TRANSACTION
+    return access.runtime.router.read_strategy(access.tenant.shard_id)
+
+
+async def by_id(
+    access: TenantAccess, repo: type[TenantRepository[Any]], record_id: UUID
+) -> Row | None:
+    """The record if it exists in the tenant and the caller's record scope holds it."""
+    viewer = record_viewer(access)
+    runtime = access.runtime
+    tenant_id = access.tenant.tenant_id
+    # One statement: one round trip (ShardRouter.read_one), its SQL compiled once per class.
+    found = await runtime.router.read_row(
+        access.tenant,
+        repo.by_id_sql,
+        (record_id,),
+        lambda conn: repo.fetch_visible(conn, tenant_id, record_id, viewer),
+        strategy=by_id_strategy(access, repo, viewer),
+        on_stale=runtime.refresh_tenant,
+    )
+    return dict(found) if found is not None else None
+
+
+async def read(access: TenantAccess, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """``work`` (a repository's reads) in one read-only transaction inside the tenant,
+    so what it reads is one consistent snapshot; retried once on a fresh directory
+    entry when the shard says the tenant has moved."""
+    runtime = access.runtime
+    async with runtime.router.reader(access.tenant, on_stale=runtime.refresh_tenant) as conn:
+        return await work(conn)
+
+
+# -- what a response shows of a row ------------------------------------------------
 def shown(access: TenantAccess, kind: str, row: Row) -> Row:
     """The row as this caller may see it: sensitive fields masked without pii:read (at
     response time, so cached rows stay unmasked and shared by every principal)."""
@@ -108,6 +156,7 @@ async def opened(access: TenantAccess, kind: str, row: Row) -> Row:
     return await open_row(access.runtime.keyring, access.tenant.tenant_id, kind, row)
 
 
+# -- the flows --------------------------------------------------------------------
 async def create(
     access: TenantAccess,
     request: Request,
@@ -189,13 +238,13 @@ async def fetch(
     viewer = record_viewer(access)
     policy = access.runtime.record_cache.get(kind)
     if policy is None or repo.is_scoped_for(viewer):
-        row = await reads.by_id(access, repo, record_id)
+        row = await by_id(access, repo, record_id)
     else:
 
         async def load_json() -> Row | None:
             # Cached as JSON-ready values, ciphertexts as base64: decrypted after the
             # cache, so no cache level ever holds a sensitive field in clear.
-            found = await reads.by_id(access, repo, record_id)
+            found = await by_id(access, repo, record_id)
             return orjson.loads(dumps(sealed(found))) if found is not None else None
 
         row = await access.runtime.cache.get_or_load(
@@ -276,7 +325,7 @@ async def listing(
 
     async def load() -> PageBody:
         # The viewer's scope is part of the query, never a filter after it.
-        rows = await reads.read(
+        rows = await read(
             access,
             lambda conn: repo.fetch_scoped_page(
                 conn, tenant_id, viewer, where=where, sort=sort, limit=size, cursor=after

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from meridian.crud import reads
+from meridian.crud import endpoints
 from meridian.deps import CanUpdateUsers
 from meridian.errors import NotFound
 from meridian.oauth.schemas import TokensRevoked
@@ -23,7 +23,7 @@ async def revoke_user_tokens(user_id: UUID, access: CanUpdateUsers) -> Response:
     """Every access token of the user issued before now is refused, on every API
     instance within a second, and the user's refresh tokens are revoked: the user
     must sign in again. Tokens issued afterwards work."""
-    found = await reads.by_id(access, UserRepository, user_id)
+    found = await endpoints.by_id(access, UserRepository, user_id)
     if found is None:
         # Includes users of other tenants: an id outside the tenant does not exist here.
         raise NotFound(f"No user with id {user_id}.")

@@ -16,7 +16,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from meridian.crud import endpoints, reads
+from meridian.crud import endpoints
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -142,7 +142,7 @@ async def delete_pipeline(
 @router.get("/{pipeline_id}/stages", response_model=Page[StageRead])
 async def list_pipeline_stages(pipeline_id: UUID, access: CanReadPipelines) -> Response:
     """All stages ordered by position (bounded, so never more than one page)."""
-    pipeline = await reads.by_id(access, PipelineRepository, pipeline_id)
+    pipeline = await endpoints.by_id(access, PipelineRepository, pipeline_id)
     if pipeline is None:
         raise endpoints.not_found(KIND, pipeline_id)
     return json_response({"data": pipeline["stages"], "next_cursor": None})
@@ -186,7 +186,7 @@ async def get_pipeline_stage(
     if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     tenant_id = access.tenant.tenant_id
-    row = await reads.read(
+    row = await endpoints.read(
         access, lambda conn: StageRepository.fetch_in(conn, tenant_id, pipeline_id, stage_id)
     )
     if row is None:

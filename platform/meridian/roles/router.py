@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from authz.policy import ROLE_NAME
-from meridian.crud import control, reads
+from meridian.crud import control, endpoints
 from meridian.crud.http import (
     IdempotencyKeyHeader,
     IfMatchHeader,
@@ -152,7 +152,7 @@ async def delete_role(
 
     async def users_hold() -> bool:
         # Users live on the tenant's shard: read through the kit's read flow.
-        return await reads.read(
+        return await endpoints.read(
             access, lambda shard: role_service.users_hold(shard, tenant_id, name)
         )
 

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from meridian.accounts.repository import AccountRepository
 from meridian.contacts.repository import ContactRepository
-from meridian.crud import endpoints, reads
+from meridian.crud import endpoints
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -76,7 +76,7 @@ def _list_shares(
         after = Cursor.decode(cursor, sort=OLDEST_FIRST, digest=digest) if cursor else None
         tenant_id = access.tenant.tenant_id
         viewer = record_viewer(access)
-        rows = await reads.read(
+        rows = await endpoints.read(
             access,
             lambda conn: ShareRepository.fetch_of_record(
                 conn, repo, tenant_id, record_id, viewer=viewer, limit=size, cursor=after

@@ -1,5 +1,6 @@
-"""``meridian.crud.reads``: the one read flow, and where a by-id read's strategy is chosen
-(``ShardRouter.read_strategy`` for the shard, ``reads.by_id_strategy`` for the read)."""
+"""The read flow of ``meridian.crud.endpoints`` (``by_id``, ``read``), and where a by-id
+read's strategy is chosen (``ShardRouter.read_strategy`` for the shard,
+``by_id_strategy`` for the read)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from meridian.accounts.repository import AccountRepository
 from meridian.contacts.repository import ContactRepository
-from meridian.crud import reads
+from meridian.crud import endpoints
 from meridian.crud.repository import TenantRepository
 from meridian.deps import TenantAccess
 from meridian.pipelines.repository import PipelineRepository
@@ -79,7 +80,7 @@ def test_the_by_id_strategy(
 ) -> None:
     router = ShardRouter(NO_ENGINES, one_statement_reads=one_statement_shard)
     access = cast(TenantAccess, access_on(router))
-    assert reads.by_id_strategy(access, repo, viewer) is expected
+    assert endpoints.by_id_strategy(access, repo, viewer) is expected
 
 
 class SpyRouter:
@@ -112,15 +113,15 @@ async def test_by_id_runs_the_chosen_strategy(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(AccountRepository, "fetch_visible", fetch_visible)
     one = SpyRouter(ReadStrategy.ONE_STATEMENT)
-    found = await reads.by_id(cast(TenantAccess, access_on(one)), AccountRepository, record_id)
+    found = await endpoints.by_id(cast(TenantAccess, access_on(one)), AccountRepository, record_id)
     assert (found, one.calls) == ({"id": record_id}, ["read_one"])
     tx = SpyRouter(ReadStrategy.TRANSACTION)
-    found = await reads.by_id(cast(TenantAccess, access_on(tx)), AccountRepository, record_id)
+    found = await endpoints.by_id(cast(TenantAccess, access_on(tx)), AccountRepository, record_id)
     assert (found, tx.calls) == ({"id": record_id, "via": "transaction"}, ["reader"])
     # A viewer whose scope applies never takes the one-statement form.
     scoped = SpyRouter(ReadStrategy.ONE_STATEMENT)
     access = access_on(scoped, user_id=uuid.uuid4(), sees_all=False)
-    await reads.by_id(cast(TenantAccess, access), AccountRepository, record_id)
+    await endpoints.by_id(cast(TenantAccess, access), AccountRepository, record_id)
     assert scoped.calls == ["reader"]
 
 
