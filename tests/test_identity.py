@@ -38,11 +38,11 @@ async def test_actor_is_the_same_with_either_read_strategy(
     for one_statement in (True, False):
         monkeypatch.setattr(router, "one_statement_reads", one_statement)
         before = one_statement_reads
-        await forget_actor(runtime, uuid.UUID(tenant.id), user_id)
+        await forget_actor(await access_for(app_client, tenant, None), user_id)
         access = await access_for(app_client, tenant, user_id)
         assert access.actor == Actor(user_id, "sales_manager")
         assert one_statement_reads - before == (1 if one_statement else 0)
         # The user is nobody in another tenant.
-        await forget_actor(runtime, uuid.UUID(other_tenant.id), user_id)
+        await forget_actor(await access_for(app_client, other_tenant, None), user_id)
         with pytest.raises(Unauthorized):
             await access_for(app_client, other_tenant, user_id)

@@ -15,7 +15,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from authz.enforcer import PolicyUnavailable, TenantPolicy
 from authz.policy import CATALOGUE, READ_ACTIONS, is_known
@@ -30,6 +30,7 @@ from meridian.identity import Actor, resolve_actor
 from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
 from tenancy.context import TenantContext, TenantStatus, current_tenant_id
+from tenancy.keyring import TenantKeyring
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -190,4 +191,19 @@ CanCreateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "creat
 CanUpdateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "update"))]
 CanDeleteShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "delete"))]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+
+
+# What a handler needs beyond its TenantAccess, one small typed dependency each: domains
+# never reach into the Runtime (only the wiring that builds a service's collaborators,
+# admin.wiring and the oauth routers, takes RuntimeDep).
+def _keyring(request: Request) -> TenantKeyring:
+    return get_runtime(request).keyring
+
+
+def _control(request: Request) -> AsyncEngine:
+    return get_runtime(request).control
+
+
+Keyring = Annotated[TenantKeyring, Depends(_keyring)]
+ControlPlane = Annotated[AsyncEngine, Depends(_control)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

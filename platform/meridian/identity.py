@@ -18,6 +18,7 @@ from meridian.principal import Principal
 from tenancy.context import TenantContext
 
 if TYPE_CHECKING:
+    from meridian.deps import TenantAccess
     from meridian.runtime import Runtime
 
 # Role of client tokens issued before clients carried one: the tenant's own clients.
@@ -70,6 +71,7 @@ async def resolve_actor(runtime: Runtime, tenant: TenantContext, principal: Prin
     return Actor(user_id, str(state["role"]))
 
 
-async def forget_actor(runtime: Runtime, tenant_id: UUID, user_id: UUID) -> None:
+async def forget_actor(access: TenantAccess, user_id: UUID) -> None:
     """After a committed change of a user: every instance must read it again."""
-    await runtime.cache.invalidate(str(tenant_id), ACTOR_KIND, _bucket(user_id))
+    tenant_id = str(access.tenant.tenant_id)
+    await access.runtime.cache.invalidate(tenant_id, ACTOR_KIND, _bucket(user_id))

@@ -26,6 +26,7 @@ from meridian.deps import (
     CanDeleteAccounts,
     CanReadAccounts,
     CanUpdateAccounts,
+    Keyring,
 )
 from meridian.errors import Conflict
 from meridian.web.openapi import problems
@@ -39,6 +40,7 @@ async def create_account(
     body: AccountCreate,
     request: Request,
     access: CanCreateAccounts,
+    keyring: Keyring,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     return await endpoints.create(
@@ -46,9 +48,7 @@ async def create_account(
         request,
         idempotency_key,
         body,
-        lambda session: account_service.create(
-            session, access.tenant, body, access.runtime.keyring
-        ),
+        lambda session: account_service.create(session, access.tenant, body, keyring),
         kind=KIND,
     )
 
@@ -99,6 +99,7 @@ async def update_account(
     account_id: UUID,
     body: AccountUpdate,
     access: CanUpdateAccounts,
+    keyring: Keyring,
     if_match: IfMatchHeader = None,
 ) -> Response:
     return await endpoints.change(
@@ -107,7 +108,7 @@ async def update_account(
         account_id,
         if_match,
         lambda session, version: account_service.update(
-            session, access.tenant, account_id, body, version, access.runtime.keyring
+            session, access.tenant, account_id, body, version, keyring
         ),
     )
 

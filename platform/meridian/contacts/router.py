@@ -28,6 +28,7 @@ from meridian.deps import (
     CanDeleteContacts,
     CanReadContacts,
     CanUpdateContacts,
+    Keyring,
 )
 from meridian.errors import Duplicate
 from meridian.web.openapi import problems
@@ -41,6 +42,7 @@ async def create_contact(
     body: ContactCreate,
     request: Request,
     access: CanCreateContacts,
+    keyring: Keyring,
     idempotency_key: IdempotencyKeyHeader = None,
     allow_duplicate: Annotated[
         bool, Query(description="Create the contact even if its email is already on file.")
@@ -55,7 +57,7 @@ async def create_contact(
             session,
             access.tenant,
             body,
-            access.runtime.keyring,
+            keyring,
             allow_duplicate=allow_duplicate,
         ),
         kind=KIND,
@@ -112,6 +114,7 @@ async def update_contact(
     contact_id: UUID,
     body: ContactUpdate,
     access: CanUpdateContacts,
+    keyring: Keyring,
     if_match: IfMatchHeader = None,
 ) -> Response:
     return await endpoints.change(
@@ -120,7 +123,7 @@ async def update_contact(
         contact_id,
         if_match,
         lambda session, version: contact_service.update(
-            session, access.tenant, contact_id, body, version, access.runtime.keyring
+            session, access.tenant, contact_id, body, version, keyring
         ),
     )
 

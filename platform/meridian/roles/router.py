@@ -35,6 +35,7 @@ from meridian.deps import (
     CanDeleteRoles,
     CanReadRoles,
     CanUpdateRoles,
+    ControlPlane,
     TenantAccess,
 )
 from meridian.errors import Conflict
@@ -85,13 +86,11 @@ async def _changed(access: TenantAccess, if_match: str | None, change: RoleChang
 
 
 @router.get("", response_model=RoleList)
-async def list_roles(access: CanReadRoles) -> Response:
+async def list_roles(access: CanReadRoles, plane: ControlPlane) -> Response:
     """Every role of the tenant by name, templates included (one page: a tenant has few
     roles)."""
     tenant_id = access.tenant.tenant_id
-    rows, version = await control.read(
-        access.runtime.control, lambda conn: role_service.list_roles(conn, tenant_id)
-    )
+    rows, version = await control.read(plane, lambda conn: role_service.list_roles(conn, tenant_id))
     return tagged_response({"data": rows, "next_cursor": None}, version_etag(version))
 
 
@@ -117,12 +116,13 @@ async def create_role(
 
 @router.get("/{name}", response_model=RoleRead)
 async def get_role(
-    name: RoleNamePath, access: CanReadRoles, if_none_match: IfNoneMatchHeader = None
+    name: RoleNamePath,
+    access: CanReadRoles,
+    plane: ControlPlane,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     tenant_id = access.tenant.tenant_id
-    row = await control.read(
-        access.runtime.control, lambda conn: role_service.get_role(conn, tenant_id, name)
-    )
+    row = await control.read(plane, lambda conn: role_service.get_role(conn, tenant_id, name))
     return conditional_response(row, if_none_match, tag=_etag(row))
 
 

@@ -122,5 +122,5 @@ async def update_user(
         ),
     )
     # Role and state are cached for the request path of the user's own tokens.
-    await forget_actor(access.runtime, access.tenant.tenant_id, user_id)
+    await forget_actor(access, user_id)
     return response
