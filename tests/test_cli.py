@@ -105,6 +105,9 @@ def test_commands_find_the_dev_platform(dev: DevPlatform, tmp_path: Path) -> Non
         ("postgresql+asyncpg://postgres@127.0.0.1:5432/meridian_no_such_db", "does not exist"),
         (f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/meridian_control", "answers"),
     ],
+    # Fixed ids: the free port differs between xdist workers, which must collect the
+    # same test names.
+    ids=["no-such-database", "nothing-listening"],
 )
 def test_an_unreachable_platform_is_one_line(tmp_path: Path, dsn: str, says: str) -> None:
     done = meridian("shards", "list", cwd=tmp_path, MERIDIAN_CONTROL_DSN=dsn)
