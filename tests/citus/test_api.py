@@ -114,6 +114,68 @@ async def test_reads_by_id_lists_and_updates_stay_inside_the_tenant(citus_api: C
     assert (await client.get(path, headers=tenant.headers)).json()["name"] == "Renamed"
 
 
+async def test_pipelines_opportunities_and_cascades(citus_api: CitusApi) -> None:
+    client = citus_api.client
+    tenant = await citus_api.onboard()
+    h = tenant.headers
+    pipeline = await client.post(
+        "/v1/pipelines",
+        json={
+            "name": "Enterprise",
+            "stages": [
+                {"name": "Qualify", "probability": 10},
+                {"name": "Won", "probability": 100, "kind": "won"},
+            ],
+        },
+        headers=h,
+    )
+    assert pipeline.status_code == 201, pipeline.text
+    pipeline_id = pipeline.json()["id"]
+    stages = await client.get(f"/v1/pipelines/{pipeline_id}/stages", headers=h)
+    qualify, won = (s["id"] for s in stages.json()["data"])
+    # A stage inserted first shifts the others (several rows changed in one statement).
+    added = await client.post(
+        f"/v1/pipelines/{pipeline_id}/stages",
+        json={"name": "Lead", "probability": 5, "position": 0},
+        headers=h,
+    )
+    assert added.status_code == 201, added.text
+    account = await created(client, "/v1/accounts", h, name="Buyer")
+    default_deal = await created(
+        client, "/v1/opportunities", h, account_id=account, name="Default", currency="EUR"
+    )
+    deal = await created(
+        client,
+        "/v1/opportunities",
+        h,
+        account_id=account,
+        name="Big",
+        currency="EUR",
+        amount="1000.00",
+        pipeline_id=pipeline_id,
+        stage_id=qualify,
+    )
+    moved = await client.patch(f"/v1/opportunities/{deal}", json={"stage_id": won}, headers=h)
+    assert moved.status_code == 200, moved.text
+    await created(
+        client,
+        "/v1/activities",
+        h,
+        type="meeting",
+        subject="Kick-off",
+        occurred_at="2026-02-01T09:00:00Z",
+        opportunity_id=deal,
+    )
+    listed = await client.get("/v1/opportunities", params={"pipeline_id": pipeline_id}, headers=h)
+    assert listed.status_code == 200, listed.text
+    assert [o["id"] for o in listed.json()["data"]] == [deal]
+    assert default_deal != deal
+    # Deleting the deal cascades to its activities (a colocated foreign key).
+    assert (await client.delete(f"/v1/opportunities/{deal}", headers=h)).status_code == 204
+    timeline = await client.get(f"/v1/accounts/{account}/timeline", headers=h)
+    assert timeline.json()["data"] == []
+
+
 async def test_a_read_by_id_runs_on_one_shard(citus_api: CitusApi) -> None:
     tenant = await citus_api.onboard()
     account = await created(citus_api.client, "/v1/accounts", tenant.headers, name="Routed")
