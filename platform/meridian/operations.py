@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+import meridian.models  # noqa: F401 - every table in the shard metadata (re-encryption)
 from meridian import runtime
 from meridian.admin.service import tenant_admin
 from meridian.admin.wiring import admin_deps

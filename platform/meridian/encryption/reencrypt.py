@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from meridian.encryption import repository as sealed_rows
 from meridian.encryption.fields import SENSITIVE, FieldUnreadable
 from meridian.runtime import Runtime
 from tenancy.context import TenantContext
@@ -57,40 +55,9 @@ async def rotate_tenant_key(rt: Runtime, tenant_id: UUID, *, propagation: float)
     return version
 
 
-async def _driver(session: AsyncSession) -> asyncpg.Connection:
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver: asyncpg.Connection = raw.driver_connection
-    return driver
-
-
-def _sql(table: str) -> tuple[str, str, str]:
-    fields = SENSITIVE[table]
-    enc = ", ".join(f"{f}_enc" for f in fields)
-    # Fixed identifiers from SENSITIVE, never user input.
-    select_sql = (
-        f"SELECT id, {enc} FROM {table} "  # noqa: S608
-        "WHERE tenant_id = $1 AND enc_version = $2 AND ($3::uuid IS NULL OR id > $3) "
-        "ORDER BY id LIMIT $4 FOR NO KEY UPDATE"
-    )
-    cols = [f"{f}_{s}" for f in fields for s in ("enc", "bidx")]
-    sets = ", ".join(f"{c} = v.{c}" for c in cols)
-    unnest = ", ".join(["$3::uuid[]", *(f"${i + 4}::bytea[]" for i in range(len(cols)))])
-    update_sql = (
-        f"UPDATE {table} AS t SET {sets}, enc_version = $2 "  # noqa: S608
-        f"FROM unnest({unnest}) AS v(id, {', '.join(cols)}) "
-        "WHERE t.tenant_id = $1 AND t.id = v.id"
-    )
-    count_sql = (
-        f"SELECT enc_version, count(*) FROM {table} "  # noqa: S608
-        "WHERE tenant_id = $1 AND enc_version < $2 GROUP BY enc_version ORDER BY enc_version"
-    )
-    return select_sql, update_sql, count_sql
-
-
 def _reseal(
     table: str,
-    row: asyncpg.Record,
+    row: Mapping[str, Any],
     old: dict[int, FieldCipher],
     new: FieldCipher,
     tenant_id: UUID,
@@ -119,8 +86,7 @@ async def pending(rt: Runtime, tenant: TenantContext) -> dict[str, dict[int, int
     out: dict[str, dict[int, int]] = {}
     async with rt.router.reader(tenant) as conn:
         for table in SENSITIVE:
-            rows = await conn.fetch(_sql(table)[2], tenant.tenant_id, active)
-            out[table] = {int(r[0]): int(r[1]) for r in rows}
+            out[table] = await sealed_rows.key_versions(conn, table, tenant.tenant_id, active)
     return out
 
 
@@ -148,25 +114,34 @@ async def reencrypt(
         for table, versions in todo.items():
             total = sum(versions.values())
             done = 0
-            select_sql, update_sql, _ = _sql(table)
+            fields = SENSITIVE[table]
+            storage = [f"{f}_{s}" for f in fields for s in ("enc", "bidx")]
             for version in versions:
                 if version not in old:
                     old[version] = await rt.keyring.cipher(tenant_id, version)
                 last: UUID | None = None
                 while True:
                     async with rt.router.transaction(tenant, write=True) as session:
-                        conn = await _driver(session)
-                        rows = await conn.fetch(select_sql, tenant_id, version, last, batch_size)
+                        rows = await sealed_rows.sealed_batch(
+                            session,
+                            table,
+                            tenant_id,
+                            fields,
+                            version=version,
+                            after=last,
+                            limit=batch_size,
+                        )
                         if not rows:
                             break
                         sealed = [_reseal(table, r, old, cipher, tenant_id) for r in rows]
-                        columns: list[list[Any]] = [list(c) for c in zip(*sealed, strict=True)]
-                        await conn.execute(
-                            update_sql,
+                        by_column = zip(storage, zip(*sealed, strict=True), strict=True)
+                        await sealed_rows.reseal(
+                            session,
+                            table,
                             tenant_id,
-                            cipher.version,
-                            [r["id"] for r in rows],
-                            *columns,
+                            version=cipher.version,
+                            ids=[r["id"] for r in rows],
+                            columns={name: list(values) for name, values in by_column},
                         )
                     last = rows[-1]["id"]
                     done += len(rows)
