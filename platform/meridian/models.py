@@ -11,7 +11,7 @@ from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRe
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
 from meridian.users.models import AppUser
-from sharding.models import Shard, TenantResidency
+from sharding.models import Shard, TenantMove, TenantResidency
 from tenancy.models import DirectoryEntry, Tenant, TenantKey
 from tenancy.planes import ControlBase, ShardBase
 
@@ -27,6 +27,7 @@ CONTROL_MODELS = (
     TenantRole,
     PolicyVersion,
     TenantKey,
+    TenantMove,
 )
 SHARD_MODELS = (
     TenantResidency,

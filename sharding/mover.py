@@ -1,0 +1,910 @@
+"""Online moves of one tenant between shards, as a resumable state machine.
+
+A move copies the tenant's rows from its shard to another (another PostgreSQL server,
+possibly) with PostgreSQL 15 row-filtered logical replication, fences the source,
+checks both sides match, flips the directory to the target (``epoch + 1``) and deletes
+the tenant from the source. Every step reads the move's row in the control plane
+(``tenant_move``), does idempotent work and records the next state, so a mover killed
+at any point is resumed by any process with :meth:`Mover.run_move`.
+
+At every moment exactly one copy of the tenant accepts writes: the source until the
+fence, nobody during the freeze, the target after the switch. The target's residency
+row is written by the mover, not replicated: non-writable at the old epoch until the
+switch makes it writable at the new one (a replicated copy would arrive writable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import graphlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from uuid_utils.compat import uuid7
+
+from sharding.engine import ShardEngine, asyncpg_dsn
+from sharding.errors import ShardingError, UnknownShardError
+from sharding.models import FINAL_MOVE_STATES, MoveState, Shard, TenantMove
+from tenancy.models import DirectoryEntry, Tenant
+
+log = logging.getLogger("sharding.mover")
+
+RESIDENCY = "tenant_residency"
+_UNFINISHED = "tenant {} has a move that is not finished"
+# Session settings of the mover's shard connections: row text (hashed to compare both
+# sides) must render the same on both servers.
+_SESSION = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+    "application_name": "meridian-mover",
+}
+_TENANT_TABLES = """
+SELECT c.relname::text AS name
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+ ORDER BY 1
+"""
+_FOREIGN_KEYS = """
+SELECT conrelid::regclass::text AS child, confrelid::regclass::text AS parent
+  FROM pg_constraint
+ WHERE contype = 'f' AND connamespace = 'public'::regnamespace
+"""
+
+
+class MoveError(ShardingError):
+    """A move cannot be planned or driven; the message says why."""
+
+
+class MoveNotFoundError(MoveError):
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+
+
+class MoveConflictError(MoveError):
+    """The move conflicts with the tenant's state: it is on the target already, or
+    another move of it is not finished."""
+
+
+class MoveRefusedError(MoveError):
+    """A shard cannot take part in a move (its settings, engine, schema or rows)."""
+
+
+class MoveBusyError(MoveError):
+    """Another process is driving this move right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveOptions:
+    # How long the initial copy may take before the move fails and is rolled back.
+    copy_timeout: float = 900.0
+    # How long the target may take to apply what changed during the copy.
+    catch_up_timeout: float = 120.0
+    # How long the fence waits for in-flight writers (lock_timeout of its UPDATE).
+    fence_lock_timeout: float = 5.0
+    # How long, once fenced, the target may take to apply everything up to the fence;
+    # writes are frozen meanwhile, so past it the move is rolled back.
+    fenced_catch_up_timeout: float = 10.0
+    poll_interval: float = 0.02
+    delete_batch: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MoveInfo:
+    """A move as the control plane records it."""
+
+    id: UUID
+    tenant_id: UUID
+    source_shard_id: str
+    target_shard_id: str
+    epoch: int
+    state: MoveState
+    rollback_to: MoveState | None
+    progress: Mapping[str, Any]
+    lag_bytes: int | None
+    fenced_at: datetime | None
+    freeze_ms: int | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_MOVE_STATES
+
+
+def _info(row: Any) -> MoveInfo:
+    return MoveInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        source_shard_id=row.source_shard_id,
+        target_shard_id=row.target_shard_id,
+        epoch=row.epoch,
+        state=MoveState(row.state),
+        rollback_to=MoveState(row.rollback_to) if row.rollback_to else None,
+        progress=row.progress or {},
+        lag_bytes=row.lag_bytes,
+        fenced_at=row.fenced_at,
+        freeze_ms=row.freeze_ms,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+def replication_name(move_id: UUID) -> str:
+    """The name of the move's publication, replication slot and subscription."""
+    return f"meridian_move_{move_id.hex}"
+
+
+def _lock_key(move_id: UUID) -> int:
+    # The random tail of the UUIDv7, as a signed bigint for pg_try_advisory_lock.
+    return int.from_bytes(move_id.bytes[8:], "big", signed=True)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    id: str
+    admin_dsn: str
+    engine: str
+
+
+Invalidate = Callable[[UUID], Awaitable[None]]
+
+
+class Mover:
+    """Plans, drives, resumes and cancels tenant moves.
+
+    ``control`` is the control plane's engine (the app role may run it: it reads the
+    topology and writes ``tenant_move`` and ``tenant_directory``); shards are reached
+    with their admin DSNs, which must be superusers (a subscription is created by a
+    superuser, and the cleanup deletes with foreign-key triggers off). ``invalidate``
+    is told the tenant's directory entry changed (the app publishes it to every
+    instance); without it, instances notice by the shard refusing their stale entry.
+    """
+
+    def __init__(
+        self,
+        control: AsyncEngine,
+        *,
+        invalidate: Invalidate | None = None,
+        options: MoveOptions | None = None,
+    ) -> None:
+        self._control = control
+        self._invalidate = invalidate
+        self.options = options or MoveOptions()
+
+    # -- the public surface --------------------------------------------------------------
+
+    async def plan_move(self, tenant_id: UUID, target_shard_id: str) -> MoveInfo:
+        """Record a move of the tenant to ``target_shard_id`` (state ``planned``) after
+        checking that it can run; nothing is changed on the shards yet.
+
+        Raises MoveNotFoundError (no such tenant), UnknownShardError (no such shard),
+        MoveConflictError (already on that shard, or another move is unfinished) and
+        MoveRefusedError (a shard cannot take part: why is in the message)."""
+        async with self._control.connect() as conn:
+            found = (
+                await conn.execute(
+                    select(Tenant.status, DirectoryEntry.shard_id, DirectoryEntry.epoch)
+                    .join(DirectoryEntry, DirectoryEntry.tenant_id == Tenant.id)
+                    .where(Tenant.id == tenant_id)
+                )
+            ).one_or_none()
+            if found is None or found.status == "deleted":
+                raise MoveNotFoundError(f"no tenant {tenant_id}")
+            if found.status == "provisioning":
+                raise MoveConflictError(f"tenant {tenant_id} is still being onboarded")
+            if found.shard_id == target_shard_id:
+                raise MoveConflictError(f"tenant {tenant_id} is on shard {target_shard_id} already")
+            if await conn.scalar(
+                select(func.count()).where(
+                    TenantMove.tenant_id == tenant_id,
+                    TenantMove.state.not_in([s.value for s in FINAL_MOVE_STATES]),
+                )
+            ):
+                raise MoveConflictError(_UNFINISHED.format(tenant_id))
+            source = await self._shard(conn, found.shard_id)
+            target = await self._shard(conn, target_shard_id)
+            target_state, dedicated = (
+                await conn.execute(
+                    select(Shard.state, Shard.dedicated).where(Shard.id == target_shard_id)
+                )
+            ).one()
+            if target_state == "offline":
+                raise MoveRefusedError(f"shard {target_shard_id} is offline")
+            if dedicated and await conn.scalar(
+                select(func.count()).where(DirectoryEntry.shard_id == target_shard_id)
+            ):
+                raise MoveConflictError(f"dedicated shard {target_shard_id} holds a tenant already")
+        await self._check_shards(tenant_id, source, target)
+        move_id = UUID(str(uuid7()))
+        try:
+            async with self._control.begin() as conn:
+                await conn.execute(
+                    insert(TenantMove).values(
+                        id=move_id,
+                        tenant_id=tenant_id,
+                        source_shard_id=source.id,
+                        target_shard_id=target.id,
+                        epoch=found.epoch,
+                        state=MoveState.PLANNED.value,
+                    )
+                )
+        except IntegrityError as exc:
+            if "uq_tenant_move_unfinished" in str(exc.orig):
+                # Planned meanwhile by another process (the check above raced it).
+                raise MoveConflictError(_UNFINISHED.format(tenant_id)) from exc
+            raise
+        return await self.get_move(move_id)
+
+    async def get_move(self, move_id: UUID) -> MoveInfo:
+        async with self._control.connect() as conn:
+            row = (
+                await conn.execute(select(TenantMove).where(TenantMove.id == move_id))
+            ).one_or_none()
+        if row is None:
+            raise MoveNotFoundError(f"no move {move_id}")
+        return _info(row)
+
+    async def list_moves(
+        self,
+        *,
+        tenant_id: UUID | None = None,
+        state: MoveState | str | None = None,
+        limit: int = 100,
+    ) -> list[MoveInfo]:
+        """Moves, newest first (ids are time-ordered)."""
+        stmt = select(TenantMove).order_by(TenantMove.id.desc()).limit(limit)
+        if tenant_id is not None:
+            stmt = stmt.where(TenantMove.tenant_id == tenant_id)
+        if state is not None:
+            stmt = stmt.where(TenantMove.state == MoveState(state).value)
+        async with self._control.connect() as conn:
+            return [_info(r) for r in (await conn.execute(stmt)).all()]
+
+    async def run_move(self, move_id: UUID, *, max_steps: int | None = None) -> MoveInfo:
+        """Drive the move until it is finished (or ``max_steps`` steps have run) and
+        return where it stands. Resuming a move is the same call, from any process;
+        while one process drives a move, another gets MoveBusyError."""
+        steps = 0
+        async with self._driving(move_id):
+            info = await self.get_move(move_id)
+            while not info.finished and (max_steps is None or steps < max_steps):
+                info = await self._step(info)
+                steps += 1
+        return info
+
+    resume = run_move
+
+    async def cancel_move(self, move_id: UUID) -> MoveInfo:
+        """Roll the move back (before it switched): the source serves the tenant as
+        before and the target keeps nothing of it. When another process is driving the
+        move, the request is recorded and that process rolls back at its next step."""
+        async with self._control.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(TenantMove).where(TenantMove.id == move_id).with_for_update()
+                )
+            ).one_or_none()
+            if row is None:
+                raise MoveNotFoundError(f"no move {move_id}")
+            info = _info(row)
+            if info.finished:
+                raise MoveConflictError(f"move {move_id} is {info.state.value} already")
+            if info.state in (MoveState.SWITCHED, MoveState.CLEANING):
+                raise MoveConflictError(
+                    f"move {move_id} has switched the tenant to its target; it can only finish"
+                )
+            if info.rollback_to is None:
+                await conn.execute(
+                    update(TenantMove)
+                    .where(TenantMove.id == move_id)
+                    .values(
+                        rollback_to=MoveState.CANCELLED.value,
+                        error="cancelled",
+                        updated_at=func.now(),
+                    )
+                )
+        try:
+            return await self.run_move(move_id)
+        except MoveBusyError:
+            return await self.get_move(move_id)
+
+    # -- driving -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _driving(self, move_id: UUID) -> AsyncIterator[None]:
+        """Hold the move's advisory lock in the control plane while driving it: a
+        session lock, so a driver that dies (its connection with it) frees the move for
+        whoever resumes it."""
+        async with self._control.connect() as conn:
+            key = _lock_key(move_id)
+            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+            await conn.commit()
+            if not got:
+                raise MoveBusyError(f"move {move_id} is being driven by another process")
+            try:
+                yield
+            finally:
+                try:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    await conn.commit()
+                except BaseException:
+                    # A connection that may still hold the lock must not go back to the pool.
+                    await conn.invalidate()
+                    raise
+
+    async def _step(self, info: MoveInfo) -> MoveInfo:
+        """One step from the recorded state; returns the move as recorded after it."""
+        if info.rollback_to is not None:
+            await self._roll_back(info)
+            return await self.get_move(info.id)
+        try:
+            match info.state:
+                case MoveState.PLANNED:
+                    await self._start_replication(info)
+                case MoveState.COPYING:
+                    await self._wait_for_copy(info)
+                case MoveState.CATCHING_UP:
+                    await self._catch_up(info)
+                case MoveState.VERIFYING:
+                    await self._fence_and_verify(info)
+                case MoveState.FREEZING:
+                    await self._switch(info)
+                case MoveState.SWITCHED:
+                    await self._retire_source(info)
+                case MoveState.CLEANING:
+                    await self._clean_up(info)
+        except _Abort as abort:
+            if info.state in (MoveState.SWITCHED, MoveState.CLEANING):
+                # Past the switch there is no way back: the move stays where it is,
+                # with the error, to be resumed once the cause is fixed.
+                await self._record(info.id, error=str(abort))
+                raise MoveError(f"move {info.id} cannot go on: {abort}") from abort
+            log.warning("move %s aborted: %s", info.id, abort)
+            await self._record(info.id, rollback_to=MoveState.FAILED.value, error=str(abort))
+            await self._roll_back(await self.get_move(info.id))
+        return await self.get_move(info.id)
+
+    # planned → copying
+    async def _start_replication(self, info: MoveInfo) -> None:
+        """Residency row on the target (non-writable, old epoch), publication and slot
+        on the source, subscription on the target; each made only if missing."""
+        source, target = await self._shards(info)
+        name = replication_name(info.id)
+        async with _connect(source) as src, _connect(target) as dst:
+            tables = await _moved_tables(src)
+            await dst.execute(
+                "INSERT INTO tenant_residency (tenant_id, epoch, writable) VALUES ($1, $2, false) "
+                "ON CONFLICT (tenant_id) DO NOTHING",
+                info.tenant_id,
+                info.epoch,
+            )
+            if not await src.fetchval("SELECT 1 FROM pg_publication WHERE pubname = $1", name):
+                # PostgreSQL 15 row filters: the tenant's rows only, copied and streamed.
+                where = f"WHERE (tenant_id = {_quote_literal(str(info.tenant_id))}::uuid)"
+                members = ", ".join(f"{_quote_ident(t)} {where}" for t in tables)
+                await src.execute(f"CREATE PUBLICATION {_quote_ident(name)} FOR TABLE {members}")
+            # The slot is made on the source before the subscription (create_slot = false):
+            # a subscription on the same server as its publisher cannot make its own
+            # slot, and the publication must exist before the slot's starting point.
+            if not await _slot_exists(src, name):
+                await src.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", name)
+            if not await dst.fetchval("SELECT 1 FROM pg_subscription WHERE subname = $1", name):
+                conninfo = _quote_literal(asyncpg_dsn(source.admin_dsn))
+                # synchronous_commit on: the target reports what it applied as flushed
+                # at once, so the wait for the fence's position (writes frozen) is not
+                # a wait for its WAL writer (the default, off, made it ~0.6 s).
+                await dst.execute(
+                    f"CREATE SUBSCRIPTION {_quote_ident(name)} CONNECTION {conninfo} "
+                    f"PUBLICATION {_quote_ident(name)} WITH (create_slot = false, "
+                    f"slot_name = {_quote_literal(name)}, copy_data = true, "
+                    "synchronous_commit = 'on')"
+                )
+        await self._record(info.id, state=MoveState.COPYING.value)
+
+    # copying → catching_up
+    async def _wait_for_copy(self, info: MoveInfo) -> None:
+        """Until every table's initial copy is done (pg_subscription_rel 'r'), with rows
+        copied/total per table recorded as it goes."""
+        source, target = await self._shards(info)
+        name = replication_name(info.id)
+        deadline = time.monotonic() + self.options.copy_timeout
+        last_report = 0.0
+        async with _connect(source) as src, _connect(target) as dst:
+            tables = await _moved_tables(src)
+            while True:
+                states = await dst.fetch(
+                    "SELECT r.srsubstate::text AS s FROM pg_subscription_rel r "
+                    "JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1",
+                    name,
+                )
+                if not states:
+                    raise _Abort("the move's subscription is gone from the target")
+                ready = len(states) == len(tables) and all(r["s"] == "r" for r in states)
+                if ready or time.monotonic() - last_report > 0.5:
+                    await self._record_copy_progress(info, src, dst, tables)
+                    last_report = time.monotonic()
+                if ready:
+                    break
+                if time.monotonic() > deadline:
+                    raise _Abort(f"the initial copy did not finish in {self.options.copy_timeout}s")
+                await asyncio.sleep(max(self.options.poll_interval, 0.1))
+        await self._record(info.id, state=MoveState.CATCHING_UP.value)
+
+    async def _record_copy_progress(
+        self,
+        info: MoveInfo,
+        src: asyncpg.Connection,
+        dst: asyncpg.Connection,
+        tables: Sequence[str],
+    ) -> None:
+        total, copied = await asyncio.gather(
+            _counts(src, tables, info.tenant_id), _counts(dst, tables, info.tenant_id)
+        )
+        progress = dict(info.progress)
+        progress["tables"] = {t: {"copied": copied[t], "total": total[t]} for t in tables}
+        await self._record(info.id, progress=progress)
+
+    # catching_up → verifying
+    async def _catch_up(self, info: MoveInfo) -> None:
+        """Until the target has applied everything the source had written when this
+        step began (writes go on meanwhile)."""
+        source, _ = await self._shards(info)
+        async with _connect(source) as src:
+            lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")
+            lag = await self._wait_applied(
+                info, src, lsn, self.options.catch_up_timeout, "catch-up"
+            )
+        await self._record(info.id, state=MoveState.VERIFYING.value, lag_bytes=lag)
+
+    # verifying → freezing
+    async def _fence_and_verify(self, info: MoveInfo) -> None:
+        """Fence the source, wait until the target has applied everything up to the
+        fence, then compare counts and hashes of every table on both sides.
+
+        The comparison needs both sides still; under live writes a comparison before
+        the fence could not tell lag from a difference. So the write freeze starts
+        here, and any difference rolls the move back, which unfences the source."""
+        source, target = await self._shards(info)
+        # The freeze is measured from before the fence waits for in-flight writers
+        # (new writers queue behind it from then on), and from the first attempt only.
+        await self._record(info.id, fenced_at=func.coalesce(TenantMove.fenced_at, func.now()))
+        started = time.monotonic()
+        async with _connect(source) as src, _connect(target) as dst:
+            async with src.transaction():
+                await src.execute(
+                    f"SET LOCAL lock_timeout = '{int(self.options.fence_lock_timeout * 1000)}ms'"
+                )
+                try:
+                    # Takes the residency row FOR UPDATE: waits for the writers that hold
+                    # it FOR SHARE (every write transaction), and refuses new ones.
+                    fenced = await src.fetchval(
+                        "UPDATE tenant_residency SET writable = false, updated_at = now() "
+                        "WHERE tenant_id = $1 AND epoch = $2 RETURNING 1",
+                        info.tenant_id,
+                        info.epoch,
+                    )
+                except asyncpg.LockNotAvailableError as exc:
+                    raise _Abort("the fence waited too long for in-flight writers") from exc
+            if not fenced:
+                raise _Abort("the tenant's residency on the source changed during the move")
+            fence_lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")
+            fenced = time.monotonic()
+            await self._wait_applied(
+                info, src, fence_lsn, self.options.fenced_catch_up_timeout, "fenced catch-up"
+            )
+            applied = time.monotonic()
+            tables = await _moved_tables(src)
+            here, there = await asyncio.gather(
+                _checksums(src, tables, info.tenant_id), _checksums(dst, tables, info.tenant_id)
+            )
+        differing = sorted(t for t in tables if here[t] != there[t])
+        progress = dict(info.progress)
+        progress["verified"] = {
+            t: {"rows": here[t][0], "source_hash": here[t][1], "target_hash": there[t][1]}
+            for t in tables
+        }
+        # Where the freeze's time goes: waiting for in-flight writers, for the target to
+        # apply up to the fence, and comparing.
+        progress["fence_ms"] = round((fenced - started) * 1000)
+        progress["fenced_catch_up_ms"] = round((applied - fenced) * 1000)
+        progress["verify_ms"] = round((time.monotonic() - applied) * 1000)
+        await self._record(info.id, progress=progress)
+        if differing:
+            raise _Abort(f"verification failed: {', '.join(differing)} differ between the shards")
+        await self._record(info.id, state=MoveState.FREEZING.value, lag_bytes=0)
+
+    # freezing → switched
+    async def _switch(self, info: MoveInfo) -> None:
+        """The target's residency becomes writable at epoch + 1, then the directory
+        names the target at epoch + 1 (in the same control-plane transaction as the
+        state ``switched``): from here on the move can only go forward."""
+        source, target = await self._shards(info)
+        new_epoch = info.epoch + 1
+        async with _connect(source) as src, _connect(target) as dst:
+            residency = await src.fetchrow(
+                "SELECT epoch, writable FROM tenant_residency WHERE tenant_id = $1", info.tenant_id
+            )
+            if residency is None or residency["epoch"] != info.epoch:
+                raise _Abort("the tenant's residency on the source changed during the move")
+            if residency["writable"]:
+                # Unfenced since it was verified (by hand?): writes may have happened.
+                await self._record(info.id, state=MoveState.VERIFYING.value)
+                return
+            lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")
+            await self._wait_applied(
+                info, src, lsn, self.options.fenced_catch_up_timeout, "fenced catch-up"
+            )
+            await dst.execute(
+                "UPDATE tenant_residency SET epoch = $2, writable = true, updated_at = now() "
+                "WHERE tenant_id = $1",
+                info.tenant_id,
+                new_epoch,
+            )
+        async with self._control.begin() as conn:
+            flipped = await conn.execute(
+                update(DirectoryEntry)
+                .where(
+                    DirectoryEntry.tenant_id == info.tenant_id,
+                    DirectoryEntry.shard_id == info.source_shard_id,
+                    DirectoryEntry.epoch == info.epoch,
+                )
+                .values(shard_id=info.target_shard_id, epoch=new_epoch, updated_at=func.now())
+            )
+            if flipped.rowcount != 1 and not await _directory_is(conn, info, target.id, new_epoch):
+                raise _Abort("the tenant's directory entry changed during the move")
+            fenced_at = await conn.scalar(
+                select(TenantMove.fenced_at).where(TenantMove.id == info.id)
+            )
+            freeze_ms = await conn.scalar(
+                select(func.round(func.extract("epoch", func.clock_timestamp() - fenced_at) * 1000))
+            )
+            await conn.execute(
+                update(TenantMove)
+                .where(TenantMove.id == info.id)
+                .values(
+                    state=MoveState.SWITCHED.value,
+                    freeze_ms=int(freeze_ms) if freeze_ms is not None else None,
+                    updated_at=func.now(),
+                )
+            )
+        await self._retire_residency(source, info)
+        await self._announce(info.tenant_id)
+
+    # switched → cleaning
+    async def _retire_source(self, info: MoveInfo) -> None:
+        """Again what the switch did after the directory flipped, in case the process
+        died in between, then on to the cleanup."""
+        source, _ = await self._shards(info)
+        await self._retire_residency(source, info)
+        await self._announce(info.tenant_id)
+        await self._record(info.id, state=MoveState.CLEANING.value)
+
+    async def _retire_residency(self, source: _Shard, info: MoveInfo) -> None:
+        """The source's residency moves to the new epoch, still read-only: an instance
+        with the old entry is refused there as stale (MR001) and re-routes, instead of
+        being told the tenant is read-only (MR002) or reading rows the cleanup is
+        deleting."""
+        async with _connect(source) as src:
+            await src.execute(
+                "UPDATE tenant_residency SET epoch = $2, writable = false, updated_at = now() "
+                "WHERE tenant_id = $1",
+                info.tenant_id,
+                info.epoch + 1,
+            )
+
+    # cleaning → done
+    async def _clean_up(self, info: MoveInfo) -> None:
+        """Drop the replication (first: the deletes below must not reach the target),
+        then delete the tenant's rows from the source in batches, residency last."""
+        source, target = await self._shards(info)
+        name = replication_name(info.id)
+        await self._drop_replication(source, target, name)
+        async with _connect(source) as src:
+            deleted = await self._delete_tenant(src, info.tenant_id)
+        progress = dict(info.progress)
+        progress["deleted_from_source"] = deleted
+        await self._record(
+            info.id, state=MoveState.DONE.value, progress=progress, finished_at=func.now()
+        )
+
+    # rollback (any state before switched)
+    async def _roll_back(self, info: MoveInfo) -> None:
+        """Undo a move that has not switched: the target stops being able to serve
+        first, then the source is unfenced, then the replication is dropped and the
+        target's copy deleted. Each part is idempotent, so a rollback is resumed like
+        any other step."""
+        assert info.rollback_to is not None
+        source, target = await self._shards(info)
+        async with self._control.connect() as conn:
+            past_switch = await _directory_is(conn, info, target.id, info.epoch + 1)
+        if past_switch:
+            # The directory names the target (it flips in the same transaction that
+            # records ``switched``, so only by hand): forward only.
+            await self._record(info.id, rollback_to=None, state=MoveState.SWITCHED.value)
+            return
+        async with _connect(target) as dst:
+            await dst.execute("DELETE FROM tenant_residency WHERE tenant_id = $1", info.tenant_id)
+        async with _connect(source) as src:
+            await src.execute(
+                "UPDATE tenant_residency SET writable = true, updated_at = now() "
+                "WHERE tenant_id = $1 AND epoch = $2 AND NOT writable",
+                info.tenant_id,
+                info.epoch,
+            )
+        await self._drop_replication(source, target, replication_name(info.id))
+        async with _connect(target) as dst:
+            await self._delete_tenant(dst, info.tenant_id)
+        await self._record(info.id, state=info.rollback_to.value, finished_at=func.now())
+
+    # -- pieces ------------------------------------------------------------------------
+
+    async def _wait_applied(
+        self, info: MoveInfo, src: asyncpg.Connection, lsn: str, within: float, what: str
+    ) -> int:
+        """Until the subscription has confirmed (applied and flushed) ``lsn`` of the
+        source; records the lag in bytes as it goes and returns the last one."""
+        name = replication_name(info.id)
+        deadline = time.monotonic() + within
+        last_report = 0.0
+        while True:
+            behind = await src.fetchval(
+                "SELECT pg_wal_lsn_diff($1::text::pg_lsn, confirmed_flush_lsn) "
+                "FROM pg_replication_slots WHERE slot_name = $2",
+                lsn,
+                name,
+            )
+            if behind is None:
+                raise _Abort("the move's replication slot is gone from the source")
+            lag = max(int(behind), 0)
+            if lag == 0:
+                return 0
+            if time.monotonic() - last_report > 0.5:
+                await self._record(info.id, lag_bytes=lag)
+                last_report = time.monotonic()
+            if time.monotonic() > deadline:
+                raise _Abort(f"the {what} did not finish in {within}s ({lag} bytes behind)")
+            await asyncio.sleep(self.options.poll_interval)
+
+    async def _drop_replication(self, source: _Shard, target: _Shard, name: str) -> None:
+        async with _connect(target) as dst:
+            sub_oid = await dst.fetchval("SELECT oid FROM pg_subscription WHERE subname = $1", name)
+            if sub_oid is not None:
+                # Detached from its slot first, so dropping it never needs the source;
+                # the slot is dropped below, on the source itself.
+                sub = _quote_ident(name)
+                await dst.execute(f"ALTER SUBSCRIPTION {sub} DISABLE")
+                await dst.execute(f"ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")
+                await dst.execute(f"DROP SUBSCRIPTION {sub}")
+        async with _connect(source) as src:
+            deadline = time.monotonic() + 30
+            while await _slot_exists(src, name):
+                try:
+                    await src.execute("SELECT pg_drop_replication_slot($1)", name)
+                except asyncpg.ObjectInUseError:
+                    # The disabled subscription's walsender has not exited yet.
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+                except asyncpg.UndefinedObjectError:
+                    break
+            if sub_oid is not None:
+                # Slots of the initial copy's table syncs (pg_<subscription>_sync_...),
+                # left behind when a sync was cut off.
+                for sync in await src.fetch(
+                    "SELECT slot_name FROM pg_replication_slots "
+                    "WHERE starts_with(slot_name::text, $1) AND NOT active",
+                    f"pg_{sub_oid}_sync_",
+                ):
+                    await src.execute("SELECT pg_drop_replication_slot($1)", sync["slot_name"])
+            await src.execute(f"DROP PUBLICATION IF EXISTS {_quote_ident(name)}")
+
+    async def _delete_tenant(self, conn: asyncpg.Connection, tenant_id: UUID) -> dict[str, int]:
+        """Delete every row of the tenant on ``conn``'s shard in batches, children
+        before parents and the residency row last; returns the rows deleted per table.
+
+        Foreign-key triggers are off (session_replication_role = replica): a table that
+        refers to itself (accounts' parents, users' managers) cannot be deleted in
+        batches otherwise, and every key includes tenant_id, so deleting all of one
+        tenant's rows leaves no other row dangling."""
+        tables = await _deletion_order(conn)
+        deleted: dict[str, int] = {}
+        await conn.execute("SET session_replication_role = replica")
+        try:
+            for table in tables:
+                total = 0
+                while True:
+                    status = await conn.execute(
+                        f"DELETE FROM {_quote_ident(table)} WHERE ctid = ANY(ARRAY("  # noqa: S608
+                        f"SELECT ctid FROM {_quote_ident(table)} WHERE tenant_id = $1 "
+                        f"LIMIT {int(self.options.delete_batch)}))",
+                        tenant_id,
+                    )
+                    count = int(status.split()[-1])
+                    total += count
+                    if count < self.options.delete_batch:
+                        break
+                deleted[table] = total
+        finally:
+            await conn.execute("RESET session_replication_role")
+        return deleted
+
+    async def _check_shards(self, tenant_id: UUID, source: _Shard, target: _Shard) -> None:
+        for shard in (source, target):
+            if shard.engine != ShardEngine.POSTGRES.value:
+                raise MoveRefusedError(
+                    f"shard {shard.id} runs {shard.engine}: moves between shards run on "
+                    "plain PostgreSQL shards"
+                )
+        async with _connect(source) as src, _connect(target) as dst:
+            wal_level = await src.fetchval("SHOW wal_level")
+            if wal_level != "logical":
+                raise MoveRefusedError(
+                    f"shard {source.id} has wal_level = {wal_level}; moving a tenant off it "
+                    "needs wal_level = logical (a server restart)"
+                )
+            for shard, conn in ((source, src), (target, dst)):
+                if not await conn.fetchval(
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                ):
+                    raise MoveRefusedError(
+                        f"shard {shard.id}'s admin DSN is not a superuser, which a move needs"
+                    )
+            versions = [
+                await c.fetchval("SELECT string_agg(version_num, ',') FROM alembic_version")
+                for c in (src, dst)
+            ]
+            if versions[0] != versions[1]:
+                raise MoveRefusedError(
+                    f"shards {source.id} and {target.id} are at different schema revisions "
+                    f"({versions[0]} and {versions[1]}): migrate them first"
+                )
+            tables = await _moved_tables(dst)
+            present = [
+                t for t, n in (await _counts(dst, [*tables, RESIDENCY], tenant_id)).items() if n
+            ]
+            if present:
+                raise MoveRefusedError(
+                    f"shard {target.id} holds rows of tenant {tenant_id} already "
+                    f"({', '.join(sorted(present))})"
+                )
+
+    async def _shard(self, conn: AsyncConnection, shard_id: str) -> _Shard:
+        row = (
+            await conn.execute(
+                select(Shard.id, Shard.admin_dsn, Shard.engine).where(Shard.id == shard_id)
+            )
+        ).one_or_none()
+        if row is None:
+            raise UnknownShardError(shard_id)
+        return _Shard(row.id, row.admin_dsn, row.engine)
+
+    async def _shards(self, info: MoveInfo) -> tuple[_Shard, _Shard]:
+        async with self._control.connect() as conn:
+            return (
+                await self._shard(conn, info.source_shard_id),
+                await self._shard(conn, info.target_shard_id),
+            )
+
+    async def _record(self, move_id: UUID, **values: Any) -> None:
+        async with self._control.begin() as conn:
+            await conn.execute(
+                update(TenantMove)
+                .where(TenantMove.id == move_id)
+                .values(**values, updated_at=func.now())
+            )
+
+    async def _announce(self, tenant_id: UUID) -> None:
+        if self._invalidate is None:
+            return
+        try:
+            await self._invalidate(tenant_id)
+        except Exception:
+            # Instances still holding the old entry are refused by the source's
+            # residency and re-route; a lost invalidation costs them one retry.
+            log.warning("directory invalidation for tenant %s failed", tenant_id, exc_info=True)
+
+
+class _Abort(Exception):
+    """A step found the move cannot go on: it is rolled back, ending ``failed``."""
+
+
+async def _directory_is(conn: AsyncConnection, info: MoveInfo, shard_id: str, epoch: int) -> bool:
+    found = await conn.scalar(
+        select(func.count()).where(
+            DirectoryEntry.tenant_id == info.tenant_id,
+            DirectoryEntry.shard_id == shard_id,
+            DirectoryEntry.epoch == epoch,
+        )
+    )
+    return bool(found)
+
+
+@asynccontextmanager
+async def _connect(shard: _Shard) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(
+        asyncpg_dsn(shard.admin_dsn), timeout=10.0, server_settings=_SESSION
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _slot_exists(conn: asyncpg.Connection, name: str) -> bool:
+    return bool(
+        await conn.fetchval("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", name)
+    )
+
+
+async def _moved_tables(conn: asyncpg.Connection) -> list[str]:
+    """The shard's tables that hold tenant rows, but the residency row (each shard's
+    own record, written by the mover)."""
+    return [r["name"] for r in await conn.fetch(_TENANT_TABLES) if r["name"] != RESIDENCY]
+
+
+async def _deletion_order(conn: asyncpg.Connection) -> list[str]:
+    """Tenant tables, every table before the tables it refers to; residency last."""
+    tables = await _moved_tables(conn)
+    order: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for table in tables:
+        order.add(table)
+    for fk in await conn.fetch(_FOREIGN_KEYS):
+        child, parent = fk["child"].strip('"'), fk["parent"].strip('"')
+        if child != parent and child in tables and parent in tables:
+            order.add(parent, child)  # the child's rows go first
+    return [*order.static_order(), RESIDENCY]
+
+
+async def _counts(
+    conn: asyncpg.Connection, tables: Sequence[str], tenant_id: UUID
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for table in tables:
+        counts[table] = await conn.fetchval(
+            f"SELECT count(*) FROM {_quote_ident(table)} WHERE tenant_id = $1",  # noqa: S608
+            tenant_id,
+        )
+    return counts
+
+
+async def _checksums(
+    conn: asyncpg.Connection, tables: Sequence[str], tenant_id: UUID
+) -> dict[str, tuple[int, str]]:
+    """Per table: the tenant's row count and an order-independent hash of its rows (the
+    sum of a 64-bit hash of each row's text), computed by the server."""
+    sums: dict[str, tuple[int, str]] = {}
+    for table in tables:
+        row = await conn.fetchrow(
+            f"SELECT count(*) AS n, coalesce(sum(hashtextextended(r::text, 0)), 0)::text AS h "  # noqa: S608
+            f"FROM {_quote_ident(table)} AS r WHERE r.tenant_id = $1",
+            tenant_id,
+        )
+        sums[table] = (int(row["n"]), str(row["h"]))
+    return sums
