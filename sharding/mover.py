@@ -235,8 +235,9 @@ class Mover:
                     select(Shard.state, Shard.dedicated).where(Shard.id == target_shard_id)
                 )
             ).one()
-            if target_state == "offline":
-                raise MoveRefusedError(f"shard {target_shard_id} is offline")
+            if target_state != "active":
+                # closed: takes no new tenants (full, or being drained); offline: out of use.
+                raise MoveRefusedError(f"shard {target_shard_id} is {target_state}")
             if dedicated and await conn.scalar(
                 select(func.count()).where(DirectoryEntry.shard_id == target_shard_id)
             ):
@@ -380,6 +381,8 @@ class Mover:
                     await self._retire_source(info)
                 case MoveState.CLEANING:
                     await self._clean_up(info)
+        except _Cancelled:
+            await self._roll_back(await self.get_move(info.id))
         except _Abort as abort:
             if info.state in (MoveState.SWITCHED, MoveState.CLEANING):
                 # Past the switch there is no way back: the move stays where it is,
@@ -449,6 +452,7 @@ class Mover:
                 ready = len(states) == len(tables) and all(r["s"] == "r" for r in states)
                 if ready or time.monotonic() - last_report > 0.5:
                     await self._record_copy_progress(info, src, dst, tables)
+                    await self._check_cancelled(info.id)
                     last_report = time.monotonic()
                 if ready:
                     break
@@ -554,7 +558,14 @@ class Mover:
             if residency is None or residency["epoch"] != info.epoch:
                 raise _Abort("the tenant's residency on the source changed during the move")
             if residency["writable"]:
-                # Unfenced since it was verified (by hand?): writes may have happened.
+                # Unfenced since it was verified (by hand?): writes may have happened, so
+                # verify again; the target, if an earlier attempt of this step made it
+                # writable, is not any more.
+                await dst.execute(
+                    "UPDATE tenant_residency SET epoch = $2, writable = false WHERE tenant_id = $1",
+                    info.tenant_id,
+                    info.epoch,
+                )
                 await self._record(info.id, state=MoveState.VERIFYING.value)
                 return
             lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")
@@ -568,6 +579,12 @@ class Mover:
                 new_epoch,
             )
         async with self._control.begin() as conn:
+            # Under the move's row lock, which cancel_move takes too: a cancel either
+            # lands before the flip (and is obeyed) or finds the move switched.
+            if await conn.scalar(
+                select(TenantMove.rollback_to).where(TenantMove.id == info.id).with_for_update()
+            ):
+                raise _Cancelled
             flipped = await conn.execute(
                 update(DirectoryEntry)
                 .where(
@@ -579,6 +596,15 @@ class Mover:
             )
             if flipped.rowcount != 1 and not await _directory_is(conn, info, target.id, new_epoch):
                 raise _Abort("the tenant's directory entry changed during the move")
+            # The tenant's region is where its rows are: it changes with the directory.
+            await conn.execute(
+                update(Tenant)
+                .where(Tenant.id == info.tenant_id)
+                .values(
+                    region=select(Shard.region).where(Shard.id == target.id).scalar_subquery(),
+                    updated_at=func.now(),
+                )
+            )
             fenced_at = await conn.scalar(
                 select(TenantMove.fenced_at).where(TenantMove.id == info.id)
             )
@@ -637,9 +663,9 @@ class Mover:
     # rollback (any state before switched)
     async def _roll_back(self, info: MoveInfo) -> None:
         """Undo a move that has not switched: the target stops being able to serve
-        first, then the source is unfenced, then the replication is dropped and the
-        target's copy deleted. Each part is idempotent, so a rollback is resumed like
-        any other step."""
+        first (if the switch had begun), then the source is unfenced, then the
+        replication is dropped and the target's copy deleted. Each part is
+        idempotent, so a rollback is resumed like any other step."""
         assert info.rollback_to is not None
         source, target = await self._shards(info)
         async with self._control.connect() as conn:
@@ -649,8 +675,14 @@ class Mover:
             # records ``switched``, so only by hand): forward only.
             await self._record(info.id, rollback_to=None, state=MoveState.SWITCHED.value)
             return
-        async with _connect(target) as dst:
-            await dst.execute("DELETE FROM tenant_residency WHERE tenant_id = $1", info.tenant_id)
+        if info.state is MoveState.FREEZING:
+            # The switch may have made the target writable already: not any more, before
+            # the source is. Earlier the target's row was never writable, so a target
+            # that is down does not keep the source fenced.
+            async with _connect(target) as dst:
+                await dst.execute(
+                    "DELETE FROM tenant_residency WHERE tenant_id = $1", info.tenant_id
+                )
         async with _connect(source) as src:
             await src.execute(
                 "UPDATE tenant_residency SET writable = true, updated_at = now() "
@@ -687,6 +719,7 @@ class Mover:
                 return 0
             if time.monotonic() - last_report > 0.5:
                 await self._record(info.id, lag_bytes=lag)
+                await self._check_cancelled(info.id)
                 last_report = time.monotonic()
             if time.monotonic() > deadline:
                 raise _Abort(f"the {what} did not finish in {within}s ({lag} bytes behind)")
@@ -812,6 +845,16 @@ class Mover:
                 await self._shard(conn, info.target_shard_id),
             )
 
+    async def _check_cancelled(self, move_id: UUID) -> None:
+        """Raise _Cancelled when a rollback was asked for since the step began, so a
+        long wait does not hold a cancel back."""
+        async with self._control.connect() as conn:
+            wanted = await conn.scalar(
+                select(TenantMove.rollback_to).where(TenantMove.id == move_id)
+            )
+        if wanted is not None:
+            raise _Cancelled
+
     async def _record(self, move_id: UUID, **values: Any) -> None:
         async with self._control.begin() as conn:
             await conn.execute(
@@ -833,6 +876,10 @@ class Mover:
 
 class _Abort(Exception):
     """A step found the move cannot go on: it is rolled back, ending ``failed``."""
+
+
+class _Cancelled(Exception):
+    """A rollback was asked for (``cancel_move``) while a step was waiting."""
 
 
 async def _directory_is(conn: AsyncConnection, info: MoveInfo, shard_id: str, epoch: int) -> bool:

@@ -8,10 +8,13 @@ API and moved to mv-b while a writer keeps creating and updating contacts.
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -45,6 +48,9 @@ __all__ = ["pg_clusters"]  # a fixture: imported to register it here
 pytestmark = pytest.mark.slow
 
 A, B = "mv-a", "mv-b"
+# A move between them is also a change of the tenant's region.
+REGIONS = {A: "mv-us", B: "mv-eu"}
+REPO = str(Path(__file__).resolve().parents[2])
 LOGICAL = {"wal_level": "logical"}
 
 
@@ -91,7 +97,7 @@ async def env(databases: TestDatabases, pg_clusters: StartCluster) -> AsyncItera
         await add_shard(
             settings,
             shard_id=shard_id,
-            region="mv",
+            region=REGIONS[shard_id],
             dsn=server.dsn(database, APP_ROLE),
             admin_dsn=server.dsn(database),
         )
@@ -337,8 +343,14 @@ async def test_a_tenant_moves_to_another_server_while_it_is_written(env: Env) ->
         f"refused {writer.refused}"
     )
 
-    # The directory, the residency rows, the shards' contents.
+    # The directory, the tenant's region, the residency rows, the shards' contents.
     assert await _directory(env, tenant) == (B, 2)
+    ctx = await env.runtime.directory.load(uuid.UUID(tenant.id))
+    assert ctx is not None
+    assert ctx.region == REGIONS[B]
+    neighbour_ctx = await env.runtime.directory.load(uuid.UUID(neighbour.id))
+    assert neighbour_ctx is not None
+    assert neighbour_ctx.region == REGIONS[A]
     assert await _residency(env, B, tenant) == (2, True)
     assert await _residency(env, A, tenant) is None
     assert set((await _counts(env, A, tenant)).values()) == {0}
@@ -371,7 +383,7 @@ async def test_a_tenant_moves_to_another_server_while_it_is_written(env: Env) ->
 
     # An instance still holding the old entry is refused by the old shard, then
     # re-routed to the new one.
-    stale = TenantContext(uuid.UUID(tenant.id), tenant.slug, A, "mv", TenantStatus.ACTIVE, 1)
+    stale = TenantContext(uuid.UUID(tenant.id), tenant.slug, A, REGIONS[A], TenantStatus.ACTIVE, 1)
     router = env.runtime.router
     with pytest.raises(ResidencyError) as refused:
         async with router.transaction(stale, write=True):
@@ -506,3 +518,72 @@ async def test_a_source_without_logical_wal_is_refused(env: Env, databases: Test
     with pytest.raises(MoveRefusedError, match="wal_level"):
         await env.mover().plan_move(uuid.UUID(tenant.id), B)
     assert await env.mover().list_moves(tenant_id=uuid.UUID(tenant.id)) == []
+
+
+async def test_a_move_cancelled_while_writes_are_frozen_unfences_the_source(env: Env) -> None:
+    tenant = await env.tenant()
+    seeded = await _seed(env, tenant, contacts=5)
+    move = await env.mover().plan_move(uuid.UUID(tenant.id), B)
+    while move.state is not MoveState.FREEZING:
+        move = await env.mover().run_move(move.id, max_steps=1)
+    # Fenced and verified: no shard takes the tenant's writes until the switch.
+    assert await _residency(env, A, tenant) == (1, False)
+    frozen = await env.client.post("/v1/contacts", json={"last_name": "X"}, headers=tenant.headers)
+    assert frozen.status_code == 503
+
+    cancelled = await env.mover().cancel_move(move.id)
+    assert cancelled.state is MoveState.CANCELLED
+    assert await _residency(env, A, tenant) == (1, True)
+    assert await _directory(env, tenant) == (A, 1)
+    assert set((await _counts(env, B, tenant)).values()) == {0}
+    assert await _leftovers(env, move.id) == []
+    resp = await env.client.post("/v1/contacts", json={"last_name": "Y"}, headers=tenant.headers)
+    assert resp.status_code == 201, resp.text
+    await _assert_served_as_written(env, tenant, seeded)
+    with pytest.raises(MoveConflictError, match="cancelled already"):
+        await env.mover().cancel_move(move.id)
+
+
+# A mover in a process of its own, killed with SIGKILL mid-step.
+_DRIVER = """
+import asyncio, sys, uuid
+from sqlalchemy.ext.asyncio import create_async_engine
+from sharding.mover import Mover
+
+async def main() -> None:
+    engine = create_async_engine(sys.argv[1])
+    await Mover(engine).run_move(uuid.UUID(sys.argv[2]))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_mover_killed_mid_step_is_resumed(env: Env) -> None:
+    tenant = await env.tenant()
+    seeded = await _seed(env, tenant, contacts=30)
+    move = await env.mover().plan_move(uuid.UUID(tenant.id), B)
+    for kill_in in (MoveState.COPYING, MoveState.CATCHING_UP):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _DRIVER,
+            env.runtime.settings.control_dsn,
+            str(move.id),
+            cwd=REPO,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while (move := await env.mover().get_move(move.id)).state is not kill_in:
+                assert not move.finished, move
+                assert time.monotonic() < deadline, move
+                await asyncio.sleep(0.005)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        await _assert_one_writable(env, tenant)
+    move = await env.mover().run_move(move.id)
+    assert move.state is MoveState.DONE, move.error
+    assert await _directory(env, tenant) == (B, 2)
+    assert set((await _counts(env, A, tenant)).values()) == {0}
+    await _assert_served_as_written(env, tenant, seeded)
+    assert await _leftovers(env, move.id) == []
