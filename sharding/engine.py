@@ -121,9 +121,9 @@ _TRAITS: Mapping[ShardEngine, EngineTraits] = MappingProxyType(
             # (no parameters in SQL functions under a generic plan; a fan-out to every
             # shard under a custom one).
             by_id_reads=ReadStrategy.TRANSACTION,
-            # The server's default (auto): under forced generic plans Citus cannot make
-            # a distributed plan for parameterised scoped reads; custom plans route them
-            # to one worker.
+            # The database's plan_cache_mode (below): under forced generic plans Citus
+            # cannot make a distributed plan for parameterised scoped reads; custom
+            # plans route them to one worker.
             read_pool_settings=MappingProxyType({}),
             # DDL on distributed tables and the DML or function calls after it share one
             # migration transaction: over parallel connections Citus refuses that
@@ -132,7 +132,14 @@ _TRAITS: Mapping[ShardEngine, EngineTraits] = MappingProxyType(
             migration_preamble=("SET LOCAL citus.multi_shard_modify_mode = 'sequential'",),
             # SET LOCAL app.tenant_id (in meridian_enter_tenant) reaches the workers only
             # with this; without it every tenant query sees no rows there.
-            database_settings=MappingProxyType({"citus.propagate_set_commands": "local"}),
+            # Custom plans for every session (ORM engines and read pools alike): from
+            # the sixth run of a prepared statement `auto` may take the generic plan,
+            # and a generic plan of a statement naming tenant_id twice (the ORM's
+            # tenant criterion beside the query's own) is pruned to no single shard:
+            # it runs on every shard of the table.
+            database_settings=MappingProxyType(
+                {"citus.propagate_set_commands": "local", "plan_cache_mode": "force_custom_plan"}
+            ),
             distributes_tables=True,
         ),
     }

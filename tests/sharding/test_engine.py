@@ -57,8 +57,12 @@ def test_what_shard_migrations_run_per_engine() -> None:
         "SELECT create_reference_table('country')",
     ]
     assert all("NOT EXISTS (SELECT 1 FROM pg_dist_partition" in s for s in layout)
-    [setting] = citus.database_settings_sql()
-    assert "ALTER DATABASE %I SET citus.propagate_set_commands = %L" in setting
+    propagate, plans = citus.database_settings_sql()
+    assert "ALTER DATABASE %I SET citus.propagate_set_commands = %L" in propagate
+    assert (
+        "ALTER DATABASE %I SET plan_cache_mode = %L', current_database(), 'force_custom_plan'"
+        in plans
+    )
     with pytest.raises(ValueError, match="plain table name"):
         citus.table_layout(["account; DROP TABLE x"])
 
