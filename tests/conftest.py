@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -40,6 +41,46 @@ hypothesis_settings.register_profile(
 hypothesis_settings.register_profile("explore", print_blob=True, **_NO_TIMING)
 hypothesis_settings.load_profile("meridian")
 
+# Where CI and developers' machines have a build of Citus (tests/fixtures/citus.py
+# installs it from there). With it present the Citus tests must run: a skipped one fails
+# the run (see pytest_sessionfinish), whatever skipped it.
+CITUS_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "citus"
+_citus_skips: list[str] = []
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, reason)
+        return str(longrepr[2])
+    return str(longrepr or "")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Notes every skipped Citus test (under xdist the controller sees every report)."""
+    if not report.skipped:
+        return
+    reason = _skip_reason(report)
+    if "citus" in report.nodeid.lower() or "citus" in reason.lower():
+        _citus_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller decides
+        return
+    if _citus_skips and CITUS_FOLDER.is_dir() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _citus_skips and CITUS_FOLDER.is_dir():
+        terminalreporter.section("Citus tests skipped", sep="=", red=True, bold=True)
+        terminalreporter.line(
+            f"{CITUS_FOLDER} is present, so the Citus tests must run; "
+            f"{len(_citus_skips)} skipped, which fails the run:"
+        )
+        for line in _citus_skips[:20]:
+            terminalreporter.line(f"  {line}")
+
 
 @pytest.fixture(scope="session")
 def worker_id_str() -> str:
@@ -69,14 +110,18 @@ async def databases(worker_id_str: str, redis_url: str) -> AsyncIterator[TestDat
         await drop_databases(dbs.prefix)
 
 
+# The plain platform (control plane and shards on the test server) under names of its
+# own: modules whose API tests run on both shard engines (tests/fixtures/engines.py)
+# replace `settings`, `app_client`, `admin_token`, `tenant` and `other_tenant`, and
+# reach the plain ones through these.
 @pytest.fixture(scope="session")
-def settings(databases: TestDatabases) -> Settings:
+def plain_settings(databases: TestDatabases) -> Settings:
     return databases.settings()
 
 
 @pytest.fixture(scope="session")
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+async def plain_app_client(plain_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(plain_settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
@@ -85,10 +130,27 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
-async def admin_token(app_client: httpx.AsyncClient, settings: Settings) -> AdminToken:
+async def plain_admin_token(
+    plain_app_client: httpx.AsyncClient, plain_settings: Settings
+) -> AdminToken:
+    admin = await create_admin_client(plain_settings, "test admin")
+    return AdminToken(plain_app_client, admin.client_id, admin.client_secret)
+
+
+@pytest.fixture(scope="session")
+def settings(plain_settings: Settings) -> Settings:
+    return plain_settings
+
+
+@pytest.fixture(scope="session")
+def app_client(plain_app_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return plain_app_client
+
+
+@pytest.fixture(scope="session")
+def admin_token(plain_admin_token: AdminToken) -> AdminToken:
     """The suite's platform admin; fixtures wider than a test ask it for headers."""
-    admin = await create_admin_client(settings, "test admin")
-    return AdminToken(app_client, admin.client_id, admin.client_secret)
+    return plain_admin_token
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ own routes: another tenant gets 404 ``not-found`` for every method on every id o
 owner's, whether it sits on the owner's shard (where only the tenant id in each statement
 and row-level security tell them apart) or on another one, and the owner's data is the
 same afterwards (re-read through the API, and every row of the tenant compared in the
-databases, bypassing every cache).
+databases, bypassing every cache). The owner and its neighbour live on a plain shard,
+then on a Citus shard (tests/fixtures/engines.py); the intruder from abroad on another.
 
 A route the generator cannot build a request for fails here: a new route must be taught
 to it (a placeholder for its path parameter, a body for its method), not skipped.
@@ -26,10 +27,11 @@ import httpx
 import pytest
 
 from meridian.app import create_app
-from tests.fixtures.api import AdminToken, Tenant, onboard
-from tests.fixtures.databases import TestDatabases, names_for, raw_dsn
+from tests.fixtures.api import Tenant
+from tests.fixtures.databases import names_for
+from tests.fixtures.engines import *  # noqa: F403 - the matrix runs on both shard engines
+from tests.fixtures.engines import Platform
 from tests.fixtures.problems import assert_problem
-from tests.fixtures.shard_db import superuser
 from tests.fixtures.users import new_user_id
 
 # -- the routes under test ---------------------------------------------------------------
@@ -221,18 +223,15 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world(
-    app_client: httpx.AsyncClient, admin_token: AdminToken, databases: TestDatabases
-) -> AsyncIterator[World]:
-    admin = await admin_token.headers()
+async def world(app_client: httpx.AsyncClient, platform: Platform) -> AsyncIterator[World]:
     tag = uuid.uuid4().hex[:8]
-    owner = await onboard(app_client, admin, region="us", slug=f"xt-owner-{tag}")
-    neighbour = await onboard(app_client, admin, region="us", slug=f"xt-same-{tag}")
-    abroad = await onboard(app_client, admin, region="eu", slug=f"xt-other-{tag}")
+    owner = await platform.onboard(slug=f"xt-owner-{tag}")
+    neighbour = await platform.onboard(slug=f"xt-same-{tag}")
+    abroad = await platform.onboard(slug=f"xt-other-{tag}", abroad=True)
     assert neighbour.shard_id == owner.shard_id != abroad.shard_id
     marker = f"Secret-{tag}"
-    async with superuser(databases, owner.shard_id) as shard:
-        control = await asyncpg.connect(raw_dsn(databases.control))
+    async with platform.superuser(owner.shard_id) as shard:
+        control = await asyncpg.connect(platform.control_url)
         try:
             yield World(
                 owner=await _records(app_client, owner, marker),

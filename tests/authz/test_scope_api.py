@@ -14,6 +14,7 @@ import pytest
 
 from meridian.settings import Settings
 from tests.fixtures.api import Tenant
+from tests.fixtures.engines import *  # noqa: F403 - record scope runs on both shard engines
 from tests.fixtures.users import PASSWORD, login_api, new_user, sign_in
 
 Headers = dict[str, str]

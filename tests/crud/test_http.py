@@ -21,6 +21,7 @@ from meridian.crud.http import (
 )
 from meridian.crud.idempotency import StoredResponse
 from tests.fixtures.api import Tenant
+from tests.fixtures.engines import *  # noqa: F403 - the API's ETags on both shard engines
 from tests.fixtures.problems import assert_problem
 
 # -- the helpers -------------------------------------------------------------------------

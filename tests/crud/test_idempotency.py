@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.fixtures.api import Tenant
+from tests.fixtures.engines import *  # noqa: F403 - every test here runs on both shard engines
+from tests.fixtures.engines import Platform
 from tests.fixtures.problems import assert_problem
-from tests.fixtures.shard_db import superuser
-
-if TYPE_CHECKING:  # a plain import would make pytest try to collect it as a test class
-    from tests.fixtures.databases import TestDatabases
 
 
 def _key() -> str:
@@ -196,12 +194,12 @@ async def test_failed_request_does_not_burn_the_key(
 
 
 async def test_an_expired_key_is_taken_over(
-    app_client: httpx.AsyncClient, tenant: Tenant, databases: TestDatabases
+    app_client: httpx.AsyncClient, tenant: Tenant, platform: Platform
 ) -> None:
     key = _key()
     first = await _post(app_client, tenant, {"name": "Before expiry"}, key)
     assert first.status_code == 201, first.text
-    async with superuser(databases, tenant.shard_id) as conn:
+    async with platform.superuser(tenant.shard_id) as conn:
         await conn.execute(
             "UPDATE idempotency_key SET created_at = now() - interval '25 hours'"
             " WHERE tenant_id = $1 AND key = $2",
@@ -213,7 +211,7 @@ async def test_an_expired_key_is_taken_over(
     assert taken.status_code == 201, taken.text
     assert "idempotent-replayed" not in taken.headers
     assert taken.json()["id"] != first.json()["id"]
-    async with superuser(databases, tenant.shard_id) as conn:
+    async with platform.superuser(tenant.shard_id) as conn:
         age = await conn.fetchval(
             "SELECT now() - created_at FROM idempotency_key WHERE tenant_id = $1 AND key = $2",
             uuid.UUID(tenant.id),

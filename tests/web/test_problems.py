@@ -1,4 +1,5 @@
-"""Every error leaves as RFC 9457 problem+json with a stable ``type``."""
+"""Every error leaves as RFC 9457 problem+json with a stable ``type``, for a tenant on a
+plain shard and on a Citus shard alike (tests/fixtures/engines.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from meridian.settings import Settings
 from tests.fixtures.api import Tenant
+from tests.fixtures.engines import *  # noqa: F403 - every test here runs on both shard engines
 from tests.fixtures.problems import assert_problem
 
 # Fixed, so parameter ids are the same in every xdist worker.

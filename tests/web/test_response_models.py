@@ -7,7 +7,8 @@ creation retried with its Idempotency-Key: the replay is built from the stored c
 read, listed, changed and deleted; shares, users, roles, user tokens; and the answers
 clients branch on (304, 400, 401, 403, 404, 409, 412, 413, 415, 422, OAuth errors).
 A response that does not match fails the request that got it; at the end every
-operation with a declared model must have had a success response checked.
+operation with a declared model must have had a success response checked. The tenant
+lives on a plain PostgreSQL shard, then on a Citus shard (tests/fixtures/engines.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 import httpx
 
 from meridian.settings import Settings
-from tests.fixtures.api import AdminToken, Tenant, onboard, token_for
+from tests.fixtures.api import AdminToken, Tenant, token_for
+from tests.fixtures.engines import *  # noqa: F403 - the session runs on both shard engines
+from tests.fixtures.engines import Platform
 from tests.fixtures.response_models import ResponseChecker, checked_responses, checking
 from tests.fixtures.users import PASSWORD, login_api, sign_in
 
@@ -473,10 +476,11 @@ async def test_every_response_matches_its_declared_model(
     app_client: httpx.AsyncClient,
     admin_token: AdminToken,
     settings: Settings,
+    platform: Platform,
     checked_responses: ResponseChecker,
 ) -> None:
     admin_headers = await admin_token.headers()
-    tenant = await onboard(app_client, admin_headers, slug=f"rm-{uuid.uuid4().hex[:12]}")
+    tenant = await platform.onboard(slug=f"rm-{uuid.uuid4().hex[:12]}")
     # User tokens come from an instance with the password grant on (valid on both).
     async with login_api(settings) as login:
         with checking(login) as login_checker:
