@@ -14,6 +14,11 @@ Cases (wrk -t1 -c<connections>, a warm-up run first, <workers> uvicorn workers e
 - ``many`` (only when asked for: ``--cases many --many-tenants 10,1000,10000``): the
   uncached by-id read spread evenly over N tenants, for each N, on one server
   (``loadtests.bench.many``; the tenants are seeded in bulk first).
+- ``citus`` (when asked for, or by default when Citus is installed; the output says why
+  it did not run otherwise): the uncached by-id read, the list of 50 and ``POST
+  /v1/contacts`` for a tenant on a Citus shard (a private coordinator and two workers),
+  each beside the same case for a tenant on a plain shard, on one server
+  (``loadtests.bench.citus``).
 
 "Cache on" runs Meridian with MERIDIAN_CACHE_RECORDS and MERIDIAN_CACHE_LISTS true,
 "cache off" with both false.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shlex
@@ -37,6 +43,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from loadtests.bench import citus
 from loadtests.bench.many import (
     ManyTenant,
     case_key,
@@ -118,8 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1, help="repeat everything; report medians")
     p.add_argument(
         "--cases",
-        default=",".join(c.key for c in CASES),
-        help="comma-separated subset of: " + ", ".join(c.key for c in CASES),
+        default=None,
+        help="comma-separated subset of: "
+        + ", ".join([*(c.key for c in CASES), citus.KEY, MANY])
+        + f" (default: all but {MANY}; {citus.KEY} only where Citus is installed)",
     )
     p.add_argument(
         "--many-tenants",
@@ -143,7 +152,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--append-docs", action="store_true", help="append the table to --docs")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args(argv)
-    unknown = set(args.cases.split(",")) - {c.key for c in CASES} - {MANY}
+    # Asked for by name, the Citus cases must run; by default only where they can.
+    args.citus_asked = args.cases is not None and citus.KEY in args.cases.split(",")
+    if args.cases is None:
+        args.cases = ",".join([*(c.key for c in CASES), citus.KEY])
+    unknown = set(args.cases.split(",")) - {c.key for c in CASES} - {MANY, citus.KEY}
     if unknown:
         p.error(f"unknown cases: {', '.join(sorted(unknown))}")
     try:
@@ -187,9 +200,11 @@ class Bench:
         prepared: Prepared,
         log_dir: Path,
         many: list[ManyTenant] | None = None,
+        citus_setup: citus.CitusSetup | None = None,
     ) -> None:
         self.args = args
         self.prepared = prepared
+        self.citus_setup = citus_setup
         self.many_tenants = many or []
         # "<case> <kind>" -> L1 hit rate of that per-tenant state during the case.
         self.state_hits: dict[str, float] = {}
@@ -200,9 +215,17 @@ class Bench:
         self.cache_hits: dict[str, float] = {}
         self.get_sql, self.list_sql = contact_sql()
 
-    def _measure(self, key: str, server: Server, requests: list[tuple[str, str | None]]) -> None:
+    def _measure(
+        self,
+        key: str,
+        server: Server,
+        requests: list[tuple[str, str | None]],
+        *,
+        method: str = "GET",
+        body: str | None = None,
+    ) -> None:
         print(f"  {key} ...", end="", flush=True)
-        result = run_wrk(server.base_url, requests, self.load)
+        result = run_wrk(server.base_url, requests, self.load, method=method, body=body)
         print(
             f" {result.requests_per_sec:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
             f"p99 {result.p99_ms:.2f} ms, non-2xx {result.non_2xx}",
@@ -304,6 +327,40 @@ class Bench:
                         hits / total if total else float("nan")
                     )
 
+    def citus(self) -> None:
+        """Each Citus case right after its plain-shard twin, on one server (caches off)."""
+        setup = self.citus_setup
+        if setup is None:
+            return
+        port = free_port()
+        env = {
+            **server_env(setup.settings),
+            "MERIDIAN_CACHE_RECORDS": "false",
+            "MERIDIAN_CACHE_LISTS": "false",
+        }
+        argv = meridian_argv(port, self.args.workers)
+        tenants = {"plain": citus.plain_tenant(self.prepared), "citus": setup.tenant}
+        with Server("meridian-citus", argv, env, port, "/readyz", self.log_dir) as server:
+            for tenant in tenants.values():
+                _check(f"{server.base_url}/v1/contacts/{tenant.contact_ids[0]}", tenant.token)
+                _check(f"{server.base_url}/v1/contacts?limit=50", tenant.token, expect_rows=50)
+            for engine, tenant in tenants.items():
+                self._measure(f"{engine}_get", server, citus.by_id_requests(tenant))
+            for engine, tenant in tenants.items():
+                self._measure(f"{engine}_list", server, [("/v1/contacts?limit=50", tenant.token)])
+            for engine, tenant in tenants.items():
+                url = f"{server.base_url}/v1/contacts"
+                status, answer = http_get(url, tenant.token, json_body=citus.CREATE_BODY.encode())
+                if status != 201:
+                    raise RuntimeError(f"POST {url} answered {status}: {answer[:300]!r}")
+                self._measure(
+                    f"{engine}_create",
+                    server,
+                    [("/v1/contacts", tenant.token)],
+                    method="POST",
+                    body=citus.CREATE_BODY,
+                )
+
     @staticmethod
     def _state_counts(server: Server, kind: str) -> tuple[float, float]:
         """L1 (hits, misses) of a kind of per-tenant state so far (one worker's)."""
@@ -333,6 +390,7 @@ class Bench:
             ("Meridian, record cache on", lambda: self.meridian(cached=True)),
             ("Meridian, record cache off", lambda: self.meridian(cached=False)),
             ("Meridian, many tenants", self.many),
+            ("Meridian, Citus shard and plain shard", self.citus),
         ]
         for round_no in range(1, self.args.rounds + 1):
             for title, step in steps:
@@ -398,6 +456,17 @@ def _notes(bench: Bench, args: argparse.Namespace) -> list[str]:
         "size; it runs one statement per request, where Meridian also begins a read-only "
         "transaction, enters the tenant (residency check, SET LOCAL) and commits."
     )
+    if bench.citus_setup is not None:
+        notes.append(
+            "Citus cases: a coordinator and two workers, private clusters of the system's "
+            "PostgreSQL started for the run on this machine (fsync on, as on the plain "
+            "shard's server; citus.shard_count 8; wal_level logical), the shard migrated by "
+            "its owner; the plain shard is us-1 on the system server. One Meridian server "
+            "(caches off) serves both tenants, each Citus case measured right after its "
+            "plain twin; the create cases POST a contact without an email (no duplicate check)."
+        )
+    elif args.citus_skipped:
+        notes.append(f"Citus cases not run: {args.citus_skipped}")
     if args.workers > 1:
         notes.append(
             "With several uvicorn workers the keep-alive connections can split unevenly "
@@ -415,6 +484,16 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
+    args.citus_skipped = None
+    if citus.KEY in args.cases.split(","):
+        why = citus.unavailable()
+        if why is not None and args.citus_asked:
+            print(f"the Citus cases cannot run: {why}", file=sys.stderr)
+            return 2
+        if why is not None:
+            print(f"Citus cases not run: {why}")
+            args.citus_skipped = why
+            args.cases = ",".join(c for c in args.cases.split(",") if c != citus.KEY)
     pg = PgServer(args.pg_host, args.pg_port, args.pg_user, args.app_role)
     started = datetime.now(UTC)
     # Others share this machine: the load average tells a reader how quiet the run was.
@@ -424,7 +503,17 @@ def main(argv: list[str] | None = None) -> int:
         prepare(pg, prefix=args.db_prefix, contacts=args.contacts, redis_url=args.redis_url or None)
     )
     many: list[ManyTenant] = []
+    citus_setup: citus.CitusSetup | None = None
+    cleanup = contextlib.ExitStack()
     try:
+        if citus.KEY in args.cases.split(","):
+            print("starting a Citus cluster (a coordinator and two workers)")
+            cluster = cleanup.enter_context(citus.private_cluster(args.app_role))
+            citus_setup = asyncio.run(
+                citus.add_citus_tenant(
+                    prepared, cluster, prefix=args.db_prefix, contacts=args.contacts
+                )
+            )
         if args.many_counts:
             count = max(args.many_counts)
             print(f"seeding {count:,} tenants ({args.many_contacts} contacts each)")
@@ -433,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"  seeded in {seconds:.1f} s ({count / seconds:,.1f} tenants/s)")
         with tempfile.TemporaryDirectory(prefix="meridian-bench-") as logs:
-            bench = Bench(args, prepared, Path(logs), many)
+            bench = Bench(args, prepared, Path(logs), many, citus_setup)
             try:
                 bench.run()
             except Exception:
@@ -441,13 +530,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- {log.name}\n{log.read_text()[-4000:]}", file=sys.stderr)
                 raise
     finally:
+        cleanup.close()  # the Citus cluster, if one was started
         if not args.keep_databases:
             asyncio.run(drop_databases(pg, list(prepared.databases.values())))
 
+    citus_ratios = citus.RATIOS if citus_setup is not None else []
     report = Report(
-        cases=[c for c in [*CASES, *many_cases(args.many_counts)] if c.key in bench.results],
+        cases=[
+            c
+            for c in [*CASES, *many_cases(args.many_counts), *citus.CASES]
+            if c.key in bench.results
+        ],
         results={k: median_result(v) for k, v in bench.results.items()},
-        ratios=[*RATIOS, *many_ratios(args.many_counts)],
+        ratios=[*RATIOS, *many_ratios(args.many_counts), *citus_ratios],
         notes=_notes(bench, args),
     )
     environment = [
@@ -462,6 +557,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: one tenant per shard, {args.contacts} contacts each; by-id reads cycle "
         "through all of them",
     ]
+    if citus_setup is not None:
+        environment.append(
+            f"Citus {citus_setup.version}: a coordinator and "
+            f"{len(citus_setup.cluster.workers)} workers on this machine, one tenant with "
+            f"{args.contacts} contacts on it"
+        )
     if args.many_counts:
         environment.append(
             f"Many tenants: {max(args.many_counts):,} seeded tenants with "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -184,7 +185,9 @@ async def _token(client: httpx.AsyncClient, client_id: str, secret: str) -> str:
     return token
 
 
-async def _onboard(settings: Settings, prefix: str) -> list[tuple[UUID, str, str]]:
+async def _onboard(
+    settings: Settings, prefix: str, shard_ids: Sequence[str] = tuple(SHARDS)
+) -> list[tuple[UUID, str, str]]:
     """One tenant per shard through the admin API: (tenant id, shard id, tenant token)."""
     admin = await create_admin_client(settings, "benchmark admin")
     app = create_app(settings)
@@ -194,7 +197,7 @@ async def _onboard(settings: Settings, prefix: str) -> list[tuple[UUID, str, str
         async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
             admin_token = await _token(client, admin.client_id, admin.client_secret)
             headers = {"Authorization": f"Bearer {admin_token}"}
-            for shard_id in SHARDS:
+            for shard_id in shard_ids:
                 slug = f"{prefix.lower().replace('_', '-')}-{shard_id}"
                 body = {"slug": slug, "name": f"Bench {shard_id}"}
                 resp = await client.post(
@@ -209,9 +212,9 @@ async def _onboard(settings: Settings, prefix: str) -> list[tuple[UUID, str, str
     return tenants
 
 
-async def _seed_contacts(
-    pg: PgServer, database: str, tenant_id: UUID, n: int, cipher: FieldCipher
-) -> list[UUID]:
+async def _seed_contacts(url: str, tenant_id: UUID, n: int, cipher: FieldCipher) -> list[UUID]:
+    """``n`` contacts of the tenant written into the shard database at ``url`` (libpq URL,
+    as a role that bypasses RLS)."""
     start = datetime.now(UTC) - timedelta(days=365)
     rows = []
     for i in range(n):
@@ -240,7 +243,7 @@ async def _seed_contacts(
                 created,
             )
         )
-    conn = await asyncpg.connect(pg.raw(database))
+    conn = await asyncpg.connect(url)
     try:
         await conn.copy_records_to_table(
             "contact",
@@ -278,7 +281,8 @@ async def prepare(pg: PgServer, *, prefix: str, contacts: int, redis_url: str | 
         keyring = TenantKeyring(control, settings.key_provider())
         for tenant_id, shard_id, token in await _onboard(settings, prefix):
             cipher = await keyring.active_cipher(tenant_id)
-            ids = await _seed_contacts(pg, databases[shard_id], tenant_id, contacts, cipher)
+            url = pg.raw(databases[shard_id])
+            ids = await _seed_contacts(url, tenant_id, contacts, cipher)
             tenants.append(BenchTenant(tenant_id, shard_id, token, ids))
     finally:
         await control.dispose()

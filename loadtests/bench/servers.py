@@ -28,8 +28,13 @@ def free_port() -> int:
         return port
 
 
-def http_get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)  # noqa: S310 - loopback http URLs built here
+def http_get(
+    url: str, token: str | None = None, timeout: float = 5.0, *, json_body: bytes | None = None
+) -> tuple[int, bytes]:
+    """GET ``url`` (POST with ``json_body``): the status and the body."""
+    request = urllib.request.Request(url, data=json_body)  # noqa: S310 - loopback URLs
+    if json_body is not None:
+        request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -153,10 +158,17 @@ class Load:
     warmup: float
 
 
-def run_wrk(base_url: str, requests: list[tuple[str, str | None]], load: Load) -> WrkResult:
+def run_wrk(
+    base_url: str,
+    requests: list[tuple[str, str | None]],
+    load: Load,
+    *,
+    method: str = "GET",
+    body: str | None = None,
+) -> WrkResult:
     """A warm-up run (discarded), then the measured run with latency percentiles."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(wrk_script(requests))
+        script.write(wrk_script(requests, method=method, body=body))
     try:
         common = ["wrk", "-t1", f"-c{load.connections}", "-s", script.name]
         if load.warmup > 0:
