@@ -88,6 +88,7 @@ def _delete(values: dict[str, Any], path: str) -> None:
         ("set", "controlPlane.dsn", {"key": "control-dsn", "value": "postgresql://x"}),
         ("delete", "shards.0.region", None),
         ("set", "shards.0.id", "US 1"),
+        ("set", "shards.0.engine", "mysql"),
         ("set", "secrets.existingSecret", ""),
         ("set", "podSecurityContext.runAsNonRoot", False),
         ("set", "podDisruptionBudget.minAvailable", 1),
@@ -116,6 +117,7 @@ def test_schema_rejects_bad_values(change: str, path: str, value: Any) -> None:
         ("redis", {"enabled": False}),
         ("podDisruptionBudget", {"enabled": True, "minAvailable": "50%"}),
         ("shards", []),
+        ("shards.0.engine", "citus"),
         ("config.cacheRecords", False),
         ("config.directoryTtl", None),
         ("extraConfig", {"MERIDIAN_SOMETHING_NEW": "1"}),
@@ -411,3 +413,41 @@ def test_duplicate_shard_ids_are_refused(helm: str, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "appears twice" in result.stderr
+
+
+def _citus_docs_example() -> dict[str, Any]:
+    """The values of docs/citus.md's Helm section (its YAML block)."""
+    text = (ROOT / "docs" / "citus.md").read_text().split("\n## Helm\n", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert block, "docs/citus.md has no YAML example under ## Helm"
+    example: dict[str, Any] = yaml.safe_load(block.group(1))
+    return example
+
+
+def test_the_documented_citus_shard_is_valid_and_reaches_the_settings(
+    helm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = _citus_docs_example()
+    assert schema_errors({**load_values(), **example}) == []
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(example))
+    docs = render(helm, values_file=values_file)
+    (config_map,) = by_kind(docs, "ConfigMap")
+    (job,) = by_kind(docs, "Job")
+    secrets = {
+        "meridian-secrets/shard-us-1-dsn": "postgresql+asyncpg://app:p@us/crm",
+        "meridian-secrets/shard-us-1-admin-dsn": "postgresql+asyncpg://owner:p@us/crm",
+        "meridian-secrets/shard-us-citus-1-dsn": "postgresql+asyncpg://app:p@coordinator/crm",
+        "citus-owner/shard-us-citus-1-admin-dsn": "postgresql+asyncpg://owner:p@coordinator/crm",
+        "meridian-secrets/control-dsn": "postgresql+asyncpg://app:p@control/c",
+        "meridian-secrets/control-admin-dsn": "postgresql+asyncpg://owner:p@control/c",
+        "meridian-secrets/redis-url": "redis://cache:6379/0",
+    }
+    env = _kubelet_env(
+        job["spec"]["template"]["spec"]["containers"][0], config_map["data"], secrets
+    )
+    migrate = _settings_from(env, monkeypatch)
+    assert [(s.id, s.engine, s.admin_dsn) for s in migrate.shards] == [
+        ("us-1", None, secrets["meridian-secrets/shard-us-1-admin-dsn"]),
+        ("us-citus-1", "citus", secrets["citus-owner/shard-us-citus-1-admin-dsn"]),
+    ]
