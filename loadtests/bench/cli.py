@@ -436,6 +436,9 @@ def _cpu_model() -> str:
 
 def _notes(bench: Bench, args: argparse.Namespace) -> list[str]:
     notes = []
+    ran = set(bench.results)
+    if not ran & {c.key for c in CASES}:  # only the Citus cases: the others' notes say nothing
+        return [*_citus_notes(bench, args), *_worker_notes(args)]
     missing = [f for f in ("cache_records", "cache_lists") if f not in Settings.model_fields]
     if missing:
         names = ", ".join(f"MERIDIAN_{f.upper()}" for f in missing)
@@ -456,23 +459,31 @@ def _notes(bench: Bench, args: argparse.Namespace) -> list[str]:
         "size; it runs one statement per request, where Meridian also begins a read-only "
         "transaction, enters the tenant (residency check, SET LOCAL) and commits."
     )
+    return [*notes, *_citus_notes(bench, args), *_worker_notes(args)]
+
+
+def _citus_notes(bench: Bench, args: argparse.Namespace) -> list[str]:
     if bench.citus_setup is not None:
-        notes.append(
+        return [
             "Citus cases: a coordinator and two workers, private clusters of the system's "
             "PostgreSQL started for the run on this machine (fsync on, as on the plain "
             "shard's server; citus.shard_count 8; wal_level logical), the shard migrated by "
             "its owner; the plain shard is us-1 on the system server. One Meridian server "
             "(caches off) serves both tenants, each Citus case measured right after its "
             "plain twin; the create cases POST a contact without an email (no duplicate check)."
-        )
-    elif args.citus_skipped:
-        notes.append(f"Citus cases not run: {args.citus_skipped}")
+        ]
+    if args.citus_skipped:
+        return [f"Citus cases not run: {args.citus_skipped}"]
+    return []
+
+
+def _worker_notes(args: argparse.Namespace) -> list[str]:
     if args.workers > 1:
-        notes.append(
+        return [
             "With several uvicorn workers the keep-alive connections can split unevenly "
             "between them (see PERF-LIMITS); repeat a run whose figures look halved."
-        )
-    return notes
+        ]
+    return []
 
 
 def _command(argv: list[str]) -> str:
@@ -542,7 +553,12 @@ def main(argv: list[str] | None = None) -> int:
             if c.key in bench.results
         ],
         results={k: median_result(v) for k, v in bench.results.items()},
-        ratios=[*RATIOS, *many_ratios(args.many_counts), *citus_ratios],
+        # A ratio neither of whose cases ran says nothing (a subset of the cases).
+        ratios=[
+            r
+            for r in [*RATIOS, *many_ratios(args.many_counts), *citus_ratios]
+            if {r.numerator, r.denominator} & set(bench.results)
+        ],
         notes=_notes(bench, args),
     )
     environment = [
@@ -577,7 +593,13 @@ def main(argv: list[str] | None = None) -> int:
         docs: Path = args.docs
         if not docs.exists():
             docs.write_text(DOCS_INTRO)
-        title = f"Meridian vs bare asyncpg vs hello-world ({started:%Y-%m-%d})"
+        only_citus = set(bench.results) <= {c.key for c in citus.CASES}
+        what = (
+            "Citus shard vs plain shard"
+            if only_citus
+            else "Meridian vs bare asyncpg vs hello-world"
+        )
+        title = f"{what} ({started:%Y-%m-%d})"
         section = docs_section(
             title=title,
             command=_command(sys.argv[1:] if argv is None else argv),
