@@ -210,6 +210,37 @@ def shards_list() -> None:
         typer.echo(json.dumps(row))
 
 
+@shards_app.command("distribute")
+def shards_distribute(
+    shard_id: Annotated[str, typer.Argument(help="Id of a PostgreSQL shard.")],
+    admin_dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="DSN to convert the tables with: a superuser, or a role with BYPASSRLS "
+            "that is a member of the tables' owner. Default: the shard's admin DSN.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Make a PostgreSQL shard a Citus one, its rows in place.
+
+    For a shard database that now runs on a Citus coordinator (the citus extension
+    created there and on every worker, the workers registered): distributes every
+    tenant table on tenant_id in one colocation group, checks each table's row count,
+    then records the shard's engine as citus. Resumable: tables already distributed
+    are skipped. Refuses, changing nothing, when it cannot do it safely.
+    """
+    from meridian.operations import distribute_shard
+    from sharding.citus import CitusAdminError
+
+    try:
+        done = asyncio.run(distribute_shard(get_settings(), shard_id, admin_dsn=admin_dsn))
+    except (CitusAdminError, LookupError) as exc:
+        typer.echo(f"meridian shards distribute: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(done))
+
+
 @admin_app.command("create-client")
 def admin_create_client(
     name: Annotated[str, typer.Option(help="A label for the client.")] = "platform admin",
@@ -353,6 +384,49 @@ def tenants_reencrypt(
         return reencrypt_summary(await reencrypt_tenant(rt, tenant, batch_size=batch_size))
 
     typer.echo(json.dumps(_with_runtime("tenants reencrypt", work)))
+
+
+@tenants_app.command("isolate")
+def tenants_isolate(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
+    to_node: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of the Citus worker to move the tenant's shard group to.",
+            show_default=False,
+        ),
+    ] = None,
+    admin_dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="DSN of the shard's coordinator to run it as: a superuser, or a role with "
+            "BYPASSRLS that is a member of the tables' owner. Default: the shard's admin DSN.",
+            show_default=False,
+        ),
+    ] = None,
+    block_writes: Annotated[
+        bool,
+        typer.Option(
+            "--block-writes",
+            help="Copy with the group's writes blocked instead of replicating logically "
+            "(for nodes without wal_level = logical).",
+        ),
+    ] = False,
+) -> None:
+    """Give a tenant of a Citus shard a shard group of its own, and move it to a worker.
+
+    Idempotent: a tenant already alone in its group is not split again, a group already
+    on the node is not moved. Online by default: the tenant keeps being served.
+    """
+    from meridian.operations import isolate_tenant
+    from sharding.citus import TransferMode
+
+    mode = TransferMode.BLOCK_WRITES if block_writes else TransferMode.ONLINE
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await isolate_tenant(rt, tenant, to_node=to_node, admin_dsn=admin_dsn, mode=mode)
+
+    typer.echo(json.dumps(_with_runtime("tenants isolate", work)))
 
 
 @tenants_app.command("delete")

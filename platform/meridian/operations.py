@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -34,7 +34,8 @@ from meridian.oauth.clients import NewClient, create_client
 from meridian.principal import SCOPE_ADMIN
 from meridian.runtime import Runtime
 from meridian.settings import KeyConfigError, Settings, get_settings
-from sharding.engine import ShardEngine, agreed_engine, detect_engine_at
+from sharding import citus
+from sharding.engine import ShardEngine, agreed_engine, asyncpg_dsn, detect_engine_at
 from sharding.models import Shard
 from sharding.registry import upsert_shard
 from tenancy.context import TenantContext
@@ -154,6 +155,46 @@ async def list_shards(settings: Settings) -> list[dict[str, object]]:
         return [dict(r) for r in (await conn.execute(stmt)).mappings()]
 
 
+async def distribute_shard(
+    settings: Settings, shard_id: str, *, admin_dsn: str | None = None
+) -> dict[str, object]:
+    """What `meridian shards distribute` does: distributes every tenant table of a
+    PostgreSQL shard whose database runs on a Citus coordinator, rows in place
+    (``sharding.citus.distribute_tables``: resumable, refuses what it cannot do safely),
+    as ``admin_dsn`` (default: the shard's recorded one), then records the shard's
+    engine as citus. Raises LookupError for an unknown shard and
+    ``sharding.citus.CitusAdminError`` when it refuses."""
+    async with _control(settings) as engine, engine.connect() as conn:
+        recorded = await conn.scalar(select(Shard.admin_dsn).where(Shard.id == shard_id))
+    if recorded is None:
+        raise LookupError(f"no shard {shard_id!r} in the topology")
+    conn = await asyncpg.connect(asyncpg_dsn(admin_dsn or recorded), timeout=10.0)
+    try:
+        tables = await citus.distribute_tables(conn)
+    finally:
+        await conn.close()
+    # Last, so an instance never treats a half-converted shard as Citus; instances
+    # rebuild the shard's pools when they see the new engine (topology refresh).
+    async with _control(settings) as engine, engine.begin() as control_conn:
+        await control_conn.execute(
+            update(Shard).where(Shard.id == shard_id).values(engine=ShardEngine.CITUS.value)
+        )
+    return {
+        "shard": shard_id,
+        "engine": ShardEngine.CITUS.value,
+        "tables": [
+            {
+                "table": t.table,
+                "rows_before": t.rows_before,
+                "rows_after": t.rows_after,
+                "distributed_now": t.distributed_now,
+                "seconds": round(t.seconds, 3),
+            }
+            for t in tables
+        ],
+    }
+
+
 # -- clients and signing keys --------------------------------------------------------------
 
 
@@ -270,6 +311,24 @@ async def delete_tenant(rt: Runtime, tenant: str) -> dict[str, object]:
     ctx = await resolve_tenant(rt, tenant)
     row = await tenant_admin.delete(admin_deps(rt), ctx.tenant_id)
     return {"tenant": str(row["id"]), "status": row["status"]}
+
+
+async def isolate_tenant(
+    rt: Runtime,
+    tenant: str,
+    *,
+    to_node: str | None = None,
+    admin_dsn: str | None = None,
+    mode: citus.TransferMode = citus.TransferMode.ONLINE,
+) -> dict[str, object]:
+    """What `meridian tenants isolate` does: the tenant (id or slug) gets a shard group
+    of its own inside its Citus shard, moved to ``to_node`` when given (see
+    ``TenantAdminService.isolate``); where the group was and is, and each step's time."""
+    ctx = await resolve_tenant(rt, tenant)
+    done = await tenant_admin.isolate(
+        admin_deps(rt), ctx.tenant_id, node=to_node, admin_dsn=admin_dsn, mode=mode
+    )
+    return {**done, "tenant_id": str(done["tenant_id"])}
 
 
 # -- diagnosis -----------------------------------------------------------------------------

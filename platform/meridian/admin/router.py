@@ -14,6 +14,8 @@ from meridian.admin.schemas import (
     ShardRead,
     TenantCreate,
     TenantCreated,
+    TenantIsolate,
+    TenantIsolation,
     TenantRead,
 )
 from meridian.admin.service import tenant_admin
@@ -133,6 +135,24 @@ async def revoke_tenant_tokens(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipa
     """Emergency revocation: all tokens of the tenant issued before now are refused, on
     every API instance within a second; tokens issued afterwards work."""
     return json_response(await tenant_admin.revoke_tokens(admin_deps(rt), tenant_id))
+
+
+@router.post(
+    "/tenants/{tenant_id}/isolate",
+    response_model=TenantIsolation,
+    openapi_extra=problems(Conflict),
+)
+async def isolate_tenant(
+    tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal, body: TenantIsolate | None = None
+) -> Response:
+    """On a Citus shard: puts the tenant in a shard group of its own and, when ``node``
+    is given, moves that group to that worker, online (the tenant keeps being served).
+    Idempotent: a step already done is skipped. 409 on a PostgreSQL shard, or when the
+    shard's admin role cannot copy every row; 422 for a node that is not a worker."""
+    row = await tenant_admin.isolate(
+        admin_deps(rt), tenant_id, node=body.node if body is not None else None
+    )
+    return json_response(row)
 
 
 @router.get("/shards", response_model=Page[ShardRead])

@@ -78,3 +78,31 @@ class ShardRead(BaseModel):
     dedicated: bool  # holds one tenant; placement by region never picks it
     engine: ShardEngine  # what the shard's database runs (sharding.engine)
     tenant_count: int
+
+
+class TenantIsolate(InputModel):
+    """Where to move the tenant's shard group once it is alone in it (optional: without
+    a node the group stays on the worker it is split on)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"node": "10.0.0.12:5432"}]})
+    node: Annotated[
+        str | None,
+        StringConstraints(pattern=r"^([A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"),
+    ] = None
+
+
+class ShardGroupRead(BaseModel):
+    shard: int  # the Citus shard of tenant_residency holding the tenant (names the group)
+    node: str  # host:port of the worker it lives on
+    alone: bool  # the group holds this tenant only
+
+
+class TenantIsolation(BaseModel):
+    tenant_id: UUID
+    shard_id: str
+    before: ShardGroupRead
+    after: ShardGroupRead
+    isolated_now: bool  # false: the tenant already had a group of its own
+    isolate_seconds: float
+    moved_now: bool  # false: no node asked, or the group was already there
+    move_seconds: float

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import RowMapping, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,6 +38,8 @@ from meridian.oauth.models import OAuthClient
 from meridian.oauth.notbefore import NotBeforeStore
 from meridian.pipelines.defaults import seed_default_pipeline
 from meridian.principal import TENANT_SCOPES
+from sharding import citus
+from sharding.engine import ShardEngine, asyncpg_dsn
 from sharding.engines import ShardEngines, ShardInfo
 from sharding.models import Shard
 from sharding.placement import PlacementError, choose_shard
@@ -502,6 +505,54 @@ class TenantAdminService:
 
         rows = await control.read(deps.control, topology)
         return [{**r, "tenant_count": counts.get(r["id"], 0)} for r in rows]
+
+    async def isolate(
+        self,
+        deps: AdminDeps,
+        tenant_id: UUID,
+        *,
+        node: str | None,
+        admin_dsn: str | None = None,
+        mode: citus.TransferMode = citus.TransferMode.ONLINE,
+    ) -> dict[str, Any]:
+        """Gives the tenant a shard group of its own inside its Citus shard, and moves
+        that group to ``node`` (``host:port``) when given; both steps are skipped when
+        already done. Runs on the coordinator as ``admin_dsn`` (default: the shard's
+        recorded admin DSN), whose role must see every row (``sharding.citus``).
+
+        Synchronous: it returns once Citus has finished, seconds for a small tenant,
+        longer in proportion to the tenant's group for a large one; the tenant's
+        requests keep being served meanwhile (online mode)."""
+        ctx = await deps.directory.load(tenant_id)
+        if ctx is None or ctx.status is TenantStatus.DELETED:
+            raise NotFound(f"No tenant with id {tenant_id}.")
+
+        async def recorded(conn: AsyncConnection) -> Any:
+            return (
+                await conn.execute(
+                    select(Shard.admin_dsn, Shard.engine).where(Shard.id == ctx.shard_id)
+                )
+            ).one_or_none()
+
+        shard = await control.read(deps.control, recorded)
+        if shard is None:
+            raise Conflict(f"The tenant's shard {ctx.shard_id!r} is not in the topology.")
+        if shard.engine != ShardEngine.CITUS.value:
+            raise Conflict(
+                f"Shard {ctx.shard_id!r} runs {shard.engine}: a tenant gets a shard group "
+                "of its own on a Citus shard only (`meridian shards distribute` converts a "
+                "shard whose database runs on a Citus coordinator)."
+            )
+        conn = await asyncpg.connect(asyncpg_dsn(admin_dsn or shard.admin_dsn), timeout=10.0)
+        try:
+            done = await citus.isolate_tenant(conn, tenant_id, to_node=node, mode=mode)
+        except citus.UnknownNodeError as exc:
+            raise invalid_field("node", str(exc), NOT_FOUND) from exc
+        except citus.CitusAdminError as exc:
+            raise Conflict(f"Shard {ctx.shard_id!r}: {exc}.") from exc
+        finally:
+            await conn.close()
+        return {"tenant_id": tenant_id, "shard_id": ctx.shard_id, **done.as_dict()}
 
 
 tenant_admin = TenantAdminService()
