@@ -78,7 +78,9 @@ class ShardEngines:
         """Adopt a new topology; engines of shards whose DSN changed are rebuilt lazily."""
         new = {s.id: s for s in shards}
         for sid, old in self._shards.items():
-            if sid not in new or new[sid].dsn != old.dsn:
+            # A new engine too (a shard distributed in place): the read pools carry
+            # the engine's settings, and sessions take the database's at connect.
+            if sid not in new or new[sid].dsn != old.dsn or new[sid].engine != old.engine:
                 engine = self._engines.pop(sid, None)
                 if engine is not None:
                     asyncio.get_running_loop().create_task(engine.dispose())
