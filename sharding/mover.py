@@ -650,6 +650,11 @@ class Mover:
         """Drop the replication (first: the deletes below must not reach the target),
         then delete the tenant's rows from the source in batches, residency last."""
         source, target = await self._shards(info)
+        async with self._control.connect() as conn:
+            switched = await _directory_is(conn, info, target.id, info.epoch + 1)
+        if not switched:
+            # Never delete what may be the only copy.
+            raise _Abort("the directory does not name the target; the source is kept")
         name = replication_name(info.id)
         await self._drop_replication(source, target, name)
         async with _connect(source) as src:
