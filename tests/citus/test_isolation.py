@@ -19,6 +19,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from meridian.admin.service import tenant_admin
+from meridian.admin.wiring import admin_deps
 from sharding import citus
 from sharding.models import Shard
 from tests.citus.conftest import CITUS_SHARD, CitusApi
@@ -231,6 +233,50 @@ async def test_a_tenant_gets_its_own_group_on_another_worker_while_it_keeps_answ
     assert again.json()["before"] == again.json()["after"] == done["after"]
     assert again.json()["isolated_now"] is False
     assert again.json()["moved_now"] is False
+
+
+async def test_with_writes_blocked_the_tenant_waits_but_nothing_fails(
+    citus_api: CitusApi,
+) -> None:
+    """``--block-writes`` (nodes without logical decoding): the group's writes wait for
+    the copy instead of replicating; no request fails, and the wait is measured."""
+    client = citus_api.client
+    tenant = await citus_api.onboard()
+    for n in range(10):
+        resp = await client.post("/v1/accounts", json={"name": f"A{n}"}, headers=tenant.headers)
+        assert resp.status_code == 201, resp.text
+    others = await _rows_of_others(citus_api, tenant)
+    before = await _group(citus_api, tenant)
+    target = _other_worker(citus_api, before.node)
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    admin_dsn = await shard_admin_dsn(citus_api.cluster)
+
+    traffic = Traffic(client, tenant)
+    running = asyncio.create_task(traffic.run())
+    await asyncio.sleep(0.5)
+    done = await tenant_admin.isolate(
+        admin_deps(runtime),
+        uuid.UUID(tenant.id),
+        node=target,
+        admin_dsn=admin_dsn,
+        mode=citus.TransferMode.BLOCK_WRITES,
+    )
+    await asyncio.sleep(0.5)
+    traffic.stop.set()
+    await running
+
+    assert done["after"]["node"] == target
+    assert done["after"]["alone"] is True
+    assert traffic.failures() == []
+    slowest_write = max(a[2] for a in traffic.answers if a[0] == "create")
+    print(  # the figures, for the record (pytest -s)
+        f"\nblock_writes: isolation {done['isolate_seconds']}s, group move "
+        f"{done['move_seconds']}s; tenant requests during it: {len(traffic.answers)}, "
+        f"slowest write {slowest_write:.3f}s, slowest request {traffic.slowest():.3f}s"
+    )
+    assert len(await _account_ids(client, tenant)) == 10 + len(traffic.created)
+    assert await _rows_of_others(citus_api, tenant) == others
+    assert await _unforced_placements(citus_api) == []
 
 
 async def test_isolation_as_an_owner_bound_by_forced_rls_is_refused(citus_api: CitusApi) -> None:
