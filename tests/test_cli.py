@@ -269,9 +269,16 @@ def test_seed_and_loadtest_write_under_the_ignored_folder(dev: DevPlatform) -> N
 
 
 def test_tenants_delete_shreds_a_tenant(dev: DevPlatform) -> None:
-    seeded = json.loads((dev.workdir / ".meridian" / "loadtest" / "credentials.json").read_text())
-    victim = seeded["tenants"][0]
-    headers = token(dev.base_url, victim)
+    # A tenant of its own: the test must not depend on what another test left behind.
+    onboarded = httpx.post(
+        f"{dev.base_url}/admin/v1/tenants",
+        json={"slug": "to-shred", "name": "To shred", "region": "us"},
+        headers=token(dev.base_url, dev.info()["admin"]),
+    )
+    assert onboarded.status_code == 201, onboarded.text
+    victim = onboarded.json()
+    headers = token(dev.base_url, victim["client"])
+    assert httpx.get(f"{dev.base_url}/v1/accounts", headers=headers).status_code == 200
     out = ok(meridian("tenants", "delete", victim["slug"], "--yes", cwd=dev.workdir))
     assert json.loads(out) == {"tenant": victim["id"], "status": "deleted"}
     resp = httpx.get(f"{dev.base_url}/v1/accounts", headers=headers)
