@@ -24,6 +24,7 @@ from uuid import UUID
 
 import asyncpg
 
+from sharding.catalog import TableOrderError, quote_ident, tenant_tables
 from sharding.engine import (
     COLOCATION_ANCHOR,
     TENANT_COLUMN,
@@ -278,7 +279,7 @@ async def _forced_rls_tables(conn: asyncpg.Connection, tables: Sequence[str]) ->
 
 async def _set_force(conn: asyncpg.Connection, tables: Sequence[str], force: bool) -> None:
     for table in tables:
-        quoted = '"' + table.replace('"', '""') + '"'
+        quoted = quote_ident(table)
         await conn.execute(f"ALTER TABLE {quoted} {'' if force else 'NO '}FORCE ROW LEVEL SECURITY")
 
 
@@ -401,45 +402,6 @@ async def _isolate(
 # -- distributing a plain PostgreSQL shard in place -----------------------------------------
 
 
-async def tenant_tables(conn: asyncpg.Connection) -> list[str]:
-    """The shard's tenant tables (those with a TENANT_COLUMN) in the order they can be
-    distributed: the colocation anchor first, then every table after the tables its
-    foreign keys name (Citus refuses a foreign key to a table not yet distributed)."""
-    names = [
-        r["relname"]
-        for r in await conn.fetch(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $1 AND NOT a.attisdropped"
-            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
-            TENANT_COLUMN,
-        )
-    ]
-    edges = await conn.fetch(
-        "SELECT DISTINCT src.relname AS child, dst.relname AS parent FROM pg_constraint f"
-        " JOIN pg_class src ON src.oid = f.conrelid JOIN pg_class dst ON dst.oid = f.confrelid"
-        " JOIN pg_namespace n ON n.oid = src.relnamespace"
-        " WHERE f.contype = 'f' AND n.nspname = 'public' AND f.conrelid <> f.confrelid"
-    )
-    parents: dict[str, set[str]] = {name: set() for name in names}
-    for edge in edges:
-        if edge["child"] in parents:
-            parents[edge["child"]].add(edge["parent"])
-    ordered: list[str] = []
-    pending = sorted(names, key=lambda t: (t != COLOCATION_ANCHOR, t))
-    while pending:
-        ready = next((t for t in pending if parents[t] <= set(ordered)), None)
-        if ready is None:
-            raise LayoutError(
-                "the foreign keys among "
-                f"{', '.join(pending)} form a cycle or name a table without {TENANT_COLUMN}"
-            )
-        ordered.append(ready)
-        pending.remove(ready)
-    if ordered[:1] != [COLOCATION_ANCHOR]:
-        raise LayoutError(f"no {COLOCATION_ANCHOR} table, or it depends on another table")
-    return ordered
-
-
 async def _check_layout(conn: asyncpg.Connection, tables: Sequence[str]) -> set[str]:
     """The tables already distributed the way the shard needs (skipped on a re-run);
     LayoutError when one is distributed otherwise, or another table is not local."""
@@ -481,7 +443,10 @@ async def distribute_tables(conn: asyncpg.Connection) -> list[TableDistributed]:
     converted in its own transaction, with writes to it locked out, and its row count
     compared before and after: a difference rolls that table back."""
     await require_citus(conn, "distributing a shard")
-    tables = await tenant_tables(conn)
+    try:
+        tables = await tenant_tables(conn)
+    except TableOrderError as exc:
+        raise LayoutError(str(exc)) from exc
     await require_row_access(conn, tables)
     done = await _check_layout(conn, tables)
     # First: once a table is distributed, a session without these settings (SET LOCAL
@@ -492,7 +457,7 @@ async def distribute_tables(conn: asyncpg.Connection) -> list[TableDistributed]:
     for table in tables:
         # The name comes from the catalog and is quoted; counts run as this role, which
         # sees every row (require_row_access).
-        quoted = '"' + table.replace('"', '""') + '"'
+        quoted = quote_ident(table)
         if table in done:
             rows = await conn.fetchval(f"SELECT count(*) FROM {quoted}")  # noqa: S608
             results.append(TableDistributed(table, rows, rows, False, 0.0))

@@ -16,7 +16,6 @@ switch makes it writable at the new one (a replicated copy would arrive writable
 from __future__ import annotations
 
 import asyncio
-import graphlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from uuid_utils.compat import uuid7
 
+from sharding.catalog import quote_ident, tenant_tables
 from sharding.engine import ShardEngine, asyncpg_dsn
 from sharding.errors import ShardingError, UnknownShardError
 from sharding.models import FINAL_MOVE_STATES, MoveState, Shard, TenantMove
@@ -51,19 +51,6 @@ _SESSION = {
     "bytea_output": "hex",
     "application_name": "meridian-mover",
 }
-_TENANT_TABLES = """
-SELECT c.relname::text AS name
-  FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
- WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
- ORDER BY 1
-"""
-_FOREIGN_KEYS = """
-SELECT conrelid::regclass::text AS child, confrelid::regclass::text AS parent
-  FROM pg_constraint
- WHERE contype = 'f' AND connamespace = 'public'::regnamespace
-"""
 
 
 class MoveError(ShardingError):
@@ -156,10 +143,6 @@ def replication_name(move_id: UUID) -> str:
 def _lock_key(move_id: UUID) -> int:
     # The random tail of the UUIDv7, as a signed bigint for pg_try_advisory_lock.
     return int.from_bytes(move_id.bytes[8:], "big", signed=True)
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _quote_literal(value: str) -> str:
@@ -411,8 +394,8 @@ class Mover:
             if not await src.fetchval("SELECT 1 FROM pg_publication WHERE pubname = $1", name):
                 # PostgreSQL 15 row filters: the tenant's rows only, copied and streamed.
                 where = f"WHERE (tenant_id = {_quote_literal(str(info.tenant_id))}::uuid)"
-                members = ", ".join(f"{_quote_ident(t)} {where}" for t in tables)
-                await src.execute(f"CREATE PUBLICATION {_quote_ident(name)} FOR TABLE {members}")
+                members = ", ".join(f"{quote_ident(t)} {where}" for t in tables)
+                await src.execute(f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {members}")
             # The slot is made on the source before the subscription (create_slot = false):
             # a subscription on the same server as its publisher cannot make its own
             # slot, and the publication must exist before the slot's starting point.
@@ -424,8 +407,8 @@ class Mover:
                 # at once, so the wait for the fence's position (writes frozen) is not
                 # a wait for its WAL writer (the default, off, made it ~0.6 s).
                 await dst.execute(
-                    f"CREATE SUBSCRIPTION {_quote_ident(name)} CONNECTION {conninfo} "
-                    f"PUBLICATION {_quote_ident(name)} WITH (create_slot = false, "
+                    f"CREATE SUBSCRIPTION {quote_ident(name)} CONNECTION {conninfo} "
+                    f"PUBLICATION {quote_ident(name)} WITH (create_slot = false, "
                     f"slot_name = {_quote_literal(name)}, copy_data = true, "
                     "synchronous_commit = 'on')"
                 )
@@ -736,7 +719,7 @@ class Mover:
             if sub_oid is not None:
                 # Detached from its slot first, so dropping it never needs the source;
                 # the slot is dropped below, on the source itself.
-                sub = _quote_ident(name)
+                sub = quote_ident(name)
                 await dst.execute(f"ALTER SUBSCRIPTION {sub} DISABLE")
                 await dst.execute(f"ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")
                 await dst.execute(f"DROP SUBSCRIPTION {sub}")
@@ -761,7 +744,7 @@ class Mover:
                     f"pg_{sub_oid}_sync_",
                 ):
                     await src.execute("SELECT pg_drop_replication_slot($1)", sync["slot_name"])
-            await src.execute(f"DROP PUBLICATION IF EXISTS {_quote_ident(name)}")
+            await src.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(name)}")
 
     async def _delete_tenant(self, conn: asyncpg.Connection, tenant_id: UUID) -> dict[str, int]:
         """Delete every row of the tenant on ``conn``'s shard in batches, children
@@ -779,8 +762,8 @@ class Mover:
                 total = 0
                 while True:
                     status = await conn.execute(
-                        f"DELETE FROM {_quote_ident(table)} WHERE ctid = ANY(ARRAY("  # noqa: S608
-                        f"SELECT ctid FROM {_quote_ident(table)} WHERE tenant_id = $1 "
+                        f"DELETE FROM {quote_ident(table)} WHERE ctid = ANY(ARRAY("  # noqa: S608
+                        f"SELECT ctid FROM {quote_ident(table)} WHERE tenant_id = $1 "
                         f"LIMIT {int(self.options.delete_batch)}))",
                         tenant_id,
                     )
@@ -918,20 +901,12 @@ async def _slot_exists(conn: asyncpg.Connection, name: str) -> bool:
 async def _moved_tables(conn: asyncpg.Connection) -> list[str]:
     """The shard's tables that hold tenant rows, but the residency row (each shard's
     own record, written by the mover)."""
-    return [r["name"] for r in await conn.fetch(_TENANT_TABLES) if r["name"] != RESIDENCY]
+    return sorted(t for t in await tenant_tables(conn) if t != RESIDENCY)
 
 
 async def _deletion_order(conn: asyncpg.Connection) -> list[str]:
     """Tenant tables, every table before the tables it refers to; residency last."""
-    tables = await _moved_tables(conn)
-    order: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
-    for table in tables:
-        order.add(table)
-    for fk in await conn.fetch(_FOREIGN_KEYS):
-        child, parent = fk["child"].strip('"'), fk["parent"].strip('"')
-        if child != parent and child in tables and parent in tables:
-            order.add(parent, child)  # the child's rows go first
-    return [*order.static_order(), RESIDENCY]
+    return list(reversed(await tenant_tables(conn)))
 
 
 async def _counts(
@@ -940,7 +915,7 @@ async def _counts(
     counts: dict[str, int] = {}
     for table in tables:
         counts[table] = await conn.fetchval(
-            f"SELECT count(*) FROM {_quote_ident(table)} WHERE tenant_id = $1",  # noqa: S608
+            f"SELECT count(*) FROM {quote_ident(table)} WHERE tenant_id = $1",  # noqa: S608
             tenant_id,
         )
     return counts
@@ -955,7 +930,7 @@ async def _checksums(
     for table in tables:
         row = await conn.fetchrow(
             f"SELECT count(*) AS n, coalesce(sum(hashtextextended(r::text, 0)), 0)::text AS h "  # noqa: S608
-            f"FROM {_quote_ident(table)} AS r WHERE r.tenant_id = $1",
+            f"FROM {quote_ident(table)} AS r WHERE r.tenant_id = $1",
             tenant_id,
         )
         sums[table] = (int(row["n"]), str(row["h"]))
