@@ -12,7 +12,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
@@ -38,6 +39,17 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 # Where `meridian dev` writes the file that other commands read (relative to its cwd).
 DEV_JSON = Path(".meridian/dev.json")
+
+
+@contextmanager
+def _one_line(command: str, *errors: type[BaseException]) -> Iterator[None]:
+    """A problem the user can fix (one of ``errors``) ends ``meridian <command>`` with
+    its message on one line and exit status 1, not a traceback."""
+    try:
+        yield
+    except errors as exc:
+        typer.echo(f"meridian {command}: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.callback()
@@ -93,16 +105,13 @@ def dev(
     # (an import-linter contract in pyproject.toml says so).
     from meridian_dev.devserver import DevError, run_dev
 
-    try:
+    with _one_line("dev", DevError):
         run_dev(
             host=host,
             port=port,
             data_dir=data_dir,
             postgres=postgres,
         )
-    except DevError as exc:
-        typer.echo(f"meridian dev: {exc}", err=True)
-        raise typer.Exit(1) from exc
 
 
 @app.command()
@@ -116,12 +125,9 @@ def serve(
 
     from meridian.settings import KeyConfigError
 
-    try:
+    with _one_line("serve", KeyConfigError):
         # Refuse to start at all rather than fail in each worker's start-up.
         get_settings().key_provider()
-    except KeyConfigError as exc:
-        typer.echo(f"meridian serve: {exc}", err=True)
-        raise typer.Exit(1) from exc
 
     uvicorn.run(
         "meridian.app:create_app",
@@ -182,7 +188,7 @@ def shards_add(
     """Register a shard (and migrate it)."""
     from meridian.operations import add_shard
 
-    try:
+    with _one_line("shards add", EngineMismatchError):
         recorded = asyncio.run(
             add_shard(
                 get_settings(),
@@ -195,9 +201,6 @@ def shards_add(
                 engine=engine,
             )
         )
-    except EngineMismatchError as exc:
-        typer.echo(f"meridian shards add: {exc}", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(f"shard {shard_id} ({region}, {recorded}) registered and migrated")
 
 
@@ -233,11 +236,8 @@ def shards_distribute(
     from meridian.operations import distribute_shard
     from sharding.citus import CitusAdminError
 
-    try:
+    with _one_line("shards distribute", CitusAdminError, LookupError):
         done = asyncio.run(distribute_shard(get_settings(), shard_id, admin_dsn=admin_dsn))
-    except (CitusAdminError, LookupError) as exc:
-        typer.echo(f"meridian shards distribute: {exc}", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(json.dumps(done))
 
 
@@ -275,13 +275,10 @@ def keys_rotate(
     from meridian.oauth.keys import KeyRotationError
     from meridian.operations import rotate_signing_key
 
-    try:
+    with _one_line("keys rotate", KeyRotationError):
         typer.echo(
             json.dumps(asyncio.run(rotate_signing_key(get_settings(), activate_only=activate)))
         )
-    except KeyRotationError as exc:
-        typer.echo(f"meridian keys rotate: {exc}", err=True)
-        raise typer.Exit(1) from exc
 
 
 @keys_app.command("list")
@@ -307,20 +304,14 @@ def keys_rotate_kek() -> None:
     from meridian.operations import KEK_ERRORS, rotate_kek
 
     settings = get_settings()
-    try:
+    with _one_line("keys rotate-kek", *KEK_ERRORS):
         result = asyncio.run(rotate_kek(settings))
-    except KEK_ERRORS as exc:
-        typer.echo(f"meridian keys rotate-kek: {exc}", err=True)
-        raise typer.Exit(1) from exc
     dev_json = os.environ.get(DEV_JSON_ENV)
     if dev_json:
         from meridian_dev.datadir import DevError, adopt_kek
 
-        try:
+        with _one_line("keys rotate-kek", DevError):
             result["dev_platform_kek_file"] = str(adopt_kek(Path(dev_json), settings))
-        except DevError as exc:
-            typer.echo(f"meridian keys rotate-kek: {exc}", err=True)
-            raise typer.Exit(1) from exc
         typer.echo("restart `meridian dev` so the running API uses the new KEK", err=True)
     typer.echo(json.dumps(result))
 
@@ -329,11 +320,8 @@ def _with_runtime(command: str, work: Callable[[Runtime], Awaitable[T]]) -> T:
     """Run ``work`` with a started runtime; a problem the user can fix is one line."""
     from meridian.operations import RUNTIME_ERRORS, with_runtime
 
-    try:
+    with _one_line(command, *RUNTIME_ERRORS):
         return asyncio.run(with_runtime(get_settings(), work))
-    except RUNTIME_ERRORS as exc:
-        typer.echo(f"meridian {command}: {exc}", err=True)
-        raise typer.Exit(1) from exc
 
 
 @tenants_app.command("rotate-key")
@@ -479,7 +467,7 @@ def seed(
     from loadtests.seed import SeedError, run_blocking
     from loadtests.seed import seed as run_seed
 
-    try:
+    with _one_line("seed", SeedError):
         result = run_blocking(
             run_seed(
                 get_settings(),
@@ -496,9 +484,6 @@ def seed(
                 progress=progress,
             )
         )
-    except SeedError as exc:
-        typer.echo(f"meridian seed: {exc}", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(result.summary())
 
 
