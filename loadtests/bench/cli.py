@@ -20,6 +20,9 @@ Cases (wrk -t1 -c<connections>, a warm-up run first, <workers> uvicorn workers e
   each beside the same case for a tenant on a plain shard, on one server
   (``loadtests.bench.citus``).
 
+A tenant's online move between two servers under load has an entry of its own,
+``python -m loadtests.bench.move`` (``loadtests.bench.move``): it starts its own servers.
+
 "Cache on" runs Meridian with MERIDIAN_CACHE_RECORDS and MERIDIAN_CACHE_LISTS true,
 "cache off" with both false.
 """
