@@ -563,6 +563,24 @@ class Checks:
     replays: int = 0
     replays_wrong: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Requests of the checks that got no answer (and were sent again).
+    transport_errors: list[str] = field(default_factory=list)
+
+
+async def _send(
+    client: httpx.AsyncClient, checks: Checks, method: str, path: str, **kw: Any
+) -> httpx.Response:
+    """One request of the checks, sent again on a transport error (reads, and creates
+    under their Idempotency-Key, are safe to repeat); the errors are counted."""
+    for attempt in range(5):
+        try:
+            return await client.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            checks.transport_errors.append(f"{method} {path}: {exc!r}")
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 async def read_back(base_url: str, token: str, result: LoadResult, checks: Checks) -> None:
@@ -574,7 +592,7 @@ async def read_back(base_url: str, token: str, result: LoadResult, checks: Check
 
         async def one(cid: str, acked: dict[str, Any]) -> None:
             async with gate:
-                resp = await client.get(f"/v1/contacts/{cid}", headers=headers)
+                resp = await _send(client, checks, "GET", f"/v1/contacts/{cid}", headers=headers)
             checks.read_back += 1
             if resp.status_code != 200:
                 checks.lost.append(f"{cid}: {resp.status_code} {resp.text[:200]}")
@@ -593,8 +611,13 @@ async def read_back(base_url: str, token: str, result: LoadResult, checks: Check
 
         async def replay(key: str, body: dict[str, Any], cid: str) -> None:
             async with gate:
-                resp = await client.post(
-                    "/v1/contacts", json=body, headers={**headers, "Idempotency-Key": key}
+                resp = await _send(
+                    client,
+                    checks,
+                    "POST",
+                    "/v1/contacts",
+                    json=body,
+                    headers={**headers, "Idempotency-Key": key},
                 )
             checks.replays += 1
             if resp.status_code != 201 or resp.json().get("id") != cid:
@@ -758,6 +781,8 @@ class Report:
             f"| {_ms(longest_gap(acks, self.before))} | | |",
             f"| 503 answers during the run (each retried) | {sum(w[5] for w in result.writes)} "
             "| | |",
+            f"| writes sent again after no answer (connection errors) "
+            f"| {sum(w[6] for w in result.writes)} | | |",
             f"| writes acknowledged / not acknowledged | {len(writes)} / "
             f"{len(result.writes) - len(writes)} | | |",
             f"| acknowledged contacts read back through the API | {self.checks.read_back} | | |",
@@ -843,6 +868,9 @@ class Report:
         if unexpected:
             lines += ["", f"Writes answered otherwise ({len(unexpected)}):"]
             lines += [f"  {u}" for u in unexpected[:10]]
+        if self.checks.transport_errors:
+            lines += ["", "Check requests without an answer, sent again:"]
+            lines += [f"  {e}" for e in self.checks.transport_errors[:10]]
         if self.checks.newer:
             lines += [
                 "",
