@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.bench import move
 from loadtests.bench.move import Window, longest_gap, main, parse_args, percentile
-
-pytestmark = pytest.mark.slow
+from meridian_dev.postgres import LocalCluster
 
 
 def _leftover_servers() -> set[Path]:
@@ -36,6 +36,7 @@ def test_sizes_are_checked() -> None:
     assert parse_args([]).writers == 8
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_move_under_load_runs_with_tiny_sizes(
     redis_url: str, capsys: pytest.CaptureFixture[str]
@@ -51,4 +52,22 @@ def test_a_move_under_load_runs_with_tiny_sizes(
     assert "| reads, neighbour on dst |" in out
     assert "PROBLEMS" not in out
     # The private servers (and their folders) are gone.
+    assert _leftover_servers() <= before
+
+
+@pytest.mark.slow
+def test_the_servers_are_removed_when_the_run_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _leftover_servers()
+    started: list[Path] = []
+
+    async def fail(servers: dict[str, LocalCluster], args: object) -> None:
+        started.extend(s.root for s in servers.values())
+        assert all(s.is_running() for s in servers.values())
+        raise RuntimeError("seeding failed")
+
+    monkeypatch.setattr(move, "prepare_platform", fail)
+    with pytest.raises(RuntimeError, match="seeding failed"):
+        main(["--contacts", "10", "--no-fsync", "--redis-url", ""])
+    assert len(started) == 3
+    assert not any(root.exists() for root in started)
     assert _leftover_servers() <= before
