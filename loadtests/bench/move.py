@@ -754,11 +754,15 @@ class Report:
             rows.append(
                 f"| until the switch (plan → switched) | {switched - move.started:.1f} s | | |"
             )
+        freeze_verdict = (
+            "n/a" if info.freeze_ms is None else _verdict(info.freeze_ms < TARGET_FREEZE_MS)
+        )
         progress = info.progress
         parts = ("fence_ms", "fenced_catch_up_ms", "verify_ms")
         split = " / ".join(str(progress.get(k, "?")) for k in parts)
         rows += [
-            f"| write freeze, as the mover measured it (`freeze_ms`) | {info.freeze_ms} ms | | |",
+            f"| write freeze, as the mover measured it (`freeze_ms`) | {info.freeze_ms} ms "
+            f"| < 1 s | {freeze_verdict} |",
             f"| of which fence / fenced catch-up / verify | {split} ms | | |",
             f"| writes started during the move, p50 as writers saw it | {_ms(p50)} "
             f"| < 1 s | {_verdict(p50 < TARGET_FREEZE_MS / 1000)} |",
