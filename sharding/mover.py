@@ -11,6 +11,12 @@ At every moment exactly one copy of the tenant accepts writes: the source until 
 fence, nobody during the freeze, the target after the switch. The target's residency
 row is written by the mover, not replicated: non-writable at the old epoch until the
 switch makes it writable at the new one (a replicated copy would arrive writable).
+
+A shard that cannot be reached stalls the move where it is: the cause is recorded as
+its error, :class:`MoveStalledError` is raised, and the move goes on when it is run
+again. Only while the source is fenced does a target that is gone roll the move back
+instead (the tenant's writes are frozen, so waiting is worse than starting over); the
+source is unfenced without the target, whose share of the cleanup waits for its return.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 import asyncpg
@@ -51,6 +57,20 @@ _SESSION = {
     "bytea_output": "hex",
     "application_name": "meridian-mover",
 }
+# What a shard that cannot be reached looks like: a refused or timed-out connection, a
+# server shutting down or starting up, a connection lost mid-query (and "connection is
+# closed" on its next use). Which shard it was is asked afterwards (``_unreachable``).
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InterfaceError,
+)
+# How long a shard may take to answer whether it is there at all.
+_PROBE_TIMEOUT = 3.0
 
 
 class MoveError(ShardingError):
@@ -73,6 +93,11 @@ class MoveRefusedError(MoveError):
 
 class MoveBusyError(MoveError):
     """Another process is driving this move right now."""
+
+
+class MoveStalledError(MoveError):
+    """The move cannot go on for now (a shard cannot be reached): the cause is recorded
+    as its error and it stays resumable; running it again goes on from where it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +299,9 @@ class Mover:
     async def run_move(self, move_id: UUID, *, max_steps: int | None = None) -> MoveInfo:
         """Drive the move until it is finished (or ``max_steps`` steps have run) and
         return where it stands. Resuming a move is the same call, from any process;
-        while one process drives a move, another gets MoveBusyError."""
+        while one process drives a move, another gets MoveBusyError. A shard that
+        cannot be reached stops it with MoveStalledError (the move records why): run it
+        again later."""
         steps = 0
         async with self._driving(move_id):
             info = await self.get_move(move_id)
@@ -316,7 +343,8 @@ class Mover:
                 )
         try:
             return await self.run_move(move_id)
-        except MoveBusyError:
+        except (MoveBusyError, MoveStalledError):
+            # Stalled: a shard is down; the rollback is recorded and finishes on a resume.
             return await self.get_move(move_id)
 
     # -- driving -----------------------------------------------------------------------
@@ -345,9 +373,19 @@ class Mover:
 
     async def _step(self, info: MoveInfo) -> MoveInfo:
         """One step from the recorded state; returns the move as recorded after it."""
+        try:
+            await self._advance(info)
+        except _UNREACHABLE as exc:
+            await self._lost_shard(info.id, exc)
+        else:
+            if info.error is not None and info.rollback_to is None:
+                await self._clear_error(info.id)
+        return await self.get_move(info.id)
+
+    async def _advance(self, info: MoveInfo) -> None:
         if info.rollback_to is not None:
             await self._roll_back(info)
-            return await self.get_move(info.id)
+            return
         try:
             match info.state:
                 case MoveState.PLANNED:
@@ -370,12 +408,73 @@ class Mover:
             if info.state in (MoveState.SWITCHED, MoveState.CLEANING):
                 # Past the switch there is no way back: the move stays where it is,
                 # with the error, to be resumed once the cause is fixed.
-                await self._record(info.id, error=str(abort))
-                raise MoveError(f"move {info.id} cannot go on: {abort}") from abort
+                await self._stall(await self.get_move(info.id), str(abort))
             log.warning("move %s aborted: %s", info.id, abort)
             await self._record(info.id, rollback_to=MoveState.FAILED.value, error=str(abort))
             await self._roll_back(await self.get_move(info.id))
-        return await self.get_move(info.id)
+
+    async def _lost_shard(self, move_id: UUID, exc: BaseException) -> None:
+        """A step could not reach a shard or lost its connection: the move waits where
+        it is (MoveStalledError) to go on once the shard is back. Unless the source has
+        the tenant's writes frozen for the move and can lift the freeze: then waiting
+        for the target is worse than starting over, and the move is rolled back (at
+        once, even with the target down)."""
+        info = await self.get_move(move_id)
+        source, target = await self._shards(info)
+        down = await _unreachable(source, target)
+        frozen = False
+        if (
+            info.rollback_to is None
+            and info.state in (MoveState.VERIFYING, MoveState.FREEZING)
+            and source.id not in down
+        ):
+            try:
+                frozen = await _fenced(source, info)
+            except _UNREACHABLE:
+                down = [source.id, *down]
+        what = _unreachable_note(down, exc)
+        if not frozen:
+            # Before the fence the source serves the tenant meanwhile; after the switch
+            # there is no way back; with the source down the tenant is unavailable
+            # whatever the move does, and switching without it cannot be checked.
+            state = "the rollback" if info.rollback_to is not None else info.state.value
+            await self._stall(info, f"{what}; {state} will be retried")
+        reason = f"{what} while the tenant's writes were frozen for the move"
+        log.warning("move %s rolls back: %s", info.id, reason)
+        await self._record(info.id, rollback_to=MoveState.FAILED.value, error=reason)
+        try:
+            await self._roll_back(await self.get_move(info.id))
+        except _UNREACHABLE as again:
+            # The source went too (the target's absence the rollback handles itself).
+            down = await _unreachable(source, target)
+            note = _unreachable_note(down, again)
+            await self._stall(await self.get_move(info.id), f"{note}; the rollback will be retried")
+
+    async def _stall(self, info: MoveInfo, note: str) -> NoReturn:
+        """Record why the move cannot go on for now and raise MoveStalledError; run
+        again, it goes on from where it is (``info`` as recorded, for a rollback's
+        reason)."""
+        values: dict[str, Any] = {"error": note}
+        if info.rollback_to is not None:
+            # The rollback's reason is kept, to be the error again once it is done.
+            reason = _rollback_reason(info)
+            values = {
+                "error": f"{reason}; rolling back: {note}",
+                "progress": {**info.progress, "rollback_reason": reason},
+            }
+        await self._record(info.id, **values)
+        log.warning("move %s stalled: %s", info.id, values["error"])
+        raise MoveStalledError(f"move {info.id} stalled: {values['error']}")
+
+    async def _clear_error(self, move_id: UUID) -> None:
+        """A step went through after the move stalled: its error is history. Not once
+        a rollback is asked for (its error says why), even meanwhile."""
+        async with self._control.begin() as conn:
+            await conn.execute(
+                update(TenantMove)
+                .where(TenantMove.id == move_id, TenantMove.rollback_to.is_(None))
+                .values(error=None, updated_at=func.now())
+            )
 
     # planned → copying
     async def _start_replication(self, info: MoveInfo) -> None:
@@ -417,11 +516,13 @@ class Mover:
     # copying → catching_up
     async def _wait_for_copy(self, info: MoveInfo) -> None:
         """Until every table's initial copy is done (pg_subscription_rel 'r'), with rows
-        copied/total per table recorded as it goes."""
+        copied/total per table recorded as it goes. A table whose sync cannot finish
+        (``_orphaned_syncs``) starts the copy over."""
         source, target = await self._shards(info)
         name = replication_name(info.id)
         deadline = time.monotonic() + self.options.copy_timeout
         last_report = 0.0
+        orphaned_since: dict[int, float] = {}
         async with _connect(source) as src, _connect(target) as dst:
             tables = await _moved_tables(src)
             while True:
@@ -437,12 +538,37 @@ class Mover:
                     await self._record_copy_progress(info, src, dst, tables)
                     await self._check_cancelled(info.id)
                     last_report = time.monotonic()
+                    orphaned = await _orphaned_syncs(src, dst, name)
+                    orphaned_since = {t: orphaned_since.get(t, last_report) for t in orphaned}
+                    if any(last_report - t >= 2.0 for t in orphaned_since.values()):
+                        break
                 if ready:
                     break
                 if time.monotonic() > deadline:
                     raise _Abort(f"the initial copy did not finish in {self.options.copy_timeout}s")
                 await asyncio.sleep(max(self.options.poll_interval, 0.1))
+        if not ready:
+            await self._restart_copy(info, source, target)
+            return
         await self._record(info.id, state=MoveState.CATCHING_UP.value)
+
+    async def _restart_copy(self, info: MoveInfo, source: _Shard, target: _Shard) -> None:
+        """copying → planned: the replication dropped and the target's copy deleted, to
+        be made again by the next step. The target serves nothing of the tenant yet."""
+        restarts = int(info.progress.get("copy_restarts", 0)) + 1
+        if restarts > 3:
+            raise _Abort("the initial copy lost a table sync's slot on the source 3 times")
+        log.warning(
+            "move %s: a table sync lost its slot on shard %s; the copy starts over",
+            info.id,
+            source.id,
+        )
+        await self._drop_replication(source, target, replication_name(info.id))
+        async with _connect(target) as dst:
+            await self._delete_tenant(dst, info.tenant_id)
+        progress = {**info.progress, "copy_restarts": restarts}
+        progress.pop("tables", None)
+        await self._record(info.id, state=MoveState.PLANNED.value, progress=progress)
 
     async def _record_copy_progress(
         self,
@@ -462,11 +588,11 @@ class Mover:
     async def _catch_up(self, info: MoveInfo) -> None:
         """Until the target has applied everything the source had written when this
         step began (writes go on meanwhile)."""
-        source, _ = await self._shards(info)
-        async with _connect(source) as src:
+        source, target = await self._shards(info)
+        async with _connect(source) as src, _connect(target) as dst:
             lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")
             lag = await self._wait_applied(
-                info, src, lsn, self.options.catch_up_timeout, "catch-up"
+                info, src, dst, lsn, self.options.catch_up_timeout, "catch-up"
             )
         await self._record(info.id, state=MoveState.VERIFYING.value, lag_bytes=lag)
 
@@ -479,11 +605,13 @@ class Mover:
         the fence could not tell lag from a difference. So the write freeze starts
         here, and any difference rolls the move back, which unfences the source."""
         source, target = await self._shards(info)
-        # The freeze is measured from before the fence waits for in-flight writers
-        # (new writers queue behind it from then on), and from the first attempt only.
-        await self._record(info.id, fenced_at=func.coalesce(TenantMove.fenced_at, func.now()))
-        started = time.monotonic()
+        # Both shards are reached before the fence: a target that is down does not
+        # freeze the tenant's writes.
         async with _connect(source) as src, _connect(target) as dst:
+            # The freeze is measured from before the fence waits for in-flight writers
+            # (new writers queue behind it from then on), and from the first attempt only.
+            await self._record(info.id, fenced_at=func.coalesce(TenantMove.fenced_at, func.now()))
+            started = time.monotonic()
             async with src.transaction():
                 await src.execute(
                     f"SET LOCAL lock_timeout = '{int(self.options.fence_lock_timeout * 1000)}ms'"
@@ -504,7 +632,7 @@ class Mover:
             fence_lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")
             fenced = time.monotonic()
             await self._wait_applied(
-                info, src, fence_lsn, self.options.fenced_catch_up_timeout, "fenced catch-up"
+                info, src, dst, fence_lsn, self.options.fenced_catch_up_timeout, "fenced catch-up"
             )
             applied = time.monotonic()
             tables = await _moved_tables(src)
@@ -553,7 +681,7 @@ class Mover:
                 return
             lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")
             await self._wait_applied(
-                info, src, lsn, self.options.fenced_catch_up_timeout, "fenced catch-up"
+                info, src, dst, lsn, self.options.fenced_catch_up_timeout, "fenced catch-up"
             )
             await dst.execute(
                 "UPDATE tenant_residency SET epoch = $2, writable = true, updated_at = now() "
@@ -653,7 +781,12 @@ class Mover:
         """Undo a move that has not switched: the target stops being able to serve
         first (if the switch had begun), then the source is unfenced, then the
         replication is dropped and the target's copy deleted. Each part is
-        idempotent, so a rollback is resumed like any other step."""
+        idempotent, so a rollback is resumed like any other step.
+
+        A target that cannot be reached does not keep the source fenced: the source is
+        unfenced and its end of the replication dropped (a slot left there would keep
+        its WAL), then the rollback stalls (MoveStalledError) until the target is back
+        to drop the subscription and the copy."""
         assert info.rollback_to is not None
         source, target = await self._shards(info)
         async with self._control.connect() as conn:
@@ -663,14 +796,20 @@ class Mover:
             # records ``switched``, so only by hand): forward only.
             await self._record(info.id, rollback_to=None, state=MoveState.SWITCHED.value)
             return
+        name = replication_name(info.id)
+        lost: BaseException | None = None  # why the target could not be reached
         if info.state is MoveState.FREEZING:
             # The switch may have made the target writable already: not any more, before
-            # the source is. Earlier the target's row was never writable, so a target
-            # that is down does not keep the source fenced.
-            async with _connect(target) as dst:
-                await dst.execute(
-                    "DELETE FROM tenant_residency WHERE tenant_id = $1", info.tenant_id
-                )
+            # the source is. Earlier the target's row was never writable.
+            try:
+                async with _connect(target) as dst:
+                    await dst.execute(
+                        "DELETE FROM tenant_residency WHERE tenant_id = $1", info.tenant_id
+                    )
+            except _UNREACHABLE as exc:
+                # The directory never named the target (checked above), so no request
+                # reaches a row the switch made writable there: unfence all the same.
+                lost = exc
         async with _connect(source) as src:
             await src.execute(
                 "UPDATE tenant_residency SET writable = true, updated_at = now() "
@@ -678,15 +817,43 @@ class Mover:
                 info.tenant_id,
                 info.epoch,
             )
-        await self._drop_replication(source, target, replication_name(info.id))
-        async with _connect(target) as dst:
-            await self._delete_tenant(dst, info.tenant_id)
-        await self._record(info.id, state=info.rollback_to.value, finished_at=func.now())
+        sub_oid = None
+        if lost is None:
+            try:
+                sub_oid = await self._drop_subscription(target, name)
+            except _UNREACHABLE as exc:
+                lost = exc
+        await self._drop_publication(source, name, sub_oid, target_lost=lost is not None)
+        if lost is None:
+            try:
+                async with _connect(target) as dst:
+                    await self._delete_tenant(dst, info.tenant_id)
+            except _UNREACHABLE as exc:
+                lost = exc
+        if lost is not None:
+            await self._stall(
+                info,
+                f"{_unreachable_note([target.id], lost)}; the source serves the tenant, "
+                "and the subscription and the tenant's copy on the target are dropped "
+                "once it is back: the rollback will be retried",
+            )
+        await self._record(
+            info.id,
+            state=info.rollback_to.value,
+            finished_at=func.now(),
+            error=_rollback_reason(info),
+        )
 
     # -- pieces ------------------------------------------------------------------------
 
     async def _wait_applied(
-        self, info: MoveInfo, src: asyncpg.Connection, lsn: str, within: float, what: str
+        self,
+        info: MoveInfo,
+        src: asyncpg.Connection,
+        dst: asyncpg.Connection,
+        lsn: str,
+        within: float,
+        what: str,
     ) -> int:
         """Until the subscription has confirmed (applied and flushed) ``lsn`` of the
         source; records the lag in bytes as it goes and returns the last one."""
@@ -708,30 +875,58 @@ class Mover:
             if time.monotonic() - last_report > 0.5:
                 await self._record(info.id, lag_bytes=lag)
                 await self._check_cancelled(info.id)
+                # A target that is gone never catches up: better known now than at the
+                # deadline, which would roll the move back.
+                await dst.fetchval("SELECT 1", timeout=_PROBE_TIMEOUT)
                 last_report = time.monotonic()
             if time.monotonic() > deadline:
                 raise _Abort(f"the {what} did not finish in {within}s ({lag} bytes behind)")
             await asyncio.sleep(self.options.poll_interval)
 
     async def _drop_replication(self, source: _Shard, target: _Shard, name: str) -> None:
+        sub_oid = await self._drop_subscription(target, name)
+        await self._drop_publication(source, name, sub_oid, target_lost=False)
+
+    async def _drop_subscription(self, target: _Shard, name: str) -> int | None:
+        """Drop the move's subscription on the target; returns its oid (None: none)."""
         async with _connect(target) as dst:
-            sub_oid = await dst.fetchval("SELECT oid FROM pg_subscription WHERE subname = $1", name)
+            sub_oid: int | None = await dst.fetchval(
+                "SELECT oid FROM pg_subscription WHERE subname = $1", name
+            )
             if sub_oid is not None:
                 # Detached from its slot first, so dropping it never needs the source;
-                # the slot is dropped below, on the source itself.
+                # the slot is dropped on the source itself (_drop_publication).
                 sub = quote_ident(name)
                 await dst.execute(f"ALTER SUBSCRIPTION {sub} DISABLE")
                 await dst.execute(f"ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)")
                 await dst.execute(f"DROP SUBSCRIPTION {sub}")
+        return sub_oid
+
+    async def _drop_publication(
+        self, source: _Shard, name: str, sub_oid: int | None, *, target_lost: bool
+    ) -> None:
+        """Drop the move's slot (and the table syncs' slots of subscription ``sub_oid``,
+        when known) and publication on the source. ``target_lost``: the target cannot be
+        reached, so its walsender on the source is ended instead of waited for, and a
+        slot still held after a short while is left to the resumed rollback."""
         async with _connect(source) as src:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + (5 if target_lost else 30)
             while await _slot_exists(src, name):
                 try:
                     await src.execute("SELECT pg_drop_replication_slot($1)", name)
                 except asyncpg.ObjectInUseError:
-                    # The disabled subscription's walsender has not exited yet.
+                    # The disabled subscription's walsender has not exited yet, or the
+                    # lost target's has not noticed (it would wait for wal_sender_timeout).
                     if time.monotonic() > deadline:
+                        if target_lost:
+                            break  # the publication goes all the same
                         raise
+                    if target_lost:
+                        await src.execute(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                            "WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                            name,
+                        )
                     await asyncio.sleep(0.1)
                 except asyncpg.UndefinedObjectError:
                     break
@@ -783,6 +978,15 @@ class Mover:
                     f"shard {shard.id} runs {shard.engine}: moves between shards run on "
                     "plain PostgreSQL shards"
                 )
+        try:
+            await self._compare_shards(tenant_id, source, target)
+        except _UNREACHABLE as exc:
+            down = await _unreachable(source, target)
+            raise MoveRefusedError(
+                f"{_unreachable_note(down, exc)}: plan the move once it is back"
+            ) from exc
+
+    async def _compare_shards(self, tenant_id: UUID, source: _Shard, target: _Shard) -> None:
         async with _connect(source) as src, _connect(target) as dst:
             wal_level = await src.fetchval("SHOW wal_level")
             if wal_level != "logical":
@@ -870,6 +1074,50 @@ class _Cancelled(Exception):
     """A rollback was asked for (``cancel_move``) while a step was waiting."""
 
 
+def _rollback_reason(info: MoveInfo) -> str:
+    """Why the move is rolled back, also once a stall has replaced its error."""
+    assert info.rollback_to is not None
+    return str(info.progress.get("rollback_reason") or info.error or info.rollback_to.value)
+
+
+async def _unreachable(*shards: _Shard) -> list[str]:
+    """The ids of ``shards`` that do not answer now."""
+
+    async def answers(shard: _Shard) -> bool:
+        try:
+            async with _connect(shard, connect_timeout=_PROBE_TIMEOUT) as conn:
+                await conn.fetchval("SELECT 1", timeout=_PROBE_TIMEOUT)
+        except _UNREACHABLE:
+            return False
+        return True
+
+    found = await asyncio.gather(*(answers(s) for s in shards))
+    return [s.id for s, ok in zip(shards, found, strict=True) if not ok]
+
+
+def _unreachable_note(down: Sequence[str], exc: BaseException) -> str:
+    cause = str(exc) or type(exc).__name__
+    if not down:
+        # It answers again already: a restart, or a connection cut mid-way.
+        return f"lost a shard connection ({cause})"
+    if len(down) == 1:
+        return f"shard {down[0]} is unreachable ({cause})"
+    return f"shards {' and '.join(down)} are unreachable ({cause})"
+
+
+async def _fenced(source: _Shard, info: MoveInfo) -> bool:
+    """Whether the source has the tenant's writes frozen for the move: its residency at
+    the move's epoch, not writable."""
+    async with _connect(source, connect_timeout=_PROBE_TIMEOUT) as src:
+        writable = await src.fetchval(
+            "SELECT writable FROM tenant_residency WHERE tenant_id = $1 AND epoch = $2",
+            info.tenant_id,
+            info.epoch,
+            timeout=_PROBE_TIMEOUT,
+        )
+    return writable is False
+
+
 async def _directory_is(conn: AsyncConnection, info: MoveInfo, shard_id: str, epoch: int) -> bool:
     found = await conn.scalar(
         select(func.count()).where(
@@ -882,14 +1130,48 @@ async def _directory_is(conn: AsyncConnection, info: MoveInfo, shard_id: str, ep
 
 
 @asynccontextmanager
-async def _connect(shard: _Shard) -> AsyncIterator[asyncpg.Connection]:
+async def _connect(
+    shard: _Shard, *, connect_timeout: float = 10.0
+) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(
-        asyncpg_dsn(shard.admin_dsn), timeout=10.0, server_settings=_SESSION
+        asyncpg_dsn(shard.admin_dsn), timeout=connect_timeout, server_settings=_SESSION
     )
     try:
         yield conn
-    finally:
-        await conn.close()
+    except BaseException:
+        # Its server may be gone: a polite close could wait for it.
+        conn.terminate()
+        raise
+    await conn.close()
+
+
+async def _orphaned_syncs(src: asyncpg.Connection, dst: asyncpg.Connection, name: str) -> set[int]:
+    """Tables of the subscription ``name`` whose sync has copied them (state 'f') but
+    whose slot is gone from the source: they never finish. PostgreSQL drops a sync's
+    slot on the source before it commits the table's next state; a source (or target)
+    that crashes in between leaves the table so.
+
+    The slots are read before the states: a table seen 'f' was 'f' or earlier when its
+    slot was looked for. A sync between dropping its slot and committing, or between
+    making its slot and copying, shows the same for a moment, so callers wait for it to
+    last."""
+    slots = {
+        r["slot_name"]
+        for r in await src.fetch(
+            "SELECT slot_name::text FROM pg_replication_slots "
+            "WHERE slot_name::text LIKE 'pg\\_%\\_sync\\_%'"
+        )
+    }
+    copied = await dst.fetch(
+        "SELECT r.srsubid::int8 AS sub, r.srrelid::int8 AS rel FROM pg_subscription_rel r "
+        "JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = $1 AND r.srsubstate = 'f'",
+        name,
+    )
+    return {
+        r["rel"]
+        for r in copied
+        if not any(s.startswith(f"pg_{r['sub']}_sync_{r['rel']}_") for s in slots)
+    }
 
 
 async def _slot_exists(conn: asyncpg.Connection, name: str) -> bool:
