@@ -1,5 +1,6 @@
 """Tenant moves through faults (``sharding.mover``): a shard going down mid-move, a
-mover killed after each state, a catch-up that cannot finish in time.
+mover killed after each state, a catch-up that cannot finish in time, a table sync
+left without its slot.
 
 Two throwaway servers of this module's own (stopped and restarted here, so no other
 module's) hold shards mf-a and mf-b; tenants are moved from mf-a to mf-b. Every test
@@ -277,6 +278,79 @@ async def test_a_target_down_after_the_fence_rolls_back_at_once(
     assert await directory(env, tenant) == (B, 2)
     assert await leftovers(env, move.id) == []
     await _assert_clean_end(env, tenant, again, seeded | writer.acked, neighbours)
+
+
+async def test_a_target_lost_while_the_fence_waits_for_it_rolls_back_at_once(
+    env: Env, neighbours: list[Neighbour]
+) -> None:
+    tenant = await env.tenant()
+    seeded = await seed(env, tenant, contacts=20)
+    mover = env.mover(options=OPTIONS)
+    move = await mover.plan_move(uuid.UUID(tenant.id), B)
+    async with _writing(env, tenant) as writer:
+        while move.state is not MoveState.VERIFYING:
+            move = await mover.run_move(move.id, max_steps=1)
+        # The target stops applying: the fenced step waits for it (up to 10 s).
+        await query(env.url(B), f"ALTER SUBSCRIPTION {replication_name(move.id)} DISABLE")
+        verifying = asyncio.create_task(env.mover(options=OPTIONS).run_move(move.id))
+        deadline = time.monotonic() + 10
+        while await residency(env, A, tenant) != (1, False):
+            assert not verifying.done(), verifying
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await assert_one_writable(env, tenant)  # none: frozen
+        started = time.monotonic()
+        await _stop(env, B)
+        with pytest.raises(MoveStalledError, match=B):
+            await verifying
+        # Seen at once, not at the fenced catch-up's deadline.
+        assert time.monotonic() - started < 5
+        move = await mover.get_move(move.id)
+        assert (move.state, move.rollback_to) == (MoveState.VERIFYING, MoveState.FAILED)
+        assert await residency(env, A, tenant) == (1, True)
+        assert await leftovers(env, move.id, down=frozenset({B})) == []
+        await _acked_more(writer, writer.acks)
+
+        await _start(env, B)
+        move = await env.mover(options=OPTIONS).run_move(move.id)
+        assert move.state is MoveState.FAILED
+        assert move.error is not None
+        assert f"shard {B} is unreachable" in move.error
+    assert await directory(env, tenant) == (A, 1)
+    await _assert_clean_end(env, tenant, move, seeded | writer.acked, neighbours)
+
+
+async def test_a_source_down_while_writes_are_frozen_stalls_the_move_until_it_is_back(
+    env: Env, neighbours: list[Neighbour]
+) -> None:
+    tenant = await env.tenant()
+    seeded = await seed(env, tenant, contacts=20)
+    mover = env.mover(options=OPTIONS)
+    move = await mover.plan_move(uuid.UUID(tenant.id), B)
+    async with _writing(env, tenant) as writer:
+        while move.state is not MoveState.FREEZING:
+            move = await mover.run_move(move.id, max_steps=1)
+        await _stop(env, A)
+        with pytest.raises(MoveStalledError, match=A):
+            await env.mover(options=OPTIONS).run_move(move.id)
+        # Its only shard is down: no rollback (it could not unfence anything), no
+        # switch without it; the target still refuses the tenant.
+        move = await mover.get_move(move.id)
+        assert (move.state, move.rollback_to) == (MoveState.FREEZING, None)
+        assert move.error is not None
+        assert f"shard {A} is unreachable" in move.error
+        assert "freezing will be retried" in move.error
+        await assert_one_writable(env, tenant, down=frozenset({A}))
+        assert await residency(env, B, tenant) == (1, False)
+
+        await _start(env, A)
+        acks = writer.acks
+        move = await env.mover(options=OPTIONS).run_move(move.id)
+        await _acked_more(writer, acks)
+    assert move.state is MoveState.DONE, move.error
+    assert move.error is None
+    assert await directory(env, tenant) == (B, 2)
+    await _assert_clean_end(env, tenant, move, seeded | writer.acked, neighbours)
 
 
 async def test_a_source_down_mid_copy_stalls_the_move_until_it_is_back(
