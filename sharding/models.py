@@ -15,8 +15,10 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -102,6 +104,7 @@ class TenantMove(ControlBase):
         ),
         CheckConstraint("rollback_to IN ('failed', 'cancelled')", name="rollback_to"),
         CheckConstraint("source_shard_id <> target_shard_id", name="two_shards"),
+        UniqueConstraint("tenant_id", "creation_key", name="uq_tenant_move_creation_key"),
         Index(
             "uq_tenant_move_unfinished",
             "tenant_id",
@@ -132,3 +135,6 @@ class TenantMove(ControlBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Idempotency-Key of the request that planned the move, and what it asked for.
+    creation_key: Mapped[str | None] = mapped_column(String(255))
+    creation_fingerprint: Mapped[bytes | None] = mapped_column(LargeBinary)

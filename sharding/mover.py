@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from uuid_utils.compat import uuid7
 
+from sharding import verify
 from sharding.catalog import quote_ident, tenant_tables
 from sharding.engine import ShardEngine, asyncpg_dsn
 from sharding.errors import ShardingError, UnknownShardError
@@ -165,6 +166,15 @@ def replication_name(move_id: UUID) -> str:
     return f"meridian_move_{move_id.hex}"
 
 
+def verify_slot_name(move_id: UUID) -> str:
+    """The slot that marks where the live part of the move's verification began."""
+    return verify_slot_name_of(replication_name(move_id))
+
+
+def verify_slot_name_of(replication: str) -> str:
+    return f"{replication}_v"
+
+
 def _lock_key(move_id: UUID) -> int:
     # The random tail of the UUIDv7, as a signed bigint for pg_try_advisory_lock.
     return int.from_bytes(move_id.bytes[8:], "big", signed=True)
@@ -208,9 +218,17 @@ class Mover:
 
     # -- the public surface --------------------------------------------------------------
 
-    async def plan_move(self, tenant_id: UUID, target_shard_id: str) -> MoveInfo:
+    async def plan_move(
+        self,
+        tenant_id: UUID,
+        target_shard_id: str,
+        *,
+        creation_key: str | None = None,
+        creation_fingerprint: bytes | None = None,
+    ) -> MoveInfo:
         """Record a move of the tenant to ``target_shard_id`` (state ``planned``) after
-        checking that it can run; nothing is changed on the shards yet.
+        checking that it can run; nothing is changed on the shards yet. The request's
+        Idempotency-Key and fingerprint, if any, are recorded with it.
 
         Raises MoveNotFoundError (no such tenant), UnknownShardError (no such shard),
         MoveConflictError (already on that shard, or another move is unfinished) and
@@ -262,6 +280,8 @@ class Mover:
                         target_shard_id=target.id,
                         epoch=found.epoch,
                         state=MoveState.PLANNED.value,
+                        creation_key=creation_key,
+                        creation_fingerprint=creation_fingerprint,
                     )
                 )
         except IntegrityError as exc:
@@ -280,15 +300,32 @@ class Mover:
             raise MoveNotFoundError(f"no move {move_id}")
         return _info(row)
 
+    async def planned_with(self, tenant_id: UUID, key: str) -> tuple[MoveInfo, bytes | None] | None:
+        """The tenant's move planned with Idempotency-Key ``key``, and the fingerprint
+        of the request that planned it."""
+        async with self._control.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(TenantMove).where(
+                        TenantMove.tenant_id == tenant_id, TenantMove.creation_key == key
+                    )
+                )
+            ).one_or_none()
+        return None if row is None else (_info(row), row.creation_fingerprint)
+
     async def list_moves(
         self,
         *,
         tenant_id: UUID | None = None,
         state: MoveState | str | None = None,
         limit: int = 100,
+        before: UUID | None = None,
     ) -> list[MoveInfo]:
-        """Moves, newest first (ids are time-ordered)."""
+        """Moves, newest first (ids are time-ordered); ``before``: those older than that
+        move (the next page)."""
         stmt = select(TenantMove).order_by(TenantMove.id.desc()).limit(limit)
+        if before is not None:
+            stmt = stmt.where(TenantMove.id < before)
         if tenant_id is not None:
             stmt = stmt.where(TenantMove.tenant_id == tenant_id)
         if state is not None:
@@ -316,6 +353,16 @@ class Mover:
         """Roll the move back (before it switched): the source serves the tenant as
         before and the target keeps nothing of it. When another process is driving the
         move, the request is recorded and that process rolls back at its next step."""
+        await self.request_cancel(move_id)
+        try:
+            return await self.run_move(move_id)
+        except (MoveBusyError, MoveStalledError):
+            # Stalled: a shard is down; the rollback is recorded and finishes on a resume.
+            return await self.get_move(move_id)
+
+    async def request_cancel(self, move_id: UUID) -> MoveInfo:
+        """Record that the move is to be rolled back, and return it; whoever drives it
+        next (or drives it now: at its next step or wait) rolls it back."""
         async with self._control.begin() as conn:
             row = (
                 await conn.execute(
@@ -341,11 +388,7 @@ class Mover:
                         updated_at=func.now(),
                     )
                 )
-        try:
-            return await self.run_move(move_id)
-        except (MoveBusyError, MoveStalledError):
-            # Stalled: a shard is down; the rollback is recorded and finishes on a resume.
-            return await self.get_move(move_id)
+        return await self.get_move(move_id)
 
     # -- driving -----------------------------------------------------------------------
 
@@ -578,7 +621,7 @@ class Mover:
         tables: Sequence[str],
     ) -> None:
         total, copied = await asyncio.gather(
-            _counts(src, tables, info.tenant_id), _counts(dst, tables, info.tenant_id)
+            verify.counts(src, tables, info.tenant_id), verify.counts(dst, tables, info.tenant_id)
         )
         progress = dict(info.progress)
         progress["tables"] = {t: {"copied": copied[t], "total": total[t]} for t in tables}
@@ -594,7 +637,41 @@ class Mover:
             lag = await self._wait_applied(
                 info, src, dst, lsn, self.options.catch_up_timeout, "catch-up"
             )
-        await self._record(info.id, state=MoveState.VERIFYING.value, lag_bytes=lag)
+        live = await self._compare_live(info, source, target)
+        await self._record(
+            info.id,
+            state=MoveState.VERIFYING.value,
+            lag_bytes=lag,
+            progress={**info.progress, "live_check": live},
+        )
+
+    async def _compare_live(self, info: MoveInfo, source: _Shard, target: _Shard) -> dict[str, Any]:
+        """The live part of the verification (``sharding.verify``): a slot marks the
+        point first, then every row is compared while writes go on; the keys that
+        differ are recorded for the part under the fence."""
+        slot = verify_slot_name(info.id)
+        async with _connect(source) as src:
+            if await _slot_exists(src, slot):
+                # From an interrupted attempt: its point is older than this comparison.
+                await src.execute("SELECT pg_drop_replication_slot($1)", slot)
+            point = await src.fetchval(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", slot
+            )
+        started = time.monotonic()
+        async with _connect(source) as src, _connect(target) as dst:
+            marker = await verify.xid_marker(dst)
+            keys = await verify.primary_keys(src, await _moved_tables(src))
+            differing, compared = await verify.live_differences(src, dst, keys, info.tenant_id)
+        return {
+            "slot_lsn": point,
+            "target_xid": marker,
+            "rows": compared,
+            "ms": round((time.monotonic() - started) * 1000),
+            # None: too many to recheck under the fence, which compares everything.
+            "differing": None
+            if differing is None
+            else {t: [list(k) for k in found] for t, found in differing.items()},
+        }
 
     # verifying → freezing
     async def _fence_and_verify(self, info: MoveInfo) -> None:
@@ -636,15 +713,19 @@ class Mover:
             )
             applied = time.monotonic()
             tables = await _moved_tables(src)
-            here, there = await asyncio.gather(
-                _checksums(src, tables, info.tenant_id), _checksums(dst, tables, info.tenant_id)
+            here, there, mode, rechecked = await self._compare_fenced(
+                info, src, dst, tables, fence_lsn
             )
         differing = sorted(t for t in tables if here[t] != there[t])
         progress = dict(info.progress)
         progress["verified"] = {
-            t: {"rows": here[t][0], "source_hash": here[t][1], "target_hash": there[t][1]}
+            t: {"rows": here[t][0], "target_rows": there[t][0], "matches": here[t] == there[t]}
             for t in tables
         }
+        progress["verify_mode"] = mode
+        progress["rechecked_rows"] = rechecked
+        # The copy's final figures: every row of the tenant is on both sides.
+        progress["tables"] = {t: {"copied": there[t][0], "total": here[t][0]} for t in tables}
         # Where the freeze's time goes: waiting for in-flight writers, for the target to
         # apply up to the fence, and comparing.
         progress["fence_ms"] = round((fenced - started) * 1000)
@@ -654,6 +735,58 @@ class Mover:
         if differing:
             raise _Abort(f"verification failed: {', '.join(differing)} differ between the shards")
         await self._record(info.id, state=MoveState.FREEZING.value, lag_bytes=0)
+
+    async def _compare_fenced(
+        self,
+        info: MoveInfo,
+        src: asyncpg.Connection,
+        dst: asyncpg.Connection,
+        tables: Sequence[str],
+        fence_lsn: str,
+    ) -> tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]], str, int]:
+        """The part of the verification under the fence: per table on each side, the
+        row count and what is compared (a hash of the rows that differed live or
+        changed since its point, or of every row), the mode (delta or full), and the
+        rows compared by key."""
+        live = info.progress.get("live_check") or {}
+        slot = verify_slot_name(info.id)
+        changed: dict[str, set[verify.Key]] | None = None
+        if (
+            live.get("differing") is not None
+            and "target_xid" in live
+            and await _slot_exists(src, slot)
+        ):
+            try:
+                changed = await verify.changed_keys(src, slot, replication_name(info.id), fence_lsn)
+            except verify.TruncatedError:
+                changed = None
+        if changed is None:
+            here, there = await asyncio.gather(
+                verify.checksums(src, tables, info.tenant_id),
+                verify.checksums(dst, tables, info.tenant_id),
+            )
+            return here, there, "full", sum(n for n, _ in here.values())
+        keys = await verify.primary_keys(src, tables)
+        counted_here, counted_there = await asyncio.gather(
+            verify.counts(src, tables, info.tenant_id), verify.counts(dst, tables, info.tenant_id)
+        )
+        here, there = {}, {}
+        rechecked = 0
+        for table in tables:
+            written = await verify.rows_written_since(
+                dst, keys[table], info.tenant_id, live["target_xid"]
+            )
+            wanted = (
+                {tuple(k) for k in live["differing"].get(table, [])}
+                | changed.get(table, set())
+                | written
+            )
+            rechecked += len(wanted)
+            wrong = await verify.differing_rows(src, dst, keys[table], info.tenant_id, wanted)
+            # Equal unless the counts or some rows differ (the keys of those, as text).
+            here[table] = (counted_here[table], "")
+            there[table] = (counted_there[table], ",".join("/".join(k) for k in wrong))
+        return here, there, "delta", rechecked
 
     # freezing → switched
     async def _switch(self, info: MoveInfo) -> None:
@@ -939,6 +1072,9 @@ class Mover:
                     f"pg_{sub_oid}_sync_",
                 ):
                     await src.execute("SELECT pg_drop_replication_slot($1)", sync["slot_name"])
+            # The verification's slot (never active: it is only peeked).
+            if await _slot_exists(src, verify_slot_name_of(name)):
+                await src.execute("SELECT pg_drop_replication_slot($1)", verify_slot_name_of(name))
             await src.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(name)}")
 
     async def _delete_tenant(self, conn: asyncpg.Connection, tenant_id: UUID) -> dict[str, int]:
@@ -1012,7 +1148,9 @@ class Mover:
                 )
             tables = await _moved_tables(dst)
             present = [
-                t for t, n in (await _counts(dst, [*tables, RESIDENCY], tenant_id)).items() if n
+                t
+                for t, n in (await verify.counts(dst, [*tables, RESIDENCY], tenant_id)).items()
+                if n
             ]
             if present:
                 raise MoveRefusedError(
@@ -1189,31 +1327,3 @@ async def _moved_tables(conn: asyncpg.Connection) -> list[str]:
 async def _deletion_order(conn: asyncpg.Connection) -> list[str]:
     """Tenant tables, every table before the tables it refers to; residency last."""
     return list(reversed(await tenant_tables(conn)))
-
-
-async def _counts(
-    conn: asyncpg.Connection, tables: Sequence[str], tenant_id: UUID
-) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for table in tables:
-        counts[table] = await conn.fetchval(
-            f"SELECT count(*) FROM {quote_ident(table)} WHERE tenant_id = $1",  # noqa: S608
-            tenant_id,
-        )
-    return counts
-
-
-async def _checksums(
-    conn: asyncpg.Connection, tables: Sequence[str], tenant_id: UUID
-) -> dict[str, tuple[int, str]]:
-    """Per table: the tenant's row count and an order-independent hash of its rows (the
-    sum of a 64-bit hash of each row's text), computed by the server."""
-    sums: dict[str, tuple[int, str]] = {}
-    for table in tables:
-        row = await conn.fetchrow(
-            f"SELECT count(*) AS n, coalesce(sum(hashtextextended(r::text, 0)), 0)::text AS h "  # noqa: S608
-            f"FROM {quote_ident(table)} AS r WHERE r.tenant_id = $1",
-            tenant_id,
-        )
-        sums[table] = (int(row["n"]), str(row["h"]))
-    return sums

@@ -33,8 +33,7 @@ from sharding.mover import (
     replication_name,
 )
 from tests.fixtures.api import Tenant
-from tests.fixtures.pgcluster import StartCluster, pg_clusters
-from tests.sharding.moving import (
+from tests.fixtures.moving import (
     LOGICAL,
     REPO,
     Env,
@@ -49,6 +48,7 @@ from tests.sharding.moving import (
     residency,
     seed,
 )
+from tests.fixtures.pgcluster import StartCluster, pg_clusters
 
 if TYPE_CHECKING:  # a plain import would make pytest try to collect it as a test class
     from tests.fixtures.databases import TestDatabases
