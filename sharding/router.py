@@ -9,7 +9,9 @@ added, so ORM bulk UPDATE/DELETE are scoped even when written carelessly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
@@ -116,9 +118,17 @@ async def _rerouted(
 
 
 class ShardRouter:
-    def __init__(self, engines: ShardEngines, *, one_statement_reads: bool = True) -> None:
+    def __init__(
+        self,
+        engines: ShardEngines,
+        *,
+        one_statement_reads: bool = True,
+        write_hold: float = 2.0,
+    ) -> None:
         self.engines = engines
         self.one_statement_reads = one_statement_reads
+        # How long a write waits while its tenant is fenced by a move (see _entered).
+        self.write_hold = write_hold
 
     def read_strategy(self, shard_id: str) -> ReadStrategy:
         """How one-row reads run on ``shard_id``: the one place this is chosen.
@@ -213,8 +223,7 @@ class ShardRouter:
         try:
             session = await self._begin(tenant, write, admit=admit)
         except ResidencyError as err:
-            tenant = await _rerouted(tenant, err, on_stale)
-            session = await self._begin(tenant, write)
+            tenant, session = await self._entered(tenant, write, err, on_stale)
         try:
             yield session
             await session.commit()
@@ -224,6 +233,48 @@ class ShardRouter:
         finally:
             await session.close()
         self.engines.mark_up(tenant.shard_id)
+
+    async def _entered(
+        self,
+        tenant: TenantContext,
+        write: bool,
+        err: ResidencyError,
+        on_stale: OnStale | None,
+    ) -> tuple[TenantContext, AsyncSession]:
+        """After the shard refused to enter ``tenant``: the transaction begun on the
+        fresh context (a stale entry), or, for a write to a tenant a move has fenced,
+        begun once the fence lifts, held for up to ``write_hold`` seconds.
+
+        The hold is the write buffering of a move's switch (Vitess's idea): the fence
+        lasts well under a second, so a write that waits it out is slower, not refused.
+        The source answers MR002 until the switch retires its residency, then MR001
+        (stale), which re-routes the write to the target; a move rolled back unfences
+        the source and the write goes through there. Only a fence longer than the hold
+        reaches the client, as 503 with Retry-After. Each retry is one round trip on the
+        tenant's shard; nothing else waits on it.
+        """
+        deadline = time.monotonic() + self.write_hold
+        delay = 0.01
+        reroutes = 0
+        while True:
+            if write and err.read_only:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise err
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 0.1)
+            elif reroutes == 0:
+                # A re-route is asked for once (a held write that sees the switch needs
+                # one too: MR002 while held, then MR001); a fresh entry that is stale
+                # again is not chased.
+                tenant = await _rerouted(tenant, err, on_stale)
+                reroutes += 1
+            else:
+                raise err
+            try:
+                return tenant, await self._begin(tenant, write)
+            except ResidencyError as again:
+                err = again
 
     @asynccontextmanager
     async def reader(

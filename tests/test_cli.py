@@ -285,6 +285,72 @@ def test_tenants_delete_shreds_a_tenant(dev: DevPlatform) -> None:
     assert resp.status_code == 401, resp.text
 
 
+def test_tenants_move_between_the_dev_platforms_regions(dev: DevPlatform) -> None:
+    """The dev platform's shards can move tenants (logical WAL, a superuser admin role):
+    a tenant moves us -> eu in the foreground, then back, planned and resumed."""
+    onboarded = httpx.post(
+        f"{dev.base_url}/admin/v1/tenants",
+        json={"slug": "to-move", "name": "To move", "region": "us"},
+        headers=token(dev.base_url, dev.info()["admin"]),
+    )
+    assert onboarded.status_code == 201, onboarded.text
+    tenant = onboarded.json()
+    headers = token(dev.base_url, tenant["client"])
+    made = httpx.post(
+        f"{dev.base_url}/v1/contacts",
+        json={"last_name": "Mover", "email": "mover@example.test"},
+        headers=headers,
+    )
+    assert made.status_code == 201, made.text
+
+    moved = json_lines(
+        ok(meridian("tenants", "move", "to-move", "--region", "eu", "--wait", cwd=dev.workdir))
+    )[-1]
+    assert (moved["state"], moved["source_shard_id"], moved["target_shard_id"]) == (
+        "done",
+        "us-1",
+        "eu-1",
+    )
+    assert moved["rows_copied"] == moved["rows_total"] > 0
+    read = httpx.get(f"{dev.base_url}/v1/contacts/{made.json()['id']}", headers=headers)
+    assert read.status_code == 200, read.text
+    assert read.json()["email"] == "mover@example.test"
+
+    # Back, without --wait: planned here, driven by `moves resume`.
+    planned = json.loads(
+        ok(meridian("tenants", "move", "to-move", "--to", "us-1", cwd=dev.workdir))
+    )
+    assert planned["state"] == "planned"
+    shown = json.loads(ok(meridian("moves", "show", planned["id"], cwd=dev.workdir)))
+    assert shown["id"] == planned["id"]
+    resumed = json_lines(ok(meridian("moves", "resume", planned["id"], cwd=dev.workdir)))[-1]
+    assert resumed["state"] == "done", resumed
+    listed = json_lines(ok(meridian("moves", "list", "--tenant", "to-move", cwd=dev.workdir)))
+    assert [m["id"] for m in listed] == [planned["id"], moved["id"]]
+    assert httpx.get(f"{dev.base_url}/v1/contacts", headers=headers).status_code == 200
+
+    # Mistakes are one line: both targets, an unknown shard, a finished move.
+    both = meridian("tenants", "move", "to-move", "--to", "eu-1", "--region", "eu", cwd=dev.workdir)
+    assert both.returncode == 2
+    assert "either --to" in both.stderr
+    for args, says in (
+        (("tenants", "move", "to-move", "--to", "nowhere-1"), "No shard 'nowhere-1'"),
+        (("moves", "cancel", planned["id"]), "is done already"),
+    ):
+        done = meridian(*args, cwd=dev.workdir)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert says in done.stderr
+        assert "Traceback" not in done.stderr
+    # One shard per region: nothing to rebalance, and no shard to drain us-1 into.
+    plan = json.loads(ok(meridian("shards", "rebalance", "--dry-run", cwd=dev.workdir)))
+    assert plan == {"dry_run": True, "moves": []}
+    drain = meridian("shards", "drain", "us-1", cwd=dev.workdir)
+    assert drain.returncode == 1
+    assert "have nowhere to go" in drain.stderr
+    shards = {s["id"]: s for s in json_lines(ok(meridian("shards", "list", cwd=dev.workdir)))}
+    assert shards["us-1"]["state"] == "active"  # refused before closing anything
+
+
 def test_serve_says_where_it_listens(dev: DevPlatform) -> None:
     port = free_port()
     proc = subprocess.Popen(

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings)
+        runtime.start_moving()
         app.state.runtime = runtime
         # Start-up objects never die: freezing them keeps the GC from rescanning them,
         # which cut read p99 several-fold on this kind of machine.

@@ -16,12 +16,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from uuid import UUID
 
 import typer
 
 from loadtests.credentials import DEFAULT_CREDENTIALS, RESULTS_DIR
 from meridian.settings import DEV_JSON_ENV, get_settings
 from sharding.engine import EngineMismatchError, ShardEngine
+from sharding.models import MoveState
 
 if TYPE_CHECKING:
     from meridian.runtime import Runtime
@@ -32,11 +34,15 @@ app = typer.Typer(no_args_is_help=True, help="Meridian CRM platform.")
 shards_app = typer.Typer(no_args_is_help=True, help="Shard topology.")
 admin_app = typer.Typer(no_args_is_help=True, help="Platform administration.")
 keys_app = typer.Typer(no_args_is_help=True, help="Token signing keys and the KEK.")
-tenants_app = typer.Typer(no_args_is_help=True, help="Tenant data keys and deletion.")
+tenants_app = typer.Typer(
+    no_args_is_help=True, help="Tenant data keys, moves, isolation and deletion."
+)
 app.add_typer(shards_app, name="shards")
 app.add_typer(admin_app, name="admin")
 app.add_typer(keys_app, name="keys")
+moves_app = typer.Typer(no_args_is_help=True, help="Online moves of tenants between shards.")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(moves_app, name="moves")
 # Where `meridian dev` writes the file that other commands read (relative to its cwd).
 DEV_JSON = Path(".meridian/dev.json")
 
@@ -241,6 +247,53 @@ def shards_distribute(
     typer.echo(json.dumps(done))
 
 
+@shards_app.command("drain")
+def shards_drain(
+    shard_id: Annotated[str, typer.Argument(help="The shard to empty.")],
+    parallel: Annotated[int, typer.Option(min=1, max=16, help="Moves at once.")] = 2,
+) -> None:
+    """Close a shard to new tenants and move every tenant off it, to the least-loaded
+    active shard of its region, a few at a time. Run it again to finish after a failure."""
+    from meridian.operations import drain_shard
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await drain_shard(rt, shard_id, parallel=parallel)
+
+    typer.echo(json.dumps(_with_runtime("shards drain", work)))
+
+
+@shards_app.command("rebalance")
+def shards_rebalance(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; move nothing.")
+    ] = False,
+    region: Annotated[
+        str | None, typer.Option(help="Only this region's shards.", show_default=False)
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Stop once the shards' rows differ by this share."),
+    ] = 0.1,
+    max_moves: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    parallel: Annotated[int, typer.Option(min=1, max=16, help="Moves at once.")] = 2,
+) -> None:
+    """Even out the rows of each region's active shared shards by moving tenants (the
+    largest that narrows the gap most, from the fullest shard to the emptiest)."""
+    from meridian.operations import rebalance
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await rebalance(
+            rt,
+            region=region,
+            tolerance=tolerance,
+            max_moves=max_moves,
+            dry_run=dry_run,
+            parallel=parallel,
+        )
+
+    typer.echo(json.dumps(_with_runtime("shards rebalance", work)))
+
+
 @admin_app.command("create-client")
 def admin_create_client(
     name: Annotated[str, typer.Option(help="A label for the client.")] = "platform admin",
@@ -415,6 +468,91 @@ def tenants_isolate(
         return await isolate_tenant(rt, tenant, to_node=to_node, admin_dsn=admin_dsn, mode=mode)
 
     typer.echo(json.dumps(_with_runtime("tenants isolate", work)))
+
+
+@tenants_app.command("move")
+def tenants_move(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="The shard to move it to.", show_default=False)
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            help="The region to move it to (its least-loaded active shard).", show_default=False
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Drive the move here, with a progress bar, to its end.")
+    ] = False,
+) -> None:
+    """Move a tenant to another shard or region, online (writes freeze well under a
+    second at the switch). Without --wait the move is planned and an API instance
+    drives it (within MERIDIAN_MOVE_SWEEP_INTERVAL), or `meridian moves resume` does.
+    The shards need wal_level = logical and superuser admin DSNs."""
+    from meridian.operations import move_tenant
+
+    if (to is None) == (region is None):
+        typer.echo("meridian tenants move: give either --to <shard> or --region <region>", err=True)
+        raise typer.Exit(2)
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await move_tenant(rt, tenant, to=to, region=region, wait=wait)
+
+    typer.echo(json.dumps(_with_runtime("tenants move", work)))
+
+
+@moves_app.command("list")
+def moves_list(
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant's (id or slug).", show_default=False)
+    ] = None,
+    state: Annotated[MoveState | None, typer.Option(show_default=False)] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Moves, newest first, one JSON object per line."""
+    from meridian.operations import list_moves
+
+    async def work(rt: Runtime) -> list[dict[str, object]]:
+        return await list_moves(rt, tenant=tenant, state=state, limit=limit)
+
+    for row in _with_runtime("moves list", work):
+        typer.echo(json.dumps(row))
+
+
+@moves_app.command("show")
+def moves_show(move_id: Annotated[UUID, typer.Argument(help="The move's id.")]) -> None:
+    """Where a move stands: state, rows copied per table, lag, freeze, error."""
+    from meridian.operations import show_move
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await show_move(rt, move_id)
+
+    typer.echo(json.dumps(_with_runtime("moves show", work)))
+
+
+@moves_app.command("resume")
+def moves_resume(move_id: Annotated[UUID, typer.Argument(help="The move's id.")]) -> None:
+    """Drive an unfinished move here to its end, from where it stands (after its driver
+    died, or once a shard that stopped it is back)."""
+    from meridian.operations import resume_move
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await resume_move(rt, move_id)
+
+    typer.echo(json.dumps(_with_runtime("moves resume", work)))
+
+
+@moves_app.command("cancel")
+def moves_cancel(move_id: Annotated[UUID, typer.Argument(help="The move's id.")]) -> None:
+    """Roll a move back (before it switched): the tenant stays where it is and the target
+    keeps nothing of it. If another process drives the move, it rolls back there."""
+    from meridian.operations import cancel_move
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await cancel_move(rt, move_id)
+
+    typer.echo(json.dumps(_with_runtime("moves cancel", work)))
 
 
 @tenants_app.command("delete")

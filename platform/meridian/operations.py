@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from uuid import UUID
 
 import asyncpg
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import meridian.models  # noqa: F401 - every table in the shard metadata (re-encryption)
 from meridian import runtime
+from meridian.admin.moves import move_body, moves_admin, region_target, run_moves
+from meridian.admin.schemas import MoveCreate, MoveRead
 from meridian.admin.service import tenant_admin
 from meridian.admin.wiring import admin_deps
 from meridian.encryption import reencrypt as reencryption
@@ -35,12 +45,14 @@ from meridian.principal import SCOPE_ADMIN
 from meridian.runtime import Runtime
 from meridian.settings import KeyConfigError, Settings, get_settings
 from sharding import citus
+from sharding.balance import PlannedMove, plan_rebalance, tenant_sizes
 from sharding.engine import ShardEngine, agreed_engine, asyncpg_dsn, detect_engine_at
-from sharding.models import Shard
+from sharding.models import MoveState, Shard
+from sharding.mover import MoveError, MoveInfo
 from sharding.registry import upsert_shard
 from tenancy.context import TenantContext
 from tenancy.keyring import KeyUnavailable, TenantKeyring
-from tenancy.models import DirectoryEntry
+from tenancy.models import DirectoryEntry, Tenant
 
 # What an operation that runs with a started runtime raises for a problem the user can
 # fix (a tenant that does not exist, a KEK that is missing or does not unwrap, ...).
@@ -49,6 +61,7 @@ RUNTIME_ERRORS: tuple[type[Exception], ...] = (
     KeyUnavailable,
     LookupError,
     MeridianError,
+    MoveError,
 )
 # What the KEK's re-wrap raises when the configured KEKs do not fit the stored keys.
 KEK_ERRORS: tuple[type[Exception], ...] = (KeyConfigError, KeyUnavailable)
@@ -329,6 +342,224 @@ async def isolate_tenant(
         admin_deps(rt), ctx.tenant_id, node=to_node, admin_dsn=admin_dsn, mode=mode
     )
     return {**done, "tenant_id": str(done["tenant_id"])}
+
+
+# -- tenant moves ---------------------------------------------------------------------------
+
+MoveAction = Callable[[], Coroutine[Any, Any, MoveInfo]]
+
+
+def _move_json(body: dict[str, Any]) -> dict[str, Any]:
+    """A move as the admin API answers it (``MoveRead``), ready for json.dumps."""
+    return MoveRead.model_validate(body).model_dump(mode="json")
+
+
+async def follow_move(rt: Runtime, move_id: UUID, drive: MoveAction) -> dict[str, Any]:
+    """``drive`` (running, resuming or cancelling the move) in this process, with a
+    progress bar of its state and rows copied; the move as ``MoveRead`` shows it."""
+    mover = rt.moves.mover
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        # On stderr: stdout carries the command's JSON.
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("planned", total=None)
+        running = asyncio.create_task(drive())
+        while True:
+            done, _ = await asyncio.wait({running}, timeout=0.5)
+            info = await mover.get_move(move_id)
+            shown = move_body(info)
+            lag = f", {info.lag_bytes} B behind" if info.lag_bytes else ""
+            ending = f" -> {info.rollback_to.value}" if info.rollback_to else ""
+            bar.update(
+                task,
+                description=f"{info.state.value}{ending}{lag}",
+                completed=shown["rows_copied"],
+                total=shown["rows_total"] or None,
+            )
+            if done:
+                break
+    await running  # its error, if it stopped with one
+    return _move_json(move_body(await mover.get_move(move_id)))
+
+
+async def move_tenant(
+    rt: Runtime, tenant: str, *, to: str | None, region: str | None, wait: bool
+) -> dict[str, Any]:
+    """What `meridian tenants move` does: plan the move of the tenant (id or slug) to a
+    shard or region, and drive it here when ``wait`` (else an API instance's sweep, or
+    `meridian moves resume`, drives it)."""
+    ctx = await resolve_tenant(rt, tenant)
+    body = MoveCreate(target_shard_id=to, region=region)
+    row, _ = await moves_admin.start(admin_deps(rt), ctx.tenant_id, body, None, drive=False)
+    if not wait:
+        return _move_json(row)
+    move_id = row["id"]
+    return await follow_move(rt, move_id, lambda: rt.moves.mover.run_move(move_id))
+
+
+async def list_moves(
+    rt: Runtime, *, tenant: str | None, state: MoveState | None, limit: int
+) -> list[dict[str, Any]]:
+    tenant_id = (await resolve_tenant(rt, tenant)).tenant_id if tenant else None
+    found = await rt.moves.mover.list_moves(tenant_id=tenant_id, state=state, limit=limit)
+    return [_move_json(move_body(m)) for m in found]
+
+
+async def show_move(rt: Runtime, move_id: UUID) -> dict[str, Any]:
+    return _move_json(await moves_admin.get(admin_deps(rt), move_id))
+
+
+async def resume_move(rt: Runtime, move_id: UUID) -> dict[str, Any]:
+    await moves_admin.get(admin_deps(rt), move_id)  # 404 as a one-line error
+    return await follow_move(rt, move_id, lambda: rt.moves.mover.run_move(move_id))
+
+
+async def cancel_move(rt: Runtime, move_id: UUID) -> dict[str, Any]:
+    await moves_admin.get(admin_deps(rt), move_id)
+    return await follow_move(rt, move_id, lambda: rt.moves.mover.cancel_move(move_id))
+
+
+async def _run_planned(
+    rt: Runtime, planned: list[PlannedMove], parallel: int
+) -> list[dict[str, Any]]:
+    """Run planned moves here, ``parallel`` at a time, printing one line as each ends."""
+
+    def report(p: PlannedMove, result: MoveInfo | Exception) -> None:
+        end = result.state.value if isinstance(result, MoveInfo) else f"not moved: {result}"
+        print(f"tenant {p.tenant_id}: {p.source_shard_id} -> {p.target_shard_id}: {end}")
+
+    results = await run_moves(admin_deps(rt), planned, parallel=parallel, on_done=report)
+    return [
+        {
+            "tenant_id": str(p.tenant_id),
+            "from": p.source_shard_id,
+            "to": p.target_shard_id,
+            "rows": p.rows,
+            "move_id": str(r.id) if isinstance(r, MoveInfo) else None,
+            "state": r.state.value if isinstance(r, MoveInfo) else "not moved",
+            "error": r.error if isinstance(r, MoveInfo) else str(r),
+        }
+        for p, r in zip(planned, results, strict=True)
+    ]
+
+
+async def _shard_conn(rt: Runtime, shard_id: str) -> asyncpg.Connection:
+    async with rt.control.connect() as conn:
+        admin_dsn = await conn.scalar(select(Shard.admin_dsn).where(Shard.id == shard_id))
+    if admin_dsn is None:
+        raise LookupError(f"no shard {shard_id!r}")
+    return await asyncpg.connect(asyncpg_dsn(admin_dsn), timeout=10.0)
+
+
+async def drain_shard(rt: Runtime, shard_id: str, *, parallel: int) -> dict[str, Any]:
+    """What `meridian shards drain` does: close the shard to new tenants, then move every
+    tenant off it to the least-loaded active shard of its region, ``parallel`` at a
+    time. Resumable: run it again after a failure (moved tenants are not there any more).
+    Refuses, closing nothing, when the region has no other shard to take its tenants."""
+    shards = await rt.reload_topology()
+    shard = next((s for s in shards if s.id == shard_id), None)
+    if shard is None:
+        raise LookupError(f"no shard {shard_id!r}")
+    async with rt.control.connect() as conn:
+        held = (
+            (
+                await conn.execute(
+                    select(DirectoryEntry.tenant_id)
+                    .join(Tenant, Tenant.id == DirectoryEntry.tenant_id)
+                    .where(DirectoryEntry.shard_id == shard_id, Tenant.status != "deleted")
+                    .order_by(DirectoryEntry.tenant_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    conn = await _shard_conn(rt, shard_id)
+    try:
+        sizes = await tenant_sizes(conn)
+    finally:
+        await conn.close()
+    # Planned as if the shard were closed already (it is, before the first move).
+    others = [s for s in shards if s.id != shard_id]
+    counts = await rt.tenant_counts()
+    planned: list[PlannedMove] = []
+    for tenant_id in held:
+        try:
+            target = region_target(others, counts, shard.region).id
+        except MeridianError as exc:
+            raise LookupError(
+                f"the tenants of shard {shard_id} have nowhere to go: no other active shard "
+                f"with room in region {shard.region!r} (`meridian shards add` one first)"
+            ) from exc
+        counts[target] = counts.get(target, 0) + 1
+        planned.append(PlannedMove(tenant_id, shard_id, target, sizes.get(tenant_id, 0)))
+    async with rt.control.begin() as conn:
+        # Closed: placement, region moves and rebalances pass it by from now on.
+        closing = update(Shard).where(Shard.id == shard_id, Shard.state == "active")
+        await conn.execute(closing.values(state="closed"))
+    await rt.reload_topology()
+    moves = await _run_planned(rt, planned, parallel)
+    left = sum(1 for m in moves if m["state"] != MoveState.DONE.value)
+    return {"shard": shard_id, "state": "closed", "moves": moves, "tenants_left": left}
+
+
+async def rebalance_plan(
+    rt: Runtime, *, region: str | None, tolerance: float, max_moves: int
+) -> list[PlannedMove]:
+    """Per region, moves that even out the rows of its active shared shards."""
+    shards = [
+        s
+        for s in await rt.reload_topology()
+        if s.state == "active" and not s.dedicated and (region is None or s.region == region)
+    ]
+    async with rt.control.connect() as conn:
+        placed = dict(
+            (await conn.execute(select(DirectoryEntry.tenant_id, DirectoryEntry.shard_id))).all()
+        )
+    planned: list[PlannedMove] = []
+    for in_region in sorted({s.region for s in shards}):
+        loads: dict[str, dict[UUID, int]] = {}
+        for shard in sorted(s.id for s in shards if s.region == in_region):
+            conn = await _shard_conn(rt, shard)
+            try:
+                sizes = await tenant_sizes(conn)
+            finally:
+                await conn.close()
+            # Rows of tenants the directory places elsewhere (a move's leftovers) and of
+            # deleted tenants stay where they are: only the shard's own tenants move.
+            loads[shard] = {t: n for t, n in sizes.items() if placed.get(t) == shard}
+        planned += plan_rebalance(loads, tolerance=tolerance, max_moves=max_moves)
+    return planned
+
+
+async def rebalance(
+    rt: Runtime,
+    *,
+    region: str | None,
+    tolerance: float,
+    max_moves: int,
+    dry_run: bool,
+    parallel: int,
+) -> dict[str, Any]:
+    """What `meridian shards rebalance` does: the plan, and unless ``dry_run`` its moves."""
+    planned = await rebalance_plan(rt, region=region, tolerance=tolerance, max_moves=max_moves)
+    if dry_run:
+        return {
+            "dry_run": True,
+            "moves": [
+                {
+                    "tenant_id": str(p.tenant_id),
+                    "from": p.source_shard_id,
+                    "to": p.target_shard_id,
+                    "rows": p.rows,
+                }
+                for p in planned
+            ],
+        }
+    return {"dry_run": False, "moves": await _run_planned(rt, planned, parallel)}
 
 
 # -- diagnosis -----------------------------------------------------------------------------

@@ -32,9 +32,11 @@ from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
 from meridian.users.repository import ActorRow, UserRepository
 from primitives.breaker import CircuitBreaker
+from sharding.driver import MoveDriver
 from sharding.engine import ShardEngine
 from sharding.engines import PoolOptions, ShardEngines, ShardInfo
 from sharding.models import Shard
+from sharding.mover import Mover
 from sharding.registry import upsert_shard
 from sharding.router import ShardRouter
 from tenancy.context import TenantContext
@@ -74,6 +76,9 @@ class Runtime:
     record_cache: dict[str, Policy] = field(default_factory=dict)
     list_cache: dict[str, Policy] = field(default_factory=dict)
     redis: AnyRedis | None = None
+    # Tenant moves between shards: driven in the background (the API also sweeps for
+    # moves nobody drives: start_moving()).
+    moves: MoveDriver = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -129,7 +134,11 @@ class Runtime:
             settings=settings,
             control=control,
             engines=engines,
-            router=ShardRouter(engines, one_statement_reads=settings.single_statement_reads),
+            router=ShardRouter(
+                engines,
+                one_statement_reads=settings.single_statement_reads,
+                write_hold=settings.move_write_hold,
+            ),
             directory=CachedDirectory(
                 TenantDirectory(control),
                 cache,
@@ -169,6 +178,11 @@ class Runtime:
             list_cache=list_policies(settings),
             redis=redis,
         )
+        rt.moves = MoveDriver(
+            Mover(control, invalidate=rt.directory.invalidate),
+            control,
+            sweep_interval=settings.move_sweep_interval,
+        )
         await cache.start()
         templates_changed = await policies.sync_templates()
         await rt.policy_watcher.start()
@@ -181,7 +195,13 @@ class Runtime:
         rt._tasks.append(asyncio.create_task(rt._key_refresh_loop()))
         return rt
 
+    def start_moving(self) -> None:
+        """Sweep for unfinished moves nobody drives (API instances; a CLI process only
+        drives the moves it is asked to)."""
+        self.moves.start()
+
     async def stop(self) -> None:
+        await self.moves.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

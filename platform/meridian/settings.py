@@ -181,6 +181,12 @@ class Settings(BaseSettings):
     control_pool_size: int = Field(default=5, ge=1)
     shard_connect_timeout: float = Field(default=2.0, gt=0)
     shard_cooldown: float = Field(default=2.0, gt=0)
+    # How long a write waits while a move fences its tenant (the switch takes well
+    # under a second) before it is answered 503 + Retry-After. 0: answer at once.
+    move_write_hold: float = Field(default=2.0, ge=0, le=30)
+    # How often an API instance looks for tenant moves nobody drives (their driver died,
+    # or a shard they need was down) and resumes them. 0: never (`meridian moves resume`).
+    move_sweep_interval: float = Field(default=30.0, ge=0)
 
     @classmethod
     def settings_customise_sources(

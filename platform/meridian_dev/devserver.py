@@ -54,6 +54,10 @@ APP_ROLE = "meridian_app"  # what the API connects as: LOGIN NOBYPASSRLS, owns n
 CONTROL_DB = "meridian_control"
 SHARDS = (("us-1", "us", "meridian_shard_us_1"), ("eu-1", "eu", "meridian_shard_eu_1"))
 DEFAULT_PG_PORT = 54329
+# Logical WAL: tenant moves between the dev platform's shards (`meridian tenants move`)
+# replicate the tenant's rows. A cluster adopted from a run that predates this keeps
+# its level until it restarts; moves say so.
+SERVER_SETTINGS = {"wal_level": "logical"}
 
 
 class _Interrupted(BaseException):
@@ -66,7 +70,7 @@ class _Interrupted(BaseException):
 def _choose_cluster(paths: DataDir, state: Json, engine: PgEngine) -> LocalCluster:
     """The private cluster and its port: the saved one, a stable default, or a free one."""
     port = int(state.get("pg_port") or DEFAULT_PG_PORT)
-    cluster = LocalCluster(paths.pg, port=port, engine=engine)
+    cluster = LocalCluster(paths.pg, port=port, engine=engine, settings=SERVER_SETTINGS)
     if cluster.is_running():
         # A previous run was killed before it could stop the server: adopt it.
         cluster = replace(cluster, port=cluster.running_port() or cluster.port)
@@ -102,7 +106,10 @@ def _start_postgres(cluster: LocalCluster) -> None:
     if not cluster.is_running():
         say(f"starting PostgreSQL on 127.0.0.1:{cluster.port}")
         cluster.start()
-    cluster.ensure_role(OWNER_ROLE)
+    # A superuser on this private, loopback-only cluster: a tenant move creates a
+    # subscription (PostgreSQL 15: superusers only) and reads every tenant's rows. A
+    # production shard's admin DSN is a role the operator grants that to, or not.
+    cluster.ensure_role(OWNER_ROLE, superuser=True)
     cluster.ensure_role(APP_ROLE, bypass_rls=False)
     for db in (CONTROL_DB, *(db for _, _, db in SHARDS)):
         if cluster.ensure_database(db, owner=OWNER_ROLE):

@@ -565,9 +565,15 @@ class LocalCluster:
             raise LocalPgError(f"psql failed: {done.stderr.strip()}\n  running: {statement}")
         return done.stdout.strip()
 
-    def ensure_role(self, name: str, *, login: bool = True, bypass_rls: bool = False) -> None:
-        """Create the role if missing and (re)assert its LOGIN / BYPASSRLS attributes."""
-        attrs = f"{'LOGIN' if login else 'NOLOGIN'} {'BYPASSRLS' if bypass_rls else 'NOBYPASSRLS'}"
+    def ensure_role(
+        self, name: str, *, login: bool = True, bypass_rls: bool = False, superuser: bool = False
+    ) -> None:
+        """Create the role if missing and (re)assert its LOGIN / BYPASSRLS / SUPERUSER
+        attributes."""
+        attrs = (
+            f"{'LOGIN' if login else 'NOLOGIN'} {'BYPASSRLS' if bypass_rls else 'NOBYPASSRLS'} "
+            f"{'SUPERUSER' if superuser else 'NOSUPERUSER'}"
+        )
         role = _ident(name)  # validated, so it is also safe as the literal below
         exists = f"SELECT 1 FROM pg_roles WHERE rolname = '{name}'"  # noqa: S608
         self.sql(

@@ -6,6 +6,7 @@ ORM tenant criteria of ``ShardSession`` stands between tenant A's session and B'
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -441,9 +442,34 @@ async def test_on_stale_without_a_fresh_entry_gives_up(
     assert calls == 1  # retried at most once
 
 
-async def test_fenced_tenant_is_not_rerouted(
+@asynccontextmanager
+async def _fenced(
+    databases: TestDatabases, tenant_id: uuid.UUID
+) -> AsyncIterator[asyncpg.Connection]:
+    """The tenant's residency fenced (as a move's switch does) until the block ends or
+    the block lifts it through the superuser connection it is given."""
+    async with superuser(databases, SHARD) as su:
+        await su.execute(
+            "UPDATE tenant_residency SET writable = false WHERE tenant_id = $1", tenant_id
+        )
+        try:
+            yield su
+        finally:
+            await su.execute(
+                "UPDATE tenant_residency SET epoch = 1, writable = true WHERE tenant_id = $1",
+                tenant_id,
+            )
+
+
+def _held_router(router: ShardRouter, hold: float) -> ShardRouter:
+    return ShardRouter(router.engines, write_hold=hold)
+
+
+async def test_a_write_to_a_fenced_tenant_is_held_then_refused(
     databases: TestDatabases, router: ShardRouter, pair: Pair
 ) -> None:
+    """Held for the router's write_hold, then refused as read-only (the API's 503 with
+    Retry-After), without asking for a re-route; reads are never held."""
     calls = 0
 
     async def on_stale(ctx: TenantContext) -> TenantContext | None:
@@ -451,23 +477,71 @@ async def test_fenced_tenant_is_not_rerouted(
         calls += 1
         return ctx
 
-    async with superuser(databases, SHARD) as su:
-        await su.execute(
-            "UPDATE tenant_residency SET writable = false WHERE tenant_id = $1", pair.a_id
-        )
-        try:
-            with pytest.raises(ResidencyError) as info:
-                async with router.transaction(context_of(pair.a), write=True, on_stale=on_stale):
-                    pytest.fail("wrote to a fenced tenant")
-            assert info.value.read_only
-            assert not info.value.stale
-            assert calls == 0
-            async with router.transaction(context_of(pair.a), write=False) as session:
-                assert await _visible_accounts(session) == pair.a_accounts
-        finally:
+    held = _held_router(router, 0.3)
+    async with _fenced(databases, pair.a_id):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ResidencyError) as info:
+            async with held.transaction(context_of(pair.a), write=True, on_stale=on_stale):
+                pytest.fail("wrote to a fenced tenant")
+        assert asyncio.get_running_loop().time() - started >= 0.3
+        assert info.value.read_only
+        assert not info.value.stale
+        assert calls == 0
+        async with held.transaction(context_of(pair.a), write=False) as session:
+            assert await _visible_accounts(session) == pair.a_accounts
+
+
+async def test_a_held_write_goes_through_once_the_fence_lifts(
+    databases: TestDatabases, router: ShardRouter, pair: Pair
+) -> None:
+    """A move rolled back unfences the source: the held write is written there."""
+    held = _held_router(router, 30)
+    async with _fenced(databases, pair.a_id) as su:
+
+        async def lift() -> None:
+            await asyncio.sleep(0.2)
             await su.execute(
                 "UPDATE tenant_residency SET writable = true WHERE tenant_id = $1", pair.a_id
             )
+
+        lifting = asyncio.create_task(lift())
+        async with held.transaction(context_of(pair.a), write=True) as session:
+            assert lifting.done()  # entered only after the fence lifted
+            await session.execute(
+                update(Account).where(Account.id.in_(pair.a_accounts)).values(name="held")
+            )
+        await lifting
+    assert set((await _names(databases, pair.a_id)).values()) == {"held"}
+
+
+async def test_a_held_write_follows_the_switch_to_the_new_epoch(
+    databases: TestDatabases, router: ShardRouter, pair: Pair
+) -> None:
+    """A move's switch as a held write sees it: read-only (MR002), then the source's
+    residency retired to the next epoch (MR001, stale), so the write re-resolves and is
+    written at the new placement (here: the same shard at epoch 2)."""
+    fresh = context_of(pair.a, epoch=2)
+
+    async def on_stale(ctx: TenantContext) -> TenantContext | None:
+        return fresh
+
+    held = _held_router(router, 30)
+    async with _fenced(databases, pair.a_id) as su:
+
+        async def switch() -> None:
+            await asyncio.sleep(0.2)
+            await su.execute(
+                "UPDATE tenant_residency SET epoch = 2, writable = true WHERE tenant_id = $1",
+                pair.a_id,
+            )
+
+        switching = asyncio.create_task(switch())
+        async with held.transaction(context_of(pair.a), write=True, on_stale=on_stale) as s:
+            await s.execute(
+                update(Account).where(Account.id.in_(pair.a_accounts)).values(name="switched")
+            )
+        await switching
+    assert set((await _names(databases, pair.a_id)).values()) == {"switched"}
 
 
 async def test_api_reroutes_after_the_epoch_moves_on(

@@ -34,6 +34,16 @@ EXEMPT: dict[tuple[str, str], str] = {
         "succeeds only on a Citus shard with an admin role that bypasses RLS: driven, "
         "and its responses checked, in tests/citus/test_isolation.py"
     ),
+    **dict.fromkeys(
+        (
+            ("POST", "/admin/v1/tenants/{tenant_id}/moves"),
+            ("GET", "/admin/v1/moves/{move_id}"),
+            ("POST", "/admin/v1/moves/{move_id}/cancel"),
+            ("POST", "/admin/v1/moves/{move_id}/resume"),
+        ),
+        "a move runs only between shards with wal_level = logical: driven, and its "
+        "responses checked, in tests/admin/test_moves.py",
+    ),
 }
 
 
@@ -442,6 +452,11 @@ async def drive_platform(
     a = admin_headers
     ok(await client.get(f"/admin/v1/tenants/{tenant.id}", headers=a))
     ok(await client.get("/admin/v1/shards", headers=a))
+    ok(await client.get("/admin/v1/moves", params={"tenant_id": tenant.id}, headers=a))
+    refused(await client.get(f"/admin/v1/moves/{uuid.uuid4()}", headers=a), 404)
+    on_its_shard = {"target_shard_id": tenant.shard_id}
+    moves = f"/admin/v1/tenants/{tenant.id}/moves"
+    refused(await client.post(moves, json=on_its_shard, headers=a), 409, "conflict")
     await create(client, f"/admin/v1/tenants/{tenant.id}/clients", {"scope": "crm:read"}, a)
     ok(await client.post(f"/admin/v1/tenants/{tenant.id}/revoke-tokens", headers=a))
 

@@ -8,9 +8,12 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from meridian.admin.moves import moves_admin
 from meridian.admin.schemas import (
     ClientCreate,
     ClientCredentials,
+    MoveCreate,
+    MoveRead,
     ShardRead,
     TenantCreate,
     TenantCreated,
@@ -24,10 +27,11 @@ from meridian.crud.http import IdempotencyKeyHeader, LimitQuery, stored_response
 from meridian.crud.idempotency import StoredResponse
 from meridian.crud.schemas import Page
 from meridian.deps import AdminPrincipal, RuntimeDep
-from meridian.errors import Conflict, DedicatedShardOccupied
+from meridian.errors import Conflict, DedicatedShardOccupied, IdempotencyKeyReused
 from meridian.oauth.schemas import TokensRevoked
 from meridian.web.openapi import problems
 from meridian.web.responses import json_response
+from sharding.models import MoveState
 from tenancy.context import TenantStatus
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -153,6 +157,75 @@ async def isolate_tenant(
         admin_deps(rt), tenant_id, node=body.node if body is not None else None
     )
     return json_response(row)
+
+
+@router.post(
+    "/tenants/{tenant_id}/moves",
+    status_code=201,
+    response_model=MoveRead,
+    openapi_extra=problems(Conflict, IdempotencyKeyReused),
+)
+async def move_tenant(
+    tenant_id: UUID,
+    body: MoveCreate,
+    rt: RuntimeDep,
+    _: AdminPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Moves the tenant to another shard (``target_shard_id``) or region (``region``:
+    the least-loaded active shard there), online: the answer comes at once with the
+    move ``planned``, and this instance drives it in the background; follow it at its
+    ``Location``. The tenant is served throughout, but for a write freeze of well under
+    a second at the switch, during which its writes wait (up to 2 s, then 503 with
+    Retry-After). Its region and residency change only when the move completes.
+
+    404: no such tenant or shard; 409: the tenant is on that shard (or region) already,
+    has a move that is not finished, or a shard cannot take part (the detail says
+    why: its engine, its WAL level, its schema revision); 422: a region with no shard
+    or no active shard with room."""
+    row, created_now = await moves_admin.start(admin_deps(rt), tenant_id, body, idempotency_key)
+    headers = {"Location": f"/admin/v1/moves/{row['id']}"}
+    return stored_response(StoredResponse(201, row, headers, replayed=not created_now))
+
+
+@router.get("/moves", response_model=Page[MoveRead])
+async def list_moves(
+    rt: RuntimeDep,
+    _: AdminPrincipal,
+    limit: LimitQuery = 50,
+    cursor: Annotated[
+        UUID | None, Query(description="The next_cursor of the previous page.")
+    ] = None,
+    tenant_id: UUID | None = None,
+    state: MoveState | None = None,
+) -> Response:
+    """Moves, newest first."""
+    rows, next_id = await moves_admin.list_moves(
+        admin_deps(rt), tenant_id=tenant_id, state=state, limit=limit, before=cursor
+    )
+    return json_response({"data": rows, "next_cursor": str(next_id) if next_id else None})
+
+
+@router.get("/moves/{move_id}", response_model=MoveRead)
+async def get_move(move_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """Where the move stands: its state, rows copied of the total per table, the
+    replication lag, the verification, the write freeze, the error that stopped it."""
+    return json_response(await moves_admin.get(admin_deps(rt), move_id))
+
+
+@router.post("/moves/{move_id}/cancel", response_model=MoveRead, openapi_extra=problems(Conflict))
+async def cancel_move(move_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """Rolls the move back (in the background; it ends ``cancelled``): the tenant stays
+    on its shard, the target keeps nothing of it. 409 once the move has switched the
+    tenant to its target or has finished."""
+    return json_response(await moves_admin.cancel(admin_deps(rt), move_id))
+
+
+@router.post("/moves/{move_id}/resume", response_model=MoveRead, openapi_extra=problems(Conflict))
+async def resume_move(move_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """Drives an unfinished move from where it stands, in the background: after its
+    driver died, or once the shard that stopped it is back. 409 when it has finished."""
+    return json_response(await moves_admin.resume(admin_deps(rt), move_id))
 
 
 @router.get("/shards", response_model=Page[ShardRead])

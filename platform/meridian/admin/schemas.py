@@ -6,8 +6,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
-from meridian.crud.schemas import NOT_BLANK, Addressable, InputModel, any_present
+from meridian.crud.schemas import NOT_BLANK, Addressable, InputModel, any_present, one_present
 from sharding.engine import ShardEngine
+from sharding.models import MoveState
 from tenancy.context import TenantStatus
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
@@ -106,3 +107,66 @@ class TenantIsolation(BaseModel):
     isolate_seconds: float
     moved_now: bool  # false: no node asked, or the group was already there
     move_seconds: float
+
+
+class MoveCreate(InputModel):
+    """Where to move the tenant: a shard by id, or a region (the least-loaded active
+    shared shard there, as onboarding places tenants). A region change takes effect
+    (the tenant's region, its residency) only when the move completes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            **one_present("target_shard_id", "region"),
+            "examples": [{"region": "eu"}, {"target_shard_id": "eu-2"}],
+        }
+    )
+    target_shard_id: ShardId | None = None
+    region: Region | None = None
+
+    @model_validator(mode="after")
+    def _shard_or_region(self) -> MoveCreate:
+        if (self.target_shard_id is None) == (self.region is None):
+            raise ValueError("give either a target_shard_id or a region")
+        return self
+
+
+class TableProgress(BaseModel):
+    copied: int  # the tenant's rows on the target
+    total: int  # the tenant's rows on the source
+
+
+class TableVerified(BaseModel):
+    rows: int
+    matches: bool  # same count and same order-independent hash of the rows on both sides
+
+
+class MoveTimings(BaseModel):
+    """Where the write freeze went, in milliseconds."""
+
+    fence_ms: int  # waiting for in-flight writers to finish
+    fenced_catch_up_ms: int  # the target applying everything up to the fence
+    verify_ms: int  # comparing counts and hashes
+
+
+class MoveRead(Addressable):
+    id: UUID
+    tenant_id: UUID
+    source_shard_id: str
+    target_shard_id: str
+    state: MoveState
+    # Set while a move is being rolled back: the state it will end in.
+    rolling_back_to: MoveState | None
+    rows_copied: int
+    rows_total: int
+    tables: dict[str, TableProgress]
+    # Bytes of WAL the target had still to apply when last measured.
+    lag_bytes: int | None
+    verified: dict[str, TableVerified] | None
+    timings: MoveTimings | None
+    fenced_at: datetime | None
+    freeze_ms: int | None  # how long the tenant's writes were frozen
+    deleted_from_source: dict[str, int] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None

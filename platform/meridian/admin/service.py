@@ -39,6 +39,7 @@ from meridian.oauth.notbefore import NotBeforeStore
 from meridian.pipelines.defaults import seed_default_pipeline
 from meridian.principal import TENANT_SCOPES
 from sharding import citus
+from sharding.driver import MoveDriver
 from sharding.engine import ShardEngine, asyncpg_dsn
 from sharding.engines import ShardEngines, ShardInfo
 from sharding.models import Shard
@@ -68,6 +69,7 @@ class AdminDeps:
     list_kinds: tuple[str, ...]  # the kinds whose list pages are cached
     reload_topology: Callable[[], Awaitable[list[ShardInfo]]]
     tenant_counts: Callable[[], Awaitable[dict[str, int]]]
+    moves: MoveDriver
 
 
 def _tenant_columns() -> list[Any]:

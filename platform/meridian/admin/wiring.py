@@ -19,4 +19,5 @@ def admin_deps(rt: Runtime) -> AdminDeps:
         list_kinds=tuple(rt.list_cache),
         reload_topology=rt.reload_topology,
         tenant_counts=rt.tenant_counts,
+        moves=rt.moves,
     )
