@@ -637,6 +637,10 @@ class Mover:
             lag = await self._wait_applied(
                 info, src, dst, lsn, self.options.catch_up_timeout, "catch-up"
             )
+            # The copy filled the target's tables behind autovacuum's back: statistics
+            # now, or the tenant's first queries there are planned for empty tables.
+            for table in await _moved_tables(dst):
+                await dst.execute(f"ANALYZE {quote_ident(table)}")
         live = await self._compare_live(info, source, target)
         await self._record(
             info.id,
@@ -713,17 +717,17 @@ class Mover:
             )
             applied = time.monotonic()
             tables = await _moved_tables(src)
-            here, there, mode, rechecked = await self._compare_fenced(
-                info, src, dst, tables, fence_lsn
-            )
+            fenced_check = await self._compare_fenced(info, src, dst, tables, fence_lsn)
+        here, there = fenced_check.here, fenced_check.there
         differing = sorted(t for t in tables if here[t] != there[t])
         progress = dict(info.progress)
         progress["verified"] = {
             t: {"rows": here[t][0], "target_rows": there[t][0], "matches": here[t] == there[t]}
             for t in tables
         }
-        progress["verify_mode"] = mode
-        progress["rechecked_rows"] = rechecked
+        progress["verify_mode"] = fenced_check.mode
+        progress["rechecked_rows"] = fenced_check.rechecked
+        progress["verify_parts_ms"] = fenced_check.parts_ms
         # The copy's final figures: every row of the tenant is on both sides.
         progress["tables"] = {t: {"copied": there[t][0], "total": here[t][0]} for t in tables}
         # Where the freeze's time goes: waiting for in-flight writers, for the target to
@@ -743,50 +747,71 @@ class Mover:
         dst: asyncpg.Connection,
         tables: Sequence[str],
         fence_lsn: str,
-    ) -> tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]], str, int]:
+    ) -> _Fenced:
         """The part of the verification under the fence: per table on each side, the
         row count and what is compared (a hash of the rows that differed live or
-        changed since its point, or of every row), the mode (delta or full), and the
-        rows compared by key."""
+        changed since its point, or of every row)."""
         live = info.progress.get("live_check") or {}
         slot = verify_slot_name(info.id)
-        changed: dict[str, set[verify.Key]] | None = None
-        if (
+        parts: dict[str, int] = {}
+        clock = time.monotonic()
+
+        def lap(part: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            parts[part] = round((now - clock) * 1000)
+            clock = now
+
+        delta = (
             live.get("differing") is not None
             and "target_xid" in live
             and await _slot_exists(src, slot)
-        ):
+        )
+        if delta:
+            keys = await verify.primary_keys(src, tables)
+
+            async def written_on_target() -> dict[str, set[verify.Key]]:
+                return {
+                    t: await verify.rows_written_since(
+                        dst, keys[t], info.tenant_id, live["target_xid"]
+                    )
+                    for t in tables
+                }
+
             try:
-                changed = await verify.changed_keys(src, slot, replication_name(info.id), fence_lsn)
+                changed, written = await asyncio.gather(
+                    verify.changed_keys(src, slot, replication_name(info.id), fence_lsn),
+                    written_on_target(),
+                )
             except verify.TruncatedError:
-                changed = None
-        if changed is None:
+                delta = False
+            lap("changes")
+        if not delta:
             here, there = await asyncio.gather(
                 verify.checksums(src, tables, info.tenant_id),
                 verify.checksums(dst, tables, info.tenant_id),
             )
-            return here, there, "full", sum(n for n, _ in here.values())
-        keys = await verify.primary_keys(src, tables)
+            lap("full")
+            return _Fenced(here, there, "full", sum(n for n, _ in here.values()), parts)
         counted_here, counted_there = await asyncio.gather(
             verify.counts(src, tables, info.tenant_id), verify.counts(dst, tables, info.tenant_id)
         )
+        lap("counts")
         here, there = {}, {}
         rechecked = 0
         for table in tables:
-            written = await verify.rows_written_since(
-                dst, keys[table], info.tenant_id, live["target_xid"]
-            )
             wanted = (
                 {tuple(k) for k in live["differing"].get(table, [])}
                 | changed.get(table, set())
-                | written
+                | written[table]
             )
             rechecked += len(wanted)
             wrong = await verify.differing_rows(src, dst, keys[table], info.tenant_id, wanted)
             # Equal unless the counts or some rows differ (the keys of those, as text).
             here[table] = (counted_here[table], "")
             there[table] = (counted_there[table], ",".join("/".join(k) for k in wrong))
-        return here, there, "delta", rechecked
+        lap("recheck")
+        return _Fenced(here, there, "delta", rechecked, parts)
 
     # freezing → switched
     async def _switch(self, info: MoveInfo) -> None:
@@ -1202,6 +1227,18 @@ class Mover:
             # Instances still holding the old entry are refused by the source's
             # residency and re-route; a lost invalidation costs them one retry.
             log.warning("directory invalidation for tenant %s failed", tenant_id, exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fenced:
+    """What the verification under the fence found, per table on each side: the row
+    count and a digest that matches when the table's rows do."""
+
+    here: dict[str, tuple[int, str]]
+    there: dict[str, tuple[int, str]]
+    mode: str  # delta: counts and the rows that changed; full: every row
+    rechecked: int  # rows compared by key (delta) or hashed (full)
+    parts_ms: dict[str, int]
 
 
 class _Abort(Exception):

@@ -680,6 +680,22 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def _verification_row(progress: Mapping[str, Any]) -> str:
+    """How the move verified: rows compared live (before the fence), and under the
+    fence the mode (delta: counts and the rows that changed; full: every row) and
+    the rows compared by key."""
+    live = progress.get("live_check") or {}
+    differing = live.get("differing")
+    live_keys = "too many" if differing is None else sum(len(k) for k in differing.values())
+    return (
+        f"| verification: live rows compared in ms, keys differing live; under the fence "
+        f"mode, rows rechecked | {live.get('rows', '?')} in {live.get('ms', '?')} ms, "
+        f"{live_keys}; {progress.get('verify_mode', '?')}, "
+        f"{progress.get('rechecked_rows', '?')} (ms: {progress.get('verify_parts_ms', '?')}) "
+        "| | |"
+    )
+
+
 def _ms(value: float) -> str:
     if math.isnan(value):
         return "n/a"
@@ -764,6 +780,7 @@ class Report:
             f"| write freeze, as the mover measured it (`freeze_ms`) | {info.freeze_ms} ms "
             f"| < 1 s | {freeze_verdict} |",
             f"| of which fence / fenced catch-up / verify | {split} ms | | |",
+            _verification_row(progress),
             f"| writes started during the move, p50 as writers saw it | {_ms(p50)} "
             f"| < 1 s | {_verdict(p50 < TARGET_FREEZE_MS / 1000)} |",
             f"| writes started during the move, p99 | {_ms(p99)} | < 1 s "
