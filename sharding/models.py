@@ -90,6 +90,17 @@ class MoveState(enum.StrEnum):
 
 
 FINAL_MOVE_STATES = frozenset({MoveState.DONE, MoveState.FAILED, MoveState.CANCELLED})
+# The states a move goes through, in order, when nothing rolls it back.
+MOVE_PATH = (
+    MoveState.PLANNED,
+    MoveState.COPYING,
+    MoveState.CATCHING_UP,
+    MoveState.VERIFYING,
+    MoveState.FREEZING,
+    MoveState.SWITCHED,
+    MoveState.CLEANING,
+    MoveState.DONE,
+)
 
 
 class TenantMove(ControlBase):

@@ -66,7 +66,7 @@ from meridian.runtime import Runtime
 from meridian.settings import Settings
 from meridian_dev.postgres import LocalCluster, LocalPgError, free_port
 from sharding.catalog import tenant_tables
-from sharding.models import MoveState
+from sharding.models import MOVE_PATH, MoveState
 from sharding.mover import MoveInfo, Mover
 from tenancy.keyring import TenantKeyring
 
@@ -78,16 +78,7 @@ APP_ROLE = "meridian_app"
 # What a read-back compares with the last acknowledged answer for the same contact.
 CHECKED = ("first_name", "last_name", "email", "title", "version", "updated_at")
 # The mover's states in the order a move goes through them.
-STATES = [
-    MoveState.PLANNED,
-    MoveState.COPYING,
-    MoveState.CATCHING_UP,
-    MoveState.VERIFYING,
-    MoveState.FREEZING,
-    MoveState.SWITCHED,
-    MoveState.CLEANING,
-    MoveState.DONE,
-]
+STATES = list(MOVE_PATH)
 # A write still unacknowledged after this long, once the load is told to stop, is given up.
 GIVE_UP_AFTER = 60.0
 TARGET_FREEZE_MS = 1000.0

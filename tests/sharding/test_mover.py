@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from meridian.operations import add_shard
 from sharding.errors import ResidencyError, UnknownShardError
-from sharding.models import MoveState
+from sharding.models import MOVE_PATH, MoveState
 from sharding.mover import MoveConflictError, MoveRefusedError
 from tenancy.context import TenantContext, TenantStatus
 from tests.fixtures.databases import APP_ROLE, dsn, recreate_database
@@ -187,16 +187,7 @@ async def test_the_mover_killed_after_each_state_is_resumed_by_another(env: Env)
             assert resp.status_code == 201, resp.text
         if resp.status_code == 201:
             acked[resp.json()["id"]] = resp.json()
-    assert states == [
-        MoveState.PLANNED,
-        MoveState.COPYING,
-        MoveState.CATCHING_UP,
-        MoveState.VERIFYING,
-        MoveState.FREEZING,
-        MoveState.SWITCHED,
-        MoveState.CLEANING,
-        MoveState.DONE,
-    ]
+    assert states == list(MOVE_PATH)
     assert await directory(env, tenant) == (B, 2)
     assert set((await counts(env, A, tenant)).values()) == {0}
     await assert_served_as_written(env, tenant, seeded | acked)

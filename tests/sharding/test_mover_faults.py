@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from meridian_dev.postgres import LocalCluster
-from sharding.models import MoveState
+from sharding.models import MOVE_PATH, MoveState
 from sharding.mover import (
     MoveInfo,
     MoveOptions,
@@ -526,15 +526,6 @@ async def test_a_mover_killed_after_each_state_is_resumed_by_the_next(
         except TimeoutError:
             movers.kill()
             await movers.wait()
-    assert states == [
-        MoveState.PLANNED,
-        MoveState.COPYING,
-        MoveState.CATCHING_UP,
-        MoveState.VERIFYING,
-        MoveState.FREEZING,
-        MoveState.SWITCHED,
-        MoveState.CLEANING,
-        MoveState.DONE,
-    ]
+    assert states == list(MOVE_PATH)
     assert await directory(env, tenant) == (B, 2)
     await _assert_clean_end(env, tenant, move, seeded | writer.acked, neighbours)
