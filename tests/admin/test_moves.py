@@ -31,6 +31,7 @@ from tests.fixtures.moving import (
 )
 from tests.fixtures.pgcluster import pg_clusters
 from tests.fixtures.response_models import checking
+from tests.fixtures.users import PASSWORD, new_user, sign_in
 from tests.fixtures.waiting import eventually
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ async def env(databases: TestDatabases, pg_clusters: StartCluster) -> AsyncItera
     )
     servers = {A: (first, "mv_a"), B: (second, "mv_b"), C: (second, "mv_c"), D: (first, "mv_d")}
     control_db = f"{databases.prefix}_mvapi_control"
-    async with moving_env(databases, servers, REGIONS, control_db) as moving:
+    # The password grant on: users of a moved tenant sign in before and after its move.
+    async with moving_env(databases, servers, REGIONS, control_db, password_grant=True) as moving:
         # D takes part in the rebalance and the drain only: no move picks it before.
         await shard_state(moving, D, "closed")
         yield moving
@@ -103,6 +105,14 @@ async def test_a_tenant_changes_region_through_the_admin_api(env: Env) -> None:
     first = next(iter(seeded.values()))
     # Cached before the move: the record and the directory entry.
     assert (await c.get(f"/v1/contacts/{first['id']}", headers=tenant.headers)).status_code == 200
+    # A sales rep with a manager, signed in before the move, and a record of the rep's.
+    manager = await new_user(c, tenant, role="sales_manager", password=PASSWORD)
+    rep = await new_user(c, tenant, manager_id=manager["id"], password=PASSWORD)
+    owned = await c.post(
+        "/v1/contacts", json={"last_name": "Rep's", "owner_id": rep["id"]}, headers=tenant.headers
+    )
+    assert owned.status_code == 201, owned.text
+    rep_headers = await sign_in(c, tenant, rep["email"])
     writer = Writer(c, tenant)
     writing = asyncio.create_task(writer.run())
     await asyncio.sleep(0.2)
@@ -171,6 +181,14 @@ async def test_a_tenant_changes_region_through_the_admin_api(env: Env) -> None:
     )
     assert timeline.status_code == 200, timeline.text
     assert [a["subject"] for a in timeline.json()["data"]] == ["Met"]
+    # The rep's token from before the move still works, with the rep's record scope;
+    # the manager signs in afterwards and sees the subordinate's record.
+    mine = await c.get("/v1/contacts", headers=rep_headers)
+    assert mine.status_code == 200, mine.text
+    assert [r["id"] for r in mine.json()["data"]] == [owned.json()["id"]]
+    manager_headers = await sign_in(c, tenant, manager["email"])
+    theirs = await c.get(f"/v1/contacts/{owned.json()['id']}", headers=manager_headers)
+    assert theirs.status_code == 200, theirs.text
     # Nothing of the tenant is left on the source.
     assert await contacts_on(env, A, tenant) == 0
 
