@@ -175,8 +175,9 @@ def verify_slot_name_of(replication: str) -> str:
     return f"{replication}_v"
 
 
-def _lock_key(move_id: UUID) -> int:
-    # The random tail of the UUIDv7, as a signed bigint for pg_try_advisory_lock.
+def move_lock_key(move_id: UUID) -> int:
+    """The session advisory lock a process holds on the control plane while it drives
+    the move: the random tail of the UUIDv7, as a signed bigint."""
     return int.from_bytes(move_id.bytes[8:], "big", signed=True)
 
 
@@ -398,7 +399,7 @@ class Mover:
         session lock, so a driver that dies (its connection with it) frees the move for
         whoever resumes it."""
         async with self._control.connect() as conn:
-            key = _lock_key(move_id)
+            key = move_lock_key(move_id)
             got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
             await conn.commit()
             if not got:

@@ -48,7 +48,7 @@ from sharding import citus
 from sharding.balance import PlannedMove, plan_rebalance, tenant_sizes
 from sharding.engine import ShardEngine, agreed_engine, asyncpg_dsn, detect_engine_at
 from sharding.models import MoveState, Shard
-from sharding.mover import MoveError, MoveInfo
+from sharding.mover import MoveBusyError, MoveError, MoveInfo
 from sharding.registry import upsert_shard
 from tenancy.context import TenantContext
 from tenancy.keyring import KeyUnavailable, TenantKeyring
@@ -356,8 +356,11 @@ def _move_json(body: dict[str, Any]) -> dict[str, Any]:
 
 async def follow_move(rt: Runtime, move_id: UUID, drive: MoveAction) -> dict[str, Any]:
     """``drive`` (running, resuming or cancelling the move) in this process, with a
-    progress bar of its state and rows copied; the move as ``MoveRead`` shows it."""
+    progress bar of its state and rows copied; the move as ``MoveRead`` shows it. When
+    another process drives the move already (an API instance's sweep may take it up
+    between two commands), it is followed to its end instead."""
     mover = rt.moves.mover
+    running: asyncio.Task[MoveInfo] | None = asyncio.create_task(drive())
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -367,9 +370,13 @@ async def follow_move(rt: Runtime, move_id: UUID, drive: MoveAction) -> dict[str
         console=Console(stderr=True),
     ) as bar:
         task = bar.add_task("planned", total=None)
-        running = asyncio.create_task(drive())
         while True:
-            done, _ = await asyncio.wait({running}, timeout=0.5)
+            if running is None:
+                await asyncio.sleep(0.5)
+            else:
+                await asyncio.wait({running}, timeout=0.5)
+                if running.done() and isinstance(running.exception(), MoveBusyError):
+                    running = None
             info = await mover.get_move(move_id)
             shown = move_body(info)
             lag = f", {info.lag_bytes} B behind" if info.lag_bytes else ""
@@ -380,9 +387,10 @@ async def follow_move(rt: Runtime, move_id: UUID, drive: MoveAction) -> dict[str
                 completed=shown["rows_copied"],
                 total=shown["rows_total"] or None,
             )
-            if done:
+            if (running is None and info.finished) or (running is not None and running.done()):
                 break
-    await running  # its error, if it stopped with one
+    if running is not None:
+        await running  # its error, if it stopped with one
     return _move_json(move_body(await mover.get_move(move_id)))
 
 
@@ -419,8 +427,16 @@ async def resume_move(rt: Runtime, move_id: UUID) -> dict[str, Any]:
 
 
 async def cancel_move(rt: Runtime, move_id: UUID) -> dict[str, Any]:
+    mover = rt.moves.mover
+
+    async def cancel() -> MoveInfo:
+        # Recorded first: whoever drives the move (here, or another process followed
+        # to its end) rolls it back.
+        await mover.request_cancel(move_id)
+        return await mover.run_move(move_id)
+
     await moves_admin.get(admin_deps(rt), move_id)
-    return await follow_move(rt, move_id, lambda: rt.moves.mover.cancel_move(move_id))
+    return await follow_move(rt, move_id, cancel)
 
 
 async def _run_planned(

@@ -13,10 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import httpx
 import pytest
 
-from meridian.operations import drain_shard, rebalance
+from meridian.operations import drain_shard, rebalance, resume_move
+from sharding.models import MoveState
+from sharding.mover import move_lock_key
 from tests.fixtures.api import Tenant
 from tests.fixtures.moving import (
     LOGICAL,
@@ -314,3 +317,26 @@ async def test_a_region_rebalances_and_a_shard_drains(env: Env) -> None:
     assert shards[D].state == "closed"
     # Nothing left to move: a second drain plans nothing.
     assert (await drain_shard(rt, D, parallel=2))["moves"] == []
+
+
+async def test_resuming_a_move_another_process_drives_follows_it_to_its_end(env: Env) -> None:
+    """`meridian moves resume` (and `tenants move --wait`) when an API instance's sweep
+    took the move up first: it waits for that driver instead of failing."""
+    tenant = await env.tenant(A)
+    mover = env.mover()
+    info = await mover.plan_move(uuid.UUID(tenant.id), C)
+    control = env.settings.control_admin_dsn or ""
+    other = await asyncpg.connect(control.replace("+asyncpg", ""))
+    try:
+        # The other process holds the move (as run_move does while driving it).
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", move_lock_key(info.id))
+        following = asyncio.create_task(resume_move(env.runtime, info.id))
+        await asyncio.sleep(1.0)
+        assert not following.done()  # following, not failed
+    finally:
+        await other.close()
+    # The other process now drives it (here: another mover), and the follower sees it end.
+    driven = await env.mover().run_move(info.id)
+    assert driven.state is MoveState.DONE
+    followed = await following
+    assert (followed["id"], followed["state"]) == (str(info.id), "done")

@@ -14,7 +14,7 @@ import pytest
 
 from sharding.driver import MoveDriver
 from sharding.models import MoveState
-from sharding.mover import MoveInfo, Mover, _lock_key
+from sharding.mover import MoveInfo, Mover, move_lock_key
 from tests.fixtures.databases import raw_dsn
 from tests.fixtures.moving import LOGICAL, Env, assert_one_writable, leftovers, moving_env, seed
 from tests.fixtures.pgcluster import pg_clusters
@@ -73,7 +73,7 @@ async def test_a_move_another_process_drives_is_left_to_it(env: Env) -> None:
     # Another process holds the move's lock (as run_move does while it drives).
     other = await asyncpg.connect(raw_dsn(env.settings.control_dsn.rsplit("/", 1)[1]))
     try:
-        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(info.id))
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", move_lock_key(info.id))
         driver = MoveDriver(env.mover(), env.runtime.control, sweep_interval=0)
         assert info.id in await driver.sweep()
         await asyncio.sleep(0.5)
