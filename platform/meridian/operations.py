@@ -70,6 +70,23 @@ T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
+async def _shard_admin(
+    control: AsyncEngine, shard_id: str, admin_dsn: str | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the shard as ``admin_dsn`` (default: its recorded admin DSN), for
+    the operations that handle a shard's tables directly. LookupError: no such shard."""
+    async with control.connect() as conn:
+        recorded = await conn.scalar(select(Shard.admin_dsn).where(Shard.id == shard_id))
+    if recorded is None:
+        raise LookupError(f"no shard {shard_id!r} in the topology")
+    shard = await asyncpg.connect(asyncpg_dsn(admin_dsn or recorded), timeout=10.0)
+    try:
+        yield shard
+    finally:
+        await shard.close()
+
+
+@contextlib.asynccontextmanager
 async def _control(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """A short-lived engine on the control plane as its owner, for one operation."""
     engine = create_async_engine(settings.control_migrate_dsn)
@@ -177,15 +194,8 @@ async def distribute_shard(
     as ``admin_dsn`` (default: the shard's recorded one), then records the shard's
     engine as citus. Raises LookupError for an unknown shard and
     ``sharding.citus.CitusAdminError`` when it refuses."""
-    async with _control(settings) as engine, engine.connect() as conn:
-        recorded = await conn.scalar(select(Shard.admin_dsn).where(Shard.id == shard_id))
-    if recorded is None:
-        raise LookupError(f"no shard {shard_id!r} in the topology")
-    conn = await asyncpg.connect(asyncpg_dsn(admin_dsn or recorded), timeout=10.0)
-    try:
+    async with _control(settings) as engine, _shard_admin(engine, shard_id, admin_dsn) as conn:
         tables = await citus.distribute_tables(conn)
-    finally:
-        await conn.close()
     # Last, so an instance never treats a half-converted shard as Citus; instances
     # rebuild the shard's pools when they see the new engine (topology refresh).
     async with _control(settings) as engine, engine.begin() as control_conn:
@@ -463,14 +473,6 @@ async def _run_planned(
     ]
 
 
-async def _shard_conn(rt: Runtime, shard_id: str) -> asyncpg.Connection:
-    async with rt.control.connect() as conn:
-        admin_dsn = await conn.scalar(select(Shard.admin_dsn).where(Shard.id == shard_id))
-    if admin_dsn is None:
-        raise LookupError(f"no shard {shard_id!r}")
-    return await asyncpg.connect(asyncpg_dsn(admin_dsn), timeout=10.0)
-
-
 async def drain_shard(rt: Runtime, shard_id: str, *, parallel: int) -> dict[str, Any]:
     """What `meridian shards drain` does: close the shard to new tenants, then move every
     tenant off it to the least-loaded active shard of its region, ``parallel`` at a
@@ -493,11 +495,8 @@ async def drain_shard(rt: Runtime, shard_id: str, *, parallel: int) -> dict[str,
             .scalars()
             .all()
         )
-    conn = await _shard_conn(rt, shard_id)
-    try:
+    async with _shard_admin(rt.control, shard_id) as conn:
         sizes = await tenant_sizes(conn)
-    finally:
-        await conn.close()
     # Planned as if the shard were closed already (it is, before the first move).
     others = [s for s in shards if s.id != shard_id]
     counts = await rt.tenant_counts()
@@ -539,11 +538,8 @@ async def rebalance_plan(
     for in_region in sorted({s.region for s in shards}):
         loads: dict[str, dict[UUID, int]] = {}
         for shard in sorted(s.id for s in shards if s.region == in_region):
-            conn = await _shard_conn(rt, shard)
-            try:
+            async with _shard_admin(rt.control, shard) as conn:
                 sizes = await tenant_sizes(conn)
-            finally:
-                await conn.close()
             # Rows of tenants the directory places elsewhere (a move's leftovers) and of
             # deleted tenants stay where they are: only the shard's own tenants move.
             loads[shard] = {t: n for t, n in sizes.items() if placed.get(t) == shard}
