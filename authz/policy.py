@@ -47,6 +47,15 @@ CATALOGUE: Mapping[str, frozenset[str]] = {
     "users": CRUD,
     "roles": CRUD,
     "shares": CRUD,
+    # The tenant's event log and live stream (each event also needs read on its record's
+    # object and, for a scoped user, the record in scope).
+    "events": frozenset({"read"}),
+    # Webhook subscriptions, their deliveries, retries and replays.
+    "webhooks": CRUD,
+    # The audit trail: sign-ins, role and permission changes, shares, exports, deletes.
+    "audit": frozenset({"read"}),
+    # A deal's fulfilment steps (the saga run when an opportunity is won).
+    "fulfilment": frozenset({"read", "update"}),
     # Sensitive fields (email, phone, tax id) in clear; without it they are masked.
     "pii": frozenset({"read"}),
     # Every record of the tenant, whatever the reporting line and the shares.
@@ -81,28 +90,29 @@ TEMPLATES: Mapping[str, frozenset[Permission]] = {
         | _grant(["activities"], ["read", "create"])
         | _grant(["shares"], ["read", "create", "delete"])
         | _grant(["users", "roles"], ["read"])
-        | {("pii", "read")}
+        | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
     ),
     "sales_rep": (
         _grant(_CRM, CRUD)
         | _grant(["pipelines", "users"], ["read"])
         | _grant(["activities"], ["read", "create"])
         | _grant(["shares"], ["read", "create", "delete"])
-        | {("pii", "read")}
+        | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
     ),
     "support_agent": (
         _grant((*_CRM, "pipelines", "activities", "users", "shares"), ["read"])
         | _grant(["accounts", "contacts"], ["update"])
-        | {("activities", "create"), ("pii", "read")}
+        | {("activities", "create"), ("pii", "read"), ("events", "read")}
     ),
-    "read_only": _grant((*_CRM, "pipelines", "activities"), ["read"]),
+    "read_only": _grant((*_CRM, "pipelines", "activities", "events"), ["read"]),
     # Machine clients syncing the tenant's data: CRM read/write over every record, no
     # say over people, roles or shares.
     "integration": (
         _grant(_CRM, CRUD)
         | _grant(["pipelines", "users"], ["read"])
         | _grant(["activities"], ["read", "create"])
-        | {("pii", "read"), ("records", "read_all")}
+        | _grant(["webhooks"], CRUD)
+        | {("pii", "read"), ("records", "read_all"), ("events", "read"), ("fulfilment", "read")}
     ),
 }
 

@@ -32,6 +32,10 @@ class Tenant(ControlBase):
             "status IN ('provisioning', 'active', 'suspended', 'deleted')", name="status"
         ),
         CheckConstraint("slug ~ '^[a-z0-9][a-z0-9-]{1,62}$'", name="slug_format"),
+        CheckConstraint(
+            "event_retention_days IS NULL OR event_retention_days BETWEEN 1 AND 3650",
+            name="event_retention_days",
+        ),
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True)
@@ -44,6 +48,9 @@ class Tenant(ControlBase):
     # same key resumes or replays it instead of failing on the taken slug.
     creation_key: Mapped[str | None] = mapped_column(String(255))
     creation_fingerprint: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Days the tenant's events (and so its history and audit trail) are kept; None: the
+    # platform's default (MERIDIAN_EVENT_RETENTION_DAYS).
+    event_retention_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

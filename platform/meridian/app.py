@@ -14,6 +14,7 @@ from meridian.activities.router import router as activities_router
 from meridian.activities.router import timeline_router
 from meridian.admin.router import router as admin_router
 from meridian.contacts.router import router as contacts_router
+from meridian.events.router import router as events_router
 from meridian.health import router as health_router
 from meridian.oauth.router import router as oauth_router
 from meridian.oauth.sessions import router as sessions_router
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeline_router,
         pipelines_router,
         sharing_router,
+        events_router,
         users_router,
         roles_router,
         sessions_router,

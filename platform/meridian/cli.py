@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -149,6 +150,23 @@ def serve(
         access_log=False,
         log_level="info",
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run the event worker: the outbox relay, webhook deliveries, projections and
+    sagas (MERIDIAN_* settings, or a dev.json); several may run at once."""
+    from meridian.settings import KeyConfigError
+    from meridian.worker.main import run_worker
+
+    settings = get_settings()
+    with _one_line("worker", KeyConfigError):
+        settings.key_provider()
+    if not settings.redis_url:
+        typer.echo("meridian worker: events need Redis: set MERIDIAN_REDIS_URL", err=True)
+        raise typer.Exit(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run_worker(settings))
 
 
 @app.command()

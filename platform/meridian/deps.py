@@ -26,6 +26,7 @@ from meridian.errors import (
     TenantSuspended,
     Unauthorized,
 )
+from meridian.events import outbox
 from meridian.identity import Actor, resolve_actor
 from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
@@ -79,7 +80,15 @@ class TenantAccess:
         async with self.runtime.router.transaction(
             self.tenant, write=True, on_stale=self.runtime.refresh_tenant
         ) as session:
+            # The events the transaction's writes append name who made them.
+            outbox.act_as(session, self.event_actor)
             yield session
+
+    @property
+    def event_actor(self) -> outbox.EventActor:
+        if self.actor.user_id is not None:
+            return outbox.EventActor("user", str(self.actor.user_id))
+        return outbox.EventActor("client", self.principal.client_id)
 
 
 # Record scope, beyond the (object, action) a route declares: decided by the policy the
@@ -190,6 +199,14 @@ CanReadShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "read"))
 CanCreateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "create"))]
 CanUpdateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "update"))]
 CanDeleteShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "delete"))]
+CanReadEvents = Annotated[TenantAccess, Depends(RequireTenant("events", "read"))]
+CanReadAudit = Annotated[TenantAccess, Depends(RequireTenant("audit", "read"))]
+CanReadWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "read"))]
+CanCreateWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "create"))]
+CanUpdateWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "update"))]
+CanDeleteWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "delete"))]
+CanReadFulfilment = Annotated[TenantAccess, Depends(RequireTenant("fulfilment", "read"))]
+CanUpdateFulfilment = Annotated[TenantAccess, Depends(RequireTenant("fulfilment", "update"))]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 

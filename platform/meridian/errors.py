@@ -102,6 +102,12 @@ class Duplicate(Conflict):
     title = "Duplicate record"
 
 
+class Gone(MeridianError):
+    status_code = 410
+    type_slug = "gone"
+    title = "Gone"
+
+
 class PreconditionFailed(MeridianError):
     status_code = 412
     type_slug = "precondition-failed"

@@ -7,6 +7,7 @@ from meridian.accounts.models import Account
 from meridian.activities.models import Activity
 from meridian.contacts.models import Contact
 from meridian.crud.idempotency import IdempotencyKey
+from meridian.events.models import EventOutbox, EventRelay, EventSequence
 from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRevocation
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
@@ -41,6 +42,9 @@ SHARD_MODELS = (
     AppUser,
     UserClosure,
     RecordShare,
+    EventSequence,
+    EventRelay,
+    EventOutbox,
 )
 control_metadata = ControlBase.metadata
 shard_metadata = ShardBase.metadata

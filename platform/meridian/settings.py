@@ -187,6 +187,20 @@ class Settings(BaseSettings):
     # How often an API instance looks for tenant moves nobody drives (their driver died,
     # or a shard they need was down) and resumes them. 0: never (`meridian moves resume`).
     move_sweep_interval: float = Field(default=30.0, ge=0)
+    # Events (meridian.events, meridian.worker). How often the relay looks for unpublished
+    # events on each shard, how many it publishes per tenant at a time, and how many
+    # entries the Redis stream keeps (a transport; the shards' outboxes are the record).
+    event_relay_interval: float = Field(default=0.1, gt=0)
+    event_relay_batch: int = Field(default=500, ge=1, le=10_000)
+    event_stream_max: int = Field(default=200_000, ge=1_000)
+    # A consumer's unacknowledged entry is taken over by another after this long, and
+    # set aside (logged, acknowledged) after this many deliveries.
+    event_claim_idle: float = Field(default=30.0, gt=0)
+    event_max_deliveries: int = Field(default=10, ge=1)
+    # Days a tenant's events are kept when its platform admin set nothing else.
+    event_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Job queue (saq on Redis): webhook deliveries and saga steps run this many at once.
+    worker_concurrency: int = Field(default=20, ge=1, le=500)
 
     @classmethod
     def settings_customise_sources(

@@ -48,6 +48,7 @@ from meridian.crud.compiled import (
     shape,
 )
 from meridian.crud.pagination import Cursor, Sort, after, order_by
+from meridian.events import outbox
 from tenancy.context import TenantContext
 from tenancy.planes import ShardBase
 
@@ -397,6 +398,56 @@ class TenantRepository(Generic[R]):
         return dict(row) if row is not None else None
 
     # -- writes ---------------------------------------------------------------------
+    # Every write appends its events to the outbox in its own transaction
+    # (meridian.events.outbox): "<event_kind>.created|updated|deleted", plus what
+    # ``derived_events`` adds (an opportunity's stage change, won or lost).
+    event_kind: ClassVar[str | None] = None
+
+    @classmethod
+    def kind_of_events(cls) -> str:
+        return cls.event_kind or cls.model.__tablename__
+
+    def _emit(
+        self,
+        action: str,
+        row: Mapping[Any, Any],
+        *,
+        changes: Mapping[str, Any] | None = None,
+    ) -> None:
+        kind = self.kind_of_events()
+        owner = row.get("owner_id")
+        outbox.record(
+            self.session,
+            self.tenant_id,
+            f"{kind}.{action}",
+            kind,
+            row.get("id"),
+            owner_id=owner,
+            record=outbox.snapshot(row, self.hidden),
+            changes=changes,
+        )
+
+    async def derived_events(
+        self, row: Mapping[Any, Any], changes: Mapping[str, Any] | None
+    ) -> None:
+        """Events a domain derives from a write of its records (``changes`` is None for a
+        creation), queued with ``emit_derived``; none by default."""
+
+    def emit_derived(
+        self, type_: str, row: Mapping[Any, Any], extra: Mapping[str, Any] | None = None
+    ) -> None:
+        kind = self.kind_of_events()
+        outbox.record(
+            self.session,
+            self.tenant_id,
+            f"{kind}.{type_}",
+            kind,
+            row.get("id"),
+            owner_id=row.get("owner_id"),
+            record=outbox.snapshot(row, self.hidden),
+            extra=extra,
+        )
+
     async def insert(self, values: Mapping[str, Any]) -> R:
         stmt = (
             insert(self.model)
@@ -404,12 +455,35 @@ class TenantRepository(Generic[R]):
             .returning(*self.read_columns())
         )
         row = (await self.session.execute(stmt)).mappings().one()
+        self._emit("created", row)
+        await self.derived_events(row, None)
         return cast(R, dict(row))
+
+    async def _before(self, record_id: UUID, columns: Sequence[str]) -> dict[str, Any] | None:
+        """The stored values of ``columns`` (for the event's "from"), locked FOR NO KEY
+        UPDATE, the lock the UPDATE itself takes; None when the row is not in scope."""
+        table = self.model.__table__.c
+        names = [c for c in columns if c in table]
+        for name in list(names):
+            # An encrypted field is compared by its blind index (see outbox).
+            index = name.removesuffix("_enc") + "_bidx"
+            if name.endswith("_enc") and index in table and index not in names:
+                names.append(index)
+        stmt = (
+            select(self.attr("id"), *(self.attr(c) for c in names if c != "id"))
+            .where(self.scoped(), self.attr("id") == record_id)
+            .with_for_update(key_share=True)
+        )
+        row = (await self.session.execute(stmt)).mappings().one_or_none()
+        return dict(row) if row is not None else None
 
     async def update(
         self, record_id: UUID, values: Mapping[str, Any], *, expected_version: int | None
     ) -> R | None:
         """Apply ``values``; None if the row does not exist. Raises VersionMismatch."""
+        before = await self._before(record_id, list(values))
+        if before is None:
+            return None
         conditions = [self.scoped(), self.attr("id") == record_id]
         if expected_version is not None:
             conditions.append(self.attr("version") == expected_version)
@@ -420,19 +494,27 @@ class TenantRepository(Generic[R]):
             .returning(*self.read_columns())
         )
         row = (await self.session.execute(stmt)).mappings().one_or_none()
-        if row is not None:
-            return cast(R, dict(row))
-        if expected_version is not None and await self.exists(record_id):
-            raise VersionMismatch
-        return None
+        if row is None:
+            if expected_version is not None:
+                raise VersionMismatch
+            return None
+        # What the row returns, and the written values of columns it does not (blind
+        # indexes, a password hash), to compare with what was there.
+        after = {**{k: v for k, v in values.items() if k in before}, **dict(row)}
+        changes = outbox.changes_between(before, after, self.hidden)
+        if changes:
+            self._emit("updated", row, changes=changes)
+            await self.derived_events(row, changes)
+        return cast(R, dict(row))
 
     async def delete(self, record_id: UUID, *, expected_version: int | None) -> bool:
         conditions = [self.scoped(), self.attr("id") == record_id]
         if expected_version is not None:
             conditions.append(self.attr("version") == expected_version)
-        stmt = delete(self.model).where(*conditions).returning(self.attr("id"))
-        deleted = (await self.session.execute(stmt)).first()
+        stmt = delete(self.model).where(*conditions).returning(*self.read_columns())
+        deleted = (await self.session.execute(stmt)).mappings().first()
         if deleted is not None:
+            self._emit("deleted", deleted)
             return True
         if expected_version is not None and await self.exists(record_id):
             raise VersionMismatch

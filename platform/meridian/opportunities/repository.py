@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +23,29 @@ SORTABLE = {
 
 class OpportunityRepository(TenantRepository[OpportunityRow]):
     model = Opportunity
+
+    async def derived_events(
+        self, row: Mapping[Any, Any], changes: Mapping[str, Any] | None
+    ) -> None:
+        """An opportunity entering a stage: ``opportunity.stage_changed`` (on an update),
+        and ``opportunity.won`` or ``.lost`` when that stage closes it (also when it is
+        created closed). Downstream work starts from these (a deal's fulfilment)."""
+        if changes is not None and "stage_id" not in changes:
+            return
+        stage = {"stage_id": str(row["stage_id"]), "stage_kind": await self._stage_kind(row)}
+        if changes is not None:
+            self.emit_derived(
+                "stage_changed", row, {**stage, "from_stage_id": changes["stage_id"]["old"]}
+            )
+        if stage["stage_kind"] in ("won", "lost"):
+            self.emit_derived(str(stage["stage_kind"]), row, stage)
+
+    async def _stage_kind(self, row: Mapping[Any, Any]) -> str | None:
+        stmt = select(PipelineStage.kind).where(
+            PipelineStage.tenant_id == self.tenant_id, PipelineStage.id == row["stage_id"]
+        )
+        kind: str | None = await self.session.scalar(stmt)
+        return kind
 
     async def placement(self, opportunity_id: UUID) -> dict[str, Any] | None:
         """Version, pipeline and stage, locking the row for the update that follows."""

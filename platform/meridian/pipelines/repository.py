@@ -41,6 +41,7 @@ def _group(pipeline_ids: Iterable[UUID], stages: Iterable[Any]) -> dict[UUID, li
 
 class StageRepository(TenantRepository[StageRow]):
     model = PipelineStage
+    event_kind = "stage"
 
     def _in_pipeline(self, pipeline_id: UUID) -> list[ColumnElement[bool]]:
         return [self.scoped(), PipelineStage.pipeline_id == pipeline_id]
@@ -95,7 +96,9 @@ class StageRepository(TenantRepository[StageRow]):
             .values([{"tenant_id": self.tenant_id, **row} for row in rows])
             .returning(*self.read_columns())
         )
-        result = (await self.session.execute(stmt)).mappings()
+        result = (await self.session.execute(stmt)).mappings().all()
+        for row in result:
+            self._emit("created", row)
         stages = (cast(StageRow, dict(r)) for r in result)
         return sorted(stages, key=lambda r: (r["position"], r["id"]))
 

@@ -24,6 +24,7 @@ OLDEST_FIRST = Sort("created_at", RecordShare.created_at, descending=False)
 
 class ShareRepository(TenantRepository[ShareRow]):
     model = RecordShare
+    event_kind = "share"
 
     @staticmethod
     def of_record(record_kind: str, record_id: UUID) -> list[ColumnElement[bool]]:
@@ -77,18 +78,23 @@ class ShareRepository(TenantRepository[ShareRow]):
             .where(
                 self.scoped(), RecordShare.id == share_id, *self.of_record(record_kind, record_id)
             )
-            .returning(RecordShare.id)
+            .returning(*self.read_columns())
         )
-        return (await self.session.execute(stmt)).first() is not None
+        row = (await self.session.execute(stmt)).mappings().first()
+        if row is not None:
+            self._emit("deleted", row)
+        return row is not None
 
     async def forget_record(self, record_kind: str, record_id: UUID) -> None:
         """Drop the shares of a record that is being deleted."""
         stmt = (
             delete(RecordShare)
             .where(self.scoped(), *self.of_record(record_kind, record_id))
+            .returning(*self.read_columns())
             .execution_options(synchronize_session=False)
         )
-        await self.session.execute(stmt)
+        for row in (await self.session.execute(stmt)).mappings().all():
+            self._emit("deleted", row)
 
 
 async def forget_shares(

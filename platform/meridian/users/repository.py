@@ -86,6 +86,7 @@ class Credentials(NamedTuple):
 
 class UserRepository(TenantRepository[UserRow]):
     model = AppUser
+    event_kind = "user"
     # The password hash never leaves the repository except for verification.
     hidden = frozenset({"tenant_id", "password_hash"})
 

@@ -1,0 +1,1 @@
+"""The background worker: relay, event consumers, jobs (``meridian worker``)."""
