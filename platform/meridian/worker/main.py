@@ -61,6 +61,13 @@ class WorkerPlug:
 
 
 PlugFactory = Callable[[WorkerContext], WorkerPlug]
+CONTEXT_KEY = "meridian"
+
+
+def context_of(job_ctx: dict[str, Any]) -> WorkerContext:
+    """In a saq job function (``async def f(ctx, **kwargs)``): the worker's context."""
+    found: WorkerContext = job_ctx[CONTEXT_KEY]
+    return found
 
 
 def plugs() -> list[PlugFactory]:
@@ -117,8 +124,15 @@ async def start_worker(settings: Settings, *, name: str | None = None) -> Runnin
     functions: list[JobFunction] = [f for p in parts for f in p.functions]
     cron: list[CronJob[Any]] = [c for p in parts for c in p.cron_jobs]
     cron.append(CronJob(retention, cron="17 * * * *", unique=True))
+    async def startup(job_ctx: dict[str, Any]) -> None:
+        job_ctx[CONTEXT_KEY] = ctx
+
     jobs: Worker[Any] = Worker(
-        queue, functions=functions, concurrency=settings.worker_concurrency, cron_jobs=cron
+        queue,
+        functions=functions,
+        concurrency=settings.worker_concurrency,
+        cron_jobs=cron,
+        startup=startup,
     )
     # The process handles its own signals (the CLI); an embedded worker must not take
     # over its host's.
