@@ -28,6 +28,7 @@ import uvicorn
 from meridian.app import create_app
 from meridian.operations import migrate_all, shard_databases
 from meridian.settings import DEV_JSON_ENV, Settings, ShardConfig
+from meridian.worker.main import RunningWorker, start_worker
 from meridian_dev.datadir import (
     DataDir,
     DevError,
@@ -309,6 +310,12 @@ def _banner(
         lines.append("  PostgreSQL      configured (MERIDIAN_CONTROL_DSN)")
     lines += [
         f"  Redis           {redis.url or '-'} ({redis.label})",
+        "  Events          "
+        + (
+            "worker running here: GET /v1/events, GET /v1/stream, /v1/webhooks"
+            if redis.url
+            else "no worker (needs Redis): GET /v1/events only"
+        ),
         f"  Details         {paths.dev_json}  (credentials also in {paths.credentials})",
         f"  CLI             {venv_bin / 'meridian'} --help  (or `source {venv_bin / 'activate'}`"
         " first; commands find this platform through the file above)",
@@ -337,6 +344,7 @@ async def _serve(
     main = asyncio.current_task()
     assert main is not None
     server: _Server | None = None
+    worker: RunningWorker | None = None
 
     def on_signal(sig: signal.Signals) -> None:
         if server is None:
@@ -366,6 +374,10 @@ async def _serve(
         await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         if server.started:
+            if settings.redis_url:
+                # The event worker (relay, webhooks, projections, sagas) in this
+                # process, so webhooks and the live stream work from the first run.
+                worker = await start_worker(settings)
             say(_banner(base_url, boot, cluster, redis, paths))
         await serving
         if not server.started:
@@ -373,6 +385,8 @@ async def _serve(
     except asyncio.CancelledError:
         say("interrupted; shutting down")
     finally:
+        if worker is not None:
+            await worker.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
             # Stopping now: a second signal must not cut the databases' shutdown short.

@@ -15,6 +15,7 @@ from meridian.admin.schemas import (
     MoveCreate,
     MoveRead,
     ShardRead,
+    TenantChange,
     TenantCreate,
     TenantCreated,
     TenantIsolate,
@@ -83,6 +84,16 @@ async def list_tenants(
 @router.get("/tenants/{tenant_id}", response_model=TenantRead)
 async def get_tenant(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     return json_response(await tenant_admin.get(admin_deps(rt), tenant_id))
+
+
+@router.patch("/tenants/{tenant_id}", response_model=TenantRead)
+async def change_tenant(
+    tenant_id: UUID, body: TenantChange, rt: RuntimeDep, _: AdminPrincipal
+) -> Response:
+    """Change a tenant's settings: ``event_retention_days`` (null restores the platform
+    default; shorter retention deletes older events at the next hourly pass)."""
+    changes = body.model_dump(include=body.model_fields_set)
+    return json_response(await tenant_admin.configure(admin_deps(rt), tenant_id, changes))
 
 
 @router.post(

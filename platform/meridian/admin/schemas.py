@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from meridian.crud.schemas import NOT_BLANK, Addressable, InputModel, any_present, one_present
 from sharding.engine import ShardEngine
@@ -49,7 +49,18 @@ class TenantRead(Addressable):
     epoch: int
     status: TenantStatus
     plan: str
+    event_retention_days: int | None = Field(
+        description="Days the tenant's events, history and audit trail are kept; null: "
+        "the platform's default."
+    )
     created_at: datetime
+
+
+class TenantChange(InputModel):
+    """What a platform admin may change of a tenant (fields left out stay as they are)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"event_retention_days": 90}]})
+    event_retention_days: Annotated[int | None, Field(ge=1, le=3650)] = None
 
 
 class ClientCredentials(BaseModel):

@@ -82,6 +82,7 @@ def _tenant_columns() -> list[Any]:
         DirectoryEntry.epoch,
         Tenant.status,
         Tenant.plan,
+        Tenant.event_retention_days,
         Tenant.created_at,
     ]
 
@@ -407,6 +408,29 @@ class TenantAdminService:
 
         row = await control.transact(deps.control, change)
         await deps.directory.invalidate(tenant_id)
+        assert row is not None
+        return row
+
+    async def configure(
+        self, deps: AdminDeps, tenant_id: UUID, changes: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Settings of a tenant a platform admin chooses (its event retention)."""
+
+        async def change(conn: AsyncConnection) -> dict[str, Any] | None:
+            found = await conn.scalar(
+                select(Tenant.id).where(Tenant.id == tenant_id).with_for_update()
+            )
+            if found is None:
+                raise NotFound(f"No tenant with id {tenant_id}.")
+            if changes:
+                await conn.execute(
+                    update(Tenant)
+                    .where(Tenant.id == tenant_id)
+                    .values(**changes, updated_at=func.now())
+                )
+            return await _tenant_row(conn, tenant_id)
+
+        row = await control.transact(deps.control, change)
         assert row is not None
         return row
 
