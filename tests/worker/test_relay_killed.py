@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -76,21 +75,21 @@ async def test_a_killed_worker_loses_no_event(
     async def published() -> int:
         return len(await stream_events(settings.redis_url or "", tenant.id))
 
-    first = subprocess.Popen([str(MERIDIAN), "worker"], cwd=tmp_path, env=env)
+    first = await asyncio.create_subprocess_exec(str(MERIDIAN), "worker", cwd=tmp_path, env=env)
     try:
         await eventually(lambda: _at_least(published, 500), what="a first part relayed")
     finally:
         first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        await asyncio.wait_for(first.wait(), timeout=30)
     before = await published()
     assert before < EVENTS, "the whole log was relayed before the kill; raise EVENTS"
 
-    second = subprocess.Popen([str(MERIDIAN), "worker"], cwd=tmp_path, env=env)
+    second = await asyncio.create_subprocess_exec(str(MERIDIAN), "worker", cwd=tmp_path, env=env)
     try:
         await eventually(lambda: _all_seqs(settings, tenant.id), what="every event relayed")
     finally:
         second.send_signal(signal.SIGTERM)
-        second.wait(timeout=30)
+        await asyncio.wait_for(second.wait(), timeout=30)
     seqs = [e["seq"] for e in await stream_events(settings.redis_url, tenant.id)]
     assert set(seqs) == set(range(1, EVENTS + 1))
     # At least once: at most the batch in flight at the kill is published again.
