@@ -1,0 +1,98 @@
+"""Outbound targets: the URLs the platform calls on a tenant's behalf (webhook receivers,
+a fulfilment saga's steps) and the addresses those calls may reach.
+
+A tenant must not be able to point the platform at its own network: a host that is, or
+resolves to, a loopback, private, link-local, shared or otherwise non-global address is
+refused unless the platform allows it (``MERIDIAN_WEBHOOK_ALLOW_PRIVATE_TARGETS``, for
+development and tests whose receivers listen on 127.0.0.1). The URL is checked when it is
+configured (``check_url``: its form, and the host when it is an address or a local name)
+and its host's addresses again right before each call (``check_resolved``): what a name
+resolves to can change after it was accepted. Redirects are not followed by the callers,
+so a public host cannot bounce a call to a private one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+SCHEMES = ("http", "https")
+MAX_URL_LENGTH = 2048
+# Names that always mean this machine, whatever a resolver says (RFC 6761).
+_LOCAL_NAMES = ("localhost", "localhost.localdomain")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class TargetRefused(ValueError):
+    """The URL cannot be a target; the message says why (shown to API callers)."""
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether ``address`` is a global unicast address (an IPv4-mapped IPv6 address is
+    judged by the IPv4 address it maps)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def check_url(url: str, *, allow_private: bool) -> str:
+    """``url`` if it can be a target: absolute http(s), a host, no credentials, and, unless
+    ``allow_private``, no local name or non-global address as its host. Raises
+    ``TargetRefused``."""
+    if len(url) > MAX_URL_LENGTH:
+        raise TargetRefused(f"at most {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetRefused(f"not a valid URL ({exc})") from exc
+    if parts.scheme.lower() not in SCHEMES or not parts.netloc:
+        raise TargetRefused("must be an absolute http:// or https:// URL")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise TargetRefused("must name a host")
+    if parts.username is not None or parts.password is not None:
+        # Credentials would sit in the configuration in clear; receivers authenticate
+        # calls by other means (a signature, an Idempotency-Key they recognise).
+        raise TargetRefused("must not carry credentials (user:password@)")
+    if port == 0:
+        raise TargetRefused("port 0 is not a port")
+    if allow_private:
+        return url
+    address = _literal(host)
+    if address is not None and not is_public(address):
+        raise TargetRefused(f"{host} is not a public address")
+    if host.rstrip(".") in _LOCAL_NAMES or host.rstrip(".").endswith(".localhost"):
+        raise TargetRefused(f"{host} is a local name")
+    return url
+
+
+async def check_resolved(url: str, *, allow_private: bool) -> None:
+    """Right before a call: every address ``url``'s host resolves to is public (unless
+    ``allow_private``). Raises ``TargetRefused``, also when the host does not resolve."""
+    check_url(url, allow_private=allow_private)
+    if allow_private:
+        return
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if _literal(host) is not None:
+        return  # checked by check_url
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TargetRefused(f"{host} does not resolve ({exc})") from exc
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if not is_public(address):
+            raise TargetRefused(f"{host} resolves to {address}, which is not a public address")
