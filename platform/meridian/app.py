@@ -14,7 +14,9 @@ from meridian.activities.router import router as activities_router
 from meridian.activities.router import timeline_router
 from meridian.admin.router import router as admin_router
 from meridian.contacts.router import router as contacts_router
+from meridian.events.hub import LiveStreams
 from meridian.events.router import router as events_router
+from meridian.events.stream import router as stream_router
 from meridian.health import router as health_router
 from meridian.oauth.router import router as oauth_router
 from meridian.oauth.sessions import router as sessions_router
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await Runtime.start(settings)
         runtime.start_moving()
         app.state.runtime = runtime
+        # GET /v1/stream: the process's reader of the event stream (idle until a stream).
+        app.state.live_streams = LiveStreams.build(settings, runtime.redis)
         # Start-up objects never die: freezing them keeps the GC from rescanning them,
         # which cut read p99 several-fold on this kind of machine.
         gc.collect()
@@ -58,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.live_streams.close()
             await runtime.stop()
 
     app = FastAPI(
@@ -81,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pipelines_router,
         sharing_router,
         events_router,
+        stream_router,
         users_router,
         roles_router,
         sessions_router,

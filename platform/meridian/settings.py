@@ -199,6 +199,14 @@ class Settings(BaseSettings):
     event_max_deliveries: int = Field(default=10, ge=1)
     # Days a tenant's events are kept when its platform admin set nothing else.
     event_retention_days: int = Field(default=30, ge=1, le=3650)
+    # Live streams (GET /v1/stream, meridian.events.stream): a comment this often keeps
+    # proxies from closing an idle stream and shows the server a client that is gone; the
+    # same beat renews the stream's lease, of which a tenant holds at most
+    # stream_max_per_tenant across instances. A stream whose client falls this many
+    # events behind is closed (it resumes with Last-Event-ID).
+    stream_heartbeat: float = Field(default=15.0, gt=0, le=300)
+    stream_max_per_tenant: int = Field(default=20, ge=1)
+    stream_buffer: int = Field(default=1000, ge=10)
     # Job queue (saq on Redis): webhook deliveries and saga steps run this many at once.
     worker_concurrency: int = Field(default=20, ge=1, le=500)
 
