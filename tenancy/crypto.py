@@ -143,4 +143,6 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
     "email": normalize_email,
     "phone": normalize_phone,
     "tax_id": normalize_tax_id,
+    # Webhook secrets are compared exactly (their index only tells a rotation happened).
+    "secret": str,
 }

@@ -29,6 +29,7 @@ from meridian.sharing.router import router as sharing_router
 from meridian.users.router import router as users_router
 from meridian.web import docs, openapi
 from meridian.web.limits import BodySizeLimit
+from meridian.webhooks.router import router as webhooks_router
 from meridian.web.problems import install_problem_handlers
 
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pipelines_router,
         sharing_router,
         events_router,
+        webhooks_router,
         stream_router,
         users_router,
         roles_router,

@@ -15,6 +15,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Request
+from saq import Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from authz.enforcer import PolicyUnavailable, TenantPolicy
@@ -30,6 +31,7 @@ from meridian.events import outbox
 from meridian.identity import Actor, resolve_actor
 from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
+from meridian.settings import Settings
 from tenancy.context import TenantContext, TenantStatus, current_tenant_id
 from tenancy.keyring import TenantKeyring
 
@@ -221,6 +223,27 @@ def _control(request: Request) -> AsyncEngine:
     return get_runtime(request).control
 
 
+def _settings(request: Request) -> Settings:
+    return get_runtime(request).settings
+
+
+def _job_queue(request: Request) -> Queue:
+    """The workers' job queue (saq), for endpoints that hand work to the workers (a
+    webhook delivery retried or replayed); one client per app, made on first use."""
+    state = request.app.state
+    queue: Queue | None = getattr(state, "job_queue", None)
+    if queue is None:
+        from meridian.worker.main import queue_for
+
+        try:
+            queue = state.job_queue = queue_for(get_runtime(request).settings)
+        except RuntimeError as exc:
+            raise ServiceUnavailable("Background jobs need Redis (MERIDIAN_REDIS_URL).") from exc
+    return queue
+
+
 Keyring = Annotated[TenantKeyring, Depends(_keyring)]
 ControlPlane = Annotated[AsyncEngine, Depends(_control)]
+PlatformSettings = Annotated[Settings, Depends(_settings)]
+JobQueue = Annotated[Queue, Depends(_job_queue)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

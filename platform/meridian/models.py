@@ -12,6 +12,7 @@ from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRe
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
 from meridian.users.models import AppUser
+from meridian.webhooks.models import Webhook, WebhookDelivery
 from sharding.models import Shard, TenantMove, TenantResidency
 from tenancy.models import DirectoryEntry, Tenant, TenantKey
 from tenancy.planes import ControlBase, ShardBase
@@ -45,6 +46,8 @@ SHARD_MODELS = (
     EventSequence,
     EventRelay,
     EventOutbox,
+    Webhook,
+    WebhookDelivery,
 )
 control_metadata = ControlBase.metadata
 shard_metadata = ShardBase.metadata

@@ -50,6 +50,8 @@ def dev_platform_values(path: Path) -> dict[str, Any]:
             "redis_url": data.get("redis_url"),
             "issuer": data["base_url"],
             "password_grant": True,
+            # Its webhook receivers listen on this machine.
+            "webhook_allow_private_targets": True,
         }
     except FileNotFoundError as exc:
         raise DevPlatformError(
@@ -209,6 +211,21 @@ class Settings(BaseSettings):
     stream_buffer: int = Field(default=1000, ge=10)
     # Job queue (saq on Redis): webhook deliveries and saga steps run this many at once.
     worker_concurrency: int = Field(default=20, ge=1, le=500)
+    # Webhooks (meridian.webhooks, docs/webhooks.md). A target whose host is or resolves
+    # to a private, loopback, link-local or other non-global address is refused (when
+    # subscribing and again before each delivery: DNS can change) unless this is on:
+    # for development and tests, whose receivers listen on 127.0.0.1.
+    webhook_allow_private_targets: bool = False
+    # A failed delivery is retried (saq's exponential backoff with jitter, from
+    # webhook_retry_base seconds up to webhook_retry_cap) until this many seconds have
+    # passed since its first attempt; then it is dead (the dead-letter list).
+    webhook_retry_window: float = Field(default=86_400.0, gt=0)
+    webhook_retry_base: float = Field(default=10.0, gt=0)
+    webhook_retry_cap: float = Field(default=3_600.0, gt=0)
+    # Seconds a receiver has to answer one delivery.
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60)
+    # A subscription is disabled after this many dead deliveries in a row.
+    webhook_disable_after: int = Field(default=5, ge=1)
 
     @classmethod
     def settings_customise_sources(

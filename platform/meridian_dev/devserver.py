@@ -151,12 +151,18 @@ def _embedded_settings(
         redis_url=redis_url,
         issuer=issuer,
         password_grant=True,  # first-party sign-in for local apps (off in production)
+        # Webhook receivers of a local platform listen on this machine.
+        webhook_allow_private_targets=True,
         **_own_kek(kek_file),
     )
 
 
 def _configured_settings(redis_url: str | None, issuer: str, kek_file: Path) -> Settings:
-    overrides: Json = {"redis_url": redis_url, "password_grant": True}
+    overrides: Json = {
+        "redis_url": redis_url,
+        "password_grant": True,
+        "webhook_allow_private_targets": True,
+    }
     if "MERIDIAN_ISSUER" not in os.environ:
         overrides["issuer"] = issuer
     return Settings(**overrides, **_own_kek(kek_file))

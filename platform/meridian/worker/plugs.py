@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from meridian.webhooks.worker import plug as webhooks_plug
+
 if TYPE_CHECKING:
     from meridian.worker.main import PlugFactory
 
-PLUGS: list[PlugFactory] = []
+PLUGS: list[PlugFactory] = [
+    webhooks_plug,
+]

@@ -1,0 +1,249 @@
+"""Webhook storage: subscriptions through the tenant repository (so their changes are
+events: ``webhook.created|updated|deleted``, the secret only ever named as changed) and
+deliveries, whose bookkeeping is not.
+
+Why deliveries and a subscription's counters emit no events: they record what happened to
+events. An event about a delivery would itself be delivered, whose outcome would be
+another event, without end; a failing receiver would flood the log. The one event this
+bookkeeping raises is ``webhook.disabled``, once, when a subscription is switched off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+from uuid import UUID
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from meridian.crud.repository import TenantRepository
+from meridian.webhooks.models import DeliveryRow, Webhook, WebhookDelivery, WebhookRow
+
+SORTABLE = {"created_at": Webhook.created_at}
+DELIVERY_SORTABLE = {"created_at": WebhookDelivery.created_at}
+SEALED = ("secret_enc",)
+
+
+class WebhookRepository(TenantRepository[WebhookRow]):
+    model = Webhook
+    event_kind = "webhook"
+    # The secret (sealed, its blind index and key version) is never read back with the
+    # subscription, and never enters an event: a rotation shows as {"changed": true}.
+    hidden = TenantRepository.hidden | {"secret_enc", "secret_bidx", "enc_version"}
+
+    async def enabled(self) -> list[WebhookRow]:
+        """The tenant's enabled subscriptions (the consumer matches each event with them)."""
+        stmt = self.select_rows().where(Webhook.enabled.is_(True)).order_by(Webhook.id)
+        rows = (await self.session.execute(stmt)).mappings()
+        return [cast(WebhookRow, dict(r)) for r in rows]
+
+    async def sealed_secret(self, webhook_id: UUID) -> bytes | None:
+        stmt = select(Webhook.secret_enc).where(self.scoped(), Webhook.id == webhook_id)
+        found: bytes | None = await self.session.scalar(stmt)
+        return found
+
+    async def delivered(self, webhook_id: UUID) -> None:
+        """A delivery succeeded: the run of dead deliveries is over (no event)."""
+        stmt = (
+            update(Webhook)
+            .where(self.scoped(), Webhook.id == webhook_id)
+            .values(consecutive_dead=0, last_success_at=func.now())
+        )
+        await self.session.execute(stmt)
+
+    async def died(self, webhook_id: UUID) -> int | None:
+        """One more dead delivery in a row (no event); the new count, None when the
+        subscription is gone or already disabled."""
+        stmt = (
+            update(Webhook)
+            .where(self.scoped(), Webhook.id == webhook_id, Webhook.enabled.is_(True))
+            .values(consecutive_dead=Webhook.consecutive_dead + 1)
+            .returning(Webhook.consecutive_dead)
+        )
+        count: int | None = await self.session.scalar(stmt)
+        return count
+
+    async def disable(self, webhook_id: UUID, reason: str) -> WebhookRow | None:
+        """Switch the subscription off with ``reason`` and tell the tenant: one
+        ``webhook.disabled`` event (a new version, so ETags change)."""
+        stmt = (
+            update(Webhook)
+            .where(self.scoped(), Webhook.id == webhook_id, Webhook.enabled.is_(True))
+            .values(
+                enabled=False,
+                disabled_reason=reason,
+                disabled_at=func.now(),
+                version=Webhook.version + 1,
+                updated_at=func.now(),
+            )
+            .returning(*self.read_columns())
+        )
+        row = (await self.session.execute(stmt)).mappings().one_or_none()
+        if row is None:
+            return None
+        self.emit_derived("disabled", row, {"reason": reason})
+        return cast(WebhookRow, dict(row))
+
+
+class DeliveryRepository(TenantRepository[DeliveryRow]):
+    """Deliveries: read like any list, written only by the methods below (no events)."""
+
+    model = WebhookDelivery
+    hidden = TenantRepository.hidden | {"payload", "run"}
+
+    async def add_live(
+        self, subscription_ids: Sequence[UUID], event: Mapping[str, Any], ids: Sequence[UUID]
+    ) -> None:
+        """One pending delivery of ``event`` per subscription; none twice (the unique
+        index on (tenant, subscription, event) for live deliveries)."""
+        if not subscription_ids:
+            return
+        rows = [
+            self._values(sub, event, new_id, None)
+            for sub, new_id in zip(subscription_ids, ids, strict=True)
+        ]
+        stmt = (
+            pg_insert(WebhookDelivery)
+            .values(rows)
+            .on_conflict_do_nothing(
+                index_elements=["tenant_id", "subscription_id", "event_id"],
+                index_where=WebhookDelivery.replay_id.is_(None),
+            )
+        )
+        await self.session.execute(stmt)
+
+    async def add_replayed(
+        self,
+        subscription_id: UUID,
+        events: Sequence[Mapping[str, Any]],
+        ids: Sequence[UUID],
+        replay_id: UUID,
+    ) -> None:
+        rows = [
+            self._values(subscription_id, event, new_id, replay_id)
+            for event, new_id in zip(events, ids, strict=True)
+        ]
+        # In chunks: a statement takes at most 32,767 parameters.
+        for start in range(0, len(rows), 1000):
+            await self.session.execute(
+                pg_insert(WebhookDelivery).values(rows[start : start + 1000])
+            )
+
+    def _values(
+        self, subscription_id: UUID, event: Mapping[str, Any], new_id: UUID, replay: UUID | None
+    ) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "id": new_id,
+            "subscription_id": subscription_id,
+            "event_id": UUID(str(event["id"])),
+            "event_seq": int(event["seq"]),
+            "event_type": str(event["type"]),
+            "payload": dict(event),
+            "replay_id": replay,
+        }
+
+    async def waiting(self, event_id: UUID, subscription_ids: Sequence[UUID]) -> list[UUID]:
+        """The live deliveries of ``event`` not yet attempted (to hand to the queue; a
+        redelivered event enqueues them again, which the queue's job keys make a no-op)."""
+        if not subscription_ids:
+            return []
+        stmt = select(WebhookDelivery.id).where(
+            self.scoped(),
+            WebhookDelivery.event_id == event_id,
+            WebhookDelivery.subscription_id.in_(subscription_ids),
+            WebhookDelivery.replay_id.is_(None),
+            WebhookDelivery.status == "pending",
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def for_attempt(self, delivery_id: UUID) -> dict[str, Any] | None:
+        """What a delivery job needs: the delivery, its payload and run, and its
+        subscription's target; the first attempt's time is set here."""
+        d, w = WebhookDelivery, Webhook
+        stmt = (
+            select(
+                d.id,
+                d.subscription_id,
+                d.payload,
+                d.status,
+                d.run,
+                d.attempts,
+                d.first_attempt_at,
+                w.url,
+                w.enabled,
+                w.secret_enc,
+            )
+            .join(w, (w.tenant_id == d.tenant_id) & (w.id == d.subscription_id))
+            .where(
+                d.tenant_id == self.tenant_id, w.tenant_id == self.tenant_id, d.id == delivery_id
+            )
+            .with_for_update(of=d, key_share=True)
+        )
+        row = (await self.session.execute(stmt)).mappings().one_or_none()
+        if row is None:
+            return None
+        found = dict(row)
+        if found["first_attempt_at"] is None and found["status"] in ("pending", "failed"):
+            found["first_attempt_at"] = await self.session.scalar(
+                update(d)
+                .where(self.scoped(), d.id == delivery_id)
+                .values(first_attempt_at=func.now(), updated_at=func.now())
+                .returning(d.first_attempt_at)
+            )
+        return found
+
+    async def record(self, delivery_id: UUID, run: int, values: Mapping[str, Any]) -> bool:
+        """An attempt's outcome, unless a manual retry started another run meanwhile."""
+        stmt = (
+            update(WebhookDelivery)
+            .where(self.scoped(), WebhookDelivery.id == delivery_id, WebhookDelivery.run == run)
+            .values(
+                **values,
+                attempts=WebhookDelivery.attempts + 1,
+                last_attempt_at=func.now(),
+                updated_at=func.now(),
+            )
+            .returning(WebhookDelivery.id)
+        )
+        return await self.session.scalar(stmt) is not None
+
+    async def mark(self, delivery_id: UUID, values: Mapping[str, Any]) -> None:
+        stmt = (
+            update(WebhookDelivery)
+            .where(self.scoped(), WebhookDelivery.id == delivery_id)
+            .values(**values, updated_at=func.now())
+        )
+        await self.session.execute(stmt)
+
+    async def restart(self, delivery_id: UUID) -> int:
+        """A new run of a delivery (a manual retry): pending again, with a fresh retry
+        window; jobs of the earlier runs stop. The new run's number."""
+        stmt = (
+            update(WebhookDelivery)
+            .where(self.scoped(), WebhookDelivery.id == delivery_id)
+            .values(
+                run=WebhookDelivery.run + 1,
+                status="pending",
+                first_attempt_at=None,
+                next_attempt_at=func.now(),
+                updated_at=func.now(),
+            )
+            .returning(WebhookDelivery.run)
+        )
+        run: int = (await self.session.execute(stmt)).scalar_one()
+        return run
+
+    async def status_of(self, subscription_id: UUID, delivery_id: UUID) -> str | None:
+        stmt = (
+            select(WebhookDelivery.status)
+            .where(
+                self.scoped(),
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.subscription_id == subscription_id,
+            )
+            .with_for_update(key_share=True)
+        )
+        found: str | None = await self.session.scalar(stmt)
+        return found
