@@ -99,6 +99,18 @@ def _delete(values: dict[str, Any], path: str) -> None:
         ("set", "extraConfig", {"NOT_MERIDIAN": "x"}),
         ("set", "serviceMonitor.interval", "often"),
         ("set", "service.type", "Ingress"),
+        ("delete", "worker.enabled", None),
+        ("set", "worker.enabled", "yes"),
+        ("set", "worker.replicas", "2"),
+        ("set", "worker.replicas", -1),
+        ("set", "worker.concurrency", 10),
+        ("set", "worker.resources", {"cpu": "1"}),
+        ("set", "worker.terminationGracePeriodSeconds", -5),
+        ("set", "worker.podLabels", {"tier": 1}),
+        ("set", "worker.extraEnv", [{"value": "no name"}]),
+        # The worker has no port and no probes to configure.
+        ("set", "worker.livenessProbe", {"periodSeconds": 10}),
+        ("set", "worker.port", 8080),
     ],
 )
 def test_schema_rejects_bad_values(change: str, path: str, value: Any) -> None:
@@ -115,6 +127,9 @@ def test_schema_rejects_bad_values(change: str, path: str, value: Any) -> None:
     [
         ("autoscaling", {"enabled": False}),
         ("redis", {"enabled": False}),
+        ("worker", {"enabled": False}),
+        ("worker.replicas", 0),
+        ("worker.extraEnv", [{"name": "LOG_LEVEL", "value": "debug"}]),
         ("podDisruptionBudget", {"enabled": True, "minAvailable": "50%"}),
         ("shards", []),
         ("shards.0.engine", "citus"),
@@ -155,6 +170,7 @@ def test_chart_files_exist() -> None:
         "templates/_helpers.tpl",
         "templates/NOTES.txt",
         "templates/deployment.yaml",
+        "templates/worker-deployment.yaml",
         "templates/service.yaml",
         "templates/hpa.yaml",
         "templates/pdb.yaml",
@@ -209,6 +225,26 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def deployment(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The one Deployment of a component (api or worker)."""
+    (found,) = [
+        d
+        for d in by_kind(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return found
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether a matchLabels selector (or a Service's selector) selects these labels."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 def test_helm_lint_passes(helm: str) -> None:
     result = run_helm(helm, "lint", "--strict", str(CHART), "--set", f"config.issuer={ISSUER}")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -219,6 +255,7 @@ def test_default_render_has_the_expected_objects(helm: str) -> None:
     assert sorted(d["kind"] for d in docs) == [
         "ConfigMap",
         "Deployment",
+        "Deployment",
         "HorizontalPodAutoscaler",
         "Job",
         "PodDisruptionBudget",
@@ -228,8 +265,15 @@ def test_default_render_has_the_expected_objects(helm: str) -> None:
     apis = {d["kind"]: d["apiVersion"] for d in docs}
     assert apis["HorizontalPodAutoscaler"] == "autoscaling/v2"
     assert apis["PodDisruptionBudget"] == "policy/v1"
-    # The HPA owns the replica count.
-    assert "replicas" not in by_kind(docs, "Deployment")[0]["spec"]
+    assert sorted(d["metadata"]["name"] for d in by_kind(docs, "Deployment")) == [
+        "rel-meridian",
+        "rel-meridian-worker",
+    ]
+    # The HPA owns the API's replica count, and scales the API only.
+    assert "replicas" not in deployment(docs, "api")["spec"]
+    (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "rel-meridian"
+    assert deployment(docs, "worker")["spec"]["replicas"] == 1
 
 
 def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(helm: str) -> None:
@@ -247,8 +291,8 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(helm: str) -> None:
 
 
 def test_api_deployment_runs_meridian_serve_with_probes_and_no_root(helm: str) -> None:
-    (deployment,) = by_kind(render(helm, "api.workers=3"), "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
+    api = deployment(render(helm, "api.workers=3"), "api")
+    pod = api["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert [*container["command"], *container["args"]] == [
         "meridian",
@@ -285,7 +329,133 @@ def test_optional_objects_follow_their_switches(helm: str) -> None:
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert by_kind(docs, "Deployment")[0]["spec"]["replicas"] == 4
+    assert deployment(docs, "api")["spec"]["replicas"] == 4
+    assert deployment(docs, "worker")["spec"]["replicas"] == 1
+
+
+def test_worker_deployment_runs_meridian_worker_like_the_api(helm: str) -> None:
+    docs = render(helm)
+    api, worker = deployment(docs, "api"), deployment(docs, "worker")
+    assert worker["metadata"]["name"] == "rel-meridian-worker"
+    api_pod, pod = api["spec"]["template"]["spec"], worker["spec"]["template"]["spec"]
+    (api_container,) = api_pod["containers"]
+    (container,) = pod["containers"]
+    assert [*container["command"], *container["args"]] == ["meridian", "worker"]
+    # The API's settings from the API's sources: the ConfigMap, the same Secret refs.
+    assert container["envFrom"] == api_container["envFrom"]
+    assert container["env"] == api_container["env"]
+    assert container["image"] == api_container["image"]
+    assert pod["serviceAccountName"] == api_pod["serviceAccountName"]
+    assert pod["automountServiceAccountToken"] is False
+    # It serves no HTTP: nothing to expose and nothing for a probe to call.
+    assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+    assert pod["securityContext"] == api_pod["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == api_pod["volumes"]
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert container["resources"] == {
+        "requests": {"cpu": "250m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+    # It rolls with the settings, as the API does.
+    checksum = worker["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert checksum == api["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    changed = deployment(render(helm, "config.audience=other"), "worker")
+    assert changed["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != checksum
+
+
+WORKER_POD = """
+worker:
+  enabled: true
+  replicas: 3
+  terminationGracePeriodSeconds: 90
+  podAnnotations: {team: events}
+  podLabels: {tier: background}
+  nodeSelector: {pool: workers}
+  tolerations: [{key: workers, operator: Exists, effect: NoSchedule}]
+  affinity: {nodeAffinity: {}}
+  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway}]
+  priorityClassName: background
+  extraEnv: [{name: LOG_LEVEL, value: debug}]
+"""
+
+
+def test_worker_pod_fields_come_from_the_worker_values(helm: str, tmp_path: Path) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(WORKER_POD)
+    docs = render(helm, values_file=values_file)
+    worker = deployment(docs, "worker")
+    assert worker["spec"]["replicas"] == 3
+    template = worker["spec"]["template"]
+    assert template["metadata"]["annotations"]["team"] == "events"
+    assert template["metadata"]["labels"]["tier"] == "background"
+    pod = template["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 90
+    assert pod["nodeSelector"] == {"pool": "workers"}
+    assert pod["tolerations"][0]["key"] == "workers"
+    assert pod["affinity"] == {"nodeAffinity": {}}
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "zone"
+    assert pod["priorityClassName"] == "background"
+    assert pod["containers"][0]["env"][-1] == {"name": "LOG_LEVEL", "value": "debug"}
+    # None of it reaches the API.
+    api_pod = deployment(docs, "api")["spec"]["template"]["spec"]
+    assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName"} & set(api_pod)
+    assert api_pod["terminationGracePeriodSeconds"] == 30
+
+
+def test_worker_disabled_renders_no_worker(helm: str) -> None:
+    docs = render(helm, "worker.enabled=false")
+    assert [d["metadata"]["name"] for d in by_kind(docs, "Deployment")] == ["rel-meridian"]
+    # Without the worker, Redis may be off too.
+    docs = render(helm, "worker.enabled=false", "redis.enabled=false")
+    assert [d["metadata"]["name"] for d in by_kind(docs, "Deployment")] == ["rel-meridian"]
+
+
+def test_worker_without_redis_fails_the_render(helm: str) -> None:
+    result = run_helm(
+        helm, "template", "rel", str(CHART), "--set", f"config.issuer={ISSUER}",
+        "--set", "redis.enabled=false",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "worker.enabled needs Redis" in result.stderr
+    assert "redis.enabled=true" in result.stderr
+
+
+def test_api_selectors_never_select_worker_or_migration_pods(helm: str) -> None:
+    docs = render(helm, "serviceMonitor.enabled=true")
+    api, worker = deployment(docs, "api"), deployment(docs, "worker")
+    (job,) = by_kind(docs, "Job")
+    components = {
+        "api": pod_labels(api),
+        "worker": pod_labels(worker),
+        "migrations": pod_labels(job),
+    }
+    for component, labels in components.items():
+        assert labels["app.kubernetes.io/component"] == component
+    (service,) = by_kind(docs, "Service")
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    api_selectors = {
+        "Deployment": api["spec"]["selector"]["matchLabels"],
+        "Service": service["spec"]["selector"],
+        "PodDisruptionBudget": pdb["spec"]["selector"]["matchLabels"],
+    }
+    for kind, selector in api_selectors.items():
+        assert selector["app.kubernetes.io/component"] == "api", kind
+        assert selects(selector, components["api"]), kind
+        assert not selects(selector, components["worker"]), kind
+        assert not selects(selector, components["migrations"]), kind
+    # The ServiceMonitor selects the API's Service (whose endpoints are API pods).
+    monitor_selector = monitor["spec"]["selector"]["matchLabels"]
+    assert monitor_selector["app.kubernetes.io/component"] == "api"
+    assert selects(monitor_selector, service["metadata"]["labels"])
+    # The worker's own selector takes only its pods.
+    worker_selector = worker["spec"]["selector"]["matchLabels"]
+    assert selects(worker_selector, components["worker"])
+    assert not selects(worker_selector, components["api"])
 
 
 def _kubelet_env(
@@ -347,8 +517,8 @@ def test_rendered_environment_configures_meridian(
     # Every key the chart sets is a real setting (pydantic-settings ignores unknown ones).
     assert {f"MERIDIAN_{f.upper()}" for f in Settings.model_fields} >= set(config)
 
-    (deployment,) = by_kind(docs, "Deployment")
-    api_env = _kubelet_env(deployment["spec"]["template"]["spec"]["containers"][0], config, SECRETS)
+    api_container = deployment(docs, "api")["spec"]["template"]["spec"]["containers"][0]
+    api_env = _kubelet_env(api_container, config, SECRETS)
     api = _settings_from(api_env, monkeypatch)
     assert api.issuer == ISSUER
     assert api.cache_records is False
@@ -365,6 +535,11 @@ def test_rendered_environment_configures_meridian(
     ]
     # The API gets neither owner DSN.
     assert api.control_admin_dsn is None
+    # The worker gets exactly the API's settings.
+    worker_container = deployment(docs, "worker")["spec"]["template"]["spec"]["containers"][0]
+    worker_env = _kubelet_env(worker_container, config, SECRETS)
+    assert worker_env == api_env
+    assert _settings_from(worker_env, monkeypatch) == api
 
     (job,) = by_kind(docs, "Job")
     job_env = _kubelet_env(job["spec"]["template"]["spec"]["containers"][0], config, SECRETS)

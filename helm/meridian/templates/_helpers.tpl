@@ -30,17 +30,26 @@ app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | qu
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
-{{/* Labels of the API's objects. */}}
-{{- define "meridian.labels" -}}
-{{ include "meridian.commonLabels" . }}
-app.kubernetes.io/component: api
+{{/*
+Selects one component's pods: api, worker or migrations. Every pod carries its
+component, so the API's Service, PDB and ServiceMonitor (which select "api") never
+take in a worker or a migration pod. Called with (dict "root" $ "component" "api").
+*/}}
+{{- define "meridian.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "meridian.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ required "meridian.selectorLabels: a component is required" .component }}
 {{- end }}
 
-{{/* Selects the API pods (the migration Job's pods carry another component). */}}
-{{- define "meridian.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "meridian.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: api
+{{/* Labels of one component's objects. Called with (dict "root" $ "component" "worker"). */}}
+{{- define "meridian.componentLabels" -}}
+{{ include "meridian.commonLabels" .root }}
+app.kubernetes.io/component: {{ required "meridian.componentLabels: a component is required" .component }}
+{{- end }}
+
+{{/* Labels of the API's objects. */}}
+{{- define "meridian.labels" -}}
+{{ include "meridian.componentLabels" (dict "root" . "component" "api") }}
 {{- end }}
 
 {{- define "meridian.serviceAccountName" -}}
@@ -146,7 +155,7 @@ owner DSNs and neither the control plane's app DSN nor Redis, which migrations d
 {{- end }}
 {{- end }}
 
-{{/* The API and the migration Job run the same image the same way. */}}
+{{/* The API, the worker and the migration Job run the same image the same way. */}}
 {{- define "meridian.commonEnv" -}}
 # Nothing may be written to the read-only root filesystem (no bytecode cache).
 - name: PYTHONDONTWRITEBYTECODE
