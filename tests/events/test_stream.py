@@ -16,14 +16,16 @@ from meridian.events import bus
 from meridian.events.hub import TOO_SLOW, EventHub
 from meridian.settings import Settings
 from meridian.worker.main import RunningWorker
+from meridian.worker.retention import prune_expired
 from tests.fixtures.api import Tenant
 from tests.fixtures.problems import assert_problem
 from tests.fixtures.sse import ServedApi, open_stream, served_api
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.users import PASSWORD, login_api, new_user, sign_in
 from tests.fixtures.waiting import eventually
-from tests.fixtures.worker import running_worker
+from tests.fixtures.worker import running_worker, stream_events
 from tests.roles.helpers import permissions, role_headers
+from tests.worker.test_retention import age_events
 
 Headers = dict[str, str]
 LIMIT = 3
@@ -199,6 +201,31 @@ async def test_type_filter(
     ):
         await bad.aread()
         assert_problem(bad, 422, "validation", "type")
+
+
+async def test_a_resume_point_past_the_retention_is_gone(
+    app_client: httpx.AsyncClient, api: str, worker: RunningWorker, tenant: Tenant
+) -> None:
+    """As GET /v1/events: 410 before the stream starts, naming the oldest seq kept."""
+    made = [await contact(app_client, tenant.headers, f"Old {i}") for i in range(3)]
+    logged = await log_after(app_client, tenant, 0)
+    last_old = next(e["seq"] for e in logged if e["record"]["id"] == made[1]["id"])
+    settings = worker.context.settings
+
+    async def relayed() -> bool:
+        published = await stream_events(settings.redis_url or "", tenant.id)
+        return any(e["record"]["id"] == made[-1]["id"] for e in published)
+
+    await eventually(relayed, what="the events relayed")
+    await age_events(settings, tenant, 400, up_to_seq=last_old)
+    assert await prune_expired(worker.context.runtime, default_days=30) >= 1
+    gone = await _refusal(api, {**tenant.headers, "Last-Event-ID": "1"})
+    body = assert_problem(gone, 410, "gone")
+    assert body["oldest_seq"] == last_old + 1
+    # From the oldest kept: the stream opens and replays it.
+    async with open_stream(api, {**tenant.headers, "Last-Event-ID": str(last_old)}) as stream:
+        seen = await stream.events_until(about(made[-1]))
+    assert [e["seq"] for e in seen] == [last_old + 1]
 
 
 async def test_heartbeat_arrives(api: str, tenant: Tenant) -> None:
