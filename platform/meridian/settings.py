@@ -211,6 +211,14 @@ class Settings(BaseSettings):
     stream_buffer: int = Field(default=1000, ge=10)
     # Job queue (saq on Redis): webhook deliveries and saga steps run this many at once.
     worker_concurrency: int = Field(default=20, ge=1, le=500)
+    # Fulfilment sagas (meridian.fulfilment, docs/fulfilment.md): a step's call timeout
+    # and attempts when its configuration names none; a failed attempt is retried by saq
+    # with exponential backoff and jitter from fulfilment_retry_delay seconds up to
+    # fulfilment_retry_cap. Step URLs follow webhook_allow_private_targets (below).
+    fulfilment_step_timeout: float = Field(default=10.0, gt=0, le=60)
+    fulfilment_step_attempts: int = Field(default=3, ge=1, le=10)
+    fulfilment_retry_delay: float = Field(default=2.0, ge=0)
+    fulfilment_retry_cap: float = Field(default=300.0, gt=0)
     # Webhooks (meridian.webhooks, docs/webhooks.md). A target whose host is or resolves
     # to a private, loopback, link-local or other non-global address is refused (when
     # subscribing and again before each delivery: DNS can change) unless this is on:
