@@ -284,6 +284,13 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
         )
     )
 
+    # The tenant's event log: a page, the next, a type filter, a cursor past retention.
+    events = ok(await client.get("/v1/events", params={"limit": 2}, headers=h))
+    assert events["next_cursor"], events
+    ok(await client.get("/v1/events", params={"after": events["next_cursor"]}, headers=h))
+    ok(await client.get("/v1/events", params={"type": "account.*"}, headers=h))
+    refused(await client.get("/v1/events", params={"type": "nope"}, headers=h), 422)
+
     # Every list again: the second answer may come from the cache.
     for listing in (
         "/v1/accounts",
@@ -475,6 +482,8 @@ async def drive_platform(
     doomed_token = await token_for(
         client, doomed["client"]["client_id"], doomed["client"]["client_secret"]
     )
+    ok(await client.patch(path, json={"event_retention_days": 90}, headers=a))
+    refused(await client.patch(path, json={"event_retention_days": 0}, headers=a), 422)
     ok(await client.post(f"{path}/suspend", headers=a))
     as_doomed = {"Authorization": f"Bearer {doomed_token}"}
     refused(await client.get("/v1/accounts", headers=as_doomed), 403, "tenant-suspended")
