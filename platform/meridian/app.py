@@ -14,6 +14,8 @@ from meridian.activities.router import router as activities_router
 from meridian.activities.router import timeline_router
 from meridian.admin.router import router as admin_router
 from meridian.contacts.router import router as contacts_router
+from meridian.events.audit import router as audit_router
+from meridian.events.history import router as history_router
 from meridian.events.hub import LiveStreams
 from meridian.events.router import router as events_router
 from meridian.events.stream import router as stream_router
@@ -88,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sharing_router,
         events_router,
         webhooks_router,
+        history_router,
+        audit_router,
         stream_router,
         users_router,
         roles_router,

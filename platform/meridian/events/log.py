@@ -6,7 +6,8 @@ need ``contacts:read``), and a user whose record scope is limited sees the event
 records in it only, by the same ``authz.scope`` predicate their lists use, applied to
 the owner the record had when the event happened (so a deleted record's events stay
 visible to exactly those who could see it). Events of kinds without owners (pipelines,
-users, shares, webhooks) need the capability alone.
+users, shares, webhooks) need the capability alone; sign-ins (kind ``auth``) and the
+tenant's own events need ``audit:read``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -41,10 +42,15 @@ OBJECT_OF_KIND: dict[str, str] = {
     "role": "roles",
     "webhook": "webhooks",
     "tenant": "audit",
+    # Sign-ins name a user but are the audit's: users:read (every sales rep's) must not
+    # show who signed in when.
+    "auth": "audit",
 }
 # Kinds whose records have owners, so record scope applies to their events.
 OWNED_KINDS = (*RECORD_KINDS, "activity")
 TYPE_PATTERN = r"^[a-z_]+(\.[a-z_]+|\.\*)$"
+# The order of a page: by seq, oldest first (replays, the stream) or newest first.
+Order = Literal["asc", "desc"]
 MAX_TYPES = 20
 
 
@@ -163,11 +169,20 @@ async def page(
     record: tuple[str, UUID] | None = None,
     since: datetime | None = None,
     before: datetime | None = None,
+    order: Order = "asc",
+    matching: Sequence[ColumnElement[bool]] = (),
 ) -> list[dict[str, Any]]:
-    """Up to ``limit`` events after ``after`` (and up to ``until``), oldest first."""
+    """Up to ``limit`` events after ``after`` (and up to ``until``), oldest first; with
+    ``order="desc"`` newest first, ``after`` then being the seq the page continues below
+    (0: from the newest). ``matching`` adds criteria on ``EventOutbox`` (the audit's
+    types, a history's field)."""
     e = EventOutbox
     where = _criteria(tenant_id, viewer, kinds, types)
-    where.append(e.seq > after)
+    where += matching
+    if order == "asc":
+        where.append(e.seq > after)
+    elif after > 0:
+        where.append(e.seq < after)
     if until is not None:
         where.append(e.seq <= until)
     if record is not None:
@@ -176,7 +191,8 @@ async def page(
         where.append(e.occurred_at >= since)
     if before is not None:
         where.append(e.occurred_at < before)
-    stmt = select(*COLUMNS).where(*where).order_by(e.seq).limit(limit)
+    sort = e.seq if order == "asc" else e.seq.desc()
+    stmt = select(*COLUMNS).where(*where).order_by(sort).limit(limit)
     return [public(dict(r)) for r in await fetch(conn, stmt)]
 
 

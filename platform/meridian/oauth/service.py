@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.responses import Response
 
@@ -23,7 +24,7 @@ from meridian.crud import control
 from meridian.directory import CachedDirectory
 from meridian.ids import new_id
 from meridian.oauth.clients import ClientRecord, find_client
-from meridian.oauth.login import user_by_email, user_by_id
+from meridian.oauth.login import record_sign_in, user_by_email, user_by_id
 from meridian.oauth.notbefore import NotBeforeStore
 from meridian.oauth.refresh import (
     claim_refresh_token,
@@ -96,6 +97,7 @@ async def token(
 ) -> Response:
     client, authenticated = await _client(rt, headers, form)
     exchange = Exchange(client)
+    signing_in = False
     if authenticated and client is not None and client.tenant_id is not None:
         # Only a caller holding the secret learns the tenant's state; anyone else gets
         # the usual invalid_client from Authlib.
@@ -106,7 +108,7 @@ async def token(
         exchange.tenant = tenant
         grant_type = form.get("grant_type")
         if grant_type == "password" and rt.server.password_grant:
-            await _prepare_login(rt, exchange, tenant, form)
+            signing_in = await _prepare_login(rt, exchange, tenant, form)
         elif grant_type == "refresh_token":
             await _prepare_refresh(rt, exchange, client, tenant, form)
         subject = exchange.login.id if exchange.login else None
@@ -116,23 +118,58 @@ async def token(
     response = await rt.server.token_response(
         _request(rt, "/oauth/token", headers, query, form), exchange
     )
-    return await _persist(rt, exchange, response)
+    answer = await _persist(rt, exchange, response)
+    if signing_in and client is not None and exchange.tenant is not None:
+        # For the audit, once the answer is decided (and without changing it).
+        await record_sign_in(
+            rt.router,
+            exchange.tenant,
+            client_id=client.client_id,
+            user_id=exchange.login.id if exchange.login else None,
+            failure=_sign_in_failure(exchange, answer),
+            on_stale=rt.refresh_tenant,
+        )
+    return answer
 
 
 async def _prepare_login(
     rt: TokenDeps, exchange: Exchange, tenant: TenantContext, form: Mapping[str, str]
-) -> None:
+) -> bool:
+    """Loads the user and checks the password; whether this is a sign-in attempt (a
+    user's credentials for the client's own tenant), which the audit records."""
     slug, username, password = form.get("tenant"), form.get("username"), form.get("password")
     exchange.tenant_matches = slug == tenant.slug
     if not exchange.tenant_matches or not username or password is None:
-        return  # Authlib answers (missing parameter, or another tenant)
-    if len(password) > MAX_LENGTH:
-        return  # no stored password is that long; do not spend a hash on it
+        return False  # Authlib answers (missing parameter, or another tenant)
     exchange.login = await user_by_email(rt.router, tenant, username, on_stale=rt.refresh_tenant)
+    if len(password) > MAX_LENGTH:
+        return True  # no stored password is that long; do not spend a hash on it
     stored = exchange.login.password_hash if exchange.login else None
     # Verified even for unknown users (against a dummy hash): same time either way.
     # In a worker thread, a few at a time (each hash takes tens of MiB and ~50 ms).
     exchange.password_ok = await verify_in_thread(password, stored)
+    return True
+
+
+def _sign_in_failure(exchange: Exchange, response: Response) -> str | None:
+    """Why a sign-in failed, for the audit (None: it succeeded). Only audit readers see
+    it; the caller gets one answer for all of them."""
+    if response.status_code == 200 and exchange.user_id is not None:
+        return None
+    user = exchange.login
+    if user is None:
+        return "unknown_user"
+    if user.password_hash is None:
+        return "no_password"
+    if not exchange.password_ok:
+        return "wrong_password"
+    if not user.active:
+        return "inactive"
+    try:
+        error = orjson.loads(bytes(response.body)).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    return str(error or "refused")
 
 
 async def _prepare_refresh(

@@ -9,12 +9,13 @@ depend on the roles it inherits); If-Match makes a change conditional (412).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.responses import Response
 
 from authz.policy import ROLE_NAME
@@ -47,11 +48,12 @@ from meridian.roles.schemas import (
     RoleRead,
     RoleUpdate,
 )
-from meridian.roles.service import Grantor
+from meridian.roles.service import Grantor, role_event
 from meridian.roles.service import role as role_service
 from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/roles", tags=["roles"])
+logger = logging.getLogger("meridian.roles")
 RoleNamePath = Annotated[str, Path(max_length=63, pattern=ROLE_NAME.pattern)]
 
 
@@ -71,17 +73,45 @@ def _grantor(access: TenantAccess) -> Grantor:
 RoleChange = Callable[[AsyncConnection, UUID, Grantor, int, int | None], Awaitable[RoleBody]]
 
 
-async def _changed(access: TenantAccess, if_match: str | None, change: RoleChange) -> Response:
+async def _audited(access: TenantAccess, before: RoleBody | None, after: RoleBody | None) -> None:
+    """The committed change's event, appended to the tenant's event log on its shard.
+
+    After the control-plane commit, not atomically with it (two databases): if the shard
+    cannot take it, the change stands, the request succeeds, and the lost event is
+    logged with what it would have said."""
+    tenant_id = access.tenant.tenant_id
+
+    async def append(session: AsyncSession) -> None:
+        await role_service.record_change(session, tenant_id, before, after)
+
+    try:
+        await endpoints.transact(access, "role", append)
+    except Exception:
+        logger.exception(
+            "role change in tenant %s not recorded in its event log: %s",
+            tenant_id,
+            role_event(before, after),
+        )
+
+
+async def _changed(
+    access: TenantAccess, name: str, if_match: str | None, change: RoleChange
+) -> Response:
     """A change of one role at the policy version If-Match names, answered with the
-    role as it now is."""
+    role as it now is (and recorded when it changed anything)."""
     expected, tenant_id, grantor = (
         expected_version(if_match),
         access.tenant.tenant_id,
         _grantor(access),
     )
-    row = await control.change_policy(
-        access, lambda conn, version: change(conn, tenant_id, grantor, version, expected)
-    )
+
+    async def work(conn: AsyncConnection, version: int) -> tuple[RoleBody | None, RoleBody]:
+        before = await role_service.find_role(conn, tenant_id, name)
+        return before, await change(conn, tenant_id, grantor, version, expected)
+
+    before, row = await control.change_policy(access, work)
+    if before is None or before["policy_version"] != row["policy_version"]:
+        await _audited(access, before, row)
     return _role_response(row)
 
 
@@ -109,6 +139,8 @@ async def create_role(
     row, created_now = await control.change_policy(
         access, lambda conn, _: role_service.create_role(conn, tenant_id, grantor, body, key)
     )
+    if created_now:
+        await _audited(access, None, row)
     location = f"{request.url.path.rstrip('/')}/{body.name}"
     headers = {"ETag": _etag(row), "Location": location}
     return stored_response(StoredResponse(201, row, headers, replayed=not created_now))
@@ -136,6 +168,7 @@ async def update_role(
     """Custom roles only (templates: PUT /v1/roles/{name}/permissions)."""
     return await _changed(
         access,
+        name,
         if_match,
         lambda conn, tenant_id, grantor, version, expected: role_service.update_role(
             conn, tenant_id, grantor, name, body, version=version, expected=expected
@@ -156,12 +189,15 @@ async def delete_role(
             access, lambda shard: role_service.users_hold(shard, tenant_id, name)
         )
 
-    await control.change_policy(
-        access,
-        lambda conn, version: role_service.delete_role(
+    async def work(conn: AsyncConnection, version: int) -> RoleBody | None:
+        before = await role_service.find_role(conn, tenant_id, name)
+        await role_service.delete_role(
             conn, tenant_id, name, version=version, expected=expected, users_hold=users_hold
-        ),
-    )
+        )
+        return before
+
+    before = await control.change_policy(access, work)
+    await _audited(access, before, None)
     return Response(status_code=204)
 
 
@@ -176,6 +212,7 @@ async def set_role_permissions(
     only (admin cannot be overridden)."""
     return await _changed(
         access,
+        name,
         if_match,
         lambda conn, tenant_id, grantor, version, expected: role_service.set_role_permissions(
             conn, tenant_id, grantor, name, body.permissions, version=version, expected=expected
@@ -190,6 +227,7 @@ async def reset_role_permissions(
     """Drop this tenant's override of a template (idempotent)."""
     return await _changed(
         access,
+        name,
         if_match,
         lambda conn, tenant_id, grantor, version, expected: role_service.reset_role_permissions(
             conn, tenant_id, grantor, name, version=version, expected=expected

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 from sqlalchemy import exists, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from authz import store
 from authz.enforcer import TenantPolicy
@@ -39,6 +39,7 @@ from meridian.errors import (
     ValidationFailed,
     invalid_field,
 )
+from meridian.events import outbox
 from meridian.oauth.models import OAuthClient
 from meridian.roles.schemas import (
     PermissionBody,
@@ -148,6 +149,42 @@ class Grantor:
         return self.policy.allows(self.role, *perm)
 
 
+# What a role event compares of a role (its policy_version changes with every role's).
+_EVENT_FIELDS = (
+    "kind",
+    "overridden",
+    "inherits",
+    "description",
+    "permissions",
+    "effective_permissions",
+)
+
+
+def role_event(before: RoleBody | None, after: RoleBody | None) -> tuple[str, dict[str, object]]:
+    """The type and data of the event of a role change: ``role.created`` (no
+    ``before``), ``role.deleted`` (no ``after``) or ``role.updated``; the role as it is
+    after (before a deletion), the fields that changed, and its own permissions before
+    and after."""
+    shown = after or before
+    if shown is None:
+        raise ValueError("a role event needs the role before or after the change")
+    action = "created" if before is None else "deleted" if after is None else "updated"
+    data: dict[str, object] = {
+        "record": dict(shown),
+        "permissions": {
+            "before": before["permissions"] if before is not None else None,
+            "after": after["permissions"] if after is not None else None,
+        },
+    }
+    if before is not None and after is not None:
+        data["changes"] = {
+            f: {"old": before[f], "new": after[f]}  # type: ignore[literal-required]
+            for f in _EVENT_FIELDS
+            if before[f] != after[f]  # type: ignore[literal-required]
+        }
+    return f"role.{action}", data
+
+
 class RoleService:
     """Reads take a control-plane connection, changes take the connection of the
     transaction ``meridian.crud.control.change_policy`` opens under the tenant's policy
@@ -171,6 +208,25 @@ class RoleService:
 
     async def get_role(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> RoleBody:
         return await self._view(conn, tenant_id, name)
+
+    async def find_role(self, conn: AsyncConnection, tenant_id: UUID, name: str) -> RoleBody | None:
+        """The role as it is, or None (a change reads it first, for its event)."""
+        try:
+            return await self._view(conn, tenant_id, name)
+        except NotFound:
+            return None
+
+    async def record_change(
+        self,
+        session: AsyncSession,
+        tenant_id: UUID,
+        before: RoleBody | None,
+        after: RoleBody | None,
+    ) -> None:
+        """Queue the event of a committed role change in a transaction of the tenant's
+        shard, where the tenant's event log is (roles live in the control plane)."""
+        type_, data = role_event(before, after)
+        outbox.record(session, tenant_id, type_, "role", None, extra=data)
 
     async def create_role(
         self,
