@@ -28,6 +28,7 @@ from meridian.errors import (
     Unauthorized,
 )
 from meridian.events import outbox
+from meridian.events.jobs import queue_for
 from meridian.identity import Actor, resolve_actor
 from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
@@ -233,8 +234,6 @@ def _job_queue(request: Request) -> Queue:
     state = request.app.state
     queue: Queue | None = getattr(state, "job_queue", None)
     if queue is None:
-        from meridian.worker.main import queue_for
-
         try:
             queue = state.job_queue = queue_for(get_runtime(request).settings)
         except RuntimeError as exc:

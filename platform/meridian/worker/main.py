@@ -31,6 +31,7 @@ import httpx
 from saq import CronJob, Queue, Worker
 
 from meridian.events import bus
+from meridian.events.jobs import queue_for
 from meridian.runtime import Runtime
 from meridian.settings import Settings
 from meridian.worker.consumers import Consumer, GroupReader
@@ -38,7 +39,6 @@ from meridian.worker.relay import Relay
 from meridian.worker.retention import prune_expired
 
 logger = logging.getLogger("meridian.worker")
-QUEUE = "meridian"
 JobFunction = Callable[..., Awaitable[Any]]
 
 
@@ -75,12 +75,6 @@ def plugs() -> list[PlugFactory]:
     from meridian.worker.plugs import PLUGS
 
     return list(PLUGS)
-
-
-def queue_for(settings: Settings) -> Queue:
-    if not settings.redis_url:
-        raise RuntimeError("events need Redis: set MERIDIAN_REDIS_URL")
-    return Queue.from_url(settings.redis_url, name=QUEUE)
 
 
 @dataclass
