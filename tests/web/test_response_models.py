@@ -291,6 +291,21 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
     ok(await client.get("/v1/events", params={"type": "account.*"}, headers=h))
     refused(await client.get("/v1/events", params={"type": "nope"}, headers=h), 422)
 
+    # Each kind's field history, a page of one field, and the audit trail.
+    for plural, record in (
+        ("contacts", contact),
+        ("accounts", account),
+        ("opportunities", opportunity),
+        ("activities", activity),
+    ):
+        ok(await client.get(f"/v1/{plural}/{record['id']}/history", headers=h))
+    one = {"order": "asc", "limit": 1, "field": "name"}
+    ok(await client.get(f"/v1/accounts/{account['id']}/history", params=one, headers=h))
+    history = f"/v1/contacts/{contact['id']}/history"
+    refused(await client.get(history, params={"field": "nope"}, headers=h), 422)
+    ok(await client.get("/v1/audit", params={"type": "user.*,role.*", "limit": 2}, headers=h))
+    refused(await client.get("/v1/audit", params={"type": "contact.updated"}, headers=h), 422)
+
     # Every list again: the second answer may come from the cache.
     for listing in (
         "/v1/accounts",
