@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -66,6 +66,8 @@ PARAMS = {
     "name": "role",
     "record_id": "record",
     "share_id": "share",
+    "webhook_id": "webhook",
+    "delivery_id": "delivery",
 }
 PLURALS = {"accounts": "account", "contacts": "contact", "opportunities": "opportunity"}
 
@@ -117,6 +119,18 @@ BODIES: dict[tuple[str, str], list[Any]] = {
     ],
     ("POST", "/v1/users/{user_id}/revoke-tokens"): [None],
     ("PATCH", "/v1/roles/{name}"): [{"description": "pwned"}],
+    ("PATCH", "/v1/webhooks/{webhook_id}"): [
+        {"enabled": False},
+        {"url": "https://pwned.example.com/hook", "event_types": ["*"]},
+    ],
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): [None],
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): [None],
+    ("POST", "/v1/webhooks/{webhook_id}/replay"): [
+        {
+            "since": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+            "until": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        }
+    ],
     ("PUT", "/v1/roles/{name}/permissions"): [
         {"permissions": [{"object": "accounts", "action": "read"}]}
     ],
@@ -210,7 +224,27 @@ async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Re
     )
     assert made.status_code == 201, made.text
     ids["role"] = role
+    await _webhook(client, tenant, marker, ids)
     return r
+
+
+async def _webhook(
+    client: httpx.AsyncClient, tenant: Tenant, marker: str, ids: dict[str, str]
+) -> None:
+    """A subscription and a delivery of it (made by a replay, as no worker runs here);
+    then disabled, so a worker of a later test sends nothing to its closed port."""
+    body = {"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "description": marker}
+    ids["webhook"] = await _post(client, tenant, "/v1/webhooks", body)
+    path = f"/v1/webhooks/{ids['webhook']}"
+    now = datetime.now(UTC)
+    window = {"since": (now - timedelta(hours=1)).isoformat(), "until": now.isoformat()}
+    replay = await client.post(f"{path}/replay", json=window, headers=tenant.headers)
+    assert replay.status_code == 202, replay.text
+    assert replay.json()["count"] > 0, replay.text
+    listed = await client.get(f"{path}/deliveries", headers=tenant.headers)
+    ids["delivery"] = listed.json()["data"][0]["id"]
+    off = await client.patch(path, json={"enabled": False}, headers=tenant.headers)
+    assert off.status_code == 200, off.text
 
 
 @dataclass

@@ -39,12 +39,15 @@ async def test_create_shows_the_secret_once_and_stores_it_sealed(
         assert resp.status_code == 201, resp.text
         made = resp.json()
         secret = made["secret"]
-        assert secret.startswith("whsec_") and len(secret) == len("whsec_") + 44
+        assert secret.startswith("whsec_")
+        assert len(secret) == len("whsec_") + 44
         assert resp.headers["location"].endswith(f"/v1/webhooks/{made['id']}")
-        assert made["kinds"] == ["contact", "opportunity"] and made["enabled"] is True
+        assert made["kinds"] == ["contact", "opportunity"]
+        assert made["enabled"] is True
         # A retry with the same key answers the same, secret included.
         again = await app_client.post("/v1/webhooks", json=body, headers=headers)
-        assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+        assert again.status_code == 201
+        assert again.headers["idempotent-replayed"] == "true"
         assert again.json() == made
 
         read = await app_client.get(f"/v1/webhooks/{made['id']}", headers=tenant.headers)
@@ -71,11 +74,16 @@ async def test_create_shows_the_secret_once_and_stores_it_sealed(
     finally:
         await conn.close()
     raw = secret.removeprefix("whsec_")
-    assert stored and raw.encode() not in bytes(stored) and secret.encode() not in bytes(stored)
-    assert dump and raw not in dump
+    assert stored
+    assert raw.encode() not in bytes(stored)
+    assert secret.encode() not in bytes(stored)
+    assert dump
+    assert raw not in dump
     created = [e for e in await events_of(app_client, tenant) if e["type"] == "webhook.created"]
-    assert len(created) == 1 and created[0]["record"]["id"] == made["id"]
-    assert raw not in str(created) and "secret" not in created[0]["data"]["record"]
+    assert len(created) == 1
+    assert created[0]["record"]["id"] == made["id"]
+    assert raw not in str(created)
+    assert "secret" not in created[0]["data"]["record"]
 
 
 async def test_update_rotate_and_delete(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -88,7 +96,8 @@ async def test_update_rotate_and_delete(app_client: httpx.AsyncClient, tenant: T
             headers={**tenant.headers, "If-Match": '"1"'},
         )
         assert resp.status_code == 200, resp.text
-        assert resp.json()["kinds"] == ["account"] and resp.headers["etag"] == '"2"'
+        assert resp.json()["kinds"] == ["account"]
+        assert resp.headers["etag"] == '"2"'
         stale = await app_client.patch(
             path, json={"enabled": False}, headers={**tenant.headers, "If-Match": '"1"'}
         )
@@ -97,7 +106,8 @@ async def test_update_rotate_and_delete(app_client: httpx.AsyncClient, tenant: T
         rotated = await app_client.post(f"{path}/rotate-secret", headers=tenant.headers)
         assert rotated.status_code == 200, rotated.text
         new_secret = rotated.json()["secret"]
-        assert new_secret.startswith("whsec_") and new_secret != made["secret"]
+        assert new_secret.startswith("whsec_")
+        assert new_secret != made["secret"]
     updates = [e for e in await events_of(app_client, tenant) if e["type"] == "webhook.updated"]
     assert updates[-1]["data"]["changes"] == {"secret": {"changed": True}}
     assert new_secret.removeprefix("whsec_") not in str(updates)
@@ -215,7 +225,8 @@ async def test_another_tenant_gets_404(
     assert listed.json()["data"] == []
     # Untouched.
     resp = await app_client.get(path, headers=tenant.headers)
-    assert resp.status_code == 200 and resp.json()["version"] == 1
+    assert resp.status_code == 200
+    assert resp.json()["version"] == 1
 
 
 async def test_a_role_without_webhooks_gets_403(

@@ -72,7 +72,7 @@ class WebhookRow(RecordRow):
     description: str | None
     # Bare: the row-type check compares hints with the columns' Python types.
     event_types: list  # type: ignore[type-arg]
-    filter: dict  # type: ignore[type-arg]
+    filter: object  # JSON: an object of field equalities
     kinds: list  # type: ignore[type-arg]
     enabled: bool
     disabled_reason: str | None
