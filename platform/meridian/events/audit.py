@@ -27,7 +27,7 @@ from meridian.crud.schemas import IsoDateTime
 from meridian.deps import CanReadAudit, record_viewer
 from meridian.errors import ValidationFailed, invalid_field
 from meridian.events import log
-from meridian.events.history import OrderQuery, SeqCursor
+from meridian.events.history import OrderQuery, SeqCursor, seq_cursor
 from meridian.events.models import EventOutbox
 from meridian.events.schemas import EventRead
 from meridian.web.openapi import problems
@@ -124,7 +124,7 @@ async def list_audit_events(
     matching: list[ColumnElement[bool]] = [audited()]
     if actor_id is not None:
         matching.append(EventOutbox.actor_id == actor_id)
-    after = int(cursor) if cursor else 0
+    after = seq_cursor(cursor)
     kinds = log.readable_kinds(access.can)
     tenant_id, viewer = access.tenant.tenant_id, record_viewer(access)
     rows = await endpoints.read(

@@ -77,6 +77,18 @@ FieldQuery = Annotated[
 ]
 
 
+MAX_SEQ = 2**63 - 1  # a bigint
+
+
+def seq_cursor(cursor: str | None) -> int:
+    """The seq a ``cursor`` names (0: none); one past a bigint is no seq (422, not a
+    database error)."""
+    after = int(cursor) if cursor else 0
+    if after > MAX_SEQ:
+        raise invalid_field("cursor", "is not a cursor this API gave")
+    return after
+
+
 # -- what the API shows ---------------------------------------------------------------
 class ValueChange(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
@@ -240,7 +252,7 @@ async def record_history(
     if field is not None and field not in (known := fields_of(repo)):
         raise invalid_field("field", f"a {kind} has no field {field!r}; fields: {', '.join(known)}")
     tenant_id, viewer = access.tenant.tenant_id, record_viewer(access)
-    after = int(cursor) if cursor else 0
+    after = seq_cursor(cursor)
     events = await endpoints.read(
         access,
         lambda conn: read_history(
