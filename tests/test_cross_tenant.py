@@ -118,6 +118,7 @@ BODIES: dict[tuple[str, str], list[Any]] = {
         {"manager_id": Own("user")},
     ],
     ("POST", "/v1/users/{user_id}/revoke-tokens"): [None],
+    ("POST", "/v1/opportunities/{opportunity_id}/fulfilment/retry"): [None],
     ("PATCH", "/v1/roles/{name}"): [{"description": "pwned"}],
     ("PATCH", "/v1/webhooks/{webhook_id}"): [
         {"enabled": False},

@@ -19,6 +19,7 @@ from meridian.events.history import router as history_router
 from meridian.events.hub import LiveStreams
 from meridian.events.router import router as events_router
 from meridian.events.stream import router as stream_router
+from meridian.fulfilment.router import router as fulfilment_router
 from meridian.health import router as health_router
 from meridian.oauth.router import router as oauth_router
 from meridian.oauth.sessions import router as sessions_router
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         history_router,
         audit_router,
         stream_router,
+        fulfilment_router,
         users_router,
         roles_router,
         sessions_router,

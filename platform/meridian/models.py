@@ -8,6 +8,12 @@ from meridian.activities.models import Activity
 from meridian.contacts.models import Contact
 from meridian.crud.idempotency import IdempotencyKey
 from meridian.events.models import EventOutbox, EventRelay, EventSequence
+from meridian.fulfilment.models import (
+    FulfilmentConfig,
+    FulfilmentSaga,
+    FulfilmentStep,
+    FulfilmentUnfinished,
+)
 from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRevocation
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
@@ -46,6 +52,10 @@ SHARD_MODELS = (
     EventSequence,
     EventRelay,
     EventOutbox,
+    FulfilmentConfig,
+    FulfilmentSaga,
+    FulfilmentStep,
+    FulfilmentUnfinished,
     Webhook,
     WebhookDelivery,
 )

@@ -86,7 +86,7 @@ async def sagas(client: httpx.AsyncClient, tenant: Tenant, opportunity_id: str) 
 
 async def events(client: httpx.AsyncClient, tenant: Tenant, type_: str) -> list[dict[str, Any]]:
     resp = await client.get(
-        "/v1/events", params={"type": type_, "limit": 500}, headers=tenant.headers
+        "/v1/events", params={"type": type_, "limit": 200}, headers=tenant.headers
     )
     assert resp.status_code == 200, resp.text
     data: list[dict[str, Any]] = resp.json()["data"]

@@ -178,7 +178,7 @@ async def test_sagas_follow_the_opportunitys_visibility(
 
     ok = await api.get(f"/v1/opportunities/{mine['id']}/fulfilment", headers=rep_headers)
     assert ok.status_code == 200, ok.text
-    assert ok.json() == {"data": []}
+    assert ok.json() == {"opportunity_id": mine["id"], "data": []}
     hidden = await api.get(f"/v1/opportunities/{theirs['id']}/fulfilment", headers=rep_headers)
     assert_problem(hidden, 404, "not-found")
     missing = await api.get(f"/v1/opportunities/{uuid.uuid4()}/fulfilment", headers=tenant.headers)

@@ -34,6 +34,10 @@ EXEMPT: dict[tuple[str, str], str] = {
         "succeeds only on a Citus shard with an admin role that bypasses RLS: driven, "
         "and its responses checked, in tests/citus/test_isolation.py"
     ),
+    ("POST", "/v1/opportunities/{opportunity_id}/fulfilment/retry"): (
+        "succeeds only on a saga a worker failed: driven, and its responses checked, in "
+        "tests/fulfilment/test_sagas.py"
+    ),
     **dict.fromkeys(
         (
             ("POST", "/admin/v1/tenants/{tenant_id}/moves"),
@@ -282,6 +286,22 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
             params={"cursor": page["next_cursor"]},
             headers=h,
         )
+    )
+
+    # Fulfilment: the steps (empty, 304, replaced, 412) and an opportunity's sagas.
+    await not_modified(client, "/v1/fulfilment/steps", h)
+    step = {"method": "POST", "url": "https://erp.example.com/invoices"}
+    steps = {"steps": [{"name": "finance", "action": step, "compensation": step}]}
+    ok(await client.put("/v1/fulfilment/steps", json=steps, headers={**h, "If-Match": '"0"'}))
+    refused(
+        await client.put("/v1/fulfilment/steps", json=steps, headers={**h, "If-Match": '"0"'}),
+        412,
+    )
+    ok(await client.get(f"/v1/opportunities/{opportunity['id']}/fulfilment", headers=h))
+    refused(
+        await client.post(f"/v1/opportunities/{opportunity['id']}/fulfilment/retry", headers=h),
+        409,
+        "conflict",
     )
 
     # The tenant's event log: a page, the next, a type filter, a cursor past retention.

@@ -42,6 +42,7 @@ OBJECT_OF_KIND: dict[str, str] = {
     "role": "roles",
     "webhook": "webhooks",
     "tenant": "audit",
+    "fulfilment": "fulfilment",
     # Sign-ins name a user but are the audit's: users:read (every sales rep's) must not
     # show who signed in when.
     "auth": "audit",

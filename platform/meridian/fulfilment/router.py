@@ -87,7 +87,7 @@ async def get_opportunity_fulfilment(opportunity_id: UUID, access: CanReadFulfil
     sagas = await endpoints.read(
         access, lambda conn: SagaRepository.of_opportunity(conn, tenant_id, opportunity_id)
     )
-    return json_response({"data": [s.public() for s in sagas]})
+    return json_response({"opportunity_id": opportunity_id, "data": [s.public() for s in sagas]})
 
 
 @router.post(

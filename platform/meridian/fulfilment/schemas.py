@@ -93,4 +93,5 @@ class SagaRead(BaseModel):
 
 
 class SagaList(BaseModel):
+    opportunity_id: UUID
     data: list[SagaRead] = Field(description="Oldest first.")

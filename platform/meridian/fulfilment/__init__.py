@@ -1,0 +1,1 @@
+"""Fulfilment: the saga run when an opportunity is won (its steps, its state, its jobs)."""
