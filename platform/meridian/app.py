@@ -25,6 +25,7 @@ from meridian.oauth.router import router as oauth_router
 from meridian.oauth.sessions import router as sessions_router
 from meridian.opportunities.router import router as opportunities_router
 from meridian.pipelines.router import router as pipelines_router
+from meridian.projections.router import router as projections_router
 from meridian.roles.router import router as roles_router
 from meridian.runtime import Runtime
 from meridian.settings import Settings, get_settings
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         opportunities_router,
         activities_router,
         timeline_router,
+        projections_router,
         pipelines_router,
         sharing_router,
         events_router,

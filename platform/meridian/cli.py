@@ -44,6 +44,8 @@ app.add_typer(keys_app, name="keys")
 moves_app = typer.Typer(no_args_is_help=True, help="Online moves of tenants between shards.")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(moves_app, name="moves")
+projections_app = typer.Typer(no_args_is_help=True, help="Read models kept by the worker.")
+app.add_typer(projections_app, name="projections")
 # Where `meridian dev` writes the file that other commands read (relative to its cwd).
 DEV_JSON = Path(".meridian/dev.json")
 
@@ -589,6 +591,25 @@ def tenants_delete(
         typer.echo(json.dumps(await delete_tenant(rt, tenant)))
 
     _with_runtime("tenants delete", work)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this tenant (id or slug). Default: every tenant.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Compute the interaction summaries again from the activities (one transaction per
+    tenant; the worker keeps them from then on)."""
+    from meridian.operations import rebuild_projections
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await rebuild_projections(rt, tenant)
+
+    typer.echo(json.dumps(_with_runtime("projections rebuild", work)))
 
 
 @app.command()

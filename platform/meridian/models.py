@@ -17,6 +17,7 @@ from meridian.fulfilment.models import (
 from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRevocation
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
+from meridian.projections.models import InteractionSummary
 from meridian.users.models import AppUser
 from meridian.webhooks.models import Webhook, WebhookDelivery
 from sharding.models import Shard, TenantMove, TenantResidency
@@ -52,6 +53,7 @@ SHARD_MODELS = (
     EventSequence,
     EventRelay,
     EventOutbox,
+    InteractionSummary,
     FulfilmentConfig,
     FulfilmentSaga,
     FulfilmentStep,

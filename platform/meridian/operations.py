@@ -574,6 +574,18 @@ async def rebalance(
     return {"dry_run": False, "moves": await _run_planned(rt, planned, parallel)}
 
 
+# -- read models ---------------------------------------------------------------------------
+
+
+async def rebuild_projections(rt: Runtime, tenant: str | None) -> dict[str, object]:
+    """What `meridian projections rebuild` does: every interaction summary of the tenant
+    (id or slug), or of every tenant, computed again from the activities."""
+    from meridian.projections.jobs import Platform, rebuild
+
+    platform = Platform(rt.control, rt.directory, rt.router, rt.refresh_tenant)
+    return await rebuild(platform, tenant)
+
+
 # -- diagnosis -----------------------------------------------------------------------------
 
 

@@ -304,6 +304,15 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
         "conflict",
     )
 
+    # Interaction summaries (kept by the worker, which does not run here: empty ones).
+    for record in (
+        f"/v1/contacts/{contact['id']}",
+        f"/v1/accounts/{account['id']}",
+        f"/v1/opportunities/{opportunity['id']}",
+    ):
+        ok(await client.get(f"{record}/interactions", headers=h))
+    ok(await client.get("/v1/interactions", params={"kind": "account"}, headers=h))
+
     # The tenant's event log: a page, the next, a type filter, a cursor past retention.
     events = ok(await client.get("/v1/events", params={"limit": 2}, headers=h))
     assert events["next_cursor"], events
