@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import httpx
 from redis.asyncio import Redis
+from saq.job import Status
 
 from loadtests.receivers import Received
 from meridian.events import bus
+from meridian.events.jobs import queue_for
+from meridian.fulfilment.jobs import job_key
 from meridian.settings import Settings
 from tests.fixtures.api import Tenant
 from tests.fixtures.receivers import receiver
@@ -222,6 +226,43 @@ async def test_a_worker_stopped_mid_saga_is_taken_over(
         if e["record"]["id"] == sid
     ]
     assert completed == ["finance", "provisioning"]
+
+
+async def test_a_lost_job_is_queued_again(
+    api: httpx.AsyncClient, tenant: Tenant, settings: Settings
+) -> None:
+    """A saga whose job is gone (a worker killed, Redis losing it) is found by the
+    recovery job, which queues its current call again."""
+    assert settings.redis_url
+    async with receiver() as finance, receiver() as provisioning:
+        provisioning.delay = 5.0
+        await configure(
+            api, tenant, [step("finance", finance.url), step("provisioning", provisioning.url)]
+        )
+        opportunity = await new_opportunity(api, tenant)
+        async with running_worker(settings, **WORKER):
+            await win(api, tenant, opportunity["id"])
+            await eventually(lambda: provisioning.requests, what="the provisioning call")
+        provisioning.delay = 0.0
+        (saga,) = await sagas(api, tenant, opportunity["id"])
+        queue = queue_for(settings)
+        await queue.connect()
+        try:
+            job = await queue.job(job_key(UUID(saga["id"]), "action", 1))
+            assert job is not None
+            await queue.abort(job, "lost")  # it was queued again: now it is gone
+            gone = await queue.job(job.key)
+            assert gone is not None
+            assert gone.status == Status.ABORTED
+        finally:
+            await queue.disconnect()
+        async with running_worker(settings, **WORKER):
+            saga = await eventually(
+                saga_in(api, tenant, opportunity["id"], "completed"),
+                what="the saga completed after its job was lost",
+            )
+    assert [r.path for r in finance.requests] == ["/finance"]
+    assert keys(provisioning.requests) == [f"{saga['id']}:provisioning"] * 2
 
 
 async def test_a_redelivered_won_event_starts_no_second_saga(
