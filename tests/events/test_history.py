@@ -148,9 +148,10 @@ async def test_pages_by_seq_both_ways_and_the_field_filter(
     resp = await app_client.get(f"{path}/history", params={"field": "colour"}, headers=h)
     assert_problem(resp, 422, "validation")
     assert "name" in resp.json()["detail"]
-    for cursor in ("x", "9" * 19):
-        resp = await app_client.get(f"{path}/history", params={"cursor": cursor}, headers=h)
-        assert_problem(resp, 422, "validation")
+    resp = await app_client.get(f"{path}/history", params={"cursor": "x"}, headers=h)
+    assert_problem(resp, 422, "validation")
+    resp = await app_client.get(f"{path}/history", params={"cursor": "9" * 19}, headers=h)
+    assert_problem(resp, 400, "invalid-cursor")
 
 
 async def test_every_kind_has_a_history(app_client: httpx.AsyncClient, tenant: Tenant) -> None:

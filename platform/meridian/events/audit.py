@@ -25,7 +25,7 @@ from meridian.crud.http import LimitQuery
 from meridian.crud.pagination import check_limit
 from meridian.crud.schemas import IsoDateTime
 from meridian.deps import CanReadAudit, record_viewer
-from meridian.errors import ValidationFailed, invalid_field
+from meridian.errors import InvalidCursor, ValidationFailed, invalid_field
 from meridian.events import log
 from meridian.events.history import OrderQuery, SeqCursor, seq_cursor
 from meridian.events.models import EventOutbox
@@ -63,12 +63,19 @@ def audited() -> ColumnElement[bool]:
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
+# What ``parse_types`` takes, stated in the document: an audited kind's types or all of
+# it, any kind's audited actions or all of them (contact.*: a contact's deletions and
+# exports).
+_AUDITED_TYPE = (
+    rf"({'|'.join(AUDITED_KINDS)})\.([a-z_]+|\*)"
+    rf"|({'|'.join(sorted(log.OBJECT_OF_KIND))})\.({'|'.join(AUDITED_ACTIONS)}|\*)"
+)
 AuditTypeQuery = Annotated[
     str | None,
     Query(
         description="Comma-separated audited types (auth.sign_in_failed) or kinds "
-        "(role.*; contact.* is a contact's deletions and exports).",
-        max_length=1000,
+        f"(role.*; contact.* is a contact's deletions and exports), at most {log.MAX_TYPES}.",
+        pattern=rf"^({_AUDITED_TYPE})(,({_AUDITED_TYPE})){{0,{log.MAX_TYPES - 1}}}$",
     ),
 ]
 ActorQuery = Annotated[
@@ -99,7 +106,7 @@ def parse_types(raw: str | None) -> log.TypeFilter:
     return types
 
 
-@router.get("", response_model=AuditPage, openapi_extra=problems(ValidationFailed))
+@router.get("", response_model=AuditPage, openapi_extra=problems(InvalidCursor, ValidationFailed))
 async def list_audit_events(
     access: CanReadAudit,
     type: AuditTypeQuery = None,
@@ -119,8 +126,6 @@ async def list_audit_events(
     shaped as in /v1/events."""
     types = parse_types(type)
     size = check_limit(limit)
-    if since is not None and until is not None and since >= until:
-        raise invalid_field("until", "must be later than since")
     matching: list[ColumnElement[bool]] = [audited()]
     if actor_id is not None:
         matching.append(EventOutbox.actor_id == actor_id)

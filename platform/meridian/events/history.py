@@ -42,7 +42,7 @@ from meridian.deps import (
     TenantAccess,
     record_viewer,
 )
-from meridian.errors import NotFound, ValidationFailed, invalid_field
+from meridian.errors import InvalidCursor, NotFound, ValidationFailed, invalid_field
 from meridian.events import log, outbox
 from meridian.events.models import EventOutbox
 from meridian.events.schemas import EventActor
@@ -67,25 +67,41 @@ OrderQuery = Annotated[
     Literal["asc", "desc"],
     Query(description="desc: newest first (the default); asc: oldest first."),
 ]
-FieldQuery = Annotated[
-    str | None,
-    Query(
-        description="Only the entries that set or changed this field (e.g. last_name).",
+
+
+def _field_query(kind: str) -> Any:
+    """The ``field`` parameter of ``kind``'s history: its fields, listed in the document
+    when the document is built (the domains' repositories, which the kit cannot import,
+    are registered by then)."""
+
+    def listed(schema: dict[str, Any]) -> None:
+        repo = TenantRepository.for_kind(kind)
+        if repo is not None:
+            schema["enum"] = fields_of(repo)
+
+    return Query(
+        description=f"Only the entries that set or changed this field of the {kind}.",
         max_length=63,
         pattern=r"^[a-z][a-z0-9_]*$",
-    ),
-]
+        json_schema_extra=listed,
+    )
+
+
+ContactField = Annotated[str | None, _field_query("contact")]
+AccountField = Annotated[str | None, _field_query("account")]
+OpportunityField = Annotated[str | None, _field_query("opportunity")]
+ActivityField = Annotated[str | None, _field_query("activity")]
 
 
 MAX_SEQ = 2**63 - 1  # a bigint
 
 
 def seq_cursor(cursor: str | None) -> int:
-    """The seq a ``cursor`` names (0: none); one past a bigint is no seq (422, not a
-    database error)."""
+    """The seq a ``cursor`` names (0: none); one past a bigint is no seq this API gave
+    (400 invalid-cursor, as for a list's cursor, rather than a database error)."""
     after = int(cursor) if cursor else 0
     if after > MAX_SEQ:
-        raise invalid_field("cursor", "is not a cursor this API gave")
+        raise InvalidCursor("The cursor is not one this API issued.")
     return after
 
 
@@ -292,7 +308,7 @@ _DOC = (
 @router.get(
     "/v1/contacts/{contact_id}/history",
     response_model=HistoryPage,
-    openapi_extra=problems(ValidationFailed),
+    openapi_extra=problems(InvalidCursor, ValidationFailed),
     description=_DOC.format(kind="contact"),
 )
 async def get_contact_history(
@@ -301,7 +317,7 @@ async def get_contact_history(
     limit: LimitQuery = 50,
     cursor: SeqCursor = None,
     order: OrderQuery = "desc",
-    field: FieldQuery = None,
+    field: ContactField = None,
 ) -> Response:
     return await record_history(
         access, "contact", contact_id, limit=limit, cursor=cursor, order=order, field=field
@@ -311,7 +327,7 @@ async def get_contact_history(
 @router.get(
     "/v1/accounts/{account_id}/history",
     response_model=HistoryPage,
-    openapi_extra=problems(ValidationFailed),
+    openapi_extra=problems(InvalidCursor, ValidationFailed),
     description=_DOC.format(kind="account"),
 )
 async def get_account_history(
@@ -320,7 +336,7 @@ async def get_account_history(
     limit: LimitQuery = 50,
     cursor: SeqCursor = None,
     order: OrderQuery = "desc",
-    field: FieldQuery = None,
+    field: AccountField = None,
 ) -> Response:
     return await record_history(
         access, "account", account_id, limit=limit, cursor=cursor, order=order, field=field
@@ -330,7 +346,7 @@ async def get_account_history(
 @router.get(
     "/v1/opportunities/{opportunity_id}/history",
     response_model=HistoryPage,
-    openapi_extra=problems(ValidationFailed),
+    openapi_extra=problems(InvalidCursor, ValidationFailed),
     description=_DOC.format(kind="opportunity"),
 )
 async def get_opportunity_history(
@@ -339,7 +355,7 @@ async def get_opportunity_history(
     limit: LimitQuery = 50,
     cursor: SeqCursor = None,
     order: OrderQuery = "desc",
-    field: FieldQuery = None,
+    field: OpportunityField = None,
 ) -> Response:
     return await record_history(
         access,
@@ -355,7 +371,7 @@ async def get_opportunity_history(
 @router.get(
     "/v1/activities/{activity_id}/history",
     response_model=HistoryPage,
-    openapi_extra=problems(ValidationFailed),
+    openapi_extra=problems(InvalidCursor, ValidationFailed),
     description=_DOC.format(kind="activity")
     + " Activities never change: their history is their creation (and their deletion "
     "with the record they belong to leaves no event).",
@@ -366,7 +382,7 @@ async def get_activity_history(
     limit: LimitQuery = 50,
     cursor: SeqCursor = None,
     order: OrderQuery = "desc",
-    field: FieldQuery = None,
+    field: ActivityField = None,
 ) -> Response:
     return await record_history(
         access, "activity", activity_id, limit=limit, cursor=cursor, order=order, field=field
