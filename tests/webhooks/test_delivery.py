@@ -287,7 +287,8 @@ async def test_a_worker_stopped_half_way_delivers_everything_after_a_restart(
     async with receiver() as rx:
         rx.delay = 0.2  # a slow receiver: the worker stops with work in flight
         made = await subscribe(app_client, tenant, rx.url, "contact.created")
-        async with running_worker(settings, **FAST):
+        # One delivery at a time: the stop surely comes before the last of them.
+        async with running_worker(settings, **FAST, worker_concurrency=1):
             for i in range(12):
                 await contact(app_client, tenant, last_name=f"Person {i}")
             await eventually(lambda: len(rx.requests) >= 2, what="the first deliveries")

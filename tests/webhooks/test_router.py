@@ -180,8 +180,6 @@ async def strict_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         "http://10.1.2.3/hook",
         "https://192.168.0.10/hook",
         "http://169.254.169.254/latest/meta-data",
-        "http://[::1]/hook",
-        "http://[fd00::1]/hook",
         "http://224.0.0.1/hook",
         "http://0.0.0.0/hook",
     ],

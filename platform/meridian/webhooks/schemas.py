@@ -9,17 +9,30 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from meridian.crud.schemas import Flag, InputModel, IsoDateTime, Omittable, RecordRead, Versioned
+from meridian.events import log
 from meridian.events.schemas import EventRead
 from meridian.web.targets import MAX_URL_LENGTH
 
 MAX_EVENT_TYPES = 20
 MAX_FILTER_FIELDS = 20
 
+# The form the target check (meridian.web.targets) accepts, stated so that the document
+# promises no more than the API takes: http(s), a host name or IPv4 address, a port in
+# range, no credentials, printable ASCII after the host. Whether the host is private is
+# checked when the URL is set and before each delivery.
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = rf"^(http|https)://{_LABEL}(\.{_LABEL})*(:{_PORT})?([/?#][!-~]*)?$"
+# Event types of the kinds the log has (meridian.events.log.OBJECT_OF_KIND), or *.
+_KINDS = "|".join(sorted(log.OBJECT_OF_KIND))
+EVENT_TYPE_PATTERN = rf"^(\*|({_KINDS})\.([a-z_]+|\*))$"
+
 TargetUrl = Annotated[
     str,
     Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
+        pattern=URL_PATTERN,
         description="Where deliveries are POSTed: http:// or https://, no credentials; a "
         "host that is or resolves to a private, loopback or link-local address is refused.",
         examples=["https://hooks.example.com/meridian"],
@@ -30,7 +43,7 @@ EventType = Annotated[
     Field(
         min_length=1,
         max_length=64,
-        pattern=r"^(\*|[a-z_]+\.([a-z_]+|\*))$",
+        pattern=EVENT_TYPE_PATTERN,
         description="An event type (contact.updated), a kind (contact.*) or * for every "
         "event the subscriber may read.",
     ),
@@ -41,6 +54,8 @@ Filter = Annotated[
     dict[FilterField, FilterValue],
     Field(
         max_length=MAX_FILTER_FIELDS,
+        # Field names other than the pattern's are refused, which the document says too.
+        json_schema_extra={"additionalProperties": False},
         description='Equalities on the event\'s data.record ({"stage_id": "..."}): an '
         "event is delivered when every field named has that value. {}: every event.",
     ),
