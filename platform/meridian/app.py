@@ -33,8 +33,8 @@ from meridian.sharing.router import router as sharing_router
 from meridian.users.router import router as users_router
 from meridian.web import docs, openapi
 from meridian.web.limits import BodySizeLimit
-from meridian.webhooks.router import router as webhooks_router
 from meridian.web.problems import install_problem_handlers
+from meridian.webhooks.router import router as webhooks_router
 
 GC_THRESHOLDS = (50_000, 20, 100)
 DESCRIPTION = """A multi-tenant CRM. Tenants use `/v1`, platform administrators

@@ -38,7 +38,7 @@ def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:
     command.upgrade(cfg, revision)
 
 
-async def upgrade(plane: Plane, dsn: str, *, app_role: str, revision: str = "heads") -> None:
+async def upgrade(plane: Plane, dsn: str, *, app_role: str, revision: str = "head") -> None:
     engine = create_async_engine(dsn, pool_size=1, max_overflow=0)
     try:
         async with engine.begin() as conn:

@@ -118,6 +118,7 @@ async def start_worker(settings: Settings, *, name: str | None = None) -> Runnin
     functions: list[JobFunction] = [f for p in parts for f in p.functions]
     cron: list[CronJob[Any]] = [c for p in parts for c in p.cron_jobs]
     cron.append(CronJob(retention, cron="17 * * * *", unique=True))
+
     async def startup(job_ctx: dict[str, Any]) -> None:
         job_ctx[CONTEXT_KEY] = ctx
 

@@ -7,7 +7,7 @@ meridian.projections); the app role may read, insert, update the computed column
 delete, and never change a row's key.
 
 Revision ID: shard_0010
-Revises: shard_0008
+Revises: shard_0009
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from alembic import op
 from meridian.migrate import lay_out_tables
 
 revision = "shard_0010"
-down_revision = "shard_0008"
+down_revision = "shard_0009"
 branch_labels = None
 depends_on = None
 

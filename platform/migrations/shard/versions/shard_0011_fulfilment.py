@@ -6,7 +6,7 @@ its policy honours as ``event_relay``'s honours ``app.relay``; every other table
 tenant policy alone.
 
 Revision ID: shard_0011
-Revises: shard_0008
+Revises: shard_0010
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from meridian.migrate import lay_out_tables
 
 revision = "shard_0011"
-down_revision = "shard_0008"
+down_revision = "shard_0010"
 branch_labels = None
 depends_on = None
 
