@@ -54,6 +54,7 @@ SELECT {", ".join(c.key for c in log.COLUMNS)}
  LIMIT $3
 """  # noqa: S608
 MOVED_OR_FENCED = {"MR001", "MR002", "MR003"}
+FAILURE_PAUSE = 1.0
 
 
 @dataclass
@@ -149,6 +150,10 @@ class Relay:
                 if isinstance(result, BaseException):
                     logger.warning("relay pass on shard %s failed: %s", shard_id, result)
             busy = any(isinstance(r, int) and r > 0 for r in results)
-            if not busy:
+            failed = any(isinstance(r, BaseException) for r in results)
+            if failed or not busy:
+                # A failure (Redis or a shard down) waits a second before the next try
+                # rather than re-reading the same batch ten times a second.
+                pause = max(interval, FAILURE_PAUSE) if failed else interval
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
