@@ -47,7 +47,7 @@ from meridian.deps import (
     TenantAccess,
     record_viewer,
 )
-from meridian.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from meridian.errors import Conflict, Forbidden, Gone, NotFound, ValidationFailed
 from meridian.events import log
 from meridian.web.openapi import problems
 from meridian.web.responses import json_response
@@ -299,7 +299,7 @@ async def _retention_days(control_plane: Any, tenant_id: UUID, default: int) -> 
     "/{webhook_id}/replay",
     status_code=202,
     response_model=ReplayAccepted,
-    openapi_extra=problems(Conflict, ValidationFailed),
+    openapi_extra=problems(Conflict, Gone),
 )
 async def replay_webhook(
     webhook_id: UUID,
@@ -310,17 +310,16 @@ async def replay_webhook(
     control_plane: ControlPlane,
 ) -> Response:
     """Deliver again, as new deliveries, every event of the range [since, until) that
-    the subscription matches. The range must lie within the tenant's event retention."""
+    the subscription matches (an empty range replays nothing). A range that starts
+    before the tenant's event retention is 410: those events are no longer kept, and a
+    replay that skipped them silently would look complete."""
     tenant_id = access.tenant.tenant_id
     days = await _retention_days(control_plane, tenant_id, settings.event_retention_days)
     retention = timedelta(days=days)
-    if body.until <= body.since:
-        raise ValidationFailed("until: must be after since.")
-    if body.until - body.since > retention:
-        raise ValidationFailed(f"The range is longer than the event retention ({days} days).")
     if body.since < datetime.now(UTC) - retention:
-        raise ValidationFailed(
-            f"since: events older than the retention ({days} days) are no longer kept."
+        raise Gone(
+            f"since: events older than the retention ({days} days) are no longer kept; "
+            "replay from a later time."
         )
     subscription = await _subscription(access, webhook_id)
     if not subscription["enabled"]:
@@ -364,7 +363,8 @@ async def _replayed_events(
         page = await endpoints.read(access, next_page)
         found += [e for e in page if matches(subscription, e)]
         if len(found) > MAX_REPLAY:
-            raise ValidationFailed(
+            # What the log holds, not the request's form: a conflict with its state.
+            raise Conflict(
                 f"The range holds more than {MAX_REPLAY} matching events; replay it in parts."
             )
         if len(page) < REPLAY_PAGE:
