@@ -71,8 +71,9 @@ async def test_steps_start_empty_then_replace_with_if_match(
     [
         ({"name": "Finance!"}, ["steps", 0, "name"], None),
         ({"action": {"method": "GET", "url": f"{BASE}/x"}}, ["steps", 0, "action"], None),
-        ({"action": {"method": "POST", "url": "ftp://erp.example.com/x"}}, None, "http"),
-        ({"compensation": {"method": "POST", "url": "/relative"}}, None, "absolute"),
+        ({"action": {"method": "POST", "url": "ftp://erp.example.com/x"}}, ["steps", 0], None),
+        ({"compensation": {"method": "POST", "url": "/relative"}}, ["steps", 0], None),
+        ({"action": {"method": "POST", "url": "0"}}, ["steps", 0], None),
         ({"compensation": None}, ["steps", 0, "compensation"], None),
         ({"attempts": 0}, ["steps", 0, "attempts"], None),
         ({"attempts": 11}, ["steps", 0, "attempts"], None),

@@ -263,3 +263,17 @@ async def test_contacts_events_go_only_to_matching_filters(
     assert not any(matches({**sub, "event_types": ["contact.deleted"]}, e) for e in created)
     assert not any(matches({**sub, "kinds": ["account"]}, e) for e in created)
     assert all(matches({**sub, "event_types": ["*"]}, e) for e in created)
+
+
+async def test_filter_numbers_are_bounded(app_client: httpx.AsyncClient, tenant: Tenant) -> None:
+    """JSONB would give a float such as 1e160 back as a 161-digit integer: refused."""
+    made = await subscribe(app_client, tenant, URL)
+    path = f"/v1/webhooks/{made['id']}"
+    huge = await app_client.patch(
+        path, json={"filter": {"amount": -9.9e160}}, headers=tenant.headers
+    )
+    assert_problem(huge, 422, "validation")
+    fine = {"filter": {"probability": 0.5, "position": 2**40, "name": "x", "flag": True}}
+    resp = await app_client.patch(path, json=fine, headers=tenant.headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["filter"] == fine["filter"]

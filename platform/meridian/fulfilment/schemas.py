@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field, StringConstraints
 
 from meridian.crud.schemas import InputModel, Versioned, json_integer
-from meridian.web.targets import MAX_URL_LENGTH
+from meridian.web.targets import MAX_URL_LENGTH, URL_PATTERN
 
 MAX_STEPS = 20
 MAX_ATTEMPTS = 10
@@ -19,7 +19,9 @@ STEP_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
 StepName = Annotated[str, StringConstraints(pattern=STEP_NAME)]
 # A step's call carries a JSON body, so it is one of the methods that take one.
 Method = Literal["POST", "PUT", "PATCH", "DELETE"]
-Url = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL_LENGTH)]
+Url = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_URL_LENGTH, pattern=URL_PATTERN)
+]
 Attempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS), json_integer]
 Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT)]
 

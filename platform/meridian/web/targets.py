@@ -20,6 +20,13 @@ from urllib.parse import urlsplit
 
 SCHEMES = ("http", "https")
 MAX_URL_LENGTH = 2048
+# The form ``check_url`` accepts, for the request schemas (webhook targets, fulfilment
+# steps), so the OpenAPI document promises no more than the API takes: http(s), a host
+# name or IPv4 address, a port in range, no credentials, printable ASCII after the
+# host. Whether the host is private is checked when the URL is set and before each call.
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = rf"^(http|https)://{_LABEL}(\.{_LABEL})*(:{_PORT})?([/?#][!-~]*)?$"
 # Names that always mean this machine, whatever a resolver says (RFC 6761).
 _LOCAL_NAMES = ("localhost", "localhost.localdomain")
 

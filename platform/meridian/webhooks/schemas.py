@@ -11,18 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from meridian.crud.schemas import Flag, InputModel, IsoDateTime, Omittable, RecordRead, Versioned
 from meridian.events import log
 from meridian.events.schemas import EventRead
-from meridian.web.targets import MAX_URL_LENGTH
+from meridian.web.targets import MAX_URL_LENGTH, URL_PATTERN
 
 MAX_EVENT_TYPES = 20
 MAX_FILTER_FIELDS = 20
 
-# The form the target check (meridian.web.targets) accepts, stated so that the document
-# promises no more than the API takes: http(s), a host name or IPv4 address, a port in
-# range, no credentials, printable ASCII after the host. Whether the host is private is
-# checked when the URL is set and before each delivery.
-_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_PORT = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-URL_PATTERN = rf"^(http|https)://{_LABEL}(\.{_LABEL})*(:{_PORT})?([/?#][!-~]*)?$"
 # Event types of the kinds the log has (meridian.events.log.OBJECT_OF_KIND), or *.
 _KINDS = "|".join(sorted(log.OBJECT_OF_KIND))
 EVENT_TYPE_PATTERN = rf"^(\*|({_KINDS})\.([a-z_]+|\*))$"
@@ -49,7 +42,16 @@ EventType = Annotated[
     ),
 ]
 FilterField = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
-FilterValue = StrictStr | StrictInt | StrictFloat | StrictBool | None
+# Bounded numbers: the filter is stored as JSONB, which writes a float such as 1e160 back
+# as a 161-digit integer that no JSON encoder of ours takes (and no record field holds).
+_SAFE = 2**53
+FilterValue = (
+    Annotated[StrictStr, Field(max_length=1000)]
+    | Annotated[StrictInt, Field(ge=-_SAFE, le=_SAFE)]
+    | Annotated[StrictFloat, Field(ge=-_SAFE, le=_SAFE)]
+    | StrictBool
+    | None
+)
 Filter = Annotated[
     dict[FilterField, FilterValue],
     Field(
