@@ -135,6 +135,9 @@ class ValidationFailed(MeridianError):
 # errors[].type of a field naming a record that does not exist (in the caller's tenant):
 # a 422 a client cannot avoid by the shape of its request alone.
 NOT_FOUND = "not_found"
+# errors[].type of a value that must differ from its siblings' (two fulfilment steps of
+# one name): JSON Schema can say "unique items" of whole items only, not of one member.
+UNIQUE = "unique"
 
 
 def invalid_field(field: str, message: str, kind: str = "value_error") -> ValidationFailed:

@@ -16,6 +16,7 @@ from meridian.errors import (
     NOT_FOUND,
     PROBLEM_BASE,
     PROBLEM_MEDIA_TYPE,
+    UNIQUE,
     IdempotencyKeyReused,
     InvalidCursor,
 )
@@ -36,8 +37,9 @@ def refused_only_for_state(
 ) -> bool | None:
     """A request the document calls valid may be refused (400, 422) only for what no
     schema can state: a cursor that is not one the API issued, a reference to a record
-    that does not exist (every ``errors[].type`` is ``not_found``), or an
-    Idempotency-Key already used for another request. Anything else means the document
+    that does not exist (every ``errors[].type`` is ``not_found``), a value that must
+    differ from its siblings' (``unique``: JSON Schema states uniqueness of whole items
+    only), or an Idempotency-Key already used for another request. Anything else means the document
     promises more than the API accepts.
 
     ``positive_data_acceptance`` is told to allow 400 and 422 (schemathesis.toml) only
@@ -57,7 +59,9 @@ def refused_only_for_state(
         return None
     if response.status_code == 422:
         errors = problem.get("errors") or []
-        if kind == KEY_REUSED or (errors and all(e.get("type") == NOT_FOUND for e in errors)):
+        if kind == KEY_REUSED or (
+            errors and all(e.get("type") in (NOT_FOUND, UNIQUE) for e in errors)
+        ):
             return None
     raise AssertionError(
         f"A schema-valid request was refused with {response.status_code} {kind}: "

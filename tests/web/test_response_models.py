@@ -14,6 +14,7 @@ lives on a plain PostgreSQL shard, then on a Citus shard (tests/fixtures/engines
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -33,6 +34,14 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("POST", "/admin/v1/tenants/{tenant_id}/isolate"): (
         "succeeds only on a Citus shard with an admin role that bypasses RLS: driven, "
         "and its responses checked, in tests/citus/test_isolation.py"
+    ),
+    **dict.fromkeys(
+        (
+            ("GET", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"),
+            ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
+        ),
+        "a delivery exists once a worker matched an event: driven, and its responses "
+        "checked, in tests/webhooks/test_delivery.py",
     ),
     ("POST", "/v1/opportunities/{opportunity_id}/fulfilment/retry"): (
         "succeeds only on a saga a worker failed: driven, and its responses checked, in "
@@ -302,6 +311,36 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
         await client.post(f"/v1/opportunities/{opportunity['id']}/fulfilment/retry", headers=h),
         409,
         "conflict",
+    )
+
+    # Webhooks: subscribe (the secret once), read, list, change, rotate, replay, refuse.
+    hook = await create(
+        client,
+        "/v1/webhooks",
+        {"url": "https://hooks.example.com/meridian", "event_types": ["account.*"]},
+        h,
+    )
+    hook_path = f"/v1/webhooks/{hook['id']}"
+    got = await client.get(hook_path, headers=h)
+    ok(got)
+    ok(await client.get("/v1/webhooks", headers=h))
+    ok(
+        await client.patch(
+            hook_path,
+            json={"filter": {"name": "Globex"}},
+            headers={**h, "If-Match": got.headers["etag"]},
+        )
+    )
+    ok(await client.post(f"{hook_path}/rotate-secret", headers=h))
+    ok(await client.get(f"{hook_path}/deliveries", headers=h))
+    now = datetime.now(UTC)
+    window = {"since": (now - timedelta(hours=1)).isoformat(), "until": now.isoformat()}
+    ok(await client.post(f"{hook_path}/replay", json=window, headers=h), 202)
+    past = {"since": (now - timedelta(days=400)).isoformat(), "until": now.isoformat()}
+    refused(await client.post(f"{hook_path}/replay", json=past, headers=h), 410, "gone")
+    refused(
+        await client.post("/v1/webhooks", json={"url": "ftp://x", "event_types": ["*"]}, headers=h),
+        422,
     )
 
     # Interaction summaries (kept by the worker, which does not run here: empty ones).

@@ -20,6 +20,7 @@ from tests.fixtures.api import Tenant
 from tests.fixtures.databases import names_for, raw_dsn
 from tests.fixtures.problems import assert_problem
 from tests.fixtures.receivers import Receiver, receiver
+from tests.fixtures.response_models import ResponseChecker
 from tests.fixtures.waiting import eventually
 from tests.fixtures.worker import running_worker
 from tests.webhooks.conftest import contact, events_of, subscribe
@@ -90,6 +91,9 @@ async def test_a_delivery_is_signed_and_verifies(
     )
     assert one.status_code == 200
     assert one.json() == row
+    # This operation answers with success only once a worker delivered: its response is
+    # held to the declared model here (tests/web/test_response_models.py exempts it).
+    assert ResponseChecker(app_client.app).check(one) == []  # type: ignore[attr-defined]
     assert len(rx.requests) == 1
 
 
@@ -149,6 +153,7 @@ async def test_dead_after_the_window_then_retried_by_hand(
         resp = await app_client.post(path, headers=tenant.headers)
         assert resp.status_code == 202, resp.text
         assert resp.json()["status"] == "pending"
+        assert ResponseChecker(app_client.app).check(resp) == []  # type: ignore[attr-defined]
 
         async def delivered() -> list[dict[str, Any]]:
             return await deliveries(app_client, tenant, made["id"], status="delivered")

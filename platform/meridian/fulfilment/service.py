@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from meridian.errors import Conflict, ValidationFailed
+from meridian.errors import UNIQUE, Conflict, ValidationFailed
 from meridian.fulfilment.models import FINISHED
 from meridian.fulfilment.schemas import StepsUpdate
 from meridian.web.targets import TargetRefused, check_url
@@ -38,7 +38,7 @@ def validate_steps(body: StepsUpdate, *, allow_private: bool) -> list[dict[str, 
     seen: set[str] = set()
     for i, step in enumerate(body.steps):
         if step.name in seen:
-            raise _invalid(["steps", i, "name"], f"{step.name!r} names another step too")
+            raise _invalid(["steps", i, "name"], f"{step.name!r} names another step too", UNIQUE)
         seen.add(step.name)
         for part in ("action", "compensation"):
             url = getattr(step, part).url
@@ -49,10 +49,10 @@ def validate_steps(body: StepsUpdate, *, allow_private: bool) -> list[dict[str, 
     return [s.model_dump(mode="json") for s in body.steps]
 
 
-def _invalid(loc: list[str | int], message: str) -> ValidationFailed:
+def _invalid(loc: list[str | int], message: str, kind: str = "value_error") -> ValidationFailed:
     path = ".".join(str(p) for p in loc)
     return ValidationFailed(
-        f"{path}: {message}", errors=[{"loc": loc, "msg": message, "type": "value_error"}]
+        f"{path}: {message}", errors=[{"loc": loc, "msg": message, "type": kind}]
     )
 
 

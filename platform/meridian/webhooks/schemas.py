@@ -48,7 +48,8 @@ _SAFE = 2**53
 FilterValue = (
     Annotated[StrictStr, Field(max_length=1000)]
     | Annotated[StrictInt, Field(ge=-_SAFE, le=_SAFE)]
-    | Annotated[StrictFloat, Field(ge=-_SAFE, le=_SAFE)]
+    # Strictly inside: an integer just past the bound would round onto it as a float.
+    | Annotated[StrictFloat, Field(gt=-_SAFE, lt=_SAFE)]
     | StrictBool
     | None
 )
