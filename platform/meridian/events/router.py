@@ -42,21 +42,23 @@ def cursor_value(after: str | None) -> int:
     return int(after) if after else 0
 
 
-async def check_retained(access: TenantAccess, after: int) -> None:
-    """A cursor older than the log's retention cannot resume without a gap: 410."""
+async def check_retained(access: TenantAccess, after: int) -> int:
+    """A cursor older than the log's retention cannot resume without a gap: 410.
+    Returns the newest seq (0 for an empty log, or when ``after`` is 0)."""
     if after == 0:
-        return
-    oldest, _newest = await endpoints.read(
+        return 0
+    oldest, newest = await endpoints.read(
         access, lambda conn: log.bounds(conn, access.tenant.tenant_id)
     )
     # An after beyond the newest event is a client ahead of the log (say, one that kept
-    # a cursor across a tenant's restore): an empty page, not an error.
+    # a cursor across a tenant's restore): for a page, an empty page, not an error.
     if oldest > after + 1:
         raise Gone(
             f"Events {after + 1} to {oldest - 1} have passed the tenant's retention; "
             f"resume from after={oldest - 1} (or 0).",
             oldest_seq=oldest,
         )
+    return newest
 
 
 @router.get("", response_model=EventPage, openapi_extra=problems(Gone))

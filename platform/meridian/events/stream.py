@@ -95,7 +95,20 @@ async def stream_events(
     resume = last_event_id if last_event_id is not None else after
     if resume is not None:
         start = cursor_value(resume)
-        await check_retained(access, start)  # 410 / 422 before the stream starts
+        newest = await check_retained(access, start)  # 410 before the stream starts
+        if start > newest:
+            # A page ahead of the log is empty; a stream from there would stay silent
+            # until the log caught up with a number the client invented: refused.
+            raise ValidationFailed(
+                f"Last-Event-ID: no event {start} yet; the newest is {newest}.",
+                errors=[
+                    {
+                        "loc": ["header", "Last-Event-ID"],
+                        "msg": "ahead of the log",
+                        "type": "value_error",
+                    }
+                ],
+            )
     else:
         _oldest, start = await endpoints.read(access, lambda conn: log.bounds(conn, tenant_id))
     streams: LiveStreams = request.app.state.live_streams

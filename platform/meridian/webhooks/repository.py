@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from meridian.crud.compiled import fetchrow
 from meridian.crud.repository import TenantRepository
 from meridian.webhooks.models import DeliveryRow, Webhook, WebhookDelivery, WebhookRow
 
@@ -31,6 +33,18 @@ class WebhookRepository(TenantRepository[WebhookRow]):
     # The secret (sealed, its blind index and key version) is never read back with the
     # subscription, and never enters an event: a rotation shows as {"changed": true}.
     hidden = TenantRepository.hidden | {"secret_enc", "secret_bidx", "enc_version"}
+
+    @staticmethod
+    async def any_enabled(conn: asyncpg.Connection, tenant_id: UUID) -> bool:
+        """Whether the tenant has an enabled subscription: most events of most tenants
+        go to none, and this read spares them a write transaction."""
+        found = await fetchrow(
+            conn,
+            select(Webhook.id)
+            .where(Webhook.tenant_id == tenant_id, Webhook.enabled.is_(True))
+            .limit(1),
+        )
+        return found is not None
 
     async def enabled(self) -> list[WebhookRow]:
         """The tenant's enabled subscriptions (the consumer matches each event with them)."""

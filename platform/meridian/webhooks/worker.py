@@ -30,6 +30,9 @@ async def match_event(wctx: WorkerContext, tenant_id: UUID, event: dict[str, Any
     tenant = await runtime.directory.resolve(tenant_id)
     if tenant is None:
         return 0  # deleted since
+    async with runtime.router.reader(tenant, on_stale=runtime.refresh_tenant) as conn:
+        if not await WebhookRepository.any_enabled(conn, tenant_id):
+            return 0
     async with runtime.router.transaction(
         tenant, write=True, on_stale=runtime.refresh_tenant
     ) as session:
