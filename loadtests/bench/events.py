@@ -43,6 +43,9 @@ from meridian.app import create_app
 from meridian.events import outbox
 from sharding.router import ShardSession
 
+# Requests in flight at once from the paced writer.
+CONCURRENCY = 32
+
 
 @contextlib.contextmanager
 def outbox_taken_out() -> Iterator[None]:
@@ -172,7 +175,7 @@ async def latency(args: argparse.Namespace, pg: PgServer) -> None:
     env = {**server_env(prepared.settings), "MERIDIAN_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
     logs = Path(tempfile.mkdtemp(prefix="meridian-events-bench-"))
     port = free_port()
-    api = Server("api", meridian_argv(port, 1), env, port, "/healthz", logs)
+    api = Server("api", meridian_argv(port, args.api_workers), env, port, "/healthz", logs)
     worker = Server(
         "worker", [sys.executable, "-m", "meridian", "worker"], env, port, "/healthz", logs
     )
@@ -193,7 +196,14 @@ async def latency(args: argparse.Namespace, pg: PgServer) -> None:
 
                 hook.answer = on_hook
                 headers = {"Authorization": f"Bearer {tenant.token}"}
-                async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as client:
+                # A bounded number of connections: httpcore's pool spends CPU per queued
+                # request, and this process also runs the receiver and the stream.
+                limits = httpx.Limits(
+                    max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY
+                )
+                async with httpx.AsyncClient(
+                    base_url=api.base_url, timeout=60, limits=limits
+                ) as client:
                     resp = await client.post(
                         "/v1/webhooks",
                         json={"url": f"{hook.url}/hook", "event_types": ["account.created"]},
@@ -266,9 +276,11 @@ async def _paced_creates(
     start = time.monotonic()
     total = int(rate * duration)
     tasks = []
+    slots = asyncio.Semaphore(CONCURRENCY)
 
     async def create(i: int) -> None:
-        resp = await client.post("/v1/accounts", json={"name": f"Bench {i}"}, headers=headers)
+        async with slots:
+            resp = await client.post("/v1/accounts", json={"name": f"Bench {i}"}, headers=headers)
         if resp.status_code == 201:
             acked[resp.json()["id"]] = time.monotonic()
 
@@ -278,6 +290,8 @@ async def _paced_creates(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(create(i)))
     await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - start
+    print(f"(writes: {len(acked)} acknowledged in {elapsed:.1f} s, {len(acked) / elapsed:.0f}/s)")
 
 
 def cli() -> None:
@@ -293,6 +307,7 @@ def cli() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rate", type=float, default=200.0, help="events per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--api-workers", type=int, default=2, help="uvicorn workers of the API")
     args = parser.parse_args()
     pg = PgServer(args.pg_host, args.pg_port, args.pg_user, "meridian_app")
     if args.part in ("all", "outbox"):
