@@ -47,7 +47,6 @@ class GroupReader:
         max_deliveries: int = 10,
         block_ms: int = 1_000,
         count: int = 100,
-        concurrency: int = 16,
     ) -> None:
         self.redis = redis
         self.consumer = consumer
@@ -57,7 +56,6 @@ class GroupReader:
         self.block_ms = block_ms
         self.count = count
         self.handled = 0
-        self._slots = asyncio.Semaphore(concurrency)
 
     async def ensure_group(self) -> None:
         try:
@@ -81,11 +79,8 @@ class GroupReader:
                     group, self.name, {bus.STREAM: ">"}, count=self.count, block=self.block_ms
                 )
                 for _stream, entries in answer or []:
-                    # A batch's entries are handled at once (bounded): every handler is
-                    # idempotent and order-free (deliveries, recomputed projections,
-                    # one saga per event), and one at a time a group fell behind the
-                    # relay at a hundred events a second.
-                    await asyncio.gather(*(self._bounded(e, f) for e, f in entries))
+                    for entry_id, fields in entries:
+                        await self._handle(entry_id, fields)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -119,10 +114,6 @@ class GroupReader:
                 )
                 await self.redis.xack(bus.STREAM, group, entry_id)
                 continue
-            await self._handle(entry_id, fields)
-
-    async def _bounded(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        async with self._slots:
             await self._handle(entry_id, fields)
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:

@@ -135,14 +135,6 @@ def upgrade() -> None:
         "ix_event_outbox_occurred", "event_outbox", ["tenant_id", "occurred_at"], unique=False
     )
     lay_out_tables("event_sequence", "event_relay", "event_outbox")
-    # The counters are updated in place on every write. Citus's online shard split
-    # (isolating a tenant) replays those updates through logical replication and, for a
-    # table keyed on tenant_id alone, stopped on "publisher did not send replica
-    # identity column expected by the logical replication target relation" (measured on
-    # Citus 13.2): with the whole old row as the replica identity it applies them. The
-    # rows are two or three columns, so the extra WAL is small.
-    op.execute("ALTER TABLE event_sequence REPLICA IDENTITY FULL")
-    op.execute("ALTER TABLE event_relay REPLICA IDENTITY FULL")
     for table, policy in (
         ("event_sequence", RELAY),
         ("event_relay", RELAY),
