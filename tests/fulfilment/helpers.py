@@ -101,7 +101,7 @@ async def entry_of(redis_url: str, event_id: str) -> bytes | None:
         entries = await client.xrange(bus.STREAM)
     finally:
         await client.aclose()
-    found = [eid for eid, fields in entries if bus.decode(fields)[1]["id"] == event_id]
+    found = [eid for eid, fields in entries if bus.decode(fields)[1].get("id") == event_id]
     return found[-1] if found else None
 
 
