@@ -204,6 +204,9 @@ class Mover:
     superuser, and the cleanup deletes with foreign-key triggers off). ``invalidate``
     is told the tenant's directory entry changed (the app publishes it to every
     instance); without it, instances notice by the shard refusing their stale entry.
+    ``on_fence`` are statements the shards' schema needs run on the source in the
+    fence's transaction, the tenant's id as ``$1``: work that must be final before the
+    last copy (the platform numbers the tenant's waiting events there).
     """
 
     def __init__(
@@ -212,10 +215,12 @@ class Mover:
         *,
         invalidate: Invalidate | None = None,
         options: MoveOptions | None = None,
+        on_fence: Sequence[str] = (),
     ) -> None:
         self._control = control
         self._invalidate = invalidate
         self.options = options or MoveOptions()
+        self._on_fence = tuple(on_fence)
 
     # -- the public surface --------------------------------------------------------------
 
@@ -709,6 +714,9 @@ class Mover:
                     )
                 except asyncpg.LockNotAvailableError as exc:
                     raise _Abort("the fence waited too long for in-flight writers") from exc
+                if fenced:
+                    for statement in self._on_fence:
+                        await src.execute(statement, info.tenant_id)
             if not fenced:
                 raise _Abort("the tenant's residency on the source changed during the move")
             fence_lsn = await src.fetchval("SELECT pg_current_wal_lsn()::text")

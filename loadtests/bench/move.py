@@ -67,7 +67,7 @@ from meridian.settings import Settings
 from meridian_dev.postgres import LocalCluster, LocalPgError, free_port
 from sharding.catalog import tenant_tables
 from sharding.models import MOVE_PATH, MoveState
-from sharding.mover import MoveInfo, Mover
+from sharding.mover import MoveInfo
 from tenancy.keyring import TenantKeyring
 
 SRC, DST = "src", "dst"
@@ -513,7 +513,7 @@ class MoveRun:
 async def drive_move(runtime: Runtime, tenant_id: UUID, target: str) -> MoveRun:
     """Plan and run the move, polling its state every 25 ms on the side (the mover is
     not slowed down by it: the poll reads the control plane only)."""
-    mover = Mover(runtime.control, invalidate=runtime.directory.invalidate)
+    mover = runtime.mover()
     seen: dict[MoveState, float] = {}
     started = time.monotonic()
     planned = await mover.plan_move(tenant_id, target)

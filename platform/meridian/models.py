@@ -7,7 +7,7 @@ from meridian.accounts.models import Account
 from meridian.activities.models import Activity
 from meridian.contacts.models import Contact
 from meridian.crud.idempotency import IdempotencyKey
-from meridian.events.models import EventOutbox, EventRelay, EventSequence
+from meridian.events.models import EventOutbox, EventPending, EventRelay, EventSequence
 from meridian.fulfilment.models import (
     FulfilmentConfig,
     FulfilmentSaga,
@@ -53,6 +53,7 @@ SHARD_MODELS = (
     EventSequence,
     EventRelay,
     EventOutbox,
+    EventPending,
     InteractionSummary,
     FulfilmentConfig,
     FulfilmentSaga,

@@ -25,6 +25,7 @@ from authz.watcher import PolicyWatcher
 from cache.core import AnyRedis, Policy, TwoLevelCache
 from cache.metrics import CacheMetrics
 from meridian.directory import CachedDirectory
+from meridian.events import outbox
 from meridian.oauth.keys import KeyStore
 from meridian.oauth.notbefore import NotBeforeStore
 from meridian.oauth.server import MeridianAuthorizationServer
@@ -36,7 +37,7 @@ from sharding.driver import MoveDriver
 from sharding.engine import ShardEngine
 from sharding.engines import PoolOptions, ShardEngines, ShardInfo
 from sharding.models import Shard
-from sharding.mover import Mover
+from sharding.mover import MoveOptions, Mover
 from sharding.registry import upsert_shard
 from sharding.router import ShardRouter
 from tenancy.context import TenantContext
@@ -179,7 +180,7 @@ class Runtime:
             redis=redis,
         )
         rt.moves = MoveDriver(
-            Mover(control, invalidate=rt.directory.invalidate),
+            rt.mover(),
             control,
             sweep_interval=settings.move_sweep_interval,
         )
@@ -194,6 +195,18 @@ class Runtime:
         rt._tasks.append(asyncio.create_task(rt._refresh_loop()))
         rt._tasks.append(asyncio.create_task(rt._key_refresh_loop()))
         return rt
+
+    def mover(self, *, announce: bool = True, options: MoveOptions | None = None) -> Mover:
+        """A mover of this platform's tenants. Under the fence it numbers the tenant's
+        waiting events on the source (a target numbers from its own sequence, which
+        knows nothing of the source's). ``announce``: tell every instance when the
+        tenant's directory entry changes."""
+        return Mover(
+            self.control,
+            invalidate=self.directory.invalidate if announce else None,
+            options=options,
+            on_fence=(outbox.SETTLE,),
+        )
 
     def start_moving(self) -> None:
         """Sweep for unfinished moves nobody drives (API instances; a CLI process only

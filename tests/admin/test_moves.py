@@ -194,6 +194,33 @@ async def test_a_tenant_changes_region_through_the_admin_api(env: Env) -> None:
     assert theirs.status_code == 200, theirs.text
     # Nothing of the tenant is left on the source.
     assert await contacts_on(env, A, tenant) == 0
+    # Its events moved with it, numbered on the source under the fence: one log without
+    # a gap, and what is written on the target comes after all of it.
+    later = await c.post("/v1/contacts", json={"last_name": "Later"}, headers=tenant.headers)
+    assert later.status_code == 201, later.text
+    events = await all_events(c, tenant)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert (events[-1]["type"], events[-1]["record"]["id"]) == (
+        "contact.created",
+        later.json()["id"],
+    )
+    created = {e["record"]["id"] for e in events if e["type"] == "contact.created"}
+    assert {r["id"] for r in seeded.values()} <= created
+
+
+async def all_events(c: httpx.AsyncClient, tenant: Tenant) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        resp = await c.get(
+            "/v1/events", params={"after": after, "limit": 200}, headers=tenant.headers
+        )
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        found += page["data"]
+        if page["next_cursor"] is None:
+            return found
+        after = int(page["next_cursor"])
 
 
 async def test_moves_that_cannot_run_are_refused_with_problems(env: Env) -> None:

@@ -39,26 +39,22 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 async def append_events(shard_db: str, tenant_id: str, count: int) -> None:
-    """``count`` events in one transaction, through the outbox's own append function."""
+    """``count`` events in one transaction, as the outbox inserts them."""
     conn = await asyncpg.connect(raw_dsn(shard_db, user=APP_ROLE))
     try:
         async with conn.transaction():
             await conn.execute(f"SET LOCAL app.tenant_id = '{tenant_id}'")
-            events = [
-                {
-                    "id": f"00000000-0000-7000-8000-{i:012d}",
-                    "type": "account.updated",
-                    "kind": "account",
-                    "record_id": None,
-                    "owner_id": None,
-                    "data": {"n": i},
-                }
-                for i in range(count)
-            ]
-            await conn.execute(
-                "SELECT meridian_append_events($1, 'system', NULL, $2::jsonb)",
-                tenant_id,
-                orjson.dumps(events).decode(),
+            await conn.executemany(
+                "INSERT INTO event_pending (tenant_id, id, type, record_kind, actor_type, data) "
+                "VALUES ($1, $2, 'account.updated', 'account', 'system', $3::jsonb)",
+                [
+                    (
+                        tenant_id,
+                        f"00000000-0000-7000-8000-{i:012d}",
+                        orjson.dumps({"n": i}).decode(),
+                    )
+                    for i in range(count)
+                ],
             )
     finally:
         await conn.close()

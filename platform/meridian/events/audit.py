@@ -132,6 +132,7 @@ async def list_audit_events(
     after = seq_cursor(cursor)
     kinds = log.readable_kinds(access.can)
     tenant_id, viewer = access.tenant.tenant_id, record_viewer(access)
+    await log.catch_up(access)
     rows = await endpoints.read(
         access,
         lambda conn: log.page(

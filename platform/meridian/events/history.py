@@ -269,6 +269,7 @@ async def record_history(
         raise invalid_field("field", f"a {kind} has no field {field!r}; fields: {', '.join(known)}")
     tenant_id, viewer = access.tenant.tenant_id, record_viewer(access)
     after = seq_cursor(cursor)
+    await log.catch_up(access)
     events = await endpoints.read(
         access,
         lambda conn: read_history(

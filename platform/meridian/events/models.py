@@ -1,12 +1,12 @@
 """The outbox tables of a shard.
 
-``event_outbox`` is the tenant's event log: every write appends its events there in the
-write's own transaction, numbered by the tenant's ``event_sequence``. The counter row is
-taken by the last statement of the write (``meridian.events.outbox``), so a tenant's
-events are numbered in commit order without gaps: a reader that sees ``seq`` N knows every
-event before it is committed too, which is what makes ``after=<seq>`` cursors, replays and
-``Last-Event-ID`` resumption exact. ``event_relay`` is how far the relay has published a
-tenant's log to the broker. All three carry ``tenant_id`` first and move with the tenant.
+Every write inserts its events into ``event_pending`` in the write's own transaction.
+``event_outbox`` is the tenant's event log: the numberer (``meridian.events.outbox``)
+moves committed events there, numbered by the tenant's ``event_sequence`` without gaps
+and in the order it finds them, so a reader that sees ``seq`` N has every event before it
+too: what makes ``after=<seq>`` cursors, replays and ``Last-Event-ID`` resumption exact.
+``event_relay`` is how far the relay has published a tenant's log to the broker. All
+four carry ``tenant_id`` first and move with the tenant.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import BigInteger, DateTime, Index, String, func
+from sqlalchemy import BigInteger, DateTime, Identity, Index, String, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,6 +47,30 @@ class EventOutbox(TenantScoped, ShardBase):
     )
     # {"changes": {field: {"old", "new"} | {"changed": true}}, "data": {...}}: never a
     # sensitive field's value, only that it changed.
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class EventPending(TenantScoped, ShardBase):
+    """A committed write's events, waiting for their numbers."""
+
+    __tablename__ = "event_pending"
+    __table_args__ = (Index("ix_event_pending_pos", "tenant_id", "pos"),)
+
+    # Keyed by the event's id: a move brings waiting events with the source's ``pos``,
+    # which the target's sequence may draw again.
+    id: Mapped[UUID] = mapped_column(primary_key=True, sort_order=-10)
+    # Shard-wide and increasing: a record's later write takes its number after its
+    # earlier write committed (the row lock between them), so ``pos`` orders them.
+    pos: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
+    type: Mapped[str] = mapped_column(String(64))
+    record_kind: Mapped[str] = mapped_column(String(32))
+    record_id: Mapped[UUID | None]
+    owner_id: Mapped[UUID | None]
+    actor_type: Mapped[str] = mapped_column(String(8))
+    actor_id: Mapped[str | None] = mapped_column(String(255))
+    occurred_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 

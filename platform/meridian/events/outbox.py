@@ -2,17 +2,21 @@
 
 The one write path (``meridian.crud.repository.TenantRepository``'s ``insert``,
 ``update`` and ``delete``, and the few writes a domain makes itself) calls ``record``
-with what changed; the events wait in the session and are appended to the tenant's
-``event_outbox`` by one statement just before the transaction commits (a ``before_commit``
-listener on every shard session), so the record and its events commit or vanish together,
-whichever flow opened the transaction.
+with what changed; the events wait in the session and are inserted into the tenant's
+``event_pending`` by one statement just before the transaction commits (a
+``before_commit`` listener on every shard session), so the record and its events commit
+or vanish together, whichever flow opened the transaction.
 
-That statement (``meridian_append_events``, in the shard migration) takes the tenant's
-``event_sequence`` row and numbers the events after it. The row stays locked until the
-commit, which comes right after: two writers of one tenant get their numbers in commit
-order, and a rolled-back write gives its numbers back. Readers can therefore treat a
-sequence number as a gapless cursor. The price is that a tenant's writes serialise on
-their commit, not on their work: the lock is taken by the last statement.
+A write only inserts: it takes no lock another write of the tenant waits for. Events get
+their ``seq`` afterwards, from ``number`` (the shard function ``meridian_number_events``):
+under the tenant's counter row it moves the committed events to ``event_outbox``,
+numbered after the last, in ``pos`` order. Numbers are therefore gapless and in the order
+events became visible, which is all a cursor needs: a reader that has seen N has seen
+every event numbered before N, and nothing can be numbered before N later. A record's
+events stay in the order of its writes: a later write of the record waits for the earlier
+one's row lock, so it inserts its events (and draws their ``pos``) after that commit.
+The relay numbers before it publishes; readers of the log number first what waits
+(``meridian.events.log.catch_up``), so a client reads its own writes.
 
 Sensitive values never enter an event: an encrypted field (``<field>_enc``) and a
 repository's hidden columns (a password hash) are named as changed, without a value.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -41,9 +46,30 @@ _SKIPPED = frozenset({"tenant_id", "version", "updated_at", "created_at", "enc_v
 _SEALED_SUFFIX = "_enc"
 _INDEX_SUFFIX = "_bidx"
 
-# Sent as driver SQL on the session's connection: the ORM's execute costs more Python
-# than the statement costs the database, and this runs on every write.
-APPEND = "SELECT meridian_append_events($1, $2, $3, $4::jsonb)"
+_COLUMNS = "tenant_id, id, type, record_kind, record_id, owner_id, actor_type, actor_id, data"
+_PER_ROW = 9
+# Rows per INSERT: a statement takes at most 32,767 parameters.
+_CHUNK = 1000
+# The numberer's batch: how many events one call moves to the log.
+NUMBER_BATCH = 1000
+NUMBER = "SELECT meridian_number_events($1, $2)"
+# Everything that waits, at once: a move runs it on the source under its fence.
+SETTLE = "SELECT meridian_number_events($1, NULL)"
+
+
+@lru_cache(maxsize=64)
+def _insert(rows: int) -> str:
+    """A multi-row INSERT of ``rows`` events. Sent as driver SQL on the session's
+    connection: the ORM's execute costs more Python than the statement costs the
+    database, and this runs on every write. VALUES rows, not INSERT ... SELECT, which
+    Citus would run through COPY, refused by row-level security."""
+    values = ", ".join(
+        "("
+        + ", ".join(f"${r * _PER_ROW + c + 1}" for c in range(_PER_ROW - 1))
+        + f", ${r * _PER_ROW + _PER_ROW}::jsonb)"
+        for r in range(rows)
+    )
+    return f"INSERT INTO event_pending ({_COLUMNS}) VALUES {values}"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +113,11 @@ def record(
     pending.append(
         {
             "tenant_id": tenant_id,
-            "id": str(new_id()),
+            "id": new_id(),
             "type": type_,
             "kind": kind,
-            "record_id": str(record_id) if record_id is not None else None,
-            "owner_id": str(owner_id) if owner_id is not None else None,
+            "record_id": record_id,
+            "owner_id": owner_id,
             "data": data,
         }
     )
@@ -169,7 +195,7 @@ def _same(a: Any, b: Any) -> bool:
 
 # -- appending at commit ---------------------------------------------------------------
 def _append(session: Session) -> None:
-    """``before_commit`` of every shard session: one statement appends what it queued."""
+    """``before_commit`` of every shard session: one statement inserts what it queued."""
     queued: list[dict[str, Any]] | None = session.info.pop(_PENDING, None)
     if not queued:
         return
@@ -177,10 +203,23 @@ def _append(session: Session) -> None:
     tenant_id = queued[0]["tenant_id"]
     if any(e["tenant_id"] != tenant_id for e in queued):
         raise RuntimeError("a shard transaction queued events of more than one tenant")
-    events = [{k: v for k, v in e.items() if k != "tenant_id"} for e in queued]
-    session.connection().exec_driver_sql(
-        APPEND, (tenant_id, actor.type, actor.id, dumps(events).decode())
-    )
+    connection = session.connection()
+    for start in range(0, len(queued), _CHUNK):
+        chunk = queued[start : start + _CHUNK]
+        params: list[Any] = []
+        for e in chunk:
+            params += (
+                tenant_id,
+                e["id"],
+                e["type"],
+                e["kind"],
+                e["record_id"],
+                e["owner_id"],
+                actor.type,
+                actor.id,
+                dumps(e["data"]).decode(),
+            )
+        connection.exec_driver_sql(_insert(len(chunk)), tuple(params))
 
 
 def _discard(session: Session) -> None:

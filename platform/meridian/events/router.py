@@ -72,6 +72,7 @@ async def list_events(
     from any seq within the retention. Only events of records the caller may see."""
     types = log.TypeFilter.parse(type)
     start = cursor_value(after)
+    await log.catch_up(access)
     await check_retained(access, start)
     kinds = log.readable_kinds(access.can)
     tenant_id = access.tenant.tenant_id

@@ -93,6 +93,7 @@ async def stream_events(
     types = log.TypeFilter.parse(type)
     tenant_id = access.tenant.tenant_id
     resume = last_event_id if last_event_id is not None else after
+    await log.catch_up(access)
     if resume is not None:
         start = cursor_value(resume)
         newest = await check_retained(access, start)  # 410 before the stream starts
@@ -196,6 +197,7 @@ class LiveStream:
         )
 
     async def newest(self) -> int:
+        await log.catch_up(self.access)
         _oldest, newest = await endpoints.read(
             self.access, lambda conn: log.bounds(conn, self.tenant_id)
         )

@@ -132,17 +132,20 @@ async def webhook_deliver(
     if tenant is None:
         return "tenant gone"
     did = UUID(delivery_id)
-    async with runtime.router.transaction(
-        tenant, write=True, on_stale=runtime.refresh_tenant
-    ) as session:
-        found = await DeliveryRepository(session, tenant).for_attempt(did)
-        if found is None:
-            return "gone"  # its subscription was deleted
-        if found["run"] != run:
-            return "superseded"
-        if found["status"] in ("delivered", "dead"):
-            return str(found["status"])
-        if not found["enabled"]:
+    started = datetime.now(UTC)
+    found = await DeliveryRepository.for_attempt(
+        runtime.router, tenant, did, runtime.refresh_tenant
+    )
+    if found is None:
+        return "gone"  # its subscription was deleted
+    if found["run"] != run:
+        return "superseded"
+    if found["status"] in ("delivered", "dead"):
+        return str(found["status"])
+    if not found["enabled"]:
+        async with runtime.router.transaction(
+            tenant, write=True, on_stale=runtime.refresh_tenant
+        ) as session:
             await DeliveryRepository(session, tenant).mark(
                 did,
                 {
@@ -151,7 +154,7 @@ async def webhook_deliver(
                     "last_error": "the subscription is disabled",
                 },
             )
-            return "disabled"
+        return "disabled"
     subscription_id: UUID = found["subscription_id"]
     opened = await decrypt_values(
         runtime.keyring,
@@ -169,7 +172,8 @@ async def webhook_deliver(
         "response_excerpt": outcome.excerpt,
         "last_error": outcome.error,
     }
-    deadline = found["first_attempt_at"] + timedelta(seconds=settings.webhook_retry_window)
+    first = found["first_attempt_at"] or started
+    deadline = first + timedelta(seconds=settings.webhook_retry_window)
     delay = 0.0
     if outcome.ok:
         values.update(status="delivered", delivered_at=now, next_attempt_at=None)
@@ -190,7 +194,7 @@ async def webhook_deliver(
     async with runtime.router.transaction(
         tenant, write=True, on_stale=runtime.refresh_tenant
     ) as session:
-        if not await DeliveryRepository(session, tenant).record(did, run, values):
+        if not await DeliveryRepository(session, tenant).record(did, run, values, started):
             return "superseded"
         subscriptions = WebhookRepository(session, tenant)
         if outcome.ok:

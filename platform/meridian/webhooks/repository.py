@@ -11,20 +11,27 @@ bookkeeping raises is ``webhook.disabled``, once, when a subscription is switche
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import func, select, update
+import orjson
+from sqlalchemy import Select, Uuid, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from meridian.crud.compiled import fetchrow
+from meridian.crud.compiled import fetchrow, prepared
 from meridian.crud.repository import TenantRepository
 from meridian.webhooks.models import DeliveryRow, Webhook, WebhookDelivery, WebhookRow
+from sharding.router import OnStale, ShardRouter
+from tenancy.context import TenantContext
 
 SORTABLE = {"created_at": Webhook.created_at}
 DELIVERY_SORTABLE = {"created_at": WebhookDelivery.created_at}
 SEALED = ("secret_enc",)
+SUCCESS_RESOLUTION = timedelta(seconds=1)
+_TENANT = bindparam("tenant_id", type_=Uuid())
+_DELIVERY = bindparam("delivery_id", type_=Uuid())
 
 
 class WebhookRepository(TenantRepository[WebhookRow]):
@@ -58,11 +65,22 @@ class WebhookRepository(TenantRepository[WebhookRow]):
         return found
 
     async def delivered(self, webhook_id: UUID) -> None:
-        """A delivery succeeded: the run of dead deliveries is over (no event)."""
+        """A delivery succeeded: the run of dead deliveries is over (no event).
+
+        ``last_success_at`` is kept to the second: a busy subscription's deliveries
+        would otherwise each lock its row until their commit, one after the other. A
+        row the condition leaves out is not locked at all."""
         stmt = (
             update(Webhook)
-            .where(self.scoped(), Webhook.id == webhook_id)
+            .where(
+                self.scoped(),
+                Webhook.id == webhook_id,
+                (Webhook.consecutive_dead > 0)
+                | Webhook.last_success_at.is_(None)
+                | (Webhook.last_success_at < func.now() - SUCCESS_RESOLUTION),
+            )
             .values(consecutive_dead=0, last_success_at=func.now())
+            .execution_options(synchronize_session=False)
         )
         await self.session.execute(stmt)
 
@@ -107,25 +125,25 @@ class DeliveryRepository(TenantRepository[DeliveryRow]):
     hidden = TenantRepository.hidden | {"payload", "run"}
 
     async def add_live(
-        self, subscription_ids: Sequence[UUID], event: Mapping[str, Any], ids: Sequence[UUID]
+        self, matched: Sequence[tuple[UUID, Mapping[str, Any]]], ids: Sequence[UUID]
     ) -> None:
-        """One pending delivery of ``event`` per subscription; none twice (the unique
+        """One pending delivery per (subscription, event) pair; none twice (the unique
         index on (tenant, subscription, event) for live deliveries)."""
-        if not subscription_ids:
-            return
         rows = [
             self._values(sub, event, new_id, None)
-            for sub, new_id in zip(subscription_ids, ids, strict=True)
+            for (sub, event), new_id in zip(matched, ids, strict=True)
         ]
-        stmt = (
-            pg_insert(WebhookDelivery)
-            .values(rows)
-            .on_conflict_do_nothing(
-                index_elements=["tenant_id", "subscription_id", "event_id"],
-                index_where=WebhookDelivery.replay_id.is_(None),
+        # In chunks: a statement takes at most 32,767 parameters.
+        for start in range(0, len(rows), 1000):
+            stmt = (
+                pg_insert(WebhookDelivery)
+                .values(rows[start : start + 1000])
+                .on_conflict_do_nothing(
+                    index_elements=["tenant_id", "subscription_id", "event_id"],
+                    index_where=WebhookDelivery.replay_id.is_(None),
+                )
             )
-        )
-        await self.session.execute(stmt)
+            await self.session.execute(stmt)
 
     async def add_replayed(
         self,
@@ -158,25 +176,31 @@ class DeliveryRepository(TenantRepository[DeliveryRow]):
             "replay_id": replay,
         }
 
-    async def waiting(self, event_id: UUID, subscription_ids: Sequence[UUID]) -> list[UUID]:
-        """The live deliveries of ``event`` not yet attempted (to hand to the queue; a
-        redelivered event enqueues them again, which the queue's job keys make a no-op)."""
-        if not subscription_ids:
+    async def waiting(
+        self, event_ids: Sequence[UUID], subscription_ids: Sequence[UUID]
+    ) -> list[UUID]:
+        """The live deliveries of these events to these subscriptions not yet attempted,
+        oldest event first (to hand to the queue; a redelivered event enqueues them
+        again, which the queue's job keys make a no-op)."""
+        if not event_ids or not subscription_ids:
             return []
-        stmt = select(WebhookDelivery.id).where(
-            self.scoped(),
-            WebhookDelivery.event_id == event_id,
-            WebhookDelivery.subscription_id.in_(subscription_ids),
-            WebhookDelivery.replay_id.is_(None),
-            WebhookDelivery.status == "pending",
+        stmt = (
+            select(WebhookDelivery.id)
+            .where(
+                self.scoped(),
+                WebhookDelivery.subscription_id.in_(subscription_ids),
+                WebhookDelivery.event_id.in_(event_ids),
+                WebhookDelivery.replay_id.is_(None),
+                WebhookDelivery.status == "pending",
+            )
+            .order_by(WebhookDelivery.event_seq)
         )
         return list((await self.session.scalars(stmt)).all())
 
-    async def for_attempt(self, delivery_id: UUID) -> dict[str, Any] | None:
-        """What a delivery job needs: the delivery, its payload and run, and its
-        subscription's target; the first attempt's time is set here."""
+    @staticmethod
+    def _attempt_statement() -> Select[Any]:
         d, w = WebhookDelivery, Webhook
-        stmt = (
+        return (
             select(
                 d.id,
                 d.subscription_id,
@@ -190,36 +214,49 @@ class DeliveryRepository(TenantRepository[DeliveryRow]):
                 w.secret_enc,
             )
             .join(w, (w.tenant_id == d.tenant_id) & (w.id == d.subscription_id))
-            .where(
-                d.tenant_id == self.tenant_id, w.tenant_id == self.tenant_id, d.id == delivery_id
-            )
-            .with_for_update(of=d, key_share=True)
+            .where(d.tenant_id == _TENANT, w.tenant_id == _TENANT, d.id == _DELIVERY)
         )
-        row = (await self.session.execute(stmt)).mappings().one_or_none()
+
+    @staticmethod
+    async def for_attempt(
+        router: ShardRouter, tenant: TenantContext, delivery_id: UUID, on_stale: OnStale
+    ) -> dict[str, Any] | None:
+        """What a delivery job needs: the delivery, its payload and run, and its
+        subscription's target, read on the raw read path (no write transaction, no ORM);
+        the attempt's outcome is recorded with ``record``, which checks the run again.
+
+        A read transaction, not ``ShardRouter.read_one``: the join inside its lateral
+        would be flattened and could scan before the tenant is entered."""
+        compiled = prepared(
+            (WebhookDelivery, "attempt"), lambda: DeliveryRepository._attempt_statement()
+        )
+        values = {"tenant_id": tenant.tenant_id, "delivery_id": delivery_id}
+        async with router.reader(tenant, on_stale=on_stale) as conn:
+            row = await conn.fetchrow(compiled.sql, *compiled.args(values))
         if row is None:
             return None
         found = dict(row)
-        if found["first_attempt_at"] is None and found["status"] in ("pending", "failed"):
-            found["first_attempt_at"] = await self.session.scalar(
-                update(d)
-                .where(self.scoped(), d.id == delivery_id)
-                .values(first_attempt_at=func.now(), updated_at=func.now())
-                .returning(d.first_attempt_at)
-            )
+        if isinstance(found["payload"], str):
+            found["payload"] = orjson.loads(found["payload"])
         return found
 
-    async def record(self, delivery_id: UUID, run: int, values: Mapping[str, Any]) -> bool:
-        """An attempt's outcome, unless a manual retry started another run meanwhile."""
+    async def record(
+        self, delivery_id: UUID, run: int, values: Mapping[str, Any], started: datetime
+    ) -> bool:
+        """An attempt's outcome, unless a manual retry started another run meanwhile;
+        the first attempt's start (``started``) is kept as the retry window's."""
         stmt = (
             update(WebhookDelivery)
             .where(self.scoped(), WebhookDelivery.id == delivery_id, WebhookDelivery.run == run)
             .values(
                 **values,
+                first_attempt_at=func.coalesce(WebhookDelivery.first_attempt_at, started),
                 attempts=WebhookDelivery.attempts + 1,
                 last_attempt_at=func.now(),
                 updated_at=func.now(),
             )
             .returning(WebhookDelivery.id)
+            .execution_options(synchronize_session=False)
         )
         return await self.session.scalar(stmt) is not None
 

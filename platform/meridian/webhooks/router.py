@@ -345,6 +345,7 @@ async def _replayed_events(
     wanted = log.TypeFilter() if "*" in types else log.TypeFilter.parse(",".join(types))
     found: list[dict[str, Any]] = []
     after = 0
+    await log.catch_up(access)
     while True:
 
         async def next_page(conn: Any, start: int = after) -> list[dict[str, Any]]:

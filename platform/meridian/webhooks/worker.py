@@ -2,6 +2,7 @@
 event with its tenant's enabled subscriptions and makes their deliveries; the job
 ``webhook_deliver`` (``meridian.webhooks.delivery``) sends them.
 
+Events come in batches (a read of the stream), matched in one transaction per tenant.
 A delivery row is written before its job is enqueued, in the consumer's transaction, and
 the event is acknowledged after both: a worker that dies in between leaves the event
 pending, the next reader makes nothing twice (the live deliveries' unique key) and
@@ -10,6 +11,8 @@ enqueues what is still waiting (the job keys make that a no-op for jobs already 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -23,9 +26,11 @@ from meridian.worker.main import WorkerContext, WorkerPlug
 GROUP = "webhooks"
 
 
-async def match_event(wctx: WorkerContext, tenant_id: UUID, event: dict[str, Any]) -> int:
-    """The deliveries of one event (only to its own tenant's subscriptions); how many
-    were handed to the queue."""
+async def match_events(
+    wctx: WorkerContext, tenant_id: UUID, events: Sequence[dict[str, Any]]
+) -> int:
+    """The deliveries of one tenant's events (only to its own subscriptions), made in
+    one transaction; how many were handed to the queue."""
     runtime = wctx.runtime
     tenant = await runtime.directory.resolve(tenant_id)
     if tenant is None:
@@ -37,19 +42,31 @@ async def match_event(wctx: WorkerContext, tenant_id: UUID, event: dict[str, Any
         tenant, write=True, on_stale=runtime.refresh_tenant
     ) as session:
         subscriptions = await WebhookRepository(session, tenant).enabled()
-        matched = [s["id"] for s in subscriptions if matches(s, event)]
+        matched = [(s["id"], e) for e in events for s in subscriptions if matches(s, e)]
         if not matched:
             return 0
         deliveries = DeliveryRepository(session, tenant)
-        await deliveries.add_live(matched, event, [new_id() for _ in matched])
-        waiting = await deliveries.waiting(UUID(str(event["id"])), matched)
-    for delivery_id in waiting:
-        await enqueue(wctx.queue, wctx.settings, tenant_id, delivery_id)
+        await deliveries.add_live(matched, [new_id() for _ in matched])
+        waiting = await deliveries.waiting(
+            list(dict.fromkeys(UUID(str(e["id"])) for _s, e in matched)),
+            list(dict.fromkeys(s for s, _e in matched)),
+        )
+    # Each enqueue is a round trip to Redis; they need not wait for each other.
+    await asyncio.gather(*(enqueue(wctx.queue, wctx.settings, tenant_id, d) for d in waiting))
     return len(waiting)
 
 
 def plug(wctx: WorkerContext) -> WorkerPlug:
     async def handle(tenant_id: UUID, event: dict[str, Any]) -> None:
-        await match_event(wctx, tenant_id, event)
+        await match_events(wctx, tenant_id, [event])
 
-    return WorkerPlug(consumers=[Consumer(GROUP, handle)], functions=[webhook_deliver])
+    async def handle_batch(events: list[tuple[UUID, dict[str, Any]]]) -> None:
+        by_tenant: dict[UUID, list[dict[str, Any]]] = {}
+        for tenant_id, event in events:
+            by_tenant.setdefault(tenant_id, []).append(event)
+        for tenant_id, theirs in by_tenant.items():
+            await match_events(wctx, tenant_id, theirs)
+
+    return WorkerPlug(
+        consumers=[Consumer(GROUP, handle, handle_batch)], functions=[webhook_deliver]
+    )

@@ -2,11 +2,14 @@
 workers that run it.
 
 A consumer reads new entries with ``XREADGROUP``, hands each to its handler and
-acknowledges it after the handler returns. Entries a dead consumer left unacknowledged
-are taken over with ``XAUTOCLAIM`` once idle for ``claim_idle`` seconds; an entry
-delivered ``max_deliveries`` times without success is logged and acknowledged, so one
-poisonous event cannot stall its group. Handlers must be idempotent (the stream is at
-least once): they deduplicate by the event's id, or recompute from the database.
+acknowledges it after the handler returns. A consumer with a batch handler gets a whole
+read at once (one transaction per tenant instead of one per event, say); when the batch
+fails, its entries are handled one by one, so one poisonous event holds up only itself.
+Entries a dead consumer left unacknowledged are taken over with ``XAUTOCLAIM`` once
+idle for ``claim_idle`` seconds; an entry delivered ``max_deliveries`` times without
+success is logged and acknowledged, so one poisonous event cannot stall its group.
+Handlers must be idempotent (the stream is at least once): they deduplicate by the
+event's id, or recompute from the database.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ from meridian.events import bus
 logger = logging.getLogger("meridian.worker.consumers")
 
 Handler = Callable[[UUID, dict[str, Any]], Awaitable[None]]
+BatchHandler = Callable[[list[tuple[UUID, dict[str, Any]]]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class Consumer:
-    """A consumer group: its name and what it does with each event."""
+    """A consumer group: its name, what it does with each event, and optionally with
+    several at once (in stream order; the per-event handler is the fallback)."""
 
     group: str
     handle: Handler
+    handle_batch: BatchHandler | None = None
 
 
 class GroupReader:
@@ -79,8 +85,7 @@ class GroupReader:
                     group, self.name, {bus.STREAM: ">"}, count=self.count, block=self.block_ms
                 )
                 for _stream, entries in answer or []:
-                    for entry_id, fields in entries:
-                        await self._handle(entry_id, fields)
+                    await self._handle_read(entries)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -115,6 +120,29 @@ class GroupReader:
                 await self.redis.xack(bus.STREAM, group, entry_id)
                 continue
             await self._handle(entry_id, fields)
+
+    async def _handle_read(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        batch = self.consumer.handle_batch
+        if batch is None or len(entries) < 2:
+            for entry_id, fields in entries:
+                await self._handle(entry_id, fields)
+            return
+        try:
+            await batch([bus.decode(fields) for _id, fields in entries])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning(
+                "consumer %s: a batch of %d failed; handling them one by one",
+                self.consumer.group,
+                len(entries),
+                exc_info=True,
+            )
+            for entry_id, fields in entries:
+                await self._handle(entry_id, fields)
+            return
+        await self.redis.xack(bus.STREAM, self.consumer.group, *[i for i, _f in entries])
+        self.handled += len(entries)
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         tenant_id, event = bus.decode(fields)

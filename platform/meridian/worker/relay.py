@@ -1,8 +1,13 @@
 """The relay: each shard's outbox to the broker, in each tenant's order, once.
 
-Every pass over a shard asks which tenants have events beyond what was relayed (one
-query across tenants, under ``app.relay``), then drains each in a transaction of its
-own that
+Every pass over a shard asks which tenants have events to number or beyond what was
+relayed (one query across tenants: ``meridian_pending_tenants`` names those with events
+waiting for their numbers, the counters under ``app.relay`` those numbered and not yet
+published), then for each
+
+- numbers what waits (``meridian.events.log.number``, in a transaction of its own, so a
+  reader of the log numbering too waits for it only that long), and
+- drains the numbered events in a transaction that
 
 1. enters the tenant like a writer (``meridian_relay_enter``: the residency row FOR
    SHARE), so a move's fence waits for a relay pass and then keeps it out, and a tenant
@@ -14,10 +19,10 @@ own that
    commits.
 
 A relay killed between publishing and committing leaves the position where it was, and
-the next pass publishes those events again: at least once, never a gap (sequence numbers
-are handed out in commit order, see ``meridian.events.outbox``). Redis down: nothing is
-recorded as relayed, so the passes resume where they stopped once it is back; the API's
-writes never wait for the relay.
+the next pass publishes those events again: at least once, never a gap (numbers are
+handed out in the order events became visible, see ``meridian.events.outbox``). Redis
+down: nothing is recorded as relayed, so the passes resume where they stopped once it is
+back; the API's writes never wait for the relay.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from uuid import UUID
 import asyncpg
 
 from meridian.events import bus, log
+from meridian.events.outbox import NUMBER_BATCH
 from sharding.engines import ShardEngines
 
 logger = logging.getLogger("meridian.worker.relay")
@@ -44,6 +50,7 @@ SELECT s.tenant_id
  WHERE s.last_seq > COALESCE(r.relayed_seq, 0)
  LIMIT $1
 """
+WAITING = "SELECT t FROM meridian_pending_tenants($1) AS t"
 CLAIM = "SELECT relayed_seq FROM event_relay WHERE tenant_id = $1 FOR UPDATE SKIP LOCKED"
 # The column names are the model's, not input.
 BATCH = f"""
@@ -85,7 +92,8 @@ class Relay:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL app.relay = 'on'")
             rows = await conn.fetch(PENDING, self.tenants_per_pass)
-        return [r["tenant_id"] for r in rows]
+            waiting = await conn.fetch(WAITING, self.tenants_per_pass)
+        return list(dict.fromkeys([r[0] for r in rows] + [r[0] for r in waiting]))
 
     async def relay_shard(self, shard_id: str) -> int:
         """One pass over a shard; the number of events published."""
@@ -100,22 +108,24 @@ class Relay:
         published = 0
         async with pool.acquire() as conn:
             while True:
+                numbered = await self._number(conn, tenant_id)
                 count = await self._drain(conn, tenant_id)
                 published += count
-                if count < self.batch:
+                if count < self.batch and numbered < NUMBER_BATCH:
                     break
         self.stats.published += published
         return published
 
+    async def _number(self, conn: asyncpg.Connection, tenant_id: UUID) -> int:
+        async with conn.transaction():
+            if not await _enter(conn, tenant_id):
+                return 0
+            return await log.number(conn, tenant_id)
+
     async def _drain(self, conn: asyncpg.Connection, tenant_id: UUID) -> int:
         async with conn.transaction():
-            try:
-                await conn.execute("SELECT meridian_relay_enter($1)", tenant_id)
-            except asyncpg.PostgresError as exc:
-                if exc.sqlstate in MOVED_OR_FENCED:
-                    # Fenced by a move (its target relays after the switch) or gone.
-                    return 0
-                raise
+            if not await _enter(conn, tenant_id):
+                return 0
             await conn.execute(
                 "INSERT INTO event_relay (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
                 tenant_id,
@@ -157,3 +167,15 @@ class Relay:
                 pause = max(interval, FAILURE_PAUSE) if failed else interval
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=pause)
+
+
+async def _enter(conn: asyncpg.Connection, tenant_id: UUID) -> bool:
+    """Enter the tenant like a writer; False when a move has fenced it (its target
+    relays after the switch) or it has left the shard."""
+    try:
+        await conn.execute("SELECT meridian_relay_enter($1)", tenant_id)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate in MOVED_OR_FENCED:
+            return False
+        raise
+    return True
