@@ -168,6 +168,12 @@ def worker() -> None:
         typer.echo("meridian worker: events need Redis: set MERIDIAN_REDIS_URL", err=True)
         raise typer.Exit(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # saq logs every job three times at INFO (enqueued, processing, finished) and httpx
+    # every request: at a few hundred deliveries a second, formatting those lines costs
+    # more than the jobs' bookkeeping. Their warnings and failed jobs still show; a
+    # delivery's outcome is in its row.
+    for chatty in ("saq", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     asyncio.run(run_worker(settings))
 
 

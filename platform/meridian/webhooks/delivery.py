@@ -198,7 +198,10 @@ async def webhook_deliver(
             return "superseded"
         subscriptions = WebhookRepository(session, tenant)
         if outcome.ok:
-            await subscriptions.delivered(subscription_id)
+            if subscriptions.needs_success_mark(
+                found["consecutive_dead"], found["last_success_at"]
+            ):
+                await subscriptions.delivered(subscription_id)
         elif values["status"] == "dead":
             dead = await subscriptions.died(subscription_id)
             if dead is not None and dead >= settings.webhook_disable_after:

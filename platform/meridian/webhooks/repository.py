@@ -11,13 +11,13 @@ bookkeeping raises is ``webhook.disabled``, once, when a subscription is switche
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
 import orjson
-from sqlalchemy import Select, Uuid, bindparam, func, select, update
+from sqlalchemy import Select, Table, Uuid, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from meridian.crud.compiled import fetchrow, prepared
@@ -31,6 +31,9 @@ DELIVERY_SORTABLE = {"created_at": WebhookDelivery.created_at}
 SEALED = ("secret_enc",)
 SUCCESS_RESOLUTION = timedelta(seconds=1)
 _TENANT = bindparam("tenant_id", type_=Uuid())
+# The tables, for Core updates without the ORM's bookkeeping.
+_WEBHOOK = cast(Table, Webhook.__table__)
+_DELIVERY_TABLE = cast(Table, WebhookDelivery.__table__)
 _DELIVERY = bindparam("delivery_id", type_=Uuid())
 
 
@@ -64,6 +67,15 @@ class WebhookRepository(TenantRepository[WebhookRow]):
         found: bytes | None = await self.session.scalar(stmt)
         return found
 
+    @staticmethod
+    def needs_success_mark(consecutive_dead: int, last_success_at: datetime | None) -> bool:
+        """Whether a success changes the subscription (``delivered``), as last read."""
+        return (
+            consecutive_dead > 0
+            or last_success_at is None
+            or last_success_at < datetime.now(UTC) - SUCCESS_RESOLUTION
+        )
+
     async def delivered(self, webhook_id: UUID) -> None:
         """A delivery succeeded: the run of dead deliveries is over (no event).
 
@@ -71,7 +83,7 @@ class WebhookRepository(TenantRepository[WebhookRow]):
         would otherwise each lock its row until their commit, one after the other. A
         row the condition leaves out is not locked at all."""
         stmt = (
-            update(Webhook)
+            update(_WEBHOOK)
             .where(
                 self.scoped(),
                 Webhook.id == webhook_id,
@@ -80,7 +92,6 @@ class WebhookRepository(TenantRepository[WebhookRow]):
                 | (Webhook.last_success_at < func.now() - SUCCESS_RESOLUTION),
             )
             .values(consecutive_dead=0, last_success_at=func.now())
-            .execution_options(synchronize_session=False)
         )
         await self.session.execute(stmt)
 
@@ -212,6 +223,8 @@ class DeliveryRepository(TenantRepository[DeliveryRow]):
                 w.url,
                 w.enabled,
                 w.secret_enc,
+                w.consecutive_dead,
+                w.last_success_at,
             )
             .join(w, (w.tenant_id == d.tenant_id) & (w.id == d.subscription_id))
             .where(d.tenant_id == _TENANT, w.tenant_id == _TENANT, d.id == _DELIVERY)
@@ -245,8 +258,10 @@ class DeliveryRepository(TenantRepository[DeliveryRow]):
     ) -> bool:
         """An attempt's outcome, unless a manual retry started another run meanwhile;
         the first attempt's start (``started``) is kept as the retry window's."""
+        # A Core update of the table: the ORM's bulk-update bookkeeping costs more than
+        # the statement, and a delivery job makes one per attempt.
         stmt = (
-            update(WebhookDelivery)
+            update(_DELIVERY_TABLE)
             .where(self.scoped(), WebhookDelivery.id == delivery_id, WebhookDelivery.run == run)
             .values(
                 **values,
@@ -256,7 +271,6 @@ class DeliveryRepository(TenantRepository[DeliveryRow]):
                 updated_at=func.now(),
             )
             .returning(WebhookDelivery.id)
-            .execution_options(synchronize_session=False)
         )
         return await self.session.scalar(stmt) is not None
 
