@@ -10,12 +10,20 @@ at the end) and the local Redis:
    the instrument this comparison needs). Prints µs per create of each, best and median
    of the rounds, and the added cost as a ratio measured within the same run.
 2. **Event to webhook and event to stream latency.** A ``meridian serve`` and a
-   ``meridian worker`` process; in this process a webhook receiver (a real HTTP server on
-   127.0.0.1) subscribed to ``account.created``, an SSE client on ``/v1/stream``, and a
-   paced writer creating accounts at ``--rate`` per second for ``--duration`` seconds.
-   For each account: from the create's response (its transaction committed) to the
-   webhook's arrival at the receiver and to the event's arrival on the stream, on the
-   same clock. Prints p50/p95/p99/max, and the events missing from either.
+   ``meridian worker`` process (``--workers N``: several); in this process a webhook
+   receiver (a real HTTP server on 127.0.0.1) subscribed to ``account.created``, an SSE
+   client on ``/v1/stream``, and a paced writer creating accounts at ``--rate`` per
+   second for ``--duration`` seconds, after ``--warmup`` seconds of the same load that
+   are not measured. For each account: from the create's response (its transaction
+   committed) to the webhook's arrival at the receiver and to the event's arrival on the
+   stream, on the same clock. Prints p50/p95/p99/max, and the events missing from
+   either. The bench's Redis database (``--redis-url``) is emptied first.
+
+   ``--writes sql`` measures the event pipeline alone (relay, stream, consumers,
+   deliveries) at rates the API cannot reach on a small machine: instead of calling the
+   API, the writer commits ``account.created`` events into the tenant's outbox with the
+   outbox's own statement, as the app role inside the tenant, one transaction each; the
+   clock starts at each commit. The API still serves the stream.
 """
 
 from __future__ import annotations
@@ -31,10 +39,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 import httpx
 import orjson
+from redis.asyncio import Redis
 from sqlalchemy import event
+from uuid_utils.compat import uuid7
 
 from loadtests.bench.prepare import PgServer, drop_databases, prepare, server_env
 from loadtests.bench.servers import Server, free_port, meridian_argv
@@ -168,6 +180,13 @@ async def read_stream(base_url: str, token: str, arrived: dict[str, float]) -> N
 
 
 async def latency(args: argparse.Namespace, pg: PgServer) -> None:
+    # The bench's own Redis database: jobs and stream entries of an earlier run (whose
+    # databases are gone) would otherwise be worked on during this one.
+    redis = Redis.from_url(args.redis_url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
     prepared = await prepare(
         pg, prefix=f"{args.db_prefix}_lat", contacts=0, redis_url=args.redis_url
     )
@@ -176,17 +195,22 @@ async def latency(args: argparse.Namespace, pg: PgServer) -> None:
     logs = Path(tempfile.mkdtemp(prefix="meridian-events-bench-"))
     port = free_port()
     api = Server("api", meridian_argv(port, args.api_workers), env, port, "/healthz", logs)
-    worker = Server(
-        "worker", [sys.executable, "-m", "meridian", "worker"], env, port, "/healthz", logs
-    )
+    workers = [
+        Server(
+            f"worker{n}", [sys.executable, "-m", "meridian", "worker"], env, port, "/healthz", logs
+        )
+        for n in range(args.workers)
+    ]
     acked: dict[str, float] = {}
+    shard_db = prepared.databases[tenant.shard_id]
     hooked: dict[str, float] = {}
     streamed: dict[str, float] = {}
     try:
         with api:
-            # The worker serves no HTTP: started without waiting for a ready URL.
-            worker.start = _start_without_probe(worker)  # type: ignore[method-assign]
-            worker.start()
+            # A worker serves no HTTP: started without waiting for a ready URL.
+            for worker in workers:
+                worker.start = _start_without_probe(worker)  # type: ignore[method-assign]
+                worker.start()
             async with receiver() as hook:
 
                 def on_hook(got: Received) -> int:
@@ -213,37 +237,47 @@ async def latency(args: argparse.Namespace, pg: PgServer) -> None:
                         raise RuntimeError(f"webhook subscription: {resp.status_code} {resp.text}")
                     stream = asyncio.create_task(read_stream(api.base_url, tenant.token, streamed))
                     await asyncio.sleep(1.0)
-                    await _paced_creates(client, headers, args.rate, args.duration, acked)
+
+                    async def load(seconds: float, into: dict[str, float]) -> None:
+                        if args.writes == "sql":
+                            dsn = pg.raw(shard_db, pg.app_role)
+                            await _paced_appends(dsn, tenant.id, args.rate, seconds, into)
+                        else:
+                            await _paced_creates(client, headers, args.rate, seconds, into)
+
+                    if args.warmup > 0:
+                        # The same load first, not measured: the worker's and the API's
+                        # pools, statement caches and imports warm up on it (the first
+                        # seconds of a cold worker queue deliveries for up to a second).
+                        await load(args.warmup, {})
+                    await load(args.duration, acked)
                     deadline = time.monotonic() + 30
                     # Two tasks fill these; polling them is simpler than signalling from both.
+                    # (Both also hold the warm-up's records: count the measured ones.)
                     while time.monotonic() < deadline and (  # noqa: ASYNC110
-                        len(hooked) < len(acked) or len(streamed) < len(acked)
+                        not acked.keys() <= hooked.keys() or not acked.keys() <= streamed.keys()
                     ):
                         await asyncio.sleep(0.2)
                     stream.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await stream
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
         if not args.keep_databases:
             await drop_databases(pg, list(prepared.databases.values()))
     to_hook = [hooked[r] - t for r, t in acked.items() if r in hooked]
     to_stream = [streamed[r] - t for r, t in acked.items() if r in streamed]
+    start = "event committed" if args.writes == "sql" else "create acknowledged"
     print(
         f"## Event to webhook and to stream, {args.rate}/s for {args.duration:g} s "
-        f"({len(acked)} accounts created)"
+        f"({len(acked)} {'events committed' if args.writes == 'sql' else 'accounts created'})"
     )
     print()
     print("| path | p50 ms | p95 ms | p99 ms | max ms | missing |")
     print("|---|---|---|---|---|---|")
-    print(
-        f"| create acknowledged → webhook received {percentiles(to_hook)} "
-        f"{len(acked) - len(to_hook)} |"
-    )
-    print(
-        f"| create acknowledged → stream event {percentiles(to_stream)} "
-        f"{len(acked) - len(to_stream)} |"
-    )
+    print(f"| {start} → webhook received {percentiles(to_hook)} {len(acked) - len(to_hook)} |")
+    print(f"| {start} → stream event {percentiles(to_stream)} {len(acked) - len(to_stream)} |")
     print()
     print(f"(server logs in {logs})")
 
@@ -309,12 +343,67 @@ async def _paced_creates(
     )
 
 
+async def _paced_appends(
+    dsn: str, tenant_id: UUID, rate: float, duration: float, acked: dict[str, float]
+) -> None:
+    """``account.created`` events committed straight into the outbox, paced."""
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=CONCURRENCY // 4)
+    assert pool is not None
+    total = int(rate * duration)
+    failed: list[str] = []
+    statement = outbox._insert(1)
+
+    async def append(i: int) -> None:
+        record_id = uuid7()
+        data = {"record": {"id": str(record_id), "name": f"Bench {i}"}}
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL app.tenant_id = '{tenant_id}'")
+                await conn.execute(
+                    statement,
+                    tenant_id,
+                    uuid7(),
+                    "account.created",
+                    "account",
+                    record_id,
+                    None,
+                    "system",
+                    None,
+                    orjson.dumps(data).decode(),
+                )
+        except asyncpg.PostgresError as exc:
+            failed.append(type(exc).__name__)
+            return
+        acked[str(record_id)] = time.monotonic()
+
+    start = time.monotonic()
+    tasks = []
+    try:
+        for i in range(total):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(append(i)))
+        await asyncio.gather(*tasks)
+    finally:
+        await pool.close()
+    elapsed = time.monotonic() - start
+    print(
+        f"(events: {len(acked)} committed in {elapsed:.1f} s, {len(acked) / elapsed:.0f}/s; "
+        f"{len(failed)} not: {sorted(set(failed))})"
+    )
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench.events", description=__doc__)
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/14",
+        help="a Redis database of the bench's own: emptied before the latency part",
+    )
     parser.add_argument("--db-prefix", default="bench_events")
     parser.add_argument("--keep-databases", action="store_true")
     parser.add_argument("--part", choices=["all", "outbox", "latency"], default="all")
@@ -323,6 +412,16 @@ def cli() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="events per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     parser.add_argument("--api-workers", type=int, default=2, help="uvicorn workers of the API")
+    parser.add_argument("--workers", type=int, default=1, help="latency: meridian worker processes")
+    parser.add_argument(
+        "--warmup", type=float, default=5.0, help="latency: seconds of load not measured"
+    )
+    parser.add_argument(
+        "--writes",
+        choices=["api", "sql"],
+        default="api",
+        help="latency: events from API creates, or committed into the outbox directly",
+    )
     args = parser.parse_args()
     pg = PgServer(args.pg_host, args.pg_port, args.pg_user, "meridian_app")
     if args.part in ("all", "outbox"):

@@ -68,6 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.live_streams.close()
+            # The job queue's client, made by the first request that handed work over.
+            queue = getattr(app.state, "job_queue", None)
+            if queue is not None:
+                await queue.disconnect()
             await runtime.stop()
 
     app = FastAPI(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from meridian.fulfilment.service import Attempt, Outcome
 from meridian.web.responses import dumps
-from meridian.web.targets import TargetRefused, check_resolved
+from meridian.web.targets import TargetRefused, check_url, failure, read_start
 
 EXCERPT_BYTES = 4096
 ERROR_CHARS = 300
@@ -32,41 +32,34 @@ def _excerpt(raw: bytes, complete: bool) -> Any:
     return raw.decode("utf-8", errors="replace") if raw else None
 
 
-async def call(client: httpx.AsyncClient, attempt: Attempt, *, allow_private: bool) -> Outcome:
+async def call(client: aiohttp.ClientSession, attempt: Attempt, *, allow_private: bool) -> Outcome:
     headers = {
         "Content-Type": "application/json",
         "Idempotency-Key": attempt.idempotency_key,
         "User-Agent": USER_AGENT,
     }
     try:
-        # The host's addresses now: a name accepted when configured may have changed.
-        await check_resolved(attempt.url, allow_private=allow_private)
-        request = client.build_request(
+        # The URL's form and host; its addresses are checked as the call connects
+        # (targets.CheckedResolver): a name accepted when configured may have changed.
+        check_url(attempt.url, allow_private=allow_private)
+        async with client.request(
             attempt.method,
             attempt.url,
-            content=dumps(attempt.body),
+            data=dumps(attempt.body),
             headers=headers,
-            timeout=httpx.Timeout(attempt.timeout),
-        )
-        response = await client.send(request, stream=True)
-        try:
-            raw = b""
-            complete = True
-            async for chunk in response.aiter_bytes():
-                raw += chunk
-                if len(raw) > EXCERPT_BYTES:
-                    raw, complete = raw[:EXCERPT_BYTES], False
-                    break
-        finally:
-            await response.aclose()
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=attempt.timeout),
+        ) as response:
+            raw = await read_start(response, EXCERPT_BYTES + 1)
+            status = response.status
     except TargetRefused as exc:
         return Outcome(ok=False, error=f"target refused: {exc}")
-    except httpx.TimeoutException:
+    except TimeoutError:
         return Outcome(ok=False, error=f"no answer within {attempt.timeout:g} s")
-    except httpx.HTTPError as exc:
-        return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
-    body = _excerpt(raw, complete)
-    status = response.status_code
+    except aiohttp.ClientError as exc:
+        return Outcome(ok=False, error=failure(exc)[:ERROR_CHARS])
+    complete = len(raw) <= EXCERPT_BYTES
+    body = _excerpt(raw[:EXCERPT_BYTES], complete)
     if 200 <= status < 300:
         return Outcome(ok=True, status=status, result={"status": status, "body": body})
     text = body if isinstance(body, str) else dumps(body).decode() if body is not None else ""

@@ -5,10 +5,12 @@ A tenant must not be able to point the platform at its own network: a host that 
 resolves to, a loopback, private, link-local, shared or otherwise non-global address is
 refused unless the platform allows it (``MERIDIAN_WEBHOOK_ALLOW_PRIVATE_TARGETS``, for
 development and tests whose receivers listen on 127.0.0.1). The URL is checked when it is
-configured (``check_url``: its form, and the host when it is an address or a local name)
-and its host's addresses again right before each call (``check_resolved``): what a name
-resolves to can change after it was accepted. Redirects are not followed by the callers,
-so a public host cannot bounce a call to a private one.
+configured (``check_url``: its form, and the host when it is an address or a local name;
+``check_resolved``: the addresses its name has then), and at each call the addresses the
+call connects to are the ones checked: ``outbound_session``'s resolver refuses a name
+that resolves to a non-public address, so a name cannot pass a check and then be
+re-pointed at a private address before the connection (DNS rebinding). Redirects are not
+followed, so a public host cannot bounce a call to a private one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import asyncio
 import ipaddress
 import socket
 from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 SCHEMES = ("http", "https")
 MAX_URL_LENGTH = 2048
@@ -103,3 +109,66 @@ async def check_resolved(url: str, *, allow_private: bool) -> None:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if not is_public(address):
             raise TargetRefused(f"{host} resolves to {address}, which is not a public address")
+
+
+# -- the calls ------------------------------------------------------------------------
+class RefusedAddress(OSError):
+    """A resolved address a call must not connect to (aiohttp reports it as a DNS error
+    of the connection, with this as its cause)."""
+
+
+class CheckedResolver(AbstractResolver):
+    """The system resolver, refusing a name any of whose addresses is not public (unless
+    private targets are allowed): the check and the connection use one resolution."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self._inner = ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        if not self.allow_private:
+            for result in found:
+                address = ipaddress.ip_address(str(result["host"]).split("%", 1)[0])
+                if not is_public(address):
+                    raise RefusedAddress(
+                        f"{host} resolves to {address}, which is not a public address"
+                    )
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def outbound_session(*, allow_private: bool, connections: int = 100) -> aiohttp.ClientSession:
+    """The HTTP client of calls to targets: every name resolved afresh (no DNS cache)
+    through ``CheckedResolver``; callers pass ``allow_redirects=False`` and a timeout."""
+    connector = aiohttp.TCPConnector(
+        resolver=CheckedResolver(allow_private=allow_private),
+        use_dns_cache=False,
+        limit=connections,
+    )
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60, connect=5)
+    )
+
+
+def failure(exc: aiohttp.ClientError) -> str:
+    """What a failed call says: a refused address as such, anything else by its type."""
+    cause = getattr(exc, "os_error", None)
+    if isinstance(cause, RefusedAddress):
+        return f"target refused: {cause}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def read_start(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of an answer's body: the rest is never read."""
+    kept = b""
+    while len(kept) < limit:
+        chunk = await response.content.read(limit - len(kept))
+        if not chunk:
+            break
+        kept += chunk
+    return kept

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import httpx
+import aiohttp
 from saq import Queue
 from saq.utils import exponential_backoff
 from standardwebhooks import Webhook as Signer
@@ -86,37 +86,34 @@ def signed_headers(secret: str, msg_id: str, body: bytes, at: datetime) -> dict[
     }
 
 
-async def _excerpt(response: httpx.Response) -> str:
-    """At most 1 KB of the answer: the rest is never read."""
-    kept = b""
-    async for chunk in response.aiter_raw():
-        kept += chunk
-        if len(kept) >= EXCERPT_BYTES:
-            break
-    return kept[:EXCERPT_BYTES].decode("utf-8", errors="replace")
-
-
 async def send(
-    http: httpx.AsyncClient, settings: Settings, url: str, event: dict[str, Any], secret: str
+    http: aiohttp.ClientSession, settings: Settings, url: str, event: dict[str, Any], secret: str
 ) -> Outcome:
-    """One attempt: the target checked again (what its name resolves to may have
-    changed since it was accepted), then the signed POST."""
+    """One attempt: the URL checked again, then the signed POST (whose connection goes
+    only to addresses ``targets.CheckedResolver`` accepts: what the name resolves to may
+    have changed since it was configured)."""
     try:
-        await targets.check_resolved(url, allow_private=settings.webhook_allow_private_targets)
+        targets.check_url(url, allow_private=settings.webhook_allow_private_targets)
     except targets.TargetRefused as exc:
         return Outcome(False, error=f"target refused: {exc}")
     body = dumps(event)
     headers = signed_headers(secret, str(event["id"]), body, datetime.now(UTC))
     try:
-        async with http.stream(
-            "POST", url, content=body, headers=headers, timeout=settings.webhook_timeout
+        async with http.post(
+            url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout),
         ) as response:
-            excerpt = await _excerpt(response)
-            status = response.status_code
-    except httpx.TimeoutException:
+            excerpt = (await targets.read_start(response, EXCERPT_BYTES)).decode(
+                "utf-8", errors="replace"
+            )
+            status = response.status
+    except TimeoutError:
         return Outcome(False, error=f"no answer within {settings.webhook_timeout:g} s")
-    except httpx.HTTPError as exc:
-        return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:1000])
+    except aiohttp.ClientError as exc:
+        return Outcome(False, error=targets.failure(exc)[:1000])
     if 200 <= status < 300:
         return Outcome(True, status, excerpt)
     return Outcome(False, status, excerpt, f"HTTP {status}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,10 @@ class GroupReader:
         self.block_ms = block_ms
         self.count = count
         self.handled = 0
+        # Entries are taken over once idle for claim_idle: looking for them on every
+        # read (several a second under load) would cost a round trip each for nothing.
+        self.reclaim_every = min(1.0, claim_idle / 4)
+        self._reclaimed_at = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -80,7 +85,9 @@ class GroupReader:
                 if not ready:
                     await self.ensure_group()
                     ready = True
-                await self._reclaim()
+                if time.monotonic() - self._reclaimed_at >= self.reclaim_every:
+                    self._reclaimed_at = time.monotonic()
+                    await self._reclaim()
                 answer: Any = await self.redis.xreadgroup(
                     group, self.name, {bus.STREAM: ">"}, count=self.count, block=self.block_ms
                 )
@@ -124,8 +131,11 @@ class GroupReader:
     async def _handle_read(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         batch = self.consumer.handle_batch
         if batch is None or len(entries) < 2:
-            for entry_id, fields in entries:
-                await self._handle(entry_id, fields)
+            # One acknowledgement for the read's handled entries: a worker that dies
+            # before it leaves them pending, and idempotent handlers see them again.
+            done = [i for i, fields in entries if await self._handle(i, fields, ack=False)]
+            if done:
+                await self.redis.xack(bus.STREAM, self.consumer.group, *done)
             return
         try:
             await batch([bus.decode(fields) for _id, fields in entries])
@@ -144,7 +154,10 @@ class GroupReader:
         await self.redis.xack(bus.STREAM, self.consumer.group, *[i for i, _f in entries])
         self.handled += len(entries)
 
-    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _handle(
+        self, entry_id: bytes, fields: dict[bytes, bytes], *, ack: bool = True
+    ) -> bool:
+        """Whether the handler succeeded (and, with ``ack``, the entry is acknowledged)."""
         tenant_id, event = bus.decode(fields)
         try:
             await self.consumer.handle(tenant_id, event)
@@ -158,6 +171,8 @@ class GroupReader:
                 event.get("id"),
                 event.get("type"),
             )
-            return
-        await self.redis.xack(bus.STREAM, self.consumer.group, entry_id)
+            return False
+        if ack:
+            await self.redis.xack(bus.STREAM, self.consumer.group, entry_id)
         self.handled += 1
+        return True

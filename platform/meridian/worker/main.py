@@ -27,13 +27,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from saq import CronJob, Queue, Worker
 
 from meridian.events import bus
 from meridian.events.jobs import queue_for
 from meridian.runtime import Runtime
 from meridian.settings import Settings
+from meridian.web import targets
 from meridian.worker.consumers import Consumer, GroupReader
 from meridian.worker.relay import Relay
 from meridian.worker.retention import prune_expired
@@ -50,7 +51,7 @@ class WorkerContext:
     runtime: Runtime
     redis: bus.AnyRedis
     queue: Queue
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
 
 
 @dataclass
@@ -94,7 +95,7 @@ class RunningWorker:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.context.http.aclose()
+        await self.context.http.close()
         await self.context.queue.disconnect()
         await self.context.redis.aclose()
         await self.context.runtime.stop()
@@ -107,7 +108,7 @@ async def start_worker(settings: Settings, *, name: str | None = None) -> Runnin
     redis = bus.connect(settings.redis_url, cluster=settings.redis_cluster)
     queue = queue_for(settings)
     await queue.connect()
-    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
+    http = targets.outbound_session(allow_private=settings.webhook_allow_private_targets)
     ctx = WorkerContext(settings, runtime, redis, queue, http)
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     parts = [factory(ctx) for factory in plugs()]
