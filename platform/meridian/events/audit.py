@@ -67,8 +67,9 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 # it, any kind's audited actions or all of them (contact.*: a contact's deletions and
 # exports).
 _AUDITED_TYPE = (
-    rf"({'|'.join(AUDITED_KINDS)})\.([a-z_]+|\*)"
-    rf"|({'|'.join(sorted(log.OBJECT_OF_KIND))})\.({'|'.join(AUDITED_ACTIONS)}|\*)"
+    log.type_pattern(AUDITED_KINDS)
+    + "|"
+    + log.type_pattern(log.OBJECT_OF_KIND, "|".join(AUDITED_ACTIONS))
 )
 AuditTypeQuery = Annotated[
     str | None,

@@ -55,6 +55,17 @@ OBJECT_OF_KIND: dict[str, str] = {
 # Kinds whose records have owners, so record scope applies to their events.
 OWNED_KINDS = (*RECORD_KINDS, "activity")
 TYPE_PATTERN = r"^[a-z_]+(\.[a-z_]+|\.\*)$"
+
+
+def type_pattern(kinds: Iterable[str], actions: str = "[a-z_]+") -> str:
+    """A regular expression (unanchored) of one event type or a whole kind
+    (``contact.updated``, ``contact.*``) of ``kinds``: what the API's parameters and
+    bodies that name event types promise in the OpenAPI document."""
+    return rf"({'|'.join(sorted(kinds))})\.({actions}|\*)"
+
+
+# Any event type or kind the log has.
+ONE_TYPE = type_pattern(OBJECT_OF_KIND)
 # The order of a page: by seq, oldest first (replays, the stream) or newest first.
 Order = Literal["asc", "desc"]
 MAX_TYPES = 20

@@ -26,8 +26,7 @@ AfterQuery = Annotated[
         pattern=r"^[0-9]{1,19}$",
     ),
 ]
-_KINDS = "|".join(sorted(log.OBJECT_OF_KIND))
-_ONE_TYPE = rf"({_KINDS})\.([a-z_]+|\*)"
+_ONE_TYPE = log.ONE_TYPE
 TypeQuery = Annotated[
     str | None,
     Query(

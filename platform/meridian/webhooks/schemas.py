@@ -16,9 +16,8 @@ from meridian.web.targets import MAX_URL_LENGTH, URL_PATTERN
 MAX_EVENT_TYPES = 20
 MAX_FILTER_FIELDS = 20
 
-# Event types of the kinds the log has (meridian.events.log.OBJECT_OF_KIND), or *.
-_KINDS = "|".join(sorted(log.OBJECT_OF_KIND))
-EVENT_TYPE_PATTERN = rf"^(\*|({_KINDS})\.([a-z_]+|\*))$"
+# Event types of the kinds the log has, or *.
+EVENT_TYPE_PATTERN = rf"^(\*|{log.ONE_TYPE})$"
 
 TargetUrl = Annotated[
     str,
