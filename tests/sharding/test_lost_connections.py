@@ -8,6 +8,7 @@ Each test ends the backends of a throwaway shard database of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -23,22 +24,28 @@ from tests.sharding.test_refused_connections import (  # noqa: F401 - the fixtur
 
 
 async def _end_backends(database: str) -> None:
-    """Ends every client backend of ``database`` and waits until none is left (ending
-    again each time round: whatever connects meanwhile goes too)."""
+    """Ends every client backend ``database`` has now and waits until they are gone.
+    Not until none is left: a read pool restores its floor of connections in the
+    background as soon as it notices, which a wait for zero races against."""
     admin = await asyncpg.connect(raw_dsn("postgres"))
-    others = (
-        "FROM pg_stat_activity WHERE datname = $1 "
-        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-    )
-
-    async def ended() -> bool:
-        left = await admin.fetchval(f"SELECT count(*) {others}", database)
-        if left:
-            await admin.execute(f"SELECT pg_terminate_backend(pid) {others}", database)
-        return not left
-
     try:
-        await eventually(ended, what=f"no backends of {database}")
+        pids = [
+            r["pid"]
+            for r in await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                database,
+            )
+        ]
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+
+        async def gone() -> bool:
+            left = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            )
+            return not left
+
+        await eventually(gone, what=f"the backends of {database} ended")
     finally:
         await admin.close()
 
@@ -67,3 +74,26 @@ async def test_requests_after_the_backends_ended_are_served(
         assert engines.unavailable_for(refusing.shard_id) == 0, (method, path)
     listed = await app_client.get("/v1/accounts", headers=headers)
     assert sorted(a["name"] for a in listed.json()["data"]) == ["After", "Kept"]
+
+
+async def test_writes_after_a_restart_with_many_pooled_connections_are_served(
+    app_client: httpx.AsyncClient,
+    refusing: Refusing,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The ORM engine's pool holds several connections (concurrent writes made them)
+    when the server's backends end: the first write that finds one dead drops them all,
+    so neither it nor the writes after it meet another dead one."""
+    headers = refusing.tenant.headers
+    engines = _runtime(app_client).engines
+
+    async def write(name: str) -> httpx.Response:
+        return await app_client.post("/v1/accounts", json={"name": name}, headers=headers)
+
+    for _round in range(3):
+        made = await asyncio.gather(*(write(f"Warm {i}") for i in range(8)))
+        assert all(r.status_code == 201 for r in made), [r.text for r in made]
+        await _end_backends(refusing.database)
+        for i in range(8):
+            resp = await write(f"After {i}")
+            assert resp.status_code == 201, (i, resp.text)
+            assert engines.unavailable_for(refusing.shard_id) == 0, i
