@@ -253,15 +253,6 @@ class ShardEngines:
             hide_parameters=True,
         )
 
-    async def recycle(self, shard_id: str) -> None:
-        """Close the shard engine's pooled connections: one was found dead, and after a
-        server restart all of them are. SQLAlchemy invalidates its pool itself only on
-        the errors it recognises as a disconnect, which a crashed server's do not always
-        give. Connections in use are closed when they are returned."""
-        engine = self._engines.get(shard_id)
-        if engine is not None:
-            await engine.dispose(close=True)
-
     async def dispose(self) -> None:
         engines, self._engines = self._engines, {}
         pools, self._read_pools = self._read_pools, {}

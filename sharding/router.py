@@ -165,7 +165,8 @@ class ShardRouter:
         Without this, every connection a restarted server left in the pools failed one
         request and opened the shard's breaker (one failure opens it): a 503 for all its
         tenants while the server was up. A second failure is the shard's state and is
-        reported as before. ``refresh`` drops the pool's other connections from before.
+        reported as before. ``refresh`` drops the pool's other connections from before
+        (asyncpg); SQLAlchemy's pool does that itself on a disconnect.
         """
         try:
             return await attempt()
@@ -202,9 +203,7 @@ class ShardRouter:
                 raise
             return session
 
-        return await self._on_shard(
-            tenant.shard_id, attempt, lambda: self.engines.recycle(tenant.shard_id)
-        )
+        return await self._on_shard(tenant.shard_id, attempt)
 
     @asynccontextmanager
     async def transaction(

@@ -8,7 +8,6 @@ Each test ends the backends of a throwaway shard database of its own."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -74,26 +73,3 @@ async def test_requests_after_the_backends_ended_are_served(
         assert engines.unavailable_for(refusing.shard_id) == 0, (method, path)
     listed = await app_client.get("/v1/accounts", headers=headers)
     assert sorted(a["name"] for a in listed.json()["data"]) == ["After", "Kept"]
-
-
-async def test_writes_after_a_restart_with_many_pooled_connections_are_served(
-    app_client: httpx.AsyncClient,
-    refusing: Refusing,  # noqa: F811 - the fixture imported above
-) -> None:
-    """The ORM engine's pool holds several connections (concurrent writes made them)
-    when the server's backends end: the first write that finds one dead drops them all,
-    so neither it nor the writes after it meet another dead one."""
-    headers = refusing.tenant.headers
-    engines = _runtime(app_client).engines
-
-    async def write(name: str) -> httpx.Response:
-        return await app_client.post("/v1/accounts", json={"name": name}, headers=headers)
-
-    for _round in range(3):
-        made = await asyncio.gather(*(write(f"Warm {i}") for i in range(8)))
-        assert all(r.status_code == 201 for r in made), [r.text for r in made]
-        await _end_backends(refusing.database)
-        for i in range(8):
-            resp = await write(f"After {i}")
-            assert resp.status_code == 201, (i, resp.text)
-            assert engines.unavailable_for(refusing.shard_id) == 0, i
