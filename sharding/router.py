@@ -33,6 +33,9 @@ ENTER_TENANT = text("SELECT meridian_enter_tenant(:tenant_id, :epoch, :write)")
 ADMIT_TENANT = text("SELECT meridian_admit_tenant(:tenant_id, :epoch)")
 RESIDENCY_SQLSTATES = frozenset({"MR001", "MR002", "MR003"})
 T = TypeVar("T")
+# Tries of a first use of a pooled connection while they turn out dead: more than a
+# shard engine's pool holds (pool_size + max_overflow, 20 by default).
+_LOST_CONNECTION_TRIES = 32
 logger = logging.getLogger(__name__)
 # Connection-level failures: the server is gone, refusing, or shutting down.
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "08006"})
@@ -160,28 +163,36 @@ class ShardRouter:
         refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """``attempt`` (the first use of a pooled connection: a transaction's begin, a
-        one-statement read), once more on a new connection if the pooled one had died.
+        one-statement read), again on another connection while the ones it gets had
+        died.
 
         Without this, every connection a restarted server left in the pools failed one
         request and opened the shard's breaker (one failure opens it): a 503 for all its
-        tenants while the server was up. A second failure is the shard's state and is
-        reported as before. ``refresh`` drops the pool's other connections from before
-        (asyncpg); SQLAlchemy's pool does that itself on a disconnect.
+        tenants while the server was up. ``refresh`` drops the pool's other connections
+        from before (asyncpg's read pools). An engine's pool drops them itself on the
+        errors SQLAlchemy takes for a disconnect, which a crashed server's are not
+        always; ``_begin`` then discards the dead one and the next try takes the next,
+        up to more than a pool holds. Any other failure (a refused connection: the
+        server is down) is the shard's state and is reported as before.
         """
-        try:
-            return await attempt()
-        except BaseException as exc:
-            if not is_lost_connection(exc):
-                self._reraise(shard_id, exc)
-            logger.warning(
-                "shard %s: a pooled connection had died (%r); reconnecting", shard_id, exc
-            )
-        try:
-            if refresh is not None:
-                await refresh()
-            return await attempt()
-        except BaseException as exc:
-            self._reraise(shard_id, exc)
+        for tries in range(1, _LOST_CONNECTION_TRIES + 1):
+            try:
+                return await attempt()
+            except BaseException as exc:
+                if not is_lost_connection(exc) or tries == _LOST_CONNECTION_TRIES:
+                    self._reraise(shard_id, exc)
+                if tries == 1:
+                    logger.warning(
+                        "shard %s: a pooled connection had died (%r); reconnecting",
+                        shard_id,
+                        exc,
+                    )
+            if refresh is not None and tries == 1:
+                try:
+                    await refresh()
+                except BaseException as exc:
+                    self._reraise(shard_id, exc)
+        raise AssertionError("unreachable")  # the last try returns or raises
 
     async def _begin(
         self, tenant: TenantContext, write: bool, *, admit: bool = False
@@ -198,8 +209,14 @@ class ShardRouter:
                     ENTER_TENANT,
                     {"tenant_id": tenant.tenant_id, "epoch": tenant.epoch, "write": write},
                 )
-            except BaseException:
-                await session.close()
+            except BaseException as exc:
+                if is_lost_connection(exc):
+                    # Out of the pool, not back into it: SQLAlchemy discards a connection
+                    # by itself only on the errors it takes for a disconnect, which a
+                    # crashed server's are not always, and the retry would meet it again.
+                    await session.invalidate()
+                else:
+                    await session.close()
                 raise
             return session
 
