@@ -66,7 +66,11 @@ def live_server(contract_databases: TestDatabases) -> Iterator[LiveServer]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    settings = contract_databases.settings(issuer=f"http://127.0.0.1:{port}")
+    # Small pools: schemathesis sends one request at a time, and the suite's two
+    # processes share one server of 100 connections (a full one answers 503).
+    settings = contract_databases.settings(
+        issuer=f"http://127.0.0.1:{port}", shard_pool_size=3, control_pool_size=2
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings),
