@@ -36,7 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -300,6 +300,20 @@ def _start_without_probe(server: Server) -> Any:
     return start
 
 
+async def _paced(one: Callable[[int], Awaitable[None]], rate: float, duration: float) -> float:
+    """``one(i)`` started ``rate`` times a second for ``duration`` seconds, each on time
+    whether the earlier ones have finished or not; the seconds until all had."""
+    start = time.monotonic()
+    tasks = []
+    for i in range(int(rate * duration)):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return time.monotonic() - start
+
+
 async def _paced_creates(
     client: httpx.AsyncClient,
     headers: dict[str, str],
@@ -307,11 +321,7 @@ async def _paced_creates(
     duration: float,
     acked: dict[str, float],
 ) -> None:
-    start = time.monotonic()
-    total = int(rate * duration)
-    tasks = []
     slots = asyncio.Semaphore(CONCURRENCY)
-
     failed: list[str] = []
 
     async def create(i: int) -> None:
@@ -330,13 +340,7 @@ async def _paced_creates(
         else:
             failed.append(str(resp.status_code))
 
-    for i in range(total):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(create(i)))
-    await asyncio.gather(*tasks)
-    elapsed = time.monotonic() - start
+    elapsed = await _paced(create, rate, duration)
     print(
         f"(writes: {len(acked)} acknowledged in {elapsed:.1f} s, {len(acked) / elapsed:.0f}/s; "
         f"{len(failed)} not: {sorted(set(failed))})"
@@ -349,7 +353,6 @@ async def _paced_appends(
     """``account.created`` events committed straight into the outbox, paced."""
     pool = await asyncpg.create_pool(dsn, min_size=4, max_size=CONCURRENCY // 4)
     assert pool is not None
-    total = int(rate * duration)
     failed: list[str] = []
     statement = outbox._insert(1)
 
@@ -376,18 +379,10 @@ async def _paced_appends(
             return
         acked[str(record_id)] = time.monotonic()
 
-    start = time.monotonic()
-    tasks = []
     try:
-        for i in range(total):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(append(i)))
-        await asyncio.gather(*tasks)
+        elapsed = await _paced(append, rate, duration)
     finally:
         await pool.close()
-    elapsed = time.monotonic() - start
     print(
         f"(events: {len(acked)} committed in {elapsed:.1f} s, {len(acked) / elapsed:.0f}/s; "
         f"{len(failed)} not: {sorted(set(failed))})"

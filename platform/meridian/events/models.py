@@ -22,18 +22,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from tenancy.planes import ShardBase, TenantScoped
 
 
-class EventOutbox(TenantScoped, ShardBase):
-    __tablename__ = "event_outbox"
-    __table_args__ = (
-        Index("uq_event_outbox_id", "tenant_id", "id", unique=True),
-        # A record's history, and the records' events an events page scopes by.
-        Index("ix_event_outbox_record", "tenant_id", "record_id", "seq"),
-        # Retention and replays by time.
-        Index("ix_event_outbox_occurred", "tenant_id", "occurred_at"),
-    )
+class EventFields:
+    """What an event says, the same waiting for its number and in the log."""
 
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, sort_order=-10)
-    id: Mapped[UUID]
     type: Mapped[str] = mapped_column(String(64))
     record_kind: Mapped[str] = mapped_column(String(32))
     record_id: Mapped[UUID | None]
@@ -50,7 +41,21 @@ class EventOutbox(TenantScoped, ShardBase):
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 
-class EventPending(TenantScoped, ShardBase):
+class EventOutbox(EventFields, TenantScoped, ShardBase):
+    __tablename__ = "event_outbox"
+    __table_args__ = (
+        Index("uq_event_outbox_id", "tenant_id", "id", unique=True),
+        # A record's history, and the records' events an events page scopes by.
+        Index("ix_event_outbox_record", "tenant_id", "record_id", "seq"),
+        # Retention and replays by time.
+        Index("ix_event_outbox_occurred", "tenant_id", "occurred_at"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, sort_order=-10)
+    id: Mapped[UUID]
+
+
+class EventPending(EventFields, TenantScoped, ShardBase):
     """A committed write's events, waiting for their numbers."""
 
     __tablename__ = "event_pending"
@@ -62,16 +67,6 @@ class EventPending(TenantScoped, ShardBase):
     # Shard-wide and increasing: a record's later write takes its number after its
     # earlier write committed (the row lock between them), so ``pos`` orders them.
     pos: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
-    type: Mapped[str] = mapped_column(String(64))
-    record_kind: Mapped[str] = mapped_column(String(32))
-    record_id: Mapped[UUID | None]
-    owner_id: Mapped[UUID | None]
-    actor_type: Mapped[str] = mapped_column(String(8))
-    actor_id: Mapped[str | None] = mapped_column(String(255))
-    occurred_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
 
 
 class EventSequence(TenantScoped, ShardBase):
