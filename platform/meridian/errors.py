@@ -140,12 +140,17 @@ NOT_FOUND = "not_found"
 UNIQUE = "unique"
 
 
-def invalid_field(field: str, message: str, kind: str = "value_error") -> ValidationFailed:
+def invalid_field(
+    field: str, message: str, kind: str = "value_error", *, position: int | None = None
+) -> ValidationFailed:
     """A 422 about one field of the request, with the ``errors`` entry clients read;
-    ``kind`` is ``NOT_FOUND`` for a reference to a record that does not exist."""
-    return ValidationFailed(
-        f"{field}: {message}", errors=[{"loc": [field], "msg": message, "type": kind}]
-    )
+    ``kind`` is ``NOT_FOUND`` for a reference to a record that does not exist.
+    ``position`` is where in the field's text the problem is (a filter expression's
+    syntax error): a 0-based character offset."""
+    entry: dict[str, Any] = {"loc": [field], "msg": message, "type": kind}
+    if position is not None:
+        entry["position"] = position
+    return ValidationFailed(f"{field}: {message}", errors=[entry])
 
 
 class IdempotencyKeyReused(ValidationFailed):

@@ -5,12 +5,26 @@ from uuid import UUID
 from sqlalchemy import literal, select
 
 from meridian.accounts.models import Account, AccountRow
+from meridian.crud.filters import FilterField, sealed_field
 from meridian.crud.repository import TenantRepository
 
 SORTABLE = {
     "name": Account.name,
     "created_at": Account.created_at,
     "updated_at": Account.updated_at,
+}
+# What ?filter= may name (meridian.crud.filters); the tax id is sealed: equality only,
+# through its blind index.
+FILTERABLE = {
+    "id": FilterField(Account.id, "uuid"),
+    "name": FilterField(Account.name, "text"),
+    # Stored lower-cased.
+    "domain": FilterField(Account.domain, "text", normalize=str.lower),
+    "parent_id": FilterField(Account.parent_id, "uuid"),
+    "owner_id": FilterField(Account.owner_id, "uuid"),
+    "created_at": FilterField(Account.created_at, "datetime"),
+    "updated_at": FilterField(Account.updated_at, "datetime"),
+    "tax_id": sealed_field(max_length=40),
 }
 
 

@@ -7,16 +7,18 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from meridian.accounts.models import Account
-from meridian.accounts.repository import SORTABLE, AccountRepository
+from meridian.accounts.repository import FILTERABLE, SORTABLE, AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountRead, AccountUpdate
 from meridian.accounts.service import account as account_service
 from meridian.crud import endpoints
+from meridian.crud.filters import parse_filter
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
     IfNoneMatchHeader,
     LimitQuery,
+    filter_query,
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
@@ -66,7 +68,9 @@ async def list_accounts(
     tax_id: Annotated[
         str | None, Query(max_length=40, description="Exact tax id; digits compared.")
     ] = None,
+    filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
+    found = parse_filter(filter_, FILTERABLE).with_searched({"tax_id": tax_id})
     filters: dict[str, object] = {
         "domain": domain and domain.lower(),
         "name": name,
@@ -77,9 +81,9 @@ async def list_accounts(
     return await endpoints.listing(
         access,
         AccountRepository,
-        where=where,
-        filters=filters,
-        searched={"tax_id": tax_id},
+        where=[*where, *found.where],
+        filters={**filters, **found.filters},
+        searched=found.searched,
         sort=parse_sort(sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,

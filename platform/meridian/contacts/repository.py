@@ -8,12 +8,28 @@ from sqlalchemy import select
 
 from meridian.accounts.models import Account
 from meridian.contacts.models import Contact, ContactRow
+from meridian.crud.filters import FilterField, sealed_field
 from meridian.crud.repository import TenantRepository
 
 SORTABLE = {
     "last_name": Contact.last_name,
     "created_at": Contact.created_at,
     "updated_at": Contact.updated_at,
+}
+# What ?filter= may name (meridian.crud.filters); email, phone and tax id are sealed:
+# equality only, through their blind indexes.
+FILTERABLE = {
+    "id": FilterField(Contact.id, "uuid"),
+    "first_name": FilterField(Contact.first_name, "text"),
+    "last_name": FilterField(Contact.last_name, "text"),
+    "title": FilterField(Contact.title, "text"),
+    "account_id": FilterField(Contact.account_id, "uuid"),
+    "owner_id": FilterField(Contact.owner_id, "uuid"),
+    "created_at": FilterField(Contact.created_at, "datetime"),
+    "updated_at": FilterField(Contact.updated_at, "datetime"),
+    "email": sealed_field(max_length=320),
+    "phone": sealed_field(max_length=40),
+    "tax_id": sealed_field(max_length=40),
 }
 
 

@@ -9,16 +9,18 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from meridian.contacts.models import Contact
-from meridian.contacts.repository import SORTABLE, ContactRepository
+from meridian.contacts.repository import FILTERABLE, SORTABLE, ContactRepository
 from meridian.contacts.schemas import ContactCreate, ContactRead, ContactUpdate
 from meridian.contacts.service import contact as contact_service
 from meridian.crud import endpoints
+from meridian.crud.filters import parse_filter
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
     IfNoneMatchHeader,
     LimitQuery,
+    filter_query,
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
@@ -82,8 +84,11 @@ async def list_contacts(
     ] = None,
     last_name: Annotated[str | None, Query(max_length=100)] = None,
     owner_id: UUID | None = None,
+    filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
-    searched = {"email": email, "phone": phone, "tax_id": tax_id}
+    found = parse_filter(filter_, FILTERABLE).with_searched(
+        {"email": email, "phone": phone, "tax_id": tax_id}
+    )
     filters: dict[str, object] = {
         "account_id": account_id,
         "last_name": last_name,
@@ -93,9 +98,9 @@ async def list_contacts(
     return await endpoints.listing(
         access,
         ContactRepository,
-        where=where,
-        filters=filters,
-        searched=searched,
+        where=[*where, *found.where],
+        filters={**filters, **found.filters},
+        searched=found.searched,
         sort=parse_sort(sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,

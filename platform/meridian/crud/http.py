@@ -8,6 +8,9 @@ from typing import Annotated, Any
 from fastapi import Header, Query
 from starlette.responses import Response
 
+from meridian.crud.filters import MAX_LENGTH as MAX_FILTER_LENGTH
+from meridian.crud.filters import PARAMETER as FILTER_PARAMETER
+from meridian.crud.filters import FilterField, describe
 from meridian.crud.idempotency import KEY_PATTERN, MAX_KEY_LENGTH, StoredResponse
 from meridian.crud.pagination import MAX_LIMIT, Cursor, Sort
 from meridian.errors import PreconditionFailed
@@ -75,6 +78,12 @@ def sort_query(sortable: Iterable[str], default: str) -> Any:
         description=f"The order of the list; default {default}.",
         json_schema_extra={"enum": [*names, *(f"-{n}" for n in names)]},
     )
+
+
+def filter_query(fields: Mapping[str, FilterField]) -> Any:
+    """The ``filter`` parameter of a list over these fields (``meridian.crud.filters``):
+    its description documents the syntax and names each field with its operators."""
+    return Query(alias=FILTER_PARAMETER, max_length=MAX_FILTER_LENGTH, description=describe(fields))
 
 
 def version_etag(version: int) -> str:

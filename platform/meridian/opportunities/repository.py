@@ -9,6 +9,7 @@ from uuid import UUID
 from sqlalchemy import select
 
 from meridian.accounts.models import Account
+from meridian.crud.filters import FilterField
 from meridian.crud.repository import TenantRepository
 from meridian.opportunities.models import Opportunity, OpportunityRow
 from meridian.pipelines.models import Pipeline, PipelineStage
@@ -18,6 +19,21 @@ SORTABLE = {
     "updated_at": Opportunity.updated_at,
     "amount": Opportunity.amount,
     "name": Opportunity.name,
+}
+# What ?filter= may name (meridian.crud.filters).
+FILTERABLE = {
+    "id": FilterField(Opportunity.id, "uuid"),
+    "account_id": FilterField(Opportunity.account_id, "uuid"),
+    "name": FilterField(Opportunity.name, "text"),
+    "amount": FilterField(Opportunity.amount, "decimal"),
+    # Stored upper-cased (ISO 4217).
+    "currency": FilterField(Opportunity.currency, "text", normalize=str.upper),
+    "pipeline_id": FilterField(Opportunity.pipeline_id, "uuid"),
+    "stage_id": FilterField(Opportunity.stage_id, "uuid"),
+    "expected_close_date": FilterField(Opportunity.expected_close_date, "date"),
+    "owner_id": FilterField(Opportunity.owner_id, "uuid"),
+    "created_at": FilterField(Opportunity.created_at, "datetime"),
+    "updated_at": FilterField(Opportunity.updated_at, "datetime"),
 }
 
 

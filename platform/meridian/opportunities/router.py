@@ -10,12 +10,14 @@ from sqlalchemy import ColumnElement
 from starlette.responses import Response
 
 from meridian.crud import endpoints
+from meridian.crud.filters import parse_filter
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
     IfNoneMatchHeader,
     LimitQuery,
+    filter_query,
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
@@ -28,7 +30,7 @@ from meridian.deps import (
 )
 from meridian.errors import Conflict
 from meridian.opportunities.models import Opportunity
-from meridian.opportunities.repository import SORTABLE, OpportunityRepository
+from meridian.opportunities.repository import FILTERABLE, SORTABLE, OpportunityRepository
 from meridian.opportunities.schemas import (
     OpportunityCreate,
     OpportunityRead,
@@ -76,7 +78,9 @@ async def list_opportunities(
     close_before: Annotated[
         IsoDate | None, Query(description="Expected close on or before this date.")
     ] = None,
+    filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
+    found = parse_filter(filter_, FILTERABLE)
     # close_after later than close_before is an empty range, hence an empty page.
     equal = {
         "account_id": account_id,
@@ -94,8 +98,14 @@ async def list_opportunities(
     return await endpoints.listing(
         access,
         OpportunityRepository,
-        where=where,
-        filters={**equal, "close_after": close_after, "close_before": close_before},
+        where=[*where, *found.where],
+        filters={
+            **equal,
+            "close_after": close_after,
+            "close_before": close_before,
+            **found.filters,
+        },
+        searched=found.searched,
         sort=parse_sort(sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,

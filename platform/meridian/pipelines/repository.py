@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Select, Uuid, any_, bindparam, func, inser
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from meridian.crud.compiled import fetch, fetchrow
+from meridian.crud.filters import FilterField
 from meridian.crud.pagination import Cursor, Sort
 from meridian.crud.repository import TenantRepository
 from meridian.opportunities.models import Opportunity
@@ -23,6 +24,14 @@ from meridian.pipelines.models import Pipeline, PipelineRow, PipelineStage, Stag
 SORTABLE = {
     "name": Pipeline.name,
     "created_at": Pipeline.created_at,
+}
+# What ?filter= may name (meridian.crud.filters).
+FILTERABLE = {
+    "id": FilterField(Pipeline.id, "uuid"),
+    "name": FilterField(Pipeline.name, "text"),
+    "is_default": FilterField(Pipeline.is_default, "bool"),
+    "created_at": FilterField(Pipeline.created_at, "datetime"),
+    "updated_at": FilterField(Pipeline.updated_at, "datetime"),
 }
 
 

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from meridian.crud import endpoints
+from meridian.crud.filters import parse_filter
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -25,6 +26,7 @@ from meridian.crud.http import (
     LimitQuery,
     conditional_response,
     expected_version,
+    filter_query,
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
@@ -37,7 +39,12 @@ from meridian.deps import (
 )
 from meridian.errors import Conflict, NotFound
 from meridian.pipelines.models import Pipeline
-from meridian.pipelines.repository import SORTABLE, PipelineRepository, StageRepository
+from meridian.pipelines.repository import (
+    FILTERABLE,
+    SORTABLE,
+    PipelineRepository,
+    StageRepository,
+)
 from meridian.pipelines.schemas import (
     PipelineCreate,
     PipelineRead,
@@ -82,16 +89,19 @@ async def list_pipelines(
     sort: Annotated[str | None, sort_query(SORTABLE, "name")] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
     is_default: bool | None = None,
+    filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
     """Each item includes its stages ordered by position. Sort: ``name`` (default),
     ``created_at``."""
+    found = parse_filter(filter_, FILTERABLE)
     filters = {"name": name, "is_default": is_default}
     where = [getattr(Pipeline, k) == v for k, v in filters.items() if v is not None]
     return await endpoints.listing(
         access,
         PipelineRepository,
-        where=where,
-        filters=filters,
+        where=[*where, *found.where],
+        filters={**filters, **found.filters},
+        searched=found.searched,
         sort=parse_sort(sort, SORTABLE, "name"),
         limit=limit,
         cursor=cursor,

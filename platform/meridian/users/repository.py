@@ -30,13 +30,27 @@ from sqlalchemy.orm import aliased
 
 from authz.models import UserClosure
 from meridian.crud.compiled import prepared
+from meridian.crud.filters import FilterField
 from meridian.crud.repository import TenantRepository
+from meridian.crud.schemas import normalise_email
 from meridian.users.models import AppUser, UserRow
 
 SORTABLE = {
     "name": AppUser.name,
     "created_at": AppUser.created_at,
     "updated_at": AppUser.updated_at,
+}
+# What ?filter= may name (meridian.crud.filters).
+FILTERABLE = {
+    "id": FilterField(AppUser.id, "uuid"),
+    # Stored trimmed and lower-cased.
+    "email": FilterField(AppUser.email, "text", normalize=normalise_email),
+    "name": FilterField(AppUser.name, "text"),
+    "role": FilterField(AppUser.role, "text"),
+    "manager_id": FilterField(AppUser.manager_id, "uuid"),
+    "active": FilterField(AppUser.active, "bool"),
+    "created_at": FilterField(AppUser.created_at, "datetime"),
+    "updated_at": FilterField(AppUser.updated_at, "datetime"),
 }
 
 # Class of the transaction-level advisory lock that serialises a tenant's reporting-line

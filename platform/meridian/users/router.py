@@ -13,12 +13,14 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from meridian.crud import endpoints
+from meridian.crud.filters import parse_filter
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
     IfNoneMatchHeader,
     LimitQuery,
+    filter_query,
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
@@ -27,7 +29,7 @@ from meridian.deps import CanCreateUsers, CanReadUsers, CanUpdateUsers
 from meridian.errors import Conflict
 from meridian.identity import forget_actor
 from meridian.users.models import AppUser
-from meridian.users.repository import SORTABLE, UserRepository
+from meridian.users.repository import FILTERABLE, SORTABLE, UserRepository
 from meridian.users.schemas import UserCreate, UserRead, UserUpdate
 from meridian.users.service import user as user_service
 from meridian.web.openapi import problems
@@ -68,8 +70,10 @@ async def list_users(
     manager_id: UUID | None = None,
     active: bool | None = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
+    filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
     """Sort: ``name``, ``created_at``, ``updated_at``; default ``name``."""
+    found = parse_filter(filter_, FILTERABLE)
     filters = {
         "role": role,
         "manager_id": manager_id,
@@ -80,8 +84,9 @@ async def list_users(
     return await endpoints.listing(
         access,
         UserRepository,
-        where=where,
-        filters=filters,
+        where=[*where, *found.where],
+        filters={**filters, **found.filters},
+        searched=found.searched,
         sort=parse_sort(sort, SORTABLE, "name"),
         limit=limit,
         cursor=cursor,

@@ -166,6 +166,12 @@ PROBLEM_FIELD_ERROR: dict[str, Any] = {
         },
         "msg": {"type": "string"},
         "type": {"type": "string", "description": "A machine-readable error kind."},
+        "position": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Where in the parameter's text the problem is (a `filter` "
+            "expression): a 0-based character offset.",
+        },
     },
     "additionalProperties": False,
 }
