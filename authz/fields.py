@@ -48,6 +48,7 @@ Masker = Callable[[str], str]
 SENSITIVE_FIELDS: Mapping[str, Mapping[str, Masker]] = {
     "contact": {"email": mask_email, "phone": mask_phone, "tax_id": mask_tax_id},
     "account": {"tax_id": mask_tax_id},
+    "lead": {"email": mask_email, "phone": mask_phone},
 }
 
 

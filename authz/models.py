@@ -31,7 +31,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from tenancy.planes import ControlBase, ShardBase, TenantScoped
 
-RECORD_KINDS = ("account", "contact", "opportunity")
+# The kinds a record share may name (their tables).
+RECORD_KINDS = ("account", "contact", "opportunity", "lead", "case")
 
 
 class CasbinRule(ControlBase):
@@ -123,7 +124,10 @@ class RecordShare(TenantScoped, ShardBase):
 
     __tablename__ = "record_share"
     __table_args__ = (
-        CheckConstraint("record_kind IN ('account', 'contact', 'opportunity')", name="record_kind"),
+        CheckConstraint(
+            "record_kind IN ('account', 'contact', 'opportunity', 'lead', 'case')",
+            name="record_kind",
+        ),
         CheckConstraint("(user_id IS NULL) <> (team_id IS NULL)", name="one_grantee"),
         ForeignKeyConstraint(
             ["tenant_id", "user_id"],

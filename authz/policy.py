@@ -42,6 +42,10 @@ CATALOGUE: Mapping[str, frozenset[str]] = {
     "accounts": CRUD,
     "contacts": CRUD,
     "opportunities": CRUD,
+    "leads": CRUD,
+    # A tenant's lead scoring rules.
+    "lead_scoring": CRUD,
+    "cases": CRUD,
     "pipelines": CRUD,
     "activities": CRUD,
     "users": CRUD,
@@ -86,29 +90,33 @@ _EVERYTHING = frozenset((o, a) for o, acts in CATALOGUE.items() for a in acts)
 TEMPLATES: Mapping[str, frozenset[Permission]] = {
     "admin": _EVERYTHING,
     "sales_manager": (
-        _grant((*_CRM, "pipelines"), CRUD)
+        _grant((*_CRM, "leads", "pipelines", "lead_scoring"), CRUD)
+        | _grant(["cases"], ["read"])
         | _grant(["activities"], ["read", "create"])
         | _grant(["shares"], ["read", "create", "delete"])
         | _grant(["users", "roles"], ["read"])
         | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
     ),
     "sales_rep": (
-        _grant(_CRM, CRUD)
-        | _grant(["pipelines", "users"], ["read"])
+        _grant((*_CRM, "leads"), CRUD)
+        | _grant(["pipelines", "users", "lead_scoring", "cases"], ["read"])
         | _grant(["activities"], ["read", "create"])
         | _grant(["shares"], ["read", "create", "delete"])
         | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
     ),
+    # The service desk: works cases (not deleting them: a case is a record of service),
+    # reads the customers they are about.
     "support_agent": (
         _grant((*_CRM, "pipelines", "activities", "users", "shares"), ["read"])
+        | _grant(["cases"], ["read", "create", "update"])
         | _grant(["accounts", "contacts"], ["update"])
         | {("activities", "create"), ("pii", "read"), ("events", "read")}
     ),
-    "read_only": _grant((*_CRM, "pipelines", "activities", "events"), ["read"]),
+    "read_only": _grant((*_CRM, "leads", "cases", "pipelines", "activities", "events"), ["read"]),
     # Machine clients syncing the tenant's data: CRM read/write over every record, no
     # say over people, roles or shares.
     "integration": (
-        _grant(_CRM, CRUD)
+        _grant((*_CRM, "leads", "cases"), CRUD)
         | _grant(["pipelines", "users"], ["read"])
         | _grant(["activities"], ["read", "create"])
         | _grant(["webhooks"], CRUD)

@@ -51,9 +51,11 @@ def parse_think_time(raw: str) -> tuple[float, float]:
 def options_of(environment: Environment) -> Options:
     parsed: Any = environment.parsed_options
     think = parse_think_time(str(getattr(parsed, "think_time", None) or DEFAULT_THINK_TIME))
+    zipf_s = getattr(parsed, "zipf_s", None)
     return Options(
         credentials=Path(getattr(parsed, "credentials", None) or DEFAULT_CREDENTIALS),
-        zipf_s=float(getattr(parsed, "zipf_s", None) or DEFAULT_ZIPF_S),
+        # Not `or`: 0 (uniform) is a value, not a missing one.
+        zipf_s=float(DEFAULT_ZIPF_S if zipf_s is None else zipf_s),
         think_min=think[0],
         think_max=think[1],
     )
@@ -79,6 +81,12 @@ class TenantState:
     def remember_rows(self, kind: str, rows: Iterable[Json]) -> None:
         self.remember(kind, (str(r["id"]) for r in rows if "id" in r))
 
+    def forget(self, kind: str, value: str) -> None:
+        """Drop a value that no longer fits ``kind`` (a lead converted, a case closed)."""
+        known = self.seen.get(kind)
+        while known is not None and value in known:
+            known.remove(value)
+
     def any(self, kind: str, rng: random.Random) -> str | None:
         known = self.seen.get(kind)
         return known[rng.randrange(len(known))] if known else None
@@ -91,6 +99,10 @@ class Platform:
         self.options = options
         self.credentials = Credentials.load(options.credentials)
         self.zipf = Zipf(self.credentials.tenants, options.zipf_s)
+        # The tenants with a support desk client, in the same order (None: no tenant has
+        # one, as in a credentials file from before the seeder made them).
+        desks = [t for t in self.credentials.tenants if t.support_client is not None]
+        self.support_zipf = Zipf(desks, options.zipf_s) if desks else None
         self.tokens = TokenCache()
         self.tenants: dict[str, TenantState] = {}
         self._lock = threading.Lock()

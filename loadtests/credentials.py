@@ -38,6 +38,10 @@ class TenantCredentials:
     shard_id: str
     client: Client
     owner_ids: tuple[str, ...] = ()
+    # The service desk: its agents' user ids and a client acting as a support agent
+    # (absent from files written before the seeder made them).
+    agent_ids: tuple[str, ...] = ()
+    support_client: Client | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,8 @@ def _tenant(raw: Any) -> TenantCredentials | None:
         shard_id=str(raw.get("shard_id", "")),
         client=client,
         owner_ids=tuple(str(o) for o in raw.get("owner_ids") or ()),
+        agent_ids=tuple(str(a) for a in raw.get("agent_ids") or ()),
+        support_client=_client(raw.get("support_client")),
     )
 
 

@@ -9,9 +9,17 @@ endpoint (cached per tenant and refreshed before it expires). Requests are named
 template (``/v1/contacts/{id}``) so statistics group per endpoint.
 
 - SalesRep: browses and filters lists page by page, opens records and timelines,
-  moves deals along the pipeline (If-Match with the ETag just read), logs activities.
+  moves deals along the pipeline (If-Match with the ETag just read), logs activities;
+  works leads (the hottest first, a lead and its timeline, calls logged on it) and now
+  and then converts a qualified one with a deal (a 409 duplicate is answered by linking
+  the contact it names).
 - Manager: the pipeline board (opportunities per stage), deals closing soon, the
-  biggest deals, account and opportunity timelines, recent activity.
+  biggest deals, account and opportunity timelines, recent activity, the lead scoring
+  rules and leads by score.
+- SupportAgent: acts with the support agent's role (the tenant's support desk client):
+  the overdue queue by due time and its own cases, a case with its timeline and
+  contact, new cases for seeded contacts, calls logged on cases, cases resolved or
+  closed with a resolution (If-Match with the ETag just read).
 - IntegrationClient: imports batches (an account, its contacts, a deal) with an
   Idempotency-Key per record, retrying the same key after timeouts and 5xx/429, and
   now and then replaying a request whose answer it "lost" to check it is not applied
@@ -43,15 +51,15 @@ from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import StatsEntry, StatsError  # noqa: E402
 
 from loadtests.api import (  # noqa: E402
-    DEFAULT_CREDENTIALS,
     DEFAULT_THINK_TIME,
     DEFAULT_ZIPF_S,
+    Check,
     Json,
     MeridianUser,
     Reply,
     platform,
 )
-from loadtests.credentials import Client  # noqa: E402
+from loadtests.credentials import DEFAULT_CREDENTIALS, Client  # noqa: E402
 
 SORTS = {
     "contacts": ("last_name", "-updated_at", "created_at", "-created_at"),
@@ -64,8 +72,25 @@ ACTIVITY_SUBJECTS = {
     "note": ("Budget confirmed", "New decision maker", "Competitor in the deal"),
 }
 TITLES = ("Head of Sales", "VP Operations", "IT Director", "Procurement Lead", "CFO")
+LEAD_CALLS = ("Discovery call", "Qualification call", "Left a voicemail", "Follow-up call")
+CASE_SUBJECTS = (
+    "Cannot export the quarterly report", "Password reset e-mail not arriving",
+    "Invoice address is wrong", "Sync stopped overnight", "Question about user roles",
+)  # fmt: skip
+CASE_PRIORITIES = ("low", "normal", "normal", "normal", "high", "urgent")
+CASE_ORIGINS = ("email", "phone", "web", "chat")
+CASE_CALLS = {
+    "call": ("Called the customer back", "Walked through the settings", "Left a voicemail"),
+    "email": ("Sent the workaround", "Asked for screenshots", "Confirmed the fix"),
+}
+RESOLUTIONS = (
+    "Settings corrected with the customer on the phone.",
+    "Fixed by the latest release; the customer confirmed.",
+    "Explained the expected behaviour; no change needed.",
+)
 # Statuses worth retrying with the same Idempotency-Key: no answer, overload, outage.
 RETRYABLE = frozenset({0, 429, 500, 502, 503, 504})
+PROBLEM = "urn:meridian:problem:"
 
 
 def _add_arguments(parser: Any) -> None:
@@ -170,6 +195,25 @@ def _now() -> str:
 
 def _key() -> str:
     return f"lt-{uuid.uuid4()}"
+
+
+def _conflict_is(slug: str) -> Check:
+    """A 409 is an expected outcome only with this problem type (others are failures)."""
+
+    def check(reply: Reply) -> str | None:
+        if reply.status != 409:
+            return None
+        kind = reply.body.get("type") if isinstance(reply.body, dict) else None
+        if kind == PROBLEM + slug:
+            return None
+        found = kind.removeprefix(PROBLEM) if isinstance(kind, str) else "no problem type"
+        return f"HTTP 409 {found}"
+
+    return check
+
+
+def _currency(region: str) -> str:
+    return "EUR" if region == "eu" else "USD"
 
 
 class SalesRep(MeridianUser):
@@ -345,6 +389,152 @@ class SalesRep(MeridianUser):
             expect=(200, 412),  # 412: another user changed it first, as designed
         )
 
+    # -- leads ---------------------------------------------------------------------------
+
+    @task(2)
+    def browse_leads(self) -> None:
+        """The hottest leads first: everyone's, or mine."""
+        params = {"limit": "25", "sort": "-score"}
+        name = "/v1/leads?sort=-score"
+        if self.me is not None and self.rng.random() < 0.5:
+            params["owner_id"] = self.me
+            name = "/v1/leads?owner_id={id}&sort=-score"
+        rows = self.browse(
+            "/v1/leads", name=name, params=params, kind="lead", pages=self.rng.randint(1, 2)
+        )
+        self._note_qualified(rows)
+
+    def _note_qualified(self, rows: list[Json]) -> None:
+        self.state.remember(
+            "qualified_lead", (str(r["id"]) for r in rows if r.get("status") == "qualified")
+        )
+
+    @task(2)
+    def open_lead(self) -> None:
+        """A lead's page: the lead and what was done with it (its timeline)."""
+        lead = self.known_or_listed("lead", "/v1/leads", "/v1/leads")
+        if lead is None:
+            return
+        self.call("GET", f"/v1/leads/{lead}", name="/v1/leads/{id}")
+        self.call(
+            "GET",
+            f"/v1/leads/{lead}/timeline",
+            name="/v1/leads/{id}/timeline",
+            params={"limit": "20"},
+        )
+
+    @task(1)
+    def log_lead_call(self) -> None:
+        """A call on a lead; the API scores the lead again in the same transaction, so it
+        is reported apart from other activities."""
+        lead = self.known_or_listed("lead", "/v1/leads", "/v1/leads")
+        if lead is None:
+            return
+        self.call(
+            "POST",
+            "/v1/activities",
+            name="/v1/activities (lead)",
+            body={
+                "type": "call",
+                "subject": self.rng.choice(LEAD_CALLS),
+                "occurred_at": _now(),
+                "lead_id": lead,
+            },
+            headers={"Idempotency-Key": _key()},
+            expect=(201,),
+        )
+
+    @task(1)
+    def convert_lead(self) -> None:
+        """A qualified lead becomes an account, a contact and a deal. Its e-mail may be
+        on a contact already (409 duplicate, naming it): then that contact is linked.
+        Another rep converting it first is fine too: the answer is its conversion."""
+        lead = self._qualified_lead()
+        if lead is None:
+            return
+        lead_id = str(lead["id"])
+        company = lead.get("company") or lead.get("last_name") or "New customer"
+        body: Json = {
+            "opportunity": {
+                "name": f"{str(company)[:180]}: first order",
+                "amount": f"{self.rng.randint(5, 300) * 100}.00",
+                "currency": _currency(self.tenant.region),
+            }
+        }
+        path = f"/v1/leads/{lead_id}/convert"
+        reply = self.call(
+            "POST",
+            path,
+            name="/v1/leads/{id}/convert",
+            body=body,
+            expect=(200, 409),
+            check=_conflict_is("duplicate"),
+        )
+        duplicate = reply.body.get("duplicate_of") if isinstance(reply.body, dict) else None
+        if reply.status == 409 and isinstance(duplicate, str):
+            reply = self.call(
+                "POST",
+                path,
+                name="/v1/leads/{id}/convert (link contact)",
+                body={**body, "contact_id": duplicate},
+            )
+        self.state.forget("qualified_lead", lead_id)
+        if reply.status == 200 and isinstance(reply.body, dict):
+            # What it became is worth a visit, as for any record seen.
+            for kind in ("account", "contact", "opportunity"):
+                record = reply.body.get(f"{kind}_id")
+                if isinstance(record, str):
+                    self.state.remember(kind, [record])
+
+    def _qualified_lead(self) -> Json | None:
+        """A qualified lead as just read: one seen in a list, or from the list of
+        qualified ones; with none left, the hottest lead being worked is qualified."""
+        for _ in range(2):
+            lead_id = self.state.any("qualified_lead", self.rng)
+            if lead_id is None:
+                listed = self.page(
+                    "/v1/leads",
+                    name="/v1/leads?status=qualified&sort=-score",
+                    params={"status": "qualified", "sort": "-score", "limit": "20"},
+                    kind="lead",
+                )
+                self._note_qualified(listed.data)
+                lead_id = self.state.any("qualified_lead", self.rng)
+                if lead_id is None:
+                    return self._qualify()
+            reply = self.call("GET", f"/v1/leads/{lead_id}", name="/v1/leads/{id}")
+            if isinstance(reply.body, dict) and reply.body.get("status") == "qualified":
+                return reply.body
+            self.state.forget("qualified_lead", lead_id)  # converted by someone meanwhile
+        return None
+
+    def _qualify(self) -> Json | None:
+        working = self.page(
+            "/v1/leads",
+            name="/v1/leads?status=working&sort=-score",
+            params={"status": "working", "sort": "-score", "limit": "10"},
+            kind="lead",
+        ).data
+        if not working:
+            return None
+        lead_id = str(self.rng.choice(working[:3])["id"])
+        current = self.call("GET", f"/v1/leads/{lead_id}", name="/v1/leads/{id}")
+        etag = current.headers.get("etag")
+        if not current.ok or etag is None:
+            return None
+        reply = self.call(
+            "PATCH",
+            f"/v1/leads/{lead_id}",
+            name="/v1/leads/{id}",
+            body={"status": "qualified"},
+            headers={"If-Match": etag},
+            # 412: changed meanwhile; 409: converted meanwhile (a converted lead is
+            # read-only). Both are someone else's work, not errors.
+            expect=(200, 409, 412),
+            check=_conflict_is("lead-converted"),
+        )
+        return reply.body if reply.status == 200 and isinstance(reply.body, dict) else None
+
 
 class Manager(MeridianUser):
     weight = 2
@@ -429,6 +619,201 @@ class Manager(MeridianUser):
             name="/v1/activities?occurred_after",
             params={"occurred_after": since, "limit": "50"},
         )
+
+    @task(1)
+    def scoring_rules(self) -> None:
+        """The tenant's lead scoring rules, and one of them."""
+        rules = self.page(
+            "/v1/lead-scoring/rules", name="/v1/lead-scoring/rules", params={"limit": "50"}
+        ).data
+        if rules and self.rng.random() < 0.5:
+            rule = self.rng.choice(rules)
+            self.call(
+                "GET",
+                f"/v1/lead-scoring/rules/{rule['id']}",
+                name="/v1/lead-scoring/rules/{id}",
+            )
+
+    @task(2)
+    def leads_by_score(self) -> None:
+        """The funnel by score: all leads, those qualified (ready to convert) or those
+        being worked."""
+        status = self.rng.choice((None, "qualified", "working"))
+        params = {"sort": "-score", "limit": "25"}
+        name = "/v1/leads?sort=-score"
+        if status is not None:
+            params["status"] = status
+            name = f"/v1/leads?status={status}&sort=-score"
+        self.page("/v1/leads", name=name, params=params, kind="lead")
+
+
+class SupportAgent(MeridianUser):
+    """The service desk, with the support agent's role: its token is the tenant's
+    support desk client's (``loadtests.seed``), so the API allows what it allows a
+    support agent (cases; reading, not deleting, the customers they are about)."""
+
+    weight = 2
+
+    def on_start(self) -> None:
+        if self.tenant.support_client is None:
+            # A tenant seeded before support desks existed: work at one that has one.
+            desks = self.platform.support_zipf
+            if desks is None:
+                raise StopUser()  # no tenant has a support desk client: seed again
+            self.tenant = desks.pick(self.rng)
+        agents = self.tenant.agent_ids
+        self.me = self.rng.choice(agents) if agents else None
+
+    @property
+    def client_credentials(self) -> Client | None:
+        return self.tenant.support_client
+
+    def _note_open(self, rows: list[Json]) -> None:
+        # Cases still to work on: resolved ones too (they get closed later).
+        self.state.remember(
+            "open_case", (str(r["id"]) for r in rows if r.get("status") != "closed")
+        )
+
+    @task(3)
+    def overdue_queue(self) -> None:
+        """The cases past their due time, the most overdue first."""
+        rows = self.browse(
+            "/v1/cases",
+            name="/v1/cases?overdue=true&sort=due_at",
+            params={"overdue": "true", "sort": "due_at", "limit": "25"},
+            kind="case",
+            pages=self.rng.randint(1, 2),
+        )
+        self._note_open(rows)
+
+    @task(2)
+    def my_cases(self) -> None:
+        if self.me is None:
+            return
+        rows = self.browse(
+            "/v1/cases",
+            name="/v1/cases?owner_id={id}&sort=due_at",
+            params={"owner_id": self.me, "sort": "due_at", "limit": "25"},
+            kind="case",
+        )
+        self._note_open(rows)
+
+    @task(3)
+    def open_case(self) -> None:
+        case = self.known_or_listed("case", "/v1/cases", "/v1/cases")
+        if case is None:
+            return
+        reply = self.call("GET", f"/v1/cases/{case}", name="/v1/cases/{id}")
+        self.call(
+            "GET",
+            f"/v1/cases/{case}/timeline",
+            name="/v1/cases/{id}/timeline",
+            params={"limit": "20"},
+        )
+        contact = reply.body.get("contact_id") if isinstance(reply.body, dict) else None
+        if isinstance(contact, str) and self.rng.random() < 0.5:
+            self.call("GET", f"/v1/contacts/{contact}", name="/v1/contacts/{id}")
+
+    @task(1)
+    def create_case(self) -> None:
+        """A customer (a seeded contact) calls or writes in; the case is about the
+        contact's account and due by its priority's service level."""
+        contact = self.known_or_listed("contact", "/v1/contacts", "/v1/contacts")
+        if contact is None:
+            return
+        body: Json = {
+            "subject": self.rng.choice(CASE_SUBJECTS),
+            "priority": self.rng.choice(CASE_PRIORITIES),
+            "origin": self.rng.choice(CASE_ORIGINS),
+            "contact_id": contact,
+        }
+        if self.me is not None:
+            body["owner_id"] = self.me
+        if self.rng.random() < 0.5:
+            body["description"] = "Logged from the load test."
+        reply = self.call(
+            "POST",
+            "/v1/cases",
+            name="/v1/cases",
+            body=body,
+            headers={"Idempotency-Key": _key()},
+            expect=(201,),
+        )
+        if reply.status == 201 and isinstance(reply.body, dict):
+            self.state.remember_rows("case", [reply.body])
+            self.state.remember_rows("open_case", [reply.body])
+
+    @task(2)
+    def log_case_call(self) -> None:
+        case = self.state.any("open_case", self.rng) or self.known_or_listed(
+            "case", "/v1/cases", "/v1/cases"
+        )
+        if case is None:
+            return
+        kind = self.rng.choice(tuple(CASE_CALLS))
+        self.call(
+            "POST",
+            "/v1/activities",
+            name="/v1/activities (case)",
+            body={
+                "type": kind,
+                "subject": self.rng.choice(CASE_CALLS[kind]),
+                "occurred_at": _now(),
+                "case_id": case,
+            },
+            headers={"Idempotency-Key": _key()},
+            expect=(201,),
+        )
+
+    @task(1)
+    def resolve_case(self) -> None:
+        """Resolve (or close) an open case with its resolution, or close a resolved one,
+        with the ETag just read; a 412 means someone else changed it first, so it reads
+        again and retries once."""
+        case = self._open_case()
+        if case is None:
+            return
+        for _ in range(2):
+            current = self.call("GET", f"/v1/cases/{case}", name="/v1/cases/{id}")
+            etag = current.headers.get("etag")
+            if not current.ok or etag is None or not isinstance(current.body, dict):
+                return
+            status = current.body.get("status")
+            if status == "closed":
+                self.state.forget("open_case", case)
+                return
+            if status == "resolved":
+                change: Json = {"status": "closed"}  # its resolution is stored already
+            else:
+                change = {
+                    "status": self.rng.choice(("resolved", "resolved", "closed")),
+                    "resolution": self.rng.choice(RESOLUTIONS),
+                }
+            reply = self.call(
+                "PATCH",
+                f"/v1/cases/{case}",
+                name="/v1/cases/{id}",
+                body=change,
+                headers={"If-Match": etag},
+                expect=(200, 412),
+            )
+            if reply.status != 412:
+                if change["status"] == "closed":
+                    self.state.forget("open_case", case)
+                return
+
+    def _open_case(self) -> str | None:
+        case = self.state.any("open_case", self.rng)
+        if case is None:
+            listed = self.page(
+                "/v1/cases",
+                name="/v1/cases?status=open&sort=due_at",
+                params={"status": "open", "sort": "due_at", "limit": "50"},
+                kind="case",
+            )
+            self._note_open(listed.data)
+            case = self.state.any("open_case", self.rng)
+        return case
 
 
 class IntegrationClient(MeridianUser):

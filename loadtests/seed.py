@@ -25,7 +25,15 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -38,14 +46,20 @@ import uvloop
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from meridian.admin.schemas import ClientCreate, TenantCreate
+from meridian.admin.schemas import TenantCreate
 from meridian.admin.service import tenant_admin
 from meridian.admin.wiring import admin_deps
+from meridian.cases.models import CLOSED_STATUSES
+from meridian.cases.service import SLA
 from meridian.encryption.fields import encrypt_values
 from meridian.errors import Conflict, IdempotencyKeyReused, MeridianError
 from meridian.ids import new_id
-from meridian.oauth.clients import find_client
+from meridian.leads.schemas import ScoringRuleCreate
+from meridian.leads.scoring import evaluate
+from meridian.oauth.clients import ClientRecord, create_client, find_client
+from meridian.oauth.models import OAuthClient
 from meridian.operations import create_admin_client
+from meridian.principal import SCOPE_READ, SCOPE_WRITE
 from meridian.runtime import Runtime
 from meridian.settings import Settings
 from tenancy.context import TenantContext, TenantStatus
@@ -95,6 +109,9 @@ class SeededTenant:
     # What this run did: "loaded" (data written now) or "skipped" (already seeded).
     status: str
     rows: dict[str, int] = field(default_factory=dict)
+    # The service desk: its agents' user ids, and a client acting as a support agent.
+    agent_ids: tuple[UUID, ...] = ()
+    support_client: tuple[str, str] | None = None
 
     def credentials(self) -> dict[str, Any]:
         return {
@@ -105,6 +122,8 @@ class SeededTenant:
             "client_id": self.client_id,
             "client_secret": self.client_secret,
             "owner_ids": [str(o) for o in self.owner_ids],
+            "agent_ids": [str(a) for a in self.agent_ids],
+            "support_client": _client_entry(self.support_client),
         }
 
 
@@ -226,6 +245,94 @@ CURRENCIES = {
     "us": (("USD", 88), ("CAD", 8), ("MXN", 4)),
     "eu": (("EUR", 70), ("GBP", 15), ("CHF", 6), ("SEK", 5), ("PLN", 4)),
 }
+# Leads: where they come from (weights), and the share in each status. Statuses are dealt
+# out in these shares exactly (_dealt), so even a small tenant has leads to qualify and
+# to convert.
+LEAD_SOURCES: tuple[tuple[str, int], ...] = (
+    ("web", 30), ("advertising", 15), ("referral", 12), ("event", 12), ("cold_call", 10),
+    ("partner", 8), ("social", 8), ("other", 5),
+)  # fmt: skip
+LEAD_STATUS_SHARES: tuple[tuple[str, float], ...] = (
+    ("new", 0.30), ("working", 0.25), ("nurturing", 0.12), ("qualified", 0.10),
+    ("unqualified", 0.11), ("converted", 0.12),
+)  # fmt: skip
+# Activities logged on a lead of each status (fewest, most): worked leads have more.
+LEAD_ACTIVITIES = {
+    "new": (0, 1), "working": (1, 4), "nurturing": (1, 3), "qualified": (2, 5),
+    "unqualified": (0, 2), "converted": (2, 6),
+}  # fmt: skip
+LEAD_ACTIVITY_TYPES = ("call", "email", "meeting", "note")
+LEAD_ACTIVITY_CUM_WEIGHTS = (40, 75, 85, 100)
+# Leads that are people already in the CRM as contacts (same e-mail): converting one is
+# refused with 409 duplicate until it is linked to that contact.
+LEAD_DUPLICATE_SHARE = 0.04
+# Lead scoring rules: (name, points, condition). Every tenant has the first two (the API
+# guide's examples) and a few of the others. None tests the lead's status: a converted
+# lead keeps the score it was converted with, so a status rule would make its stored
+# score differ from evaluate() on its row.
+SCORING_RULES: tuple[tuple[str, int, dict[str, Any]], ...] = (
+    ("Referred", 20, {"type": "field", "field": "source", "op": "eq", "value": "referral"}),
+    ("Engaged", 15, {"type": "activity", "activity_type": "call", "min_count": 2}),
+    ("Met in person", 20, {"type": "activity", "activity_type": "meeting", "min_count": 1}),
+    (
+        "Event or partner",
+        10,
+        {"type": "field", "field": "source", "op": "in", "value": ["event", "partner"]},
+    ),
+    (
+        "Executive",
+        15,
+        {
+            "type": "field",
+            "field": "title",
+            "op": "in",
+            "value": ["CEO", "CFO", "CTO", "COO", "Founder"],
+        },
+    ),
+    ("Vice president", 10, {"type": "field", "field": "title", "op": "starts", "value": "VP"}),
+    ("Head of", 5, {"type": "field", "field": "title", "op": "starts", "value": "Head of"}),
+    ("Reachable by phone", 5, {"type": "field", "field": "phone", "op": "present"}),
+    ("No e-mail", -10, {"type": "field", "field": "email", "op": "absent"}),
+    ("Cold call", -5, {"type": "field", "field": "source", "op": "eq", "value": "cold_call"}),
+    ("Busy thread", 10, {"type": "activity", "min_count": 4}),
+)
+# Cases: statuses dealt out in these shares; priorities and origins by weight.
+CASE_STATUS_SHARES: tuple[tuple[str, float], ...] = (
+    ("new", 0.12), ("open", 0.25), ("pending", 0.10), ("on_hold", 0.05),
+    ("resolved", 0.18), ("closed", 0.30),
+)  # fmt: skip
+CASE_PRIORITIES: tuple[tuple[str, int], ...] = (
+    ("low", 20), ("normal", 50), ("high", 22), ("urgent", 8),
+)  # fmt: skip
+CASE_ORIGINS: tuple[tuple[str, int], ...] = (
+    ("email", 40), ("phone", 25), ("web", 20), ("chat", 12), ("other", 3),
+)  # fmt: skip
+CASE_SUBJECTS = (
+    "Cannot log in after password reset", "Invoice shows the wrong VAT rate",
+    "Export to CSV times out", "Sync with the mail server stopped",
+    "Duplicate contacts after import", "Request for a data processing agreement",
+    "Dashboard loads very slowly", "Two-factor codes not arriving",
+    "Wrong currency on the quote", "Webhook deliveries failing",
+    "Need more seats before renewal", "Report totals do not match", "User locked out",
+    "Mobile app crashes on start", "Question about the API rate limits",
+)  # fmt: skip
+CASE_DESCRIPTIONS = (
+    "Customer reports it started after the last update; affects several users.",
+    "Happens every time; screenshots attached to the e-mail thread.",
+    "Only some accounts are affected; the customer's admin tried the usual fixes.",
+    "Blocking their month-end close, they asked for a call today.",
+    "Intermittent; could not reproduce on our side yet.",
+)
+RESOLUTIONS = (
+    "Reset the account and confirmed the customer can sign in.",
+    "Configuration corrected; the customer confirmed it works.",
+    "Known issue fixed in the latest release; customer updated.",
+    "Explained the expected behaviour and sent the documentation.",
+    "Data corrected on our side; no change needed by the customer.",
+    "No answer from the customer after three reminders.",
+)
+CASE_ACTIVITY_TYPES = ("email", "call", "note")
+CASE_ACTIVITY_CUM_WEIGHTS = (40, 75, 100)
 
 
 def _rng_for(random_seed: int, prefix: str, index: int, part: str) -> random.Random:
@@ -284,6 +391,17 @@ class Plan:
     accounts: int
     opportunities_per_account: float
     activities_per_contact: int
+    # Per tenant; None: half the contacts (leads) and a fifth of them (cases).
+    leads: int | None = None
+    cases: int | None = None
+
+    @property
+    def lead_count(self) -> int:
+        return self.contacts // 2 if self.leads is None else self.leads
+
+    @property
+    def case_count(self) -> int:
+        return self.contacts // 5 if self.cases is None else self.cases
 
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -305,11 +423,32 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "tenant_id", "id", "account_id", "name", "amount", "currency", "pipeline_id",
         "stage_id", "expected_close_date", "owner_id", "created_at", "updated_at", "version",
     ),
+    "lead_scoring_rule": (
+        "tenant_id", "id", "name", "points", "condition", "active", "created_at", "updated_at",
+        "version",
+    ),
+    # Stored columns: generate() yields email and phone in clear at positions 6 and 7;
+    # _seal() turns them into ciphertexts and blind indexes, as for contacts.
+    "lead": (
+        "tenant_id", "id", "first_name", "last_name", "company", "title", "email_enc",
+        "email_bidx", "phone_enc", "phone_bidx", "enc_version", "source", "status", "owner_id",
+        "score", "score_details", "converted_at", "converted_account_id",
+        "converted_contact_id", "converted_opportunity_id", "created_at", "updated_at",
+        "version",
+    ),
+    "case": (
+        "tenant_id", "id", "subject", "description", "status", "priority", "origin",
+        "contact_id", "account_id", "owner_id", "due_at", "resolution", "resolved_at",
+        "closed_at", "created_at", "updated_at", "version",
+    ),
     "activity": (
         "tenant_id", "id", "type", "subject", "body", "occurred_at", "contact_id", "account_id",
-        "opportunity_id", "owner_id", "created_at",
+        "opportunity_id", "owner_id", "created_at", "lead_id", "case_id",
     ),
 }  # fmt: skip
+# Where generate() leaves a table's sensitive fields in clear (email, then phone).
+SEALED_AT = {"contact": 4, "lead": 6}
+SUPPORT_ROLE = "support_agent"
 
 
 def team(
@@ -333,6 +472,66 @@ def team(
     return ids, {"app_user": users, "user_closure": closure}
 
 
+def support_team(
+    rng: random.Random, tenant_id: UUID, size: int, now: datetime
+) -> tuple[tuple[UUID, ...], dict[str, list[Row]]]:
+    """The service desk: ``size`` support agents (no manager, no password), who own the
+    tenant's cases. Returns their ids and their user and closure rows."""
+    ids = tuple(_uuid4(rng) for _ in range(size))
+    users: list[Row] = []
+    closure: list[Row] = []
+    for n, user_id in enumerate(ids):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        # "support" keeps them apart from the sales team's addresses (unique per tenant).
+        email = f"{first.lower()}.{last.lower()}.support{n}@team.example.com"
+        users.append((tenant_id, user_id, email, f"{first} {last}", SUPPORT_ROLE, None, now))
+        closure.append((tenant_id, user_id, user_id, 0))
+    return ids, {"app_user": users, "user_closure": closure}
+
+
+def _dealt(rng: random.Random, shares: Sequence[tuple[str, float]], n: int) -> list[str]:
+    """``n`` values in ``shares`` (summing to 1) as exactly as whole numbers allow (largest
+    remainders first), in random order."""
+    exact = [(value, share * n) for value, share in shares]
+    counts = {value: int(x) for value, x in exact}
+    rest = n - sum(counts.values())
+    for value, _ in sorted(exact, key=lambda e: e[1] - int(e[1]), reverse=True)[:rest]:
+        counts[value] += 1
+    out = [value for value, _ in shares for _ in range(counts[value])]
+    rng.shuffle(out)
+    return out
+
+
+def scoring_rules(rng: random.Random, tenant_id: UUID, now: datetime) -> list[Row]:
+    """A few lead scoring rules, their conditions as the API stores them."""
+    first, rest = SCORING_RULES[:2], SCORING_RULES[2:]
+    rows: list[Row] = []
+    for n, (name, points, condition) in enumerate([*first, *rng.sample(rest, rng.randint(3, 6))]):
+        # Tenants tune the points; a rule now and then is switched off (not the first two).
+        tuned = points + rng.choice((-5, 0, 0, 5))
+        body = ScoringRuleCreate(
+            name=name,
+            points=tuned if tuned * points > 0 else points,
+            condition=condition,
+            active=n < 2 or rng.random() >= 0.1,
+        ).model_dump(mode="json")
+        created = now - timedelta(days=rng.uniform(30, 2 * 365))
+        rows.append(
+            (
+                tenant_id,
+                new_id(),
+                body["name"],
+                body["points"],
+                body["condition"],
+                body["active"],
+                created,
+                created + (now - created) * rng.random(),
+                1,
+            )
+        )
+    return rows
+
+
 def generate(
     rng: random.Random,
     tenant_id: UUID,
@@ -341,8 +540,11 @@ def generate(
     owner_ids: Sequence[UUID],
     plan: Plan,
     now: datetime,
+    agent_ids: Sequence[UUID] = (),
 ) -> dict[str, list[Row]]:
-    """All rows of one tenant, in foreign-key order (accounts first)."""
+    """All rows of one tenant but its users, in foreign-key order (accounts first).
+    Cases are owned by ``agent_ids`` (none: unassigned); everything else by
+    ``owner_ids``."""
     day = timedelta(days=1)
     year_ago = now - 365 * day
     today = now.date()
@@ -466,14 +668,247 @@ def generate(
                     rng.choice(deals) if deals and rng.random() < 0.3 else None,
                     owner if rng.random() < 0.8 else rng.choice(owner_ids),
                     min(now, occurred + timedelta(minutes=rng.randint(1, 240))),
+                    None,
+                    None,
                 )
             )
+    names = {a[0]: a[1] for a in account_info}
+    rules = scoring_rules(rng, tenant_id, now)
+    leads = _leads(rng, tenant_id, region, owner_ids, plan, now, contacts, names, opps_of, rules)
+    cases = _cases(rng, tenant_id, agent_ids, plan, now, contacts, accounts)
     return {
         "account": accounts,
         "contact": contacts,
         "opportunity": opportunities,
-        "activity": activities,
+        "lead_scoring_rule": rules,
+        "lead": leads.pop("lead"),
+        "case": cases.pop("case"),
+        "activity": [*activities, *leads["activity"], *cases["activity"]],
     }
+
+
+def _between(rng: random.Random, start: datetime, end: datetime) -> datetime:
+    return start + (end - start) * rng.random()
+
+
+def _leads(
+    rng: random.Random,
+    tenant_id: UUID,
+    region: str,
+    owner_ids: Sequence[UUID],
+    plan: Plan,
+    now: datetime,
+    contacts: Sequence[Row],
+    account_names: Mapping[UUID, str],
+    opps_of: Mapping[UUID, list[UUID]],
+    rules: Sequence[Row],
+) -> dict[str, list[Row]]:
+    """Leads (email and phone in clear, see ``COLUMNS``), scored by ``rules`` as the API
+    scores them, and the activities logged on them. Converted leads became seeded
+    contacts (same person, same e-mail) at their accounts, when the contact was created;
+    a few others are people already in the CRM as contacts."""
+    sources, source_weights = zip(*LEAD_SOURCES, strict=True)
+    tlds = TLDS.get(region, TLDS["us"])
+    rule_maps = [dict(zip(COLUMNS["lead_scoring_rule"], r, strict=True)) for r in rules]
+    # Contacts at an account, by a unique e-mail address: what converted leads became.
+    pool = [c for c in contacts if c[7] is not None and c[4] is not None]
+    rng.shuffle(pool)
+    reachable = [c for c in contacts if c[4] is not None]
+    emails = {c[4] for c in reachable}
+    leads: list[Row] = []
+    activities: list[Row] = []
+    for status in _dealt(rng, LEAD_STATUS_SHARES, plan.lead_count):
+        lead_id = new_id()
+        source = rng.choices(sources, source_weights)[0]
+        owner: UUID | None = rng.choice(owner_ids) if rng.random() < 0.95 else None
+        became: tuple[UUID | None, UUID | None, UUID | None] = (None, None, None)
+        converted: datetime | None = None
+        if status == "converted" and not pool:
+            status = "qualified"  # no contact left to have become: not converted yet
+        if status == "converted":
+            contact = pool.pop()
+            first, last, email, phone, title = contact[2:7]
+            account: UUID = contact[7]
+            company: str | None = account_names[account]
+            owner, converted = contact[8], contact[9]
+            deals = opps_of.get(account)
+            deal = rng.choice(deals) if deals and rng.random() < 0.6 else None
+            became = (account, contact[1], deal)
+            created = converted - timedelta(days=rng.uniform(3, 120))
+            updated = converted
+        elif reachable and rng.random() < LEAD_DUPLICATE_SHARE:
+            contact = rng.choice(reachable)
+            first, last, email, phone, title = contact[2:7]
+            company = account_names.get(contact[7]) if contact[7] is not None else None
+            created = _between(rng, now - timedelta(days=365), now)
+            updated = _between(rng, created, now)
+        else:
+            first = rng.choice(FIRST_NAMES) if rng.random() < 0.9 else None
+            last = rng.choice(LAST_NAMES)
+            company = _company(rng, region) if rng.random() < 0.85 else None
+            title = rng.choice(TITLES) if rng.random() < 0.7 else None
+            email = None
+            if rng.random() < 0.85:
+                host = (
+                    f"{_domain_label(company)}.{rng.choice(tlds)}"
+                    if company
+                    else rng.choice(PERSONAL_DOMAINS)
+                )
+                local = f"{first}.{last}" if first else f"{last}{rng.randint(1, 99)}"
+                email = f"{local}@{host}".lower()
+                while email in emails:
+                    email = f"{local}{rng.randint(2, 999)}@{host}".lower()
+                emails.add(email)
+            phone = _phone(rng, region) if rng.random() < 0.5 else None
+            created = _between(rng, now - timedelta(days=365), now)
+            updated = _between(rng, created, now)
+        counts: dict[str, int] = {}
+        until = converted or now  # a converted lead is worked on as its contact
+        for _ in range(rng.randint(*LEAD_ACTIVITIES[status])):
+            kind = rng.choices(LEAD_ACTIVITY_TYPES, cum_weights=LEAD_ACTIVITY_CUM_WEIGHTS)[0]
+            counts[kind] = counts.get(kind, 0) + 1
+            occurred = _between(rng, created, until)
+            activities.append(
+                (
+                    tenant_id,
+                    new_id(),
+                    kind,
+                    rng.choice(SUBJECTS[kind]),
+                    rng.choice(BODIES) if rng.random() < 0.3 else None,
+                    occurred,
+                    None,  # a lead has no contact or account: its activities stay its own
+                    None,
+                    None,
+                    owner if owner is not None and rng.random() < 0.9 else rng.choice(owner_ids),
+                    min(now, occurred + timedelta(minutes=rng.randint(1, 240))),
+                    lead_id,
+                    None,
+                )
+            )
+        # As the API scores it (sealed fields count by presence, so clear text will do).
+        fields = {
+            "first_name": first,
+            "last_name": last,
+            "company": company,
+            "title": title,
+            "email_enc": email,
+            "phone_enc": phone,
+            "source": source,
+            "status": status,
+        }
+        score, details = evaluate(fields, counts, rule_maps)
+        leads.append(
+            (
+                tenant_id,
+                lead_id,
+                first,
+                last,
+                company,
+                title,
+                email,
+                phone,
+                source,
+                status,
+                owner,
+                score,
+                details,
+                converted,
+                *became,
+                created,
+                updated,
+                1,
+            )
+        )
+    return {"lead": leads, "activity": activities}
+
+
+def _cases(
+    rng: random.Random,
+    tenant_id: UUID,
+    agent_ids: Sequence[UUID],
+    plan: Plan,
+    now: datetime,
+    contacts: Sequence[Row],
+    accounts: Sequence[Row],
+) -> dict[str, list[Row]]:
+    """Support cases about seeded contacts (and their accounts, as the API records them),
+    due by their priority's service level; those resolved or closed have a resolution
+    and their stamps."""
+    priorities, priority_weights = zip(*CASE_PRIORITIES, strict=True)
+    origins, origin_weights = zip(*CASE_ORIGINS, strict=True)
+    cases: list[Row] = []
+    activities: list[Row] = []
+    for status in _dealt(rng, CASE_STATUS_SHARES, plan.case_count):
+        case_id = new_id()
+        priority = rng.choices(priorities, priority_weights)[0]
+        contact_id: UUID | None = None
+        account_id: UUID | None = None
+        if contacts and rng.random() < 0.95:
+            contact = rng.choice(contacts)
+            contact_id, account_id = contact[1], contact[7]
+        elif accounts:
+            account_id = rng.choice(accounts)[1]
+        unassigned = 0.5 if status == "new" else 0.05
+        owner = rng.choice(agent_ids) if agent_ids and rng.random() >= unassigned else None
+        done = status in CLOSED_STATUSES
+        # Open cases are recent, and most are due by their service level: about a third
+        # of them are overdue.
+        created = _between(rng, now - timedelta(days=365 if done else 10), now)
+        if rng.random() < 0.85:
+            due = created + SLA[priority] * rng.choice((1, 2, 3, 5))
+        else:
+            due = created + timedelta(days=rng.uniform(1, 14))  # a date agreed with them
+        resolved = closed = None
+        resolution = None
+        if done:
+            resolved = min(now, created + timedelta(hours=rng.uniform(0.5, 240)))
+            resolution = rng.choice(RESOLUTIONS)
+            if status == "closed":
+                closed = min(now, resolved + timedelta(days=rng.uniform(0, 7)))
+        until = resolved or now
+        worker = owner or (rng.choice(agent_ids) if agent_ids else None)
+        for _ in range(rng.randint(1, 4) if done else rng.randint(0, 3)):
+            kind = rng.choices(CASE_ACTIVITY_TYPES, cum_weights=CASE_ACTIVITY_CUM_WEIGHTS)[0]
+            occurred = _between(rng, created, until)
+            activities.append(
+                (
+                    tenant_id,
+                    new_id(),
+                    kind,
+                    rng.choice(SUBJECTS[kind]),
+                    rng.choice(CASE_DESCRIPTIONS) if rng.random() < 0.3 else None,
+                    occurred,
+                    contact_id,
+                    account_id,  # the case's, as the API fills it in
+                    None,
+                    worker,
+                    min(now, occurred + timedelta(minutes=rng.randint(1, 60))),
+                    None,
+                    case_id,
+                )
+            )
+        cases.append(
+            (
+                tenant_id,
+                case_id,
+                rng.choice(CASE_SUBJECTS),
+                rng.choice(CASE_DESCRIPTIONS) if rng.random() < 0.6 else None,
+                status,
+                priority,
+                rng.choices(origins, origin_weights)[0] if rng.random() < 0.95 else None,
+                contact_id,
+                account_id,
+                owner,
+                due,
+                resolution,
+                resolved,
+                closed,
+                created,
+                closed or resolved or _between(rng, created, now),
+                1,
+            )
+        )
+    return {"case": cases, "activity": activities}
 
 
 # -- progress ----------------------------------------------------------------------------
@@ -609,6 +1044,9 @@ class _Onboarded:
     owner_ids: tuple[UUID, ...] = ()
     status: str = ""
     rows: dict[str, int] = field(default_factory=dict)
+    agent_ids: tuple[UUID, ...] = ()
+    # (client_id, secret) of the tenant's client with the support agent's role.
+    support_client: tuple[str, str] | None = None
     # Onboarded by this run: its first client's secret was minted by this run (the
     # credentials file lists it as not seeded yet), so no one has read and cached the
     # empty tenant's pages before its data is loaded.
@@ -766,12 +1204,18 @@ class Seeder:
             )
         except MeridianError:
             for i in indexes:
-                done(*await self.onboard(i))
+                tenant, created = await self.onboard(i)
+                await self._add_support_clients([tenant])
+                done(tenant, created)
             return
+        tenants: list[_Onboarded] = []
         for i, (row, created) in zip(indexes, answers, strict=True):
             tenant = await self._onboarded(i, row)
             tenant.new = created
-            done(tenant, created)
+            tenants.append(tenant)
+        await self._add_support_clients(tenants)
+        for tenant in tenants:
+            done(tenant, tenant.new)
 
     async def _onboarded(self, index: int, row: dict[str, Any]) -> _Onboarded:
         # The answer is the tenant as onboarding left it, read after its last write:
@@ -844,10 +1288,87 @@ class Seeder:
             and await self._client_works(client_id, secret)
         ):
             return client_id, secret
-        client, _ = await tenant_admin.add_client(
-            admin_deps(self.rt), ctx.tenant_id, ClientCreate(name="load test client"), None
-        )
-        return str(client["client_id"]), str(client["client_secret"])
+        # With the first client's role (it administers the tenant), which the scenarios
+        # act with: a client added through the admin API is an integration, which may not
+        # read the lead scoring rules the managers look at.
+        async with self.rt.control.begin() as conn:
+            new = await create_client(
+                conn,
+                name="load test client",
+                scope=f"{SCOPE_READ} {SCOPE_WRITE}",
+                tenant_id=ctx.tenant_id,
+                role="admin",
+            )
+        return new.client_id, new.client_secret
+
+    async def _add_support_clients(self, tenants: Sequence[_Onboarded]) -> None:
+        """Give each tenant a client acting as a support agent (its token carries that
+        role, for the load test's SupportAgent users): the one in the credentials file
+        while it works, else a new one; the new ones in one control-plane transaction."""
+        kept: dict[UUID, tuple[str, str]] = {}
+        for tenant in tenants:
+            entry = self._entries.get(tenant.ctx.slug) or {}
+            saved = entry.get("support_client")
+            if entry.get("id") == str(tenant.ctx.tenant_id) and isinstance(saved, dict):
+                kept[tenant.ctx.tenant_id] = (
+                    str(saved.get("client_id", "")),
+                    str(saved.get("client_secret", "")),
+                )
+        working = await self._working_support_clients(kept)
+        missing = []
+        for tenant in tenants:
+            pair = kept.get(tenant.ctx.tenant_id)
+            if pair is not None and pair[0] in working:
+                tenant.support_client = pair
+            else:
+                missing.append(tenant)
+        if not missing:
+            return
+        async with self.rt.control.begin() as conn:
+            for tenant in missing:
+                new = await create_client(
+                    conn,
+                    name="load test support desk",
+                    scope=f"{SCOPE_READ} {SCOPE_WRITE}",
+                    tenant_id=tenant.ctx.tenant_id,
+                    role=SUPPORT_ROLE,
+                )
+                tenant.support_client = (new.client_id, new.client_secret)
+
+    async def _working_support_clients(self, kept: Mapping[UUID, tuple[str, str]]) -> set[str]:
+        """The ids of ``kept`` (tenant -> client id, secret) that still work as that
+        tenant's support agent client; one query for them all."""
+        if not kept:
+            return set()
+        stmt = select(
+            OAuthClient.client_id,
+            OAuthClient.secret_hash,
+            OAuthClient.tenant_id,
+            OAuthClient.scope,
+            OAuthClient.revoked_at,
+            OAuthClient.role,
+        ).where(OAuthClient.client_id.in_([client_id for client_id, _ in kept.values()]))
+        async with self.rt.control.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        secret_of = dict(kept.values())
+        working = set()
+        for row in rows:
+            record = ClientRecord(
+                client_id=row.client_id,
+                secret_hash=row.secret_hash,
+                tenant_id=row.tenant_id,
+                scope=row.scope,
+                revoked=row.revoked_at is not None,
+                role=row.role,
+            )
+            if (
+                not record.revoked
+                and record.role == SUPPORT_ROLE
+                and kept.get(row.tenant_id, ("",))[0] == record.client_id
+                and record.secret_matches(secret_of[record.client_id])
+            ):
+                working.add(row.client_id)
+        return working
 
     async def _client_works(self, client_id: str, secret: str) -> bool:
         async with self.rt.control.connect() as conn:
@@ -891,6 +1412,7 @@ class Seeder:
             if stages[0]["seeded"] if stages else await conn.fetchval(_SEEDED, ctx.tenant_id):
                 tenant.status = "skipped"
                 tenant.owner_ids = await self._known_owners(conn, ctx)
+                tenant.agent_ids = await self._known_agents(conn, ctx)
                 return
             if not stages:
                 raise SeedError(f"tenant {ctx.slug!r} has no default pipeline")
@@ -898,9 +1420,17 @@ class Seeder:
                 self._insert = await _Insert.build(conn)
             rng = _rng_for(self.random_seed, self.prefix, tenant.index, "data")
             owner_ids, rows = team(rng, ctx.tenant_id, rng.randint(5, 15), self.now)
-            rows |= generate(rng, ctx.tenant_id, ctx.region, stages, owner_ids, self.plan, self.now)
+            # A generator of its own: the sales data stays what it was before agents existed.
+            desk = _rng_for(self.random_seed, self.prefix, tenant.index, "support")
+            agent_ids, agents = support_team(desk, ctx.tenant_id, desk.randint(2, 5), self.now)
+            for table, extra in agents.items():
+                rows[table].extend(extra)
+            rows |= generate(
+                rng, ctx.tenant_id, ctx.region, stages, owner_ids, self.plan, self.now, agent_ids
+            )
             cipher = await self.rt.keyring.active_cipher(ctx.tenant_id)
-            rows["contact"] = _seal_contacts(cipher, rows["contact"])
+            for table in SEALED_AT:
+                rows[table] = _seal(cipher, table, rows[table])
             tenant.rows.update(await self._insert.run(conn, ctx.tenant_id, rows))
         # As after any API creation: list pages cached before the load (say, of the
         # empty tenant) must not outlive it. A tenant this run created has none (six
@@ -913,13 +1443,25 @@ class Seeder:
                     if kind in self.rt.list_cache
                 )
             )
-        tenant.status, tenant.owner_ids = "loaded", owner_ids
+        tenant.status, tenant.owner_ids, tenant.agent_ids = "loaded", owner_ids, agent_ids
 
     async def _known_owners(self, conn: asyncpg.Connection, ctx: TenantContext) -> tuple[UUID, ...]:
         entry = self._previous.get(ctx.slug) or {}
         if entry.get("id") == str(ctx.tenant_id) and entry.get("owner_ids"):
             return tuple(UUID(o) for o in entry["owner_ids"])
         return tuple(await _owner_ids(conn, ctx.tenant_id))
+
+    async def _known_agents(self, conn: asyncpg.Connection, ctx: TenantContext) -> tuple[UUID, ...]:
+        entry = self._previous.get(ctx.slug) or {}
+        if entry.get("id") == str(ctx.tenant_id) and entry.get("agent_ids"):
+            return tuple(UUID(a) for a in entry["agent_ids"])
+        # Tenants seeded before support agents existed have none (and no cases).
+        rows = await conn.fetch(
+            "SELECT id FROM app_user WHERE tenant_id = $1 AND role = $2 ORDER BY id",
+            ctx.tenant_id,
+            SUPPORT_ROLE,
+        )
+        return tuple(r["id"] for r in rows)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -932,6 +1474,8 @@ class Seeder:
             "client_id": tenant.client_id,
             "client_secret": tenant.client_secret,
             "owner_ids": [str(o) for o in tenant.owner_ids],
+            "agent_ids": [str(a) for a in tenant.agent_ids],
+            "support_client": _client_entry(tenant.support_client),
             "seeded": tenant.status in ("loaded", "skipped"),
         }
         return entry
@@ -962,6 +1506,8 @@ class Seeder:
                     "accounts_per_tenant": self.plan.accounts,
                     "opportunities_per_account": self.plan.opportunities_per_account,
                     "activities_per_contact": self.plan.activities_per_contact,
+                    "leads_per_tenant": self.plan.lead_count,
+                    "cases_per_tenant": self.plan.case_count,
                 },
                 "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 # Tenants of this prefix, in index order (the load test's Zipf ranks);
@@ -972,6 +1518,12 @@ class Seeder:
             }
         )
         _write_json(self.out, self._file)
+
+
+def _client_entry(client: tuple[str, str] | None) -> dict[str, str] | None:
+    if client is None:
+        return None
+    return {"client_id": client[0], "client_secret": client[1]}
 
 
 async def _owner_ids(conn: asyncpg.Connection, tenant_id: UUID) -> list[UUID]:
@@ -993,25 +1545,25 @@ async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
     return driver
 
 
-def _seal_contacts(cipher: FieldCipher, rows: list[Row]) -> list[Row]:
-    """Generated contact rows (email, phone in clear) as stored: encrypted, with blind
-    indexes, under the tenant's active key (the COPY must never carry plaintext)."""
+def _seal(cipher: FieldCipher, table: str, rows: list[Row]) -> list[Row]:
+    """Generated contact or lead rows (email, phone in clear at ``SEALED_AT[table]``) as
+    stored: encrypted, with blind indexes, under the tenant's active key (the insert must
+    never carry plaintext). A row with neither has no key version, as from the API."""
+    at = SEALED_AT[table]
     sealed: list[Row] = []
     for row in rows:
-        contact_id: UUID = row[1]
-        stored = encrypt_values(
-            cipher, "contact", contact_id, {"email": row[4], "phone": row[5], "tax_id": None}
-        )
-        version = cipher.version if row[4] is not None or row[5] is not None else None
+        email, phone = row[at], row[at + 1]
+        # A contact's tax id is not seeded (None: its columns are left empty).
+        stored = encrypt_values(cipher, table, row[1], {"email": email, "phone": phone})
         sealed.append(
             (
-                *row[:4],
+                *row[:at],
                 stored["email_enc"],
                 stored["email_bidx"],
                 stored["phone_enc"],
                 stored["phone_bidx"],
-                version,
-                *row[6:],
+                cipher.version if email is not None or phone is not None else None,
+                *row[at + 2 :],
             )
         )
     return sealed
@@ -1036,6 +1588,9 @@ class _Insert:
     array per column>)``, $1 being the tenant; it answers the rows inserted per table."""
 
     sql: str
+    # Per table, the positions (in COLUMNS) of jsonb columns: their values go as JSON
+    # text (SQLAlchemy's asyncpg codec, on this connection, encodes jsonb from text).
+    json_columns: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     async def build(cls, conn: asyncpg.Connection) -> _Insert:
@@ -1060,13 +1615,19 @@ class _Insert:
             for column in columns[1:]:
                 n += 1
                 arrays.append(f"${n}::{types[table, column]}[]")
-            # Fixed table and column names and catalog types, never input.
+            # Fixed table and column names and catalog types, never input; quoted, as
+            # "case" is a keyword.
+            names = ", ".join(f'"{c}"' for c in columns)
             ctes.append(
-                f"ins_{table} AS (INSERT INTO public.{table} ({', '.join(columns)}) "  # noqa: S608
+                f'ins_{table} AS (INSERT INTO public."{table}" ({names}) '  # noqa: S608
                 f"SELECT $1, * FROM unnest({', '.join(arrays)}) RETURNING 1)"
             )
-        counts = ", ".join(f"(SELECT count(*) FROM ins_{t}) AS {t}" for t in COLUMNS)  # noqa: S608
-        return cls(f"WITH {', '.join(ctes)} SELECT {counts}")
+        counts = ", ".join(f'(SELECT count(*) FROM ins_{t}) AS "{t}"' for t in COLUMNS)  # noqa: S608
+        json_columns = {
+            table: tuple(i for i, c in enumerate(columns) if types[table, c] == "jsonb")
+            for table, columns in COLUMNS.items()
+        }
+        return cls(f"WITH {', '.join(ctes)} SELECT {counts}", json_columns)
 
     async def run(
         self, conn: asyncpg.Connection, tenant_id: UUID, rows: dict[str, list[Row]]
@@ -1078,6 +1639,8 @@ class _Insert:
             if not records:
                 arrays.extend([] for _ in columns[1:])
                 continue
+            if self.json_columns.get(table):
+                records = [_json_text(r, self.json_columns[table]) for r in records]
             # Rows into columns, but the tenant id's (the first).
             arrays.extend(list(column) for column in list(zip(*records, strict=True))[1:])
         result = await conn.fetchrow(self.sql, tenant_id, *arrays)
@@ -1087,6 +1650,10 @@ class _Insert:
             if n != len(rows.get(table, [])):
                 raise SeedError(f"{table}: inserted {n} of {len(rows.get(table, []))} rows")
         return inserted
+
+
+def _json_text(row: Row, positions: Sequence[int]) -> Row:
+    return tuple(json.dumps(v) if i in positions else v for i, v in enumerate(row))
 
 
 def _batches(tenants: int) -> Iterator[range]:
@@ -1148,6 +1715,8 @@ async def seed(
     accounts_per_tenant: int | None = None,
     opportunities_per_account: float = 1.5,
     activities_per_contact: int = 5,
+    leads_per_tenant: int | None = None,
+    cases_per_tenant: int | None = None,
     regions: Sequence[str] = ("us", "eu"),
     prefix: str = "seed",
     random_seed: int = 1,
@@ -1158,7 +1727,8 @@ async def seed(
     """Onboard ``tenants`` tenants (``<prefix>-0000`` ...) spread over ``regions`` and
     load realistic CRM data into each; write their credentials to ``out``.
 
-    ``accounts_per_tenant`` defaults to a tenth of ``contacts``. Data is deterministic
+    ``accounts_per_tenant`` defaults to a tenth of ``contacts``, ``leads_per_tenant`` to
+    half of them and ``cases_per_tenant`` to a fifth. Data is deterministic
     for a given ``random_seed`` (ids and timestamps excepted). Re-running is safe: it
     skips tenants already seeded and finishes the others.
     """
@@ -1171,13 +1741,22 @@ async def seed(
         raise SeedError("accounts_per_tenant must be at least 1")
     if opportunities_per_account < 0 or activities_per_contact < 0:
         raise SeedError("opportunities and activities per record cannot be negative")
+    if (leads_per_tenant or 0) < 0 or (cases_per_tenant or 0) < 0:
+        raise SeedError("leads and cases per tenant cannot be negative")
     if not _PREFIX.match(prefix):
         raise SeedError("prefix: lower-case letters, digits and dashes, at most 51 characters")
     if not regions:
         raise SeedError("give at least one region")
     if concurrency < 1:
         raise SeedError("concurrency must be at least 1")
-    plan = Plan(contacts, accounts, opportunities_per_account, activities_per_contact)
+    plan = Plan(
+        contacts,
+        accounts,
+        opportunities_per_account,
+        activities_per_contact,
+        leads=leads_per_tenant,
+        cases=cases_per_tenant,
+    )
     started = time.monotonic()
     # Enough control-plane connections for the onboardings and loads under way: with
     # the API's 5 kept open, most of them would be opened and closed per statement.
@@ -1215,6 +1794,8 @@ async def seed(
                 owner_ids=t.owner_ids,
                 status=t.status,
                 rows=dict(t.rows),
+                agent_ids=t.agent_ids,
+                support_client=t.support_client,
             )
             for t in onboarded
         ),
@@ -1236,5 +1817,7 @@ __all__ = [
     "Seeder",
     "generate",
     "run_blocking",
+    "scoring_rules",
     "seed",
+    "support_team",
 ]

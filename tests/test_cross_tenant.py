@@ -68,8 +68,17 @@ PARAMS = {
     "share_id": "share",
     "webhook_id": "webhook",
     "delivery_id": "delivery",
+    "lead_id": "lead",
+    "case_id": "case",
+    "rule_id": "rule",
 }
-PLURALS = {"accounts": "account", "contacts": "contact", "opportunities": "opportunity"}
+PLURALS = {
+    "accounts": "account",
+    "contacts": "contact",
+    "opportunities": "opportunity",
+    "leads": "lead",
+    "cases": "case",
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,20 @@ BODIES: dict[tuple[str, str], list[Any]] = {
     ("POST", "/v1/accounts/{record_id}/shares"): _SHARE_BODIES,
     ("POST", "/v1/contacts/{record_id}/shares"): _SHARE_BODIES,
     ("POST", "/v1/opportunities/{record_id}/shares"): _SHARE_BODIES,
+    ("POST", "/v1/leads/{record_id}/shares"): _SHARE_BODIES,
+    ("POST", "/v1/cases/{record_id}/shares"): _SHARE_BODIES,
+    ("PATCH", "/v1/leads/{lead_id}"): [{"last_name": "pwned"}, {"owner_id": Owner("user")}],
+    ("POST", "/v1/leads/{lead_id}/convert"): [
+        {},
+        {"account_id": Owner("account"), "contact_id": Owner("contact")},
+        {"account_id": Own("account"), "contact_id": Own("contact")},
+    ],
+    ("PATCH", "/v1/lead-scoring/rules/{rule_id}"): [{"points": 999}, {"active": False}],
+    ("PATCH", "/v1/cases/{case_id}"): [
+        {"subject": "pwned"},
+        {"contact_id": Owner("contact")},
+        {"status": "closed", "resolution": "pwned"},
+    ],
     ("PATCH", "/v1/users/{user_id}"): [
         {"name": "Mallory"},
         {"role": "admin"},
@@ -195,6 +218,10 @@ async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Re
             "stage_id": ids["stage"],
         },
     )
+    ids["lead"] = await _post(client, tenant, "/v1/leads", {"last_name": marker, "company": marker})
+    ids["case"] = await _post(
+        client, tenant, "/v1/cases", {"subject": marker, "contact_id": ids["contact"]}
+    )
     ids["activity"] = await _post(
         client,
         tenant,
@@ -206,7 +233,15 @@ async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Re
             "account_id": ids["account"],
             "contact_id": ids["contact"],
             "opportunity_id": ids["opportunity"],
+            "lead_id": ids["lead"],
+            "case_id": ids["case"],
         },
+    )
+    ids["rule"] = await _post(
+        client,
+        tenant,
+        "/v1/lead-scoring/rules",
+        {"name": marker, "points": 5, "condition": {"type": "activity", "min_count": 1}},
     )
     for plural, kind in PLURALS.items():
         r.shares[kind] = await _post(

@@ -13,6 +13,7 @@ from meridian.accounts.router import router as accounts_router
 from meridian.activities.router import router as activities_router
 from meridian.activities.router import timeline_router
 from meridian.admin.router import router as admin_router
+from meridian.cases.router import router as cases_router
 from meridian.contacts.router import router as contacts_router
 from meridian.events.audit import router as audit_router
 from meridian.events.history import router as history_router
@@ -21,6 +22,8 @@ from meridian.events.router import router as events_router
 from meridian.events.stream import router as stream_router
 from meridian.fulfilment.router import router as fulfilment_router
 from meridian.health import router as health_router
+from meridian.leads.router import router as leads_router
+from meridian.leads.router import rules_router as lead_scoring_router
 from meridian.oauth.router import router as oauth_router
 from meridian.oauth.sessions import router as sessions_router
 from meridian.opportunities.router import router as opportunities_router
@@ -90,6 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         contacts_router,
         accounts_router,
         opportunities_router,
+        leads_router,
+        lead_scoring_router,
+        cases_router,
         activities_router,
         timeline_router,
         projections_router,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from authz.models import CasbinRule, PolicyVersion, RecordShare, TenantRole, UserClosure
 from meridian.accounts.models import Account
 from meridian.activities.models import Activity
+from meridian.cases.models import Case
 from meridian.contacts.models import Contact
 from meridian.crud.idempotency import IdempotencyKey
 from meridian.events.models import EventOutbox, EventPending, EventRelay, EventSequence
@@ -14,6 +15,7 @@ from meridian.fulfilment.models import (
     FulfilmentStep,
     FulfilmentUnfinished,
 )
+from meridian.leads.models import Lead, LeadScoringRule
 from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRevocation
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
@@ -55,6 +57,9 @@ SHARD_MODELS = (
     EventOutbox,
     EventPending,
     InteractionSummary,
+    Lead,
+    LeadScoringRule,
+    Case,
     FulfilmentConfig,
     FulfilmentSaga,
     FulfilmentStep,

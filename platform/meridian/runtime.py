@@ -328,15 +328,21 @@ async def register_shards(control: AsyncEngine, settings: Settings) -> None:
 
 
 def record_policies(settings: Settings) -> dict[str, Policy]:
-    """Which records are cached. Contacts stay out of Redis: their email and phone are
-    personal data, which is kept out of shared caches."""
+    """Which records are cached. Contacts and leads stay out of Redis: their email and
+    phone are personal data, which is kept out of shared caches."""
     if not settings.cache_records:
         return {}
     shared = Policy(ttl=settings.cache_record_ttl, l1_ttl=settings.cache_record_l1_ttl)
     local = Policy(
         ttl=settings.cache_record_l1_ttl, l1_ttl=settings.cache_record_l1_ttl, use_l2=False
     )
-    return {"account": shared, "opportunity": shared, "contact": local}
+    return {
+        "account": shared,
+        "opportunity": shared,
+        "case": shared,
+        "contact": local,
+        "lead": local,
+    }
 
 
 def list_policies(settings: Settings) -> dict[str, Policy]:
@@ -345,4 +351,10 @@ def list_policies(settings: Settings) -> dict[str, Policy]:
         return {}
     shared = Policy(ttl=60, l1_ttl=5)
     local = Policy(ttl=5, l1_ttl=5, use_l2=False)
-    return {"account": shared, "opportunity": shared, "contact": local}
+    return {
+        "account": shared,
+        "opportunity": shared,
+        "case": shared,
+        "contact": local,
+        "lead": local,
+    }

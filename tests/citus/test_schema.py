@@ -27,7 +27,7 @@ async def test_every_tenant_table_is_distributed_colocated_on_tenant_id(
     try:
         rows = await conn.fetch(
             """
-            SELECT logicalrelid::text AS name, partmethod::text, colocationid,
+            SELECT c.relname AS name, partmethod::text, colocationid,
                    column_to_column_name(logicalrelid, partkey) AS column,
                    pg_get_userbyid(c.relowner) AS owner
               FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -23,7 +24,8 @@ class FakeAccess:
 
     def __init__(self) -> None:
         self.events: list[str] = []
-        self.session = cast(AsyncSession, object())
+        # What the kit reads of a session besides using it: its info (what it wrote).
+        self.session = cast(AsyncSession, SimpleNamespace(info={}))
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

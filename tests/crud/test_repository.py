@@ -12,7 +12,7 @@ import typing
 from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
-from sqlalchemy import Column
+from sqlalchemy import JSON, Column
 
 import meridian.app  # noqa: F401 - imports every repository, as the app does
 from meridian.crud.repository import TenantRepository
@@ -35,6 +35,13 @@ def _accepts(hint: Any, column: Column[Any]) -> bool:
     members = get_args(hint) if get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     optional = type(None) in members
     rest = [m for m in members if m is not type(None)]
+    if isinstance(column.type, JSON):
+        # A JSON document: an object or an array, as the row type says.
+        return (
+            optional == bool(column.nullable)
+            and len(rest) == 1
+            and (get_origin(rest[0]) in (dict, list) or rest[0] in (dict, list, object))
+        )
     # A TypeDecorator (e.g. Percent) reads as its implementation's type.
     python_type = getattr(column.type, "impl", column.type).python_type
     return optional == bool(column.nullable) and rest == [python_type]

@@ -73,7 +73,7 @@ async def test_shard_rows_hold_no_plaintext(
             }
             if "tenant_id" in cols:
                 rows = await conn.fetch(
-                    f"SELECT t::text AS r FROM {table} t WHERE tenant_id = $1",
+                    f'SELECT t::text AS r FROM "{table}" t WHERE tenant_id = $1',
                     uuid.UUID(tenant.id),
                 )
                 dump += [r["r"] for r in rows]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from loadtests.credentials import Credentials, Zipf
@@ -32,6 +33,7 @@ from meridian_dev.postgres import free_port
 from tests.fixtures.waiting import until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).resolve().parent / "task_driver.py"
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,10 @@ async def test_runner_writes_summary_and_passes_thresholds(
     # Tokens come from the real token endpoint; requests group by templated path.
     assert ("POST", "/oauth/token") in names
     assert ("GET", "/v1/contacts/{id}") in names or ("GET", "/v1/contacts") in names
+    # Four users: the admin, then (by weight) a sales rep, a manager and a support agent,
+    # whose first task is as likely as any (each user runs ~30 in the 6 s).
+    assert any(n.startswith("/v1/leads") for _, n in names)
+    assert any(n.startswith("/v1/cases") for _, n in names)
     assert not any(
         len(part) == 36 and part.count("-") == 4 for _, n in names for part in n.split("/")
     ), "a raw id leaked into a request name"
@@ -127,6 +133,95 @@ async def test_runner_writes_summary_and_passes_thresholds(
     log = (tmp_path / "stats_locust.log").read_text()
     aggregated = next(line for line in log.splitlines() if "Aggregated" in line)
     assert int(aggregated.split()[1]) == total["requests"], aggregated
+
+
+def _one_tenant(credentials: Path, out: Path) -> dict[str, Any]:
+    """A credentials file of the first tenant only; returns its entry."""
+    data = json.loads(credentials.read_text())
+    tenant: dict[str, Any] = data["tenants"][0]
+    out.write_text(json.dumps({**data, "tenants": [tenant]}))
+    return tenant
+
+
+@pytest.mark.slow
+async def test_every_scenario_task_runs_cleanly(
+    api_server: str, credentials: Path, tmp_path: Path
+) -> None:
+    """Each task of the users, twice in turn, on one tenant prepared so the rarer paths
+    are taken: the lead a rep converts first is a known contact's (409 duplicate, then
+    linked), the second one is qualified by the rep first; an agent creates a case, logs
+    a call on it, resolves it."""
+    single = tmp_path / "credentials.json"
+    tenant = _one_tenant(credentials, single)
+    async with httpx.AsyncClient(base_url=api_server) as client:
+        token = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(tenant["client_id"], tenant["client_secret"]),
+        )
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        # The only qualified lead is one whose e-mail is on a contact already.
+        listed = await client.get("/v1/leads", params={"limit": 200}, headers=headers)
+        for lead in listed.json()["data"]:
+            if lead["status"] == "qualified":
+                done = await client.patch(
+                    f"/v1/leads/{lead['id']}", json={"status": "working"}, headers=headers
+                )
+                assert done.status_code == 200, done.text
+        contacts = await client.get("/v1/contacts", params={"limit": 200}, headers=headers)
+        known = next(c for c in contacts.json()["data"] if c["email"])
+        made = await client.post(
+            "/v1/leads",
+            json={"last_name": known["last_name"], "email": known["email"], "status": "qualified"},
+            headers=headers,
+        )
+        assert made.status_code == 201, made.text
+    users = ["SalesRep", "Manager", "SupportAgent", "IntegrationClient"]
+    command = [sys.executable, str(DRIVER), "--host", api_server, "--credentials", str(single)]
+    done_run = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--rounds", "2", *users],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done_run.returncode == 0, done_run.stderr[-3000:]
+    result = json.loads(done_run.stdout.strip().splitlines()[-1])
+    assert result["exceptions"] == []
+    assert result["failures"] == []
+    made_requests = {(r["method"], r["name"]) for r in result["requests"] if r["requests"]}
+    expected = {
+        # SalesRep: leads by score, a lead and its timeline, a call on it; the known
+        # contact's lead converted by linking that contact, then one qualified and
+        # converted.
+        ("GET", "/v1/leads/{id}"),
+        ("GET", "/v1/leads/{id}/timeline"),
+        ("POST", "/v1/activities (lead)"),
+        ("GET", "/v1/leads?status=qualified&sort=-score"),
+        ("POST", "/v1/leads/{id}/convert"),
+        ("POST", "/v1/leads/{id}/convert (link contact)"),
+        ("GET", "/v1/leads?status=working&sort=-score"),
+        ("PATCH", "/v1/leads/{id}"),
+        # Manager: the scoring rules.
+        ("GET", "/v1/lead-scoring/rules"),
+        # SupportAgent: the queue, a case and its timeline, a new case, a call on it, a
+        # case resolved or closed.
+        ("GET", "/v1/cases?overdue=true&sort=due_at"),
+        ("GET", "/v1/cases/{id}"),
+        ("GET", "/v1/cases/{id}/timeline"),
+        ("POST", "/v1/cases"),
+        ("POST", "/v1/activities (case)"),
+        ("PATCH", "/v1/cases/{id}"),
+    }
+    assert expected <= made_requests, sorted(expected - made_requests)
+    assert made_requests & {
+        ("GET", "/v1/leads?sort=-score"),
+        ("GET", "/v1/leads?owner_id={id}&sort=-score"),
+    }
+    assert not any(
+        len(part) == 36 and part.count("-") == 4 for _, n in made_requests for part in n.split("/")
+    ), "a raw id leaked into a request name"
 
 
 @pytest.mark.slow

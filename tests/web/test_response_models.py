@@ -386,6 +386,8 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
         ok(await client.get(listing, headers=h))
     refused(await client.delete(f"/v1/accounts/{account['id']}", headers=h), 409, "conflict")
 
+    made |= await drive_leads_and_cases(client, h, contact)
+
     # Deletions, last: the other opportunity, then its pipeline, a child account, a contact.
     ok(await client.delete(f"/v1/opportunities/{other['id']}", headers=h), 204)
     ok(await client.delete(base, headers=h), 204)
@@ -393,6 +395,56 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
     spare = ok(await client.post("/v1/contacts", json={"last_name": "Spare"}, headers=h), 201)
     ok(await client.delete(f"/v1/contacts/{spare['id']}", headers=h), 204)
     return made
+
+
+async def drive_leads_and_cases(
+    client: httpx.AsyncClient, h: dict[str, str], contact: dict[str, Any]
+) -> dict[str, Any]:
+    """Leads, their scoring rules and conversion; cases; their timelines and histories."""
+    rules = "/v1/lead-scoring/rules"
+    condition = {"type": "field", "field": "source", "op": "eq", "value": "web"}
+    rule = await create(client, rules, {"name": "Web", "points": 5, "condition": condition}, h)
+    refused(
+        await client.post(
+            rules, json={"name": "Web", "points": 1, "condition": condition}, headers=h
+        ),
+        409,
+    )
+    ok(await client.get(rules, headers=h))
+    etag = await not_modified(client, f"{rules}/{rule['id']}", h)
+    ok(
+        await client.patch(
+            f"{rules}/{rule['id']}", json={"points": 6}, headers={**h, "If-Match": etag}
+        )
+    )
+    lead = await create(client, "/v1/leads", {"last_name": "Lead", "source": "web"}, h)
+    assert lead["score"] == 6, lead
+    path = f"/v1/leads/{lead['id']}"
+    etag = await not_modified(client, path, h)
+    ok(await client.patch(path, json={"company": "Leadco"}, headers={**h, "If-Match": etag}))
+    ok(await client.get("/v1/leads", params={"sort": "-score"}, headers=h))
+    ok(await client.get(f"{path}/timeline", headers=h))
+    ok(await client.get(f"{path}/history", headers=h))
+    spare = ok(await client.post("/v1/leads", json={"last_name": "Spare"}, headers=h), 201)
+    converted = ok(await client.post(f"/v1/leads/{spare['id']}/convert", json={}, headers=h))
+    ok(await client.post(f"/v1/leads/{spare['id']}/convert", json={}, headers=h))
+    refused(
+        await client.patch(f"/v1/leads/{spare['id']}", json={"title": "x"}, headers=h),
+        409,
+        "lead-converted",
+    )
+    assert converted["converted_now"] is True
+    ok(await client.delete(f"{rules}/{rule['id']}", headers=h), 204)
+
+    case = await create(client, "/v1/cases", {"subject": "Broken", "contact_id": contact["id"]}, h)
+    path = f"/v1/cases/{case['id']}"
+    etag = await not_modified(client, path, h)
+    ok(await client.patch(path, json={"priority": "high"}, headers={**h, "If-Match": etag}))
+    refused(await client.patch(path, json={"status": "closed"}, headers=h), 422)
+    ok(await client.get("/v1/cases", params={"overdue": "false", "sort": "due_at"}, headers=h))
+    ok(await client.get(f"{path}/timeline", headers=h))
+    ok(await client.get(f"{path}/history", headers=h))
+    return {"lead": lead, "case": case}
 
 
 async def drive_people(
@@ -464,6 +516,8 @@ async def drive_people(
         ("accounts", "account"),
         ("contacts", "contact"),
         ("opportunities", "opportunity"),
+        ("leads", "lead"),
+        ("cases", "case"),
     ):
         path = f"/v1/{plural}/{made[kind]['id']}/shares"
         share = await create(client, path, {"user_id": user["id"]}, h)

@@ -1,4 +1,5 @@
-"""Activities, and the records they link to (contacts, accounts, opportunities)."""
+"""Activities, and the records they link to (contacts, accounts, opportunities, leads,
+cases)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from sqlalchemy.orm import InstrumentedAttribute
 from meridian.accounts.models import Account
 from meridian.accounts.repository import AccountRepository
 from meridian.activities.models import Activity, ActivityRow
+from meridian.cases.models import Case
+from meridian.cases.repository import CaseRepository
 from meridian.contacts.models import Contact
 from meridian.contacts.repository import ContactRepository
 from meridian.crud.compiled import fetchrow
 from meridian.crud.pagination import Cursor, Sort
 from meridian.crud.repository import TenantRepository
+from meridian.leads.models import Lead
+from meridian.leads.repository import LeadRepository
 from meridian.opportunities.models import Opportunity
 from meridian.opportunities.repository import OpportunityRepository
 
@@ -28,8 +33,9 @@ SORTABLE = {
 
 class _Link(NamedTuple):
     model: type[Any]
-    # The account a record of this kind belongs to (an account is its own).
-    account: InstrumentedAttribute[Any]
+    # The account a record of this kind belongs to (an account is its own; a lead has
+    # none until it is converted, and its activities stay its own).
+    account: InstrumentedAttribute[Any] | None
     # The activity column holding a link of this kind.
     column: InstrumentedAttribute[Any]
 
@@ -38,6 +44,8 @@ LINKS: dict[str, _Link] = {
     "contact_id": _Link(Contact, Contact.account_id, Activity.contact_id),
     "account_id": _Link(Account, Account.id, Activity.account_id),
     "opportunity_id": _Link(Opportunity, Opportunity.account_id, Activity.opportunity_id),
+    "lead_id": _Link(Lead, None, Activity.lead_id),
+    "case_id": _Link(Case, Case.account_id, Activity.case_id),
 }
 
 
@@ -47,7 +55,8 @@ class LinkedRecord(NamedTuple):
 
 def _linked_statement(tenant_id: UUID, field: str, record_id: UUID) -> Select[Any]:
     link = LINKS[field]
-    return select(link.account).where(link.model.tenant_id == tenant_id, link.model.id == record_id)
+    account = link.account if link.account is not None else link.model.id
+    return select(account).where(link.model.tenant_id == tenant_id, link.model.id == record_id)
 
 
 class ActivityRepository(TenantRepository[ActivityRow]):
@@ -57,7 +66,9 @@ class ActivityRepository(TenantRepository[ActivityRow]):
         """The record a link field names, if it exists in this tenant, with its account."""
         stmt = _linked_statement(self.tenant_id, field, record_id)
         row = (await self.session.execute(stmt)).first()
-        return LinkedRecord(row[0]) if row is not None else None
+        if row is None:
+            return None
+        return LinkedRecord(row[0] if LINKS[field].account is not None else None)
 
     # -- timelines, on the raw read path (ShardRouter.reader) ---------------------------
     @classmethod
@@ -73,7 +84,7 @@ class ActivityRepository(TenantRepository[ActivityRow]):
         limit: int,
         cursor: Cursor | None,
     ) -> list[ActivityRow] | None:
-        """Activities linked to a contact, account or opportunity (``field`` names which)
+        """Activities linked to a contact, account, opportunity, lead or case (``field``)
         that ``viewer`` may see, up to ``limit + 1``; None when the record does not exist
         in the tenant or is out of the viewer's scope (the same 404 either way)."""
         parent = PARENT_REPOSITORIES[field]
@@ -98,4 +109,6 @@ PARENT_REPOSITORIES: dict[str, type[TenantRepository[Any]]] = {
     "contact_id": ContactRepository,
     "account_id": AccountRepository,
     "opportunity_id": OpportunityRepository,
+    "lead_id": LeadRepository,
+    "case_id": CaseRepository,
 }

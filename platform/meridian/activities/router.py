@@ -1,5 +1,5 @@
-"""Activities (``/v1/activities``) and the timelines of contacts, accounts and
-opportunities (``timeline_router``, no prefix).
+"""Activities (``/v1/activities``) and the timelines of contacts, accounts,
+opportunities, leads and cases (``timeline_router``, no prefix).
 
 Activities are immutable: there is no PATCH or DELETE (the database role cannot update
 or delete them either), and their ETag is a constant because the representation never
@@ -52,8 +52,9 @@ async def create_activity(
     access: CanCreateActivities,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    """At least one of contact_id, account_id, opportunity_id; each must exist. Without
-    account_id, the opportunity's (else the contact's) account is recorded."""
+    """At least one of contact_id, account_id, opportunity_id, lead_id, case_id; each
+    must exist. Without account_id, the opportunity's (else the case's, else the
+    contact's) account is recorded. An activity on a lead counts towards its score."""
     return await endpoints.create(
         access,
         request,
@@ -74,6 +75,8 @@ async def list_activities(
     contact_id: UUID | None = None,
     account_id: UUID | None = None,
     opportunity_id: UUID | None = None,
+    lead_id: UUID | None = None,
+    case_id: UUID | None = None,
     owner_id: UUID | None = None,
     occurred_after: Annotated[
         IsoDateTime | None, Query(description="Inclusive lower bound (with a time zone).")
@@ -88,6 +91,8 @@ async def list_activities(
         "contact_id": contact_id,
         "account_id": account_id,
         "opportunity_id": opportunity_id,
+        "lead_id": lead_id,
+        "case_id": case_id,
         "owner_id": owner_id,
     }
     where = [getattr(Activity, k) == v for k, v in filters.items() if v is not None]
@@ -173,3 +178,20 @@ async def get_opportunity_timeline(
 ) -> Response:
     """The opportunity's activities, newest first."""
     return await _timeline(access, "opportunity_id", opportunity_id, limit, cursor)
+
+
+@timeline_router.get("/v1/leads/{lead_id}/timeline", response_model=Page[ActivityRead])
+async def get_lead_timeline(
+    lead_id: UUID, access: CanReadActivities, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Response:
+    """The lead's activities, newest first (they stay the lead's after its conversion)."""
+    return await _timeline(access, "lead_id", lead_id, limit, cursor)
+
+
+@timeline_router.get("/v1/cases/{case_id}/timeline", response_model=Page[ActivityRead])
+async def get_case_timeline(
+    case_id: UUID, access: CanReadActivities, limit: LimitQuery = 50, cursor: CursorQuery = None
+) -> Response:
+    """The case's activities, newest first: the calls, emails and notes of working it
+    (its field changes are at ``/v1/cases/{id}/history``)."""
+    return await _timeline(access, "case_id", case_id, limit, cursor)

@@ -17,7 +17,7 @@ from meridian.crud.schemas import (
 
 ActivityType = Literal["call", "email", "meeting", "note", "task"]
 Subject = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NOT_BLANK)]
-LINKS = ("contact_id", "account_id", "opportunity_id")
+LINKS = ("contact_id", "account_id", "opportunity_id", "lead_id", "case_id")
 
 
 class ActivityCreate(InputModel):
@@ -32,12 +32,14 @@ class ActivityCreate(InputModel):
     contact_id: UUID | None = None
     account_id: UUID | None = None
     opportunity_id: UUID | None = None
+    lead_id: UUID | None = None
+    case_id: UUID | None = None
     owner_id: UUID | None = None
 
     @model_validator(mode="after")
     def _linked(self) -> ActivityCreate:
         if all(getattr(self, link) is None for link in LINKS):
-            raise ValueError("at least one of contact_id, account_id, opportunity_id is required")
+            raise ValueError(f"at least one of {', '.join(LINKS)} is required")
         return self
 
 
@@ -52,5 +54,7 @@ class ActivityRead(Addressable, Versioned):
     contact_id: UUID | None
     account_id: UUID | None
     opportunity_id: UUID | None
+    lead_id: UUID | None
+    case_id: UUID | None
     owner_id: UUID | None
     created_at: datetime

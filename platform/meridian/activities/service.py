@@ -1,5 +1,5 @@
 """Activity rules: every link must exist in the tenant; the account is derived when
-the contact or opportunity has one, so an account's timeline is one indexed query. The
+the opportunity, case or contact has one, so an account's timeline is one indexed query. The
 owner is an active user of the tenant."""
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ class ActivityService:
         if values["account_id"] is None:
             # The opportunity's account first: it is required there and the activity is
             # about the deal; a contact's account is the fallback.
-            values["account_id"] = accounts.get("opportunity_id") or accounts.get("contact_id")
+            values["account_id"] = (
+                accounts.get("opportunity_id")
+                or accounts.get("case_id")
+                or accounts.get("contact_id")
+            )
         return await repo.insert({"id": new_id(), **values})
 
 

@@ -1,4 +1,4 @@
-"""Contact request and response bodies, with phone validation (e-mail: ``crud.schemas``)."""
+"""Contact request and response bodies (e-mail and phone types: ``crud.schemas``)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,12 @@ from uuid import UUID
 
 from pydantic import ConfigDict, StringConstraints
 
-from meridian.crud.schemas import NOT_BLANK, Email, InputModel, Omittable, RecordRead, padded
+from meridian.crud.schemas import NOT_BLANK, Email, InputModel, Omittable, Phone, RecordRead
 from meridian.encryption.schemas import TaxId
 
 FirstName = Annotated[str, StringConstraints(max_length=100)]
 LastName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NOT_BLANK)]
 Title = Annotated[str, StringConstraints(max_length=200)]
-
-# An optional leading +, then digits, spaces, dashes or parentheses: 3 to 15 digits
-# (E.164 has at most 15; fewer than 3 is never a reachable number).
-PHONE_PATTERN = r"^\+?[ ()-]*([0-9][ ()-]*){3,15}$"
-
-Phone = Annotated[str, StringConstraints(max_length=40, pattern=padded(PHONE_PATTERN))]
 
 
 class ContactCreate(InputModel):

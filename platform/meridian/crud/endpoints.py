@@ -26,10 +26,10 @@ what the query costs (see loadtests/scope_bench.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 import asyncpg
@@ -42,6 +42,7 @@ from starlette.responses import Response
 
 from authz.fields import PII_PERMISSION, is_sensitive, mask_row
 from cache.codec import JSON
+from cache.core import Policy, TwoLevelCache
 from meridian.crud.hooks import record_deleted
 from meridian.crud.http import (
     conditional_response,
@@ -54,7 +55,7 @@ from meridian.crud.http import (
 )
 from meridian.crud.idempotency import request_fingerprint, run_idempotent
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
-from meridian.crud.repository import Row, TenantRepository, VersionMismatch
+from meridian.crud.repository import Row, TenantRepository, VersionMismatch, written
 from meridian.deps import TenantAccess, record_viewer
 from meridian.encryption.fields import SENSITIVE, open_row, open_rows, sealed
 from meridian.encryption.service import blind_filter
@@ -89,6 +90,11 @@ async def writing(access: TenantAccess, kind: str) -> AsyncIterator[AsyncSession
             yield session
     except VersionMismatch as exc:
         raise stale(kind) from exc
+    # Committed: every record it wrote, whatever the flow or the domain's hooks, stops
+    # being served from the caches.
+    notes = written(session)
+    if notes:
+        await invalidate_written(access.runtime, access.tenant.tenant_id, notes)
 
 
 async def transact(
@@ -127,7 +133,7 @@ async def by_id(
         strategy=by_id_strategy(access, repo, viewer),
         on_stale=runtime.refresh_tenant,
     )
-    return dict(found) if found is not None else None
+    return repo.row_from(found) if found is not None else None
 
 
 async def read(access: TenantAccess, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -191,8 +197,6 @@ async def create(
         stored = await run_idempotent(
             session, access.tenant.tenant_id, idempotency_key, fingerprint, produce
         )
-    if kind is not None and not stored.replayed:
-        await invalidate(access, kind)
     if kind is not None and isinstance(stored.body, dict):
         clear = await opened(access, kind, stored.body)
         stored = replace(stored, body=shown(access, kind, clear))
@@ -272,17 +276,36 @@ def record_bucket(record_id: UUID) -> str:
     return str(record_id.int % RECORD_BUCKETS)
 
 
-async def invalidate(access: TenantAccess, kind: str, record_id: UUID | None = None) -> None:
-    """After a committed change: other readers must stop using cached copies.
+class Caches(Protocol):
+    """What invalidation needs of the runtime (the API's or the worker's)."""
 
-    A creation (no ``record_id``) changes lists only: nobody can have cached a record
-    that did not exist, beyond a brief "not found". Updates and deletions change both.
+    @property
+    def cache(self) -> TwoLevelCache: ...
+    @property
+    def record_cache(self) -> Mapping[str, Policy]: ...
+    @property
+    def list_cache(self) -> Mapping[str, Policy]: ...
+
+
+async def invalidate_written(
+    runtime: Caches, tenant_id: UUID, notes: Iterable[tuple[str, UUID | None]]
+) -> None:
+    """After a committed change (``notes``: what ``TenantRepository`` wrote, by table
+    and id): other readers must stop using cached copies. ``writing`` calls it for every
+    request's transaction; the worker for its own.
+
+    A creation (no id) changes lists only: nobody can have cached a record that did
+    not exist, beyond a brief "not found". Updates and deletions change both.
     """
-    tenant = str(access.tenant.tenant_id)
-    if record_id is not None and kind in access.runtime.record_cache:
-        await access.runtime.cache.invalidate(tenant, kind, record_bucket(record_id))
-    if kind in access.runtime.list_cache:
-        await access.runtime.cache.invalidate(tenant, f"{kind}-list")
+    tenant = str(tenant_id)
+    buckets = {(kind, record_bucket(rid)) for kind, rid in notes if rid is not None}
+    for kind, bucket in sorted(buckets):
+        if kind in runtime.record_cache:
+            await runtime.cache.invalidate(tenant, kind, bucket)
+    lists = {kind for kind, _ in notes}
+    for kind in sorted(lists):
+        if kind in runtime.list_cache:
+            await runtime.cache.invalidate(tenant, f"{kind}-list")
 
 
 async def listing(
@@ -389,7 +412,6 @@ async def change(
         row = await apply(session, version)
     if row is None:
         raise not_found(kind, record_id)
-    await invalidate(access, kind, record_id)
     row = await opened(access, kind, row)
     return tagged_response(shown(access, kind, row), etag(row))
 
@@ -414,5 +436,4 @@ async def remove(
             await record_deleted(session, access.tenant, kind, record_id)
     if not deleted:
         raise not_found(kind, record_id)
-    await invalidate(access, kind, record_id)
     return Response(status_code=204)

@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from uuid import UUID
 
 import asyncpg
+import orjson
 from sqlalchemy import (
+    JSON,
     BindParameter,
     ColumnElement,
     Integer,
@@ -47,6 +49,7 @@ from meridian.crud.compiled import (
     prepared_from,
     shape,
 )
+from meridian.crud.hooks import record_created
 from meridian.crud.pagination import Cursor, Sort, after, order_by
 from meridian.events import outbox
 from tenancy.context import TenantContext
@@ -65,6 +68,17 @@ _TENANT: BindParameter[UUID] = bindparam("scope_tenant", type_=Uuid())
 _VIEWER: BindParameter[UUID] = bindparam("scope_viewer", type_=Uuid())
 _RECORD: BindParameter[UUID] = bindparam("scope_record", type_=Uuid())
 _ROWS: BindParameter[int] = bindparam("scope_rows", type_=Integer())
+
+
+# session.info key: the (table, record id) pairs the transaction wrote (id None for a
+# creation, which changes lists only), for the caches to forget once it commits.
+WRITTEN = "meridian.written"
+
+
+def written(session: AsyncSession) -> set[tuple[str, UUID | None]]:
+    """What the session's transaction wrote so far (and forgets it)."""
+    notes: set[tuple[str, UUID | None]] = session.info.pop(WRITTEN, set())
+    return notes
 
 
 class VersionMismatch(Exception):
@@ -86,12 +100,28 @@ class TenantRepository(Generic[R]):
     # Repository of each table, for flows that know a record's kind only.
     _by_kind: ClassVar[dict[str, type[TenantRepository[Any]]]] = {}
 
+    # JSON columns, which the raw read path (asyncpg, no codecs) returns as text.
+    json_columns: ClassVar[tuple[str, ...]] = ()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         model = cls.__dict__.get("model")
         if model is not None:
             # The first repository of a table is its canonical one.
             TenantRepository._by_kind.setdefault(model.__tablename__, cls)
+            cls.json_columns = tuple(
+                c.key for c in model.__table__.columns if isinstance(c.type, JSON)
+            )
+
+    @classmethod
+    def row_from(cls, record: Mapping[str, Any]) -> R:
+        """A row read on the raw path as the ORM path would give it (JSON decoded)."""
+        row = dict(record)
+        for name in cls.json_columns:
+            value = row.get(name)
+            if isinstance(value, str):
+                row[name] = orjson.loads(value)
+        return cast(R, row)
 
     def __init__(
         self, session: AsyncSession, tenant: TenantContext, *, viewer: UUID | None = None
@@ -257,7 +287,7 @@ class TenantRepository(Generic[R]):
         template = prepared((cls, "visible"), cls._visible_statement)
         values = {_TENANT.key: tenant_id, _VIEWER.key: viewer, _RECORD.key: record_id}
         found = await conn.fetchrow(template.sql, *template.args(values))
-        return cast(R, dict(found)) if found is not None else None
+        return cls.row_from(found) if found is not None else None
 
     @classmethod
     def _visible_statement(cls) -> Select[Any]:
@@ -298,7 +328,7 @@ class TenantRepository(Generic[R]):
         row = await conn.fetchrow(
             compiled.sql, *compiled.args({_TENANT.key: tenant_id, _RECORD.key: record_id})
         )
-        return cast(R, dict(row)) if row is not None else None
+        return cls.row_from(row) if row is not None else None
 
     @classmethod
     def _by_id_statement(cls) -> Select[Any]:
@@ -318,7 +348,7 @@ class TenantRepository(Generic[R]):
         cursor: Cursor | None,
     ) -> list[R]:
         stmt = cls.page_statement(tenant_id, where=where, sort=sort, limit=limit, cursor=cursor)
-        return [cast(R, dict(r)) for r in await fetch(conn, stmt)]
+        return [cls.row_from(r) for r in await fetch(conn, stmt)]
 
     @classmethod
     async def fetch_scoped_page(
@@ -343,7 +373,7 @@ class TenantRepository(Generic[R]):
         )
         if TenantRepository.set_generic_plans:
             await conn.execute(_GENERIC_PLANS)
-        return [cast(R, dict(r)) for r in await conn.fetch(sql, *args)]
+        return [cls.row_from(r) for r in await conn.fetch(sql, *args)]
 
     # -- reads in a session ---------------------------------------------------------
     async def get(self, record_id: UUID) -> R | None:
@@ -407,6 +437,9 @@ class TenantRepository(Generic[R]):
     def kind_of_events(cls) -> str:
         return cls.event_kind or cls.model.__tablename__
 
+    def _note(self, record_id: UUID | None) -> None:
+        self.session.info.setdefault(WRITTEN, set()).add((self.model.__tablename__, record_id))
+
     def _emit(
         self,
         action: str,
@@ -456,7 +489,9 @@ class TenantRepository(Generic[R]):
         )
         row = (await self.session.execute(stmt)).mappings().one()
         self._emit("created", row)
+        self._note(None)
         await self.derived_events(row, None)
+        await record_created(self.session, self.tenant, self.model.__tablename__, dict(row))
         return cast(R, dict(row))
 
     async def _before(self, record_id: UUID, columns: Sequence[str]) -> dict[str, Any] | None:
@@ -498,6 +533,7 @@ class TenantRepository(Generic[R]):
             if expected_version is not None:
                 raise VersionMismatch
             return None
+        self._note(record_id)
         # What the row returns, and the written values of columns it does not (blind
         # indexes, a password hash), to compare with what was there.
         after = {**{k: v for k, v in values.items() if k in before}, **dict(row)}
@@ -515,6 +551,7 @@ class TenantRepository(Generic[R]):
         deleted = (await self.session.execute(stmt)).mappings().first()
         if deleted is not None:
             self._emit("deleted", deleted)
+            self._note(record_id)
             return True
         if expected_version is not None and await self.exists(record_id):
             raise VersionMismatch

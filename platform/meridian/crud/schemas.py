@@ -58,6 +58,13 @@ Email = Annotated[
 ]
 
 
+# An optional leading +, then digits, spaces, dashes or parentheses: 3 to 15 digits
+# (E.164 has at most 15; fewer than 3 is never a reachable number).
+PHONE_PATTERN = r"^\+?[ ()-]*([0-9][ ()-]*){3,15}$"
+
+Phone = Annotated[str, StringConstraints(max_length=40, pattern=padded(PHONE_PATTERN))]
+
+
 class InputModel(BaseModel):
     """Request bodies: unknown fields are an error; strings are trimmed once they are
     valid as sent, so lengths and patterns apply to what the client sent (as the

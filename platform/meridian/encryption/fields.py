@@ -23,6 +23,7 @@ log = logging.getLogger("meridian.encryption")
 SENSITIVE: dict[str, tuple[str, ...]] = {
     "contact": ("email", "phone", "tax_id"),
     "account": ("tax_id",),
+    "lead": ("email", "phone"),
     # A webhook's signing secret: sealed like any sensitive field, so key rotation
     # re-encrypts it and never retires a key version it still uses.
     "webhook": ("secret",),

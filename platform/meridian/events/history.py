@@ -1,4 +1,5 @@
-"""A record's field history (``GET /v1/{contacts|accounts|opportunities|activities}/{id}/history``):
+"""A record's field history (``GET /v1/{contacts|accounts|opportunities|leads|cases|
+activities}/{id}/history``):
 who changed which field, from what to what, and when, read from the tenant's event log.
 
 Nothing is stored for it: the log already holds every write's changes (an encrypted
@@ -19,13 +20,13 @@ Kept as long as the log (the tenant's event retention): older changes are gone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, and_, func, or_
 from starlette.responses import Response
@@ -34,14 +35,7 @@ from meridian.crud import endpoints
 from meridian.crud.http import LimitQuery
 from meridian.crud.pagination import check_limit
 from meridian.crud.repository import TenantRepository
-from meridian.deps import (
-    CanReadAccounts,
-    CanReadActivities,
-    CanReadContacts,
-    CanReadOpportunities,
-    TenantAccess,
-    record_viewer,
-)
+from meridian.deps import RequireTenant, TenantAccess, record_viewer
 from meridian.errors import InvalidCursor, NotFound, ValidationFailed, invalid_field
 from meridian.events import log, outbox
 from meridian.events.models import EventOutbox
@@ -85,12 +79,6 @@ def _field_query(kind: str) -> Any:
         pattern=r"^[a-z][a-z0-9_]*$",
         json_schema_extra=listed,
     )
-
-
-ContactField = Annotated[str | None, _field_query("contact")]
-AccountField = Annotated[str | None, _field_query("account")]
-OpportunityField = Annotated[str | None, _field_query("opportunity")]
-ActivityField = Annotated[str | None, _field_query("activity")]
 
 
 MAX_SEQ = 2**63 - 1  # a bigint
@@ -304,87 +292,53 @@ _DOC = (
     "default). Encrypted fields show only that they changed. A deleted {kind} keeps its "
     "history for those who could see it when it was deleted."
 )
-
-
-@router.get(
-    "/v1/contacts/{contact_id}/history",
-    response_model=HistoryPage,
-    openapi_extra=problems(InvalidCursor, ValidationFailed),
-    description=_DOC.format(kind="contact"),
+# (kind, the URL's plural, which is also the catalogue object read, a note for the doc)
+KINDS: tuple[tuple[str, str, str], ...] = (
+    ("contact", "contacts", ""),
+    ("account", "accounts", ""),
+    ("opportunity", "opportunities", ""),
+    ("lead", "leads", " A lead's score changes are its own entries."),
+    ("case", "cases", " The case's calls, emails and notes are on its timeline."),
+    (
+        "activity",
+        "activities",
+        " Activities never change: their history is their creation (and their deletion "
+        "with the record they belong to leaves no event).",
+    ),
 )
-async def get_contact_history(
-    contact_id: UUID,
-    access: CanReadContacts,
-    limit: LimitQuery = 50,
-    cursor: SeqCursor = None,
-    order: OrderQuery = "desc",
-    field: ContactField = None,
-) -> Response:
-    return await record_history(
-        access, "contact", contact_id, limit=limit, cursor=cursor, order=order, field=field
+
+
+def _route(kind: str, plural: str) -> Callable[..., Awaitable[Response]]:
+    async def get_history(
+        record_id: UUID,
+        access: TenantAccess,
+        limit: LimitQuery = 50,
+        cursor: SeqCursor = None,
+        order: OrderQuery = "desc",
+        field: str | None = None,
+    ) -> Response:
+        return await record_history(
+            access, kind, record_id, limit=limit, cursor=cursor, order=order, field=field
+        )
+
+    # What differs per kind, as objects (this module's string annotations resolve in its
+    # globals, which cannot hold one alias per kind): the path parameter's name, the
+    # kind's read permission and its fields.
+    get_history.__annotations__.update(
+        record_id=Annotated[UUID, Path(alias=f"{kind}_id")],
+        access=Annotated[TenantAccess, Depends(RequireTenant(plural, "read"))],
+        field=Annotated[str | None, _field_query(kind)],
     )
+    return get_history
 
 
-@router.get(
-    "/v1/accounts/{account_id}/history",
-    response_model=HistoryPage,
-    openapi_extra=problems(InvalidCursor, ValidationFailed),
-    description=_DOC.format(kind="account"),
-)
-async def get_account_history(
-    account_id: UUID,
-    access: CanReadAccounts,
-    limit: LimitQuery = 50,
-    cursor: SeqCursor = None,
-    order: OrderQuery = "desc",
-    field: AccountField = None,
-) -> Response:
-    return await record_history(
-        access, "account", account_id, limit=limit, cursor=cursor, order=order, field=field
-    )
-
-
-@router.get(
-    "/v1/opportunities/{opportunity_id}/history",
-    response_model=HistoryPage,
-    openapi_extra=problems(InvalidCursor, ValidationFailed),
-    description=_DOC.format(kind="opportunity"),
-)
-async def get_opportunity_history(
-    opportunity_id: UUID,
-    access: CanReadOpportunities,
-    limit: LimitQuery = 50,
-    cursor: SeqCursor = None,
-    order: OrderQuery = "desc",
-    field: OpportunityField = None,
-) -> Response:
-    return await record_history(
-        access,
-        "opportunity",
-        opportunity_id,
-        limit=limit,
-        cursor=cursor,
-        order=order,
-        field=field,
-    )
-
-
-@router.get(
-    "/v1/activities/{activity_id}/history",
-    response_model=HistoryPage,
-    openapi_extra=problems(InvalidCursor, ValidationFailed),
-    description=_DOC.format(kind="activity")
-    + " Activities never change: their history is their creation (and their deletion "
-    "with the record they belong to leaves no event).",
-)
-async def get_activity_history(
-    activity_id: UUID,
-    access: CanReadActivities,
-    limit: LimitQuery = 50,
-    cursor: SeqCursor = None,
-    order: OrderQuery = "desc",
-    field: ActivityField = None,
-) -> Response:
-    return await record_history(
-        access, "activity", activity_id, limit=limit, cursor=cursor, order=order, field=field
+for _kind, _plural, _note in KINDS:
+    router.add_api_route(
+        f"/v1/{_plural}/{{{_kind}_id}}/history",
+        _route(_kind, _plural),
+        methods=["GET"],
+        name=f"get_{_kind}_history",
+        response_model=HistoryPage,
+        openapi_extra=problems(InvalidCursor, ValidationFailed),
+        description=_DOC.format(kind=_kind) + _note,
     )

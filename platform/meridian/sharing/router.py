@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from meridian.accounts.repository import AccountRepository
+from meridian.cases.repository import CaseRepository
 from meridian.contacts.repository import ContactRepository
 from meridian.crud import endpoints
 from meridian.crud.http import (
@@ -35,6 +36,7 @@ from meridian.deps import (
     record_viewer,
 )
 from meridian.errors import Conflict, Forbidden
+from meridian.leads.repository import LeadRepository
 from meridian.opportunities.repository import OpportunityRepository
 from meridian.sharing.repository import OLDEST_FIRST, ShareRepository
 from meridian.sharing.schemas import ShareCreate, ShareRead
@@ -50,6 +52,8 @@ SHAREABLE: dict[str, tuple[str, type[TenantRepository[Any]]]] = {
     "accounts": ("account", AccountRepository),
     "contacts": ("contact", ContactRepository),
     "opportunities": ("opportunity", OpportunityRepository),
+    "leads": ("lead", LeadRepository),
+    "cases": ("case", CaseRepository),
 }
 
 

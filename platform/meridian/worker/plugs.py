@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from meridian.fulfilment.worker import plug as fulfilment_plug
+from meridian.leads.worker import plug as leads_plug
 from meridian.projections.jobs import plug as projections_plug
 from meridian.webhooks.worker import plug as webhooks_plug
 
@@ -15,4 +16,5 @@ PLUGS: list[PlugFactory] = [
     webhooks_plug,
     fulfilment_plug,
     projections_plug,
+    leads_plug,
 ]
