@@ -1,5 +1,5 @@
-"""The kit's on-delete callbacks: registered by name, run in order, inside the
-transaction of the DELETE (so what another domain keeps about the record, such as its
+"""The kit's on-write callbacks: registered by name, run in order, inside the
+transaction of the write (so what another domain keeps about the record, such as its
 shares, goes with it or stays with it)."""
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 Seen = list[tuple[str, str, uuid.UUID]]
 
 
-def recorder(name: str, seen: Seen) -> hooks.OnDelete:
+def recorder(name: str, seen: Seen) -> hooks.OnWrite:
     async def callback(
-        session: AsyncSession, tenant: TenantContext, kind: str, record_id: uuid.UUID
+        session: AsyncSession, tenant: TenantContext, written: hooks.Written
     ) -> None:
-        seen.append((name, kind, record_id))
+        seen.append((name, written.kind, written.record_id))
 
     return callback
 
@@ -39,22 +39,24 @@ def recorder(name: str, seen: Seen) -> hooks.OnDelete:
 async def test_callbacks_run_in_registration_order_and_a_name_registers_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(hooks, "_ON_DELETE", {})
+    monkeypatch.setattr(hooks, "_ON_WRITE", {})
     seen: Seen = []
-    hooks.on_delete("first", recorder("first", seen))
-    hooks.on_delete("second", recorder("second", seen))
+    hooks.on_write("first", recorder("first", seen))
+    hooks.on_write("second", recorder("second", seen))
     # Registering a name again (a module imported twice) replaces it, in its place.
-    hooks.on_delete("first", recorder("first again", seen))
-    assert hooks.on_delete_names() == ("first", "second")
+    hooks.on_write("first", recorder("first again", seen))
+    assert hooks.names() == ("first", "second")
     record_id = uuid.uuid4()
     tenant = TenantContext(uuid.uuid4(), "t", "us-1", "us", TenantStatus.ACTIVE, 1)
-    await hooks.record_deleted(None, tenant, "contact", record_id)  # type: ignore[arg-type]
+    written = hooks.Written("contact", "deleted", {"id": record_id})
+    await hooks.record_written(None, tenant, written)  # type: ignore[arg-type]
     assert seen == [("first again", "contact", record_id), ("second", "contact", record_id)]
 
 
-def test_the_app_registers_the_sharing_callback(app_client: httpx.AsyncClient) -> None:
-    # The app imports every domain; sharing's callback forgets a deleted record's shares.
-    assert "sharing" in hooks.on_delete_names()
+def test_the_app_registers_the_domains_callbacks(app_client: httpx.AsyncClient) -> None:
+    # The app imports every domain; sharing's callback forgets a deleted record's shares,
+    # leads' scores a lead again when an activity is logged on it.
+    assert {"sharing", "leads.score-on-activity"} <= set(hooks.names())
 
 
 async def _shares_of(databases: TestDatabases, tenant: Tenant, record_id: str) -> int:
@@ -84,12 +86,12 @@ async def test_callbacks_run_in_the_transaction_of_the_delete(
 
     seen: list[tuple[int, int]] = []
 
-    async def refuse(
-        session: AsyncSession, context: TenantContext, kind: str, record_id: uuid.UUID
-    ) -> None:
+    async def refuse(session: AsyncSession, context: TenantContext, written: hooks.Written) -> None:
+        if written.action != "deleted":
+            return
         # Runs after sharing's callback, in the same session: the row and its shares
         # are already gone there, though nothing is committed yet.
-        params = {"tenant": context.tenant_id, "id": record_id}
+        params = {"tenant": context.tenant_id, "id": written.record_id}
         rows = await session.scalar(
             text("SELECT count(*) FROM contact WHERE tenant_id = :tenant AND id = :id"), params
         )
@@ -100,8 +102,8 @@ async def test_callbacks_run_in_the_transaction_of_the_delete(
         seen.append((int(rows or 0), int(shares or 0)))
         raise Conflict("Refused by a test callback.")
 
-    monkeypatch.setitem(hooks._ON_DELETE, "test-refuse", refuse)
-    assert hooks.on_delete_names()[-1] == "test-refuse"
+    monkeypatch.setitem(hooks._ON_WRITE, "test-refuse", refuse)
+    assert hooks.names()[-1] == "test-refuse"
 
     refused = await app_client.delete(f"/v1/contacts/{contact}", headers=tenant.headers)
     assert_problem(refused, 409, "conflict")
@@ -111,7 +113,7 @@ async def test_callbacks_run_in_the_transaction_of_the_delete(
     assert kept.status_code == 200, kept.text
     assert await _shares_of(databases, tenant, contact) == 1
 
-    monkeypatch.delitem(hooks._ON_DELETE, "test-refuse")
+    monkeypatch.delitem(hooks._ON_WRITE, "test-refuse")
     gone = await app_client.delete(f"/v1/contacts/{contact}", headers=tenant.headers)
     assert gone.status_code == 204, gone.text
     assert await _shares_of(databases, tenant, contact) == 0

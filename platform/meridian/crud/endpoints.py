@@ -43,7 +43,6 @@ from starlette.responses import Response
 from authz.fields import PII_PERMISSION, is_sensitive, mask_row
 from cache.codec import JSON
 from cache.core import Policy, TwoLevelCache
-from meridian.crud.hooks import record_deleted
 from meridian.crud.http import (
     conditional_response,
     created,
@@ -427,13 +426,10 @@ async def remove(
     viewer = record_viewer(access)
     async with writing(access, kind) as session:
         # With a viewer, the DELETE itself carries the scope (and so does the
-        # version check behind a 412): an invisible record is 404, never touched.
+        # version check behind a 412): an invisible record is 404, never touched. What
+        # other domains keep about it goes in the same transaction (crud.hooks).
         scoped = repo(session, access.tenant, viewer=viewer)
         deleted = await scoped.delete(record_id, expected_version=version)
-        if deleted:
-            # What other domains keep about the record goes in the same transaction
-            # (sharing: its shares, which name records without a foreign key).
-            await record_deleted(session, access.tenant, kind, record_id)
     if not deleted:
         raise not_found(kind, record_id)
     return Response(status_code=204)

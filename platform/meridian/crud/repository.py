@@ -49,7 +49,7 @@ from meridian.crud.compiled import (
     prepared_from,
     shape,
 )
-from meridian.crud.hooks import record_created
+from meridian.crud.hooks import Written, record_written
 from meridian.crud.pagination import Cursor, Sort, after, order_by
 from meridian.events import outbox
 from tenancy.context import TenantContext
@@ -437,6 +437,9 @@ class TenantRepository(Generic[R]):
     def kind_of_events(cls) -> str:
         return cls.event_kind or cls.model.__tablename__
 
+    async def _written(self, written: Written) -> None:
+        await record_written(self.session, self.tenant, written)
+
     def _note(self, record_id: UUID | None) -> None:
         self.session.info.setdefault(WRITTEN, set()).add((self.model.__tablename__, record_id))
 
@@ -491,7 +494,7 @@ class TenantRepository(Generic[R]):
         self._emit("created", row)
         self._note(None)
         await self.derived_events(row, None)
-        await record_created(self.session, self.tenant, self.model.__tablename__, dict(row))
+        await self._written(Written(self.model.__tablename__, "created", dict(row)))
         return cast(R, dict(row))
 
     async def _before(self, record_id: UUID, columns: Sequence[str]) -> dict[str, Any] | None:
@@ -541,6 +544,7 @@ class TenantRepository(Generic[R]):
         if changes:
             self._emit("updated", row, changes=changes)
             await self.derived_events(row, changes)
+            await self._written(Written(self.model.__tablename__, "updated", dict(row), changes))
         return cast(R, dict(row))
 
     async def delete(self, record_id: UUID, *, expected_version: int | None) -> bool:
@@ -552,6 +556,7 @@ class TenantRepository(Generic[R]):
         if deleted is not None:
             self._emit("deleted", deleted)
             self._note(record_id)
+            await self._written(Written(self.model.__tablename__, "deleted", dict(deleted)))
             return True
         if expected_version is not None and await self.exists(record_id):
             raise VersionMismatch

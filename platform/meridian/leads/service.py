@@ -250,14 +250,14 @@ class ScoringRuleService:
 
 
 async def _activity_logged(
-    session: AsyncSession, tenant: TenantContext, kind: str, row: Mapping[str, Any]
+    session: AsyncSession, tenant: TenantContext, written: hooks.Written
 ) -> None:
     # An activity on a lead can change its score (activity-count rules).
-    lead_id = row.get("lead_id")
-    if lead_id is not None:
+    lead_id = written.row.get("lead_id")
+    if written.kind == "activity" and written.action == "created" and lead_id is not None:
         await lead.rescore(session, tenant, [lead_id])
 
 
 lead = LeadService()
 scoring_rule = ScoringRuleService()
-hooks.on_create("leads.score-on-activity", "activity", _activity_logged)
+hooks.on_write("leads.score-on-activity", _activity_logged)

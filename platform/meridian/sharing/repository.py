@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.models import RECORD_KINDS, RecordShare, ShareRow
 from meridian.crud import hooks
+from meridian.crud.hooks import Written
 from meridian.crud.pagination import Cursor, Sort
 from meridian.crud.repository import TenantRepository
 from tenancy.context import TenantContext
@@ -97,12 +98,10 @@ class ShareRepository(TenantRepository[ShareRow]):
             self._emit("deleted", row)
 
 
-async def forget_shares(
-    session: AsyncSession, tenant: TenantContext, kind: str, record_id: UUID
-) -> None:
+async def forget_shares(session: AsyncSession, tenant: TenantContext, written: Written) -> None:
     """A deleted record's shares go with it, in the transaction of the DELETE."""
-    if kind in RECORD_KINDS:
-        await ShareRepository(session, tenant).forget_record(kind, record_id)
+    if written.action == "deleted" and written.kind in RECORD_KINDS:
+        await ShareRepository(session, tenant).forget_record(written.kind, written.record_id)
 
 
-hooks.on_delete("sharing", forget_shares)
+hooks.on_write("sharing", forget_shares)
