@@ -488,6 +488,10 @@ async def test_amount_and_starts_filters_use_the_indexes(
     # planner knows the pattern (a custom plan; the read pools force generic ones) and
     # the column sorts bytewise (the C collation, or a text_pattern_ops index; neither
     # is there): see docs/api.md, "Filtering lists".
-    assert "Index Scan using ix_account_name" in plan, plan
+    # Which of the tenant's indexes depends on the table's statistics (with few rows
+    # known, any of them is as cheap): what holds is that the tenant is an index
+    # condition and the table is never scanned whole.
+    assert "Index Scan using ix_account_" in plan, plan
+    assert "Seq Scan" not in plan, plan
     assert "Index Cond: (tenant_id = $1)" in plan, plan
     assert "Filter: ((name)::text ~~ ($2)::text)" in plan, plan
