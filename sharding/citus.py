@@ -256,7 +256,9 @@ async def tenant_group(conn: asyncpg.Connection, tenant_id: UUID) -> GroupPlacem
 
 async def _colocated_tables(conn: asyncpg.Connection) -> list[str]:
     rows = await conn.fetch(
-        "SELECT logicalrelid::regclass::text AS name FROM pg_dist_partition WHERE colocationid ="
+        # relname, not regclass::text: that quotes a keyword ("case").
+        "SELECT c.relname AS name FROM pg_dist_partition p"
+        " JOIN pg_class c ON c.oid = p.logicalrelid WHERE p.colocationid ="
         " (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = $1::regclass)"
         " ORDER BY 1",
         COLOCATION_ANCHOR,
@@ -412,9 +414,10 @@ async def _check_layout(conn: asyncpg.Connection, tables: Sequence[str]) -> set[
     """The tables already distributed the way the shard needs (skipped on a re-run);
     LayoutError when one is distributed otherwise, or another table is not local."""
     rows = await conn.fetch(
-        "SELECT logicalrelid::regclass::text AS name, partmethod::text AS method,"
+        # relname, not regclass::text: that quotes a keyword ("case").
+        "SELECT c.relname AS name, partmethod::text AS method,"
         " column_to_column_name(logicalrelid, partkey) AS column, colocationid"
-        " FROM pg_dist_partition"
+        " FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid"
     )
     found = {r["name"]: r for r in rows}
     anchor = found.get(COLOCATION_ANCHOR)
