@@ -8,7 +8,7 @@ from uuid import UUID
 from sqlalchemy import CheckConstraint, DateTime, ForeignKeyConstraint, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record, RecordRow
+from meridian.crud.model import Record, RecordRow, one_of
 from tenancy.planes import ShardBase
 
 CASE_STATUSES = ("new", "open", "pending", "on_hold", "resolved", "closed")
@@ -19,17 +19,13 @@ CASE_PRIORITIES = ("low", "normal", "high", "urgent")
 CASE_ORIGINS = ("email", "phone", "web", "chat", "other")
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 class Case(Record, ShardBase):
     # "case" is an SQL keyword: SQLAlchemy quotes it, raw SQL must too.
     __tablename__ = "case"
     __table_args__ = (
-        CheckConstraint(_in("status", CASE_STATUSES), name="status"),
-        CheckConstraint(_in("priority", CASE_PRIORITIES), name="priority"),
-        CheckConstraint(_in("origin", CASE_ORIGINS), name="origin"),
+        CheckConstraint(one_of("status", CASE_STATUSES), name="status"),
+        CheckConstraint(one_of("priority", CASE_PRIORITIES), name="priority"),
+        CheckConstraint(one_of("origin", CASE_ORIGINS), name="origin"),
         # Deleting a contact or an account that has cases is refused (409), as it is
         # while opportunities refer to it: a case is a record of service, not a detail.
         ForeignKeyConstraint(

@@ -34,3 +34,8 @@ class RecordRow(TypedDict):
     created_at: datetime
     updated_at: datetime
     version: int
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK constraint's text: ``column`` holds one of ``values``."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"

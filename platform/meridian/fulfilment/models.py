@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from meridian.crud.model import one_of
 from tenancy.planes import ShardBase, TenantScoped
 
 # A saga: running its steps, then (after a step finally failed) compensating the completed
@@ -38,10 +39,6 @@ from tenancy.planes import ShardBase, TenantScoped
 SAGA_STATES = ("running", "compensating", "completed", "compensated", "failed")
 FINISHED = ("completed", "compensated", "failed")
 STEP_STATES = ("pending", "running", "completed", "failed", "compensating", "compensated")
-
-
-def _one_of(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 class FulfilmentConfig(TenantScoped, ShardBase):
@@ -65,7 +62,7 @@ class FulfilmentSaga(TenantScoped, ShardBase):
         # One saga per won event: a redelivered event finds it and starts nothing.
         Index("uq_fulfilment_saga_won_event", "tenant_id", "won_event_id", unique=True),
         Index("ix_fulfilment_saga_opportunity", "tenant_id", "opportunity_id", "created_at"),
-        CheckConstraint(_one_of("state", SAGA_STATES), name="state"),
+        CheckConstraint(one_of("state", SAGA_STATES), name="state"),
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True, sort_order=-10)
@@ -96,7 +93,7 @@ class FulfilmentStep(TenantScoped, ShardBase):
             ondelete="CASCADE",
         ),
         Index("uq_fulfilment_step_position", "tenant_id", "saga_id", "position", unique=True),
-        CheckConstraint(_one_of("state", STEP_STATES), name="state"),
+        CheckConstraint(one_of("state", STEP_STATES), name="state"),
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True, sort_order=-10)

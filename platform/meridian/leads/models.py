@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record, RecordRow
+from meridian.crud.model import Record, RecordRow, one_of
 from tenancy.planes import ShardBase
 
 LEAD_STATUSES = ("new", "working", "nurturing", "qualified", "unqualified", "converted")
@@ -28,15 +28,11 @@ LeadSource = Literal[
 LEAD_SOURCES: tuple[str, ...] = get_args(LeadSource)
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
 class Lead(Record, ShardBase):
     __tablename__ = "lead"
     __table_args__ = (
-        CheckConstraint(_in("status", LEAD_STATUSES), name="status"),
-        CheckConstraint(_in("source", LEAD_SOURCES), name="source"),
+        CheckConstraint(one_of("status", LEAD_STATUSES), name="status"),
+        CheckConstraint(one_of("source", LEAD_SOURCES), name="source"),
         # A converted lead says what it became; no other lead does.
         CheckConstraint("(status = 'converted') = (converted_at IS NOT NULL)", name="converted"),
         CheckConstraint(
