@@ -16,6 +16,8 @@ from meridian.app import create_app
 from meridian.operations import create_admin_client, migrate_all
 from meridian.settings import Settings
 from tests.fixtures.api import AdminToken, Tenant, onboard
+from tests.fixtures.citus import citus_cluster
+from tests.fixtures.citus_api import citus_api
 from tests.fixtures.databases import (
     REDIS_SERVER_URL,
     TestDatabases,
@@ -24,7 +26,23 @@ from tests.fixtures.databases import (
     names_for,
     recreate_database,
 )
+from tests.fixtures.engines import citus_platform, postgres_platform
+from tests.fixtures.pgcluster import pg_clusters
 from tests.fixtures.redis_db import claim_database
+from tests.fixtures.users import user_api
+
+# Fixtures many modules use, registered here once. A module (or conftest) that imports a
+# fixture gets a definition of its own, so a session-scoped one would be built once per
+# importing module and kept to the end of the session: an API instance with its pools
+# each, or a Citus cluster each. Ask for these by name; never import them.
+__all__ = [
+    "citus_api",
+    "citus_cluster",
+    "citus_platform",
+    "pg_clusters",
+    "postgres_platform",
+    "user_api",
+]
 
 # Authlib refuses plain-http issuers other than loopback; tests use http://127.0.0.1.
 

@@ -97,6 +97,7 @@ class Runtime:
             [],
             PoolOptions(
                 pool_size=settings.shard_pool_size,
+                read_pool_size=settings.shard_pool_size,
                 connect_timeout=settings.shard_connect_timeout,
                 cooldown=settings.shard_cooldown,
             ),

@@ -32,7 +32,6 @@ from tests.fixtures.moving import (
     query,
     seed,
 )
-from tests.fixtures.pgcluster import pg_clusters
 from tests.fixtures.response_models import checking
 from tests.fixtures.users import PASSWORD, new_user, sign_in
 from tests.fixtures.waiting import eventually
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
     from tests.fixtures.databases import TestDatabases
     from tests.fixtures.pgcluster import StartCluster
 
-__all__ = ["pg_clusters"]  # a fixture: imported to register it here
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,8 @@ import httpx
 import pytest
 
 from tests.fixtures.api import Tenant, onboard
-from tests.fixtures.users import user_api
 
-__all__ = ["intruder", "user_api"]
+__all__ = ["intruder"]
 
 
 @pytest.fixture(params=["other-shard", "same-shard"])

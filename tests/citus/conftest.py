@@ -9,13 +9,7 @@ issues must be routed to one worker.
 
 from __future__ import annotations
 
-from tests.fixtures.citus_api import (
-    CITUS_REGION,
-    CITUS_SHARD,
-    CitusApi,
-    citus_api,
-    citus_cluster,
-    pg_clusters,
-)
+from tests.fixtures.citus_api import CITUS_REGION, CITUS_SHARD, CitusApi
 
-__all__ = ["CITUS_REGION", "CITUS_SHARD", "CitusApi", "citus_api", "citus_cluster", "pg_clusters"]
+# citus_api and citus_cluster are registered once, in tests/conftest.py.
+__all__ = ["CITUS_REGION", "CITUS_SHARD", "CitusApi"]

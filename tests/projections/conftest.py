@@ -1,7 +1,3 @@
 """Fixtures of the projection tests: user tokens come from an API with the password grant."""
 
 from __future__ import annotations
-
-from tests.fixtures.users import user_api
-
-__all__ = ["user_api"]

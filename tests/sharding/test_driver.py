@@ -17,14 +17,12 @@ from sharding.models import MoveState
 from sharding.mover import MoveInfo, Mover, move_lock_key
 from tests.fixtures.databases import raw_dsn
 from tests.fixtures.moving import LOGICAL, Env, assert_one_writable, leftovers, moving_env, seed
-from tests.fixtures.pgcluster import pg_clusters
 from tests.fixtures.waiting import eventually
 
 if TYPE_CHECKING:
     from tests.fixtures.databases import TestDatabases
     from tests.fixtures.pgcluster import StartCluster
 
-__all__ = ["pg_clusters"]  # a fixture: imported to register it here
 
 pytestmark = pytest.mark.slow
 

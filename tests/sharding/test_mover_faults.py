@@ -48,12 +48,11 @@ from tests.fixtures.moving import (
     residency,
     seed,
 )
-from tests.fixtures.pgcluster import StartCluster, pg_clusters
+from tests.fixtures.pgcluster import StartCluster
 
 if TYPE_CHECKING:  # a plain import would make pytest try to collect it as a test class
     from tests.fixtures.databases import TestDatabases
 
-__all__ = ["pg_clusters"]  # a fixture: imported to register it here
 
 pytestmark = pytest.mark.slow
 

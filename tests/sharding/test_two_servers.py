@@ -25,14 +25,13 @@ from meridian.settings import ShardConfig
 from meridian_dev.postgres import LocalCluster
 from tests.fixtures.api import AdminToken, Tenant, onboard
 from tests.fixtures.databases import APP_ROLE, PG_PORT, dsn, raw_dsn, recreate_database
-from tests.fixtures.pgcluster import StartCluster, pg_clusters
+from tests.fixtures.pgcluster import StartCluster
 from tests.fixtures.problems import assert_problem
 from tests.fixtures.waiting import eventually
 
 if TYPE_CHECKING:  # a plain import would make pytest try to collect it as a test class
     from tests.fixtures.databases import TestDatabases
 
-__all__ = ["pg_clusters"]  # a fixture: imported to register it here
 
 pytestmark = pytest.mark.slow
 

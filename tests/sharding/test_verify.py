@@ -13,9 +13,7 @@ import pytest
 
 from sharding import verify
 from tests.fixtures.moving import LOGICAL
-from tests.fixtures.pgcluster import StartCluster, pg_clusters
-
-__all__ = ["pg_clusters"]  # a fixture: imported to register it here
+from tests.fixtures.pgcluster import StartCluster
 
 pytestmark = pytest.mark.slow
 

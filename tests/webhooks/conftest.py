@@ -7,9 +7,8 @@ from typing import Any
 import httpx
 
 from tests.fixtures.api import Tenant
-from tests.fixtures.users import user_api
 
-__all__ = ["contact", "events_of", "subscribe", "user_api"]
+__all__ = ["contact", "events_of", "subscribe"]
 
 
 async def subscribe(
