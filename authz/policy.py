@@ -46,6 +46,11 @@ CATALOGUE: Mapping[str, frozenset[str]] = {
     # A tenant's lead scoring rules.
     "lead_scoring": CRUD,
     "cases": CRUD,
+    # The tenant's custom fields (their definitions; values are the records').
+    "fields": CRUD,
+    # The tenant's duplicate rules (how records match), and merges (listing, undoing).
+    "duplicate_rules": CRUD,
+    "merges": frozenset({"read", "undo"}),
     "pipelines": CRUD,
     "activities": CRUD,
     "users": CRUD,
@@ -60,6 +65,10 @@ CATALOGUE: Mapping[str, frozenset[str]] = {
     "audit": frozenset({"read"}),
     # A deal's fulfilment steps (the saga run when an opportunity is won).
     "fulfilment": frozenset({"read", "update"}),
+    # Bulk transfers (meridian.transfers): export jobs; import jobs (update: cancel one).
+    # Each also needs read (exports) or create/update (imports) on the object itself.
+    "exports": frozenset({"read", "create"}),
+    "imports": frozenset({"read", "create", "update"}),
     # Sensitive fields (email, phone, tax id) in clear; without it they are masked.
     "pii": frozenset({"read"}),
     # Every record of the tenant, whatever the reporting line and the shares.
@@ -84,6 +93,13 @@ def _grant(objects: Iterable[str], actions: Iterable[str]) -> frozenset[Permissi
 
 _CRM = ("accounts", "contacts", "opportunities")
 _EVERYTHING = frozenset((o, a) for o, acts in CATALOGUE.items() for a in acts)
+# Roles that merge records read the rules and may undo a merge; others see them only.
+_MERGING = _grant(["duplicate_rules"], ["read"]) | _grant(["merges"], ["read", "undo"])
+_SEEING_MERGES = _grant(["duplicate_rules", "merges"], ["read"])
+# Bulk imports and exports: the roles that own the tenant's data at scale.
+_TRANSFERS = _grant(["exports"], ["read", "create"]) | _grant(
+    ["imports"], ["read", "create", "update"]
+)
 
 # The role templates. Record scope (own records, the reporting line below, shares) is
 # applied by the SQL predicate; these grants only say what a role may do at all.
@@ -91,35 +107,46 @@ TEMPLATES: Mapping[str, frozenset[Permission]] = {
     "admin": _EVERYTHING,
     "sales_manager": (
         _grant((*_CRM, "leads", "pipelines", "lead_scoring"), CRUD)
-        | _grant(["cases"], ["read"])
+        | _grant(["cases", "fields"], ["read"])
         | _grant(["activities"], ["read", "create"])
         | _grant(["shares"], ["read", "create", "delete"])
         | _grant(["users", "roles"], ["read"])
+        | _MERGING
+        | _TRANSFERS
         | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
     ),
     "sales_rep": (
         _grant((*_CRM, "leads"), CRUD)
-        | _grant(["pipelines", "users", "lead_scoring", "cases"], ["read"])
+        | _grant(["pipelines", "users", "lead_scoring", "cases", "fields"], ["read"])
         | _grant(["activities"], ["read", "create"])
         | _grant(["shares"], ["read", "create", "delete"])
+        | _MERGING
+        # Exports of what the rep's lists show (record scope holds in the file too).
+        | _grant(["exports"], ["read", "create"])
         | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
     ),
     # The service desk: works cases (not deleting them: a case is a record of service),
     # reads the customers they are about.
     "support_agent": (
-        _grant((*_CRM, "pipelines", "activities", "users", "shares"), ["read"])
+        _grant((*_CRM, "pipelines", "activities", "users", "shares", "fields"), ["read"])
         | _grant(["cases"], ["read", "create", "update"])
         | _grant(["accounts", "contacts"], ["update"])
+        | _SEEING_MERGES
         | {("activities", "create"), ("pii", "read"), ("events", "read")}
     ),
-    "read_only": _grant((*_CRM, "leads", "cases", "pipelines", "activities", "events"), ["read"]),
+    "read_only": _grant(
+        (*_CRM, "leads", "cases", "pipelines", "activities", "events", "fields"), ["read"]
+    )
+    | _SEEING_MERGES,
     # Machine clients syncing the tenant's data: CRM read/write over every record, no
     # say over people, roles or shares.
     "integration": (
         _grant((*_CRM, "leads", "cases"), CRUD)
-        | _grant(["pipelines", "users"], ["read"])
+        | _grant(["pipelines", "users", "fields"], ["read"])
         | _grant(["activities"], ["read", "create"])
         | _grant(["webhooks"], CRUD)
+        | _MERGING
+        | _TRANSFERS
         | {("pii", "read"), ("records", "read_all"), ("events", "read"), ("fulfilment", "read")}
     ),
 }

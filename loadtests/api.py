@@ -227,6 +227,7 @@ class MeridianUser(FastHttpUser):
         name: str,
         params: Mapping[str, str] | None = None,
         body: Any = None,
+        content: tuple[bytes, str] | None = None,
         headers: Mapping[str, str] | None = None,
         expect: Iterable[int] = (200,),
         check: Check | None = None,
@@ -235,15 +236,19 @@ class MeridianUser(FastHttpUser):
         """One API request, reported under ``name``; statuses in ``expect`` count as
         success, anything else as a failure, and so does an expected status that
         ``check`` finds wrong (it returns a message). A 401 drops the token and retries
-        once."""
+        once. ``body`` is sent as JSON; ``content`` (bytes, content type) as it is."""
         token = self.token()
         if token is None:
             return Reply(0, None, {})
         sent = {**(headers or {}), "Authorization": f"Bearer {token}"}
         url = f"{path}?{urlencode(params)}" if params else path
         expected = frozenset(expect)
+        payload: dict[str, Any] = {"json": body}
+        if content is not None:
+            payload = {"data": content[0]}
+            sent["Content-Type"] = content[1]
         with self.client.request(
-            method, url, name=name, json=body, headers=sent, catch_response=True
+            method, url, name=name, headers=sent, catch_response=True, **payload
         ) as resp:
             status = resp.status_code
             parsed = _json(resp.content)
@@ -265,6 +270,7 @@ class MeridianUser(FastHttpUser):
                 name=name,
                 params=params,
                 body=body,
+                content=content,
                 headers=headers,
                 expect=expected,
                 check=check,

@@ -8,14 +8,15 @@ the credentials file (so hot tenants exist), and gets its token from the real to
 endpoint (cached per tenant and refreshed before it expires). Requests are named by
 template (``/v1/contacts/{id}``) so statistics group per endpoint.
 
-- SalesRep: browses and filters lists page by page, opens records and timelines,
+- SalesRep: browses and filters lists page by page, searches (a name or a company as
+  it is typed, then its next page), opens records and timelines,
   moves deals along the pipeline (If-Match with the ETag just read), logs activities;
   works leads (the hottest first, a lead and its timeline, calls logged on it) and now
   and then converts a qualified one with a deal (a 409 duplicate is answered by linking
   the contact it names).
 - Manager: the pipeline board (opportunities per stage), deals closing soon, the
   biggest deals, account and opportunity timelines, recent activity, the lead scoring
-  rules and leads by score.
+  rules and leads by score, a segment's accounts by annual revenue (custom fields).
 - SupportAgent: acts with the support agent's role (the tenant's support desk client):
   the overdue queue by due time and its own cases, a case with its timeline and
   contact, new cases for seeded contacts, calls logged on cases, cases resolved or
@@ -23,7 +24,9 @@ template (``/v1/contacts/{id}``) so statistics group per endpoint.
 - IntegrationClient: imports batches (an account, its contacts, a deal) with an
   Idempotency-Key per record, retrying the same key after timeouts and 5xx/429, and
   now and then replaying a request whose answer it "lost" to check it is not applied
-  twice.
+  twice; syncs contacts in batches (`POST /v1/contacts/batch`, upserts by its own
+  `external_id`, some rows sent again); and now and then uploads a CSV import and
+  follows its progress (with no worker running, it stays queued: still a success).
 - PlatformAdmin (one per test): lists tenants and shards, looks tenants up, and
   onboards a new tenant now and then.
 """
@@ -60,6 +63,7 @@ from loadtests.api import (  # noqa: E402
     platform,
 )
 from loadtests.credentials import DEFAULT_CREDENTIALS, Client  # noqa: E402
+from loadtests.words import COMPANY_FIRST, FIRST_NAMES, LAST_NAMES  # noqa: E402
 
 SORTS = {
     "contacts": ("last_name", "-updated_at", "created_at", "-created_at"),
@@ -71,6 +75,8 @@ ACTIVITY_SUBJECTS = {
     "meeting": ("Demo", "Quarterly review", "Contract negotiation"),
     "note": ("Budget confirmed", "New decision maker", "Competitor in the deal"),
 }
+# The seeded accounts' custom segment values (loadtests.seed.CUSTOM_FIELDS).
+SEGMENTS = ("Strategic", "Enterprise", "SMB")
 TITLES = ("Head of Sales", "VP Operations", "IT Director", "Procurement Lead", "CFO")
 LEAD_CALLS = ("Discovery call", "Qualification call", "Left a voicemail", "Follow-up call")
 CASE_SUBJECTS = (
@@ -210,6 +216,24 @@ def _conflict_is(slug: str) -> Check:
         return f"HTTP 409 {found}"
 
     return check
+
+
+def _multipart(*parts: tuple[str, str | None, str, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body of (name, filename, content type, bytes) parts."""
+    boundary = f"meridian-{uuid.uuid4().hex}"
+    out = bytearray()
+    for name, filename, content_type, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
+        out += f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+# Typed into the search box: the names the seed gives people and companies.
+SEARCH_WORDS = (*LAST_NAMES, *FIRST_NAMES, *COMPANY_FIRST)
 
 
 def _currency(region: str) -> str:
@@ -369,6 +393,19 @@ class SalesRep(MeridianUser):
             body=body,
             headers={"Idempotency-Key": _key()},
             expect=(201,),
+        )
+
+    @task(2)
+    def search(self) -> None:
+        """The search box: a person's or a company's name as it is typed (its first
+        letters, then more), and now and then the answer's next page."""
+        word = self.rng.choice(SEARCH_WORDS)
+        typed = word[: self.rng.randint(min(3, len(word)), len(word))]
+        self.browse(
+            "/v1/search",
+            name="/v1/search?q",
+            params={"q": typed, "limit": "20"},
+            pages=1 if self.rng.random() < 0.8 else 2,
         )
 
     @task(1)
@@ -538,6 +575,22 @@ class SalesRep(MeridianUser):
 
 class Manager(MeridianUser):
     weight = 2
+
+    @task(2)
+    def accounts_by_segment(self) -> None:
+        """The seeded custom fields: a segment's accounts, biggest annual revenue first
+        (a custom filter and a custom sort, page by page)."""
+        self.browse(
+            "/v1/accounts",
+            name="/v1/accounts?filter=custom.segment&sort=-custom.arr",
+            params={
+                "limit": "25",
+                "filter": f"custom.segment[eq]:{self.rng.choice(SEGMENTS)}",
+                "sort": "-custom.arr",
+            },
+            kind="account",
+            pages=self.rng.randint(1, 2),
+        )
 
     @task(3)
     def pipeline_board(self) -> None:
@@ -898,6 +951,90 @@ class IntegrationClient(MeridianUser):
                 "currency": "EUR" if self.tenant.region == "eu" else "USD",
             },
         )
+
+    @task(2)
+    def sync_contacts(self) -> None:
+        """A nightly sync's page: contacts upserted by the client's own ids, a fifth of
+        them ones it sent before (updated, not duplicated); one result per item."""
+        state = self.state
+        rows = []
+        for _ in range(self.rng.randint(20, 100)):
+            known = state.any("external_contact", self.rng)
+            external_id = known if known and self.rng.random() < 0.2 else f"crm-{_key()}"
+            first, last = self.rng.choice(FIRST_NAMES), self.rng.choice(LAST_NAMES)
+            rows.append(
+                {
+                    "op": "upsert",
+                    "external_id": external_id,
+                    "body": {
+                        "first_name": first,
+                        "last_name": last,
+                        "email": f"{first}.{last}.{external_id}@sync.example.com".lower(),
+                    },
+                }
+            )
+
+        def every_item_written(reply: Reply) -> str | None:
+            results = reply.body.get("results") if isinstance(reply.body, dict) else None
+            if not isinstance(results, list) or len(results) != len(rows):
+                return "batch answer without one result per item"
+            failed = [r for r in results if r.get("status") not in (200, 201)]
+            return f"{len(failed)} batch items failed" if failed else None
+
+        reply = self.call(
+            "POST",
+            "/v1/contacts/batch",
+            name="/v1/contacts/batch",
+            body={"items": rows},
+            headers={"Idempotency-Key": _key()},
+            check=every_item_written,
+        )
+        if reply.ok:
+            state.remember("external_contact", (r["external_id"] for r in rows))
+
+    @task(1)
+    def import_file(self) -> None:
+        """A CSV of leads uploaded as an import, then its progress read a few times."""
+        tag = uuid.uuid4().hex[:10]
+        lines = ["First,Last,Company,Email"]
+        for n in range(self.rng.randint(20, 200)):
+            first, last = self.rng.choice(FIRST_NAMES), self.rng.choice(LAST_NAMES)
+            company = self.rng.choice(COMPANY_FIRST)
+            lines.append(f"{first},{last},{company},{first}.{last}.{n}.{tag}@import.example.com")
+        options = {
+            "object": "leads",
+            "mapping": {"First": "first_name", "Last": "last_name", "Company": "company",
+                        "Email": "email"},
+        }  # fmt: skip
+        body, content_type = _multipart(
+            ("options", None, "application/json", json.dumps(options).encode()),
+            ("file", f"leads-{tag}.csv", "text/csv", "\n".join(lines).encode()),
+        )
+        reply = self.call(
+            "POST",
+            "/v1/imports",
+            name="/v1/imports",
+            content=(body, content_type),
+            headers={"Idempotency-Key": _key()},
+            expect=(202,),
+        )
+        if not reply.ok or not isinstance(reply.body, dict):
+            return
+
+        def not_failed(reply: Reply) -> str | None:
+            state = reply.body.get("state") if isinstance(reply.body, dict) else None
+            return f"import {state}" if state in ("failed", "cancelled") else None
+
+        for _ in range(3):
+            time.sleep(self.rng.uniform(0.5, 1.0))  # gevent-patched
+            progress = self.call(
+                "GET",
+                f"/v1/imports/{reply.body['id']}",
+                name="/v1/imports/{id}",
+                check=not_failed,
+            )
+            if not progress.ok or (progress.body or {}).get("state") == "done":
+                return
 
 
 class PlatformAdmin(MeridianUser):

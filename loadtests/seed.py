@@ -46,11 +46,13 @@ import uvloop
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from loadtests.words import COMPANY_FIRST, COMPANY_SECOND, FIRST_NAMES, LAST_NAMES
 from meridian.admin.schemas import TenantCreate
 from meridian.admin.service import tenant_admin
 from meridian.admin.wiring import admin_deps
 from meridian.cases.models import CLOSED_STATUSES
 from meridian.cases.service import SLA
+from meridian.crud.custom import Field, index_rows
 from meridian.encryption.fields import encrypt_values
 from meridian.errors import Conflict, IdempotencyKeyReused, MeridianError
 from meridian.ids import new_id
@@ -154,37 +156,6 @@ class SeedResult:
 
 # -- word lists (small and embedded: no Faker dependency) ---------------------------------
 
-FIRST_NAMES = (
-    "Ada", "Alan", "Alice", "Amara", "Andre", "Anna", "Arjun", "Ava", "Ben", "Bianca",
-    "Carlos", "Chen", "Chloe", "Daniel", "Diego", "Elena", "Emil", "Emma", "Fatima", "Felix",
-    "Grace", "Hannah", "Hiro", "Ines", "Isaac", "Jack", "Jana", "Javier", "Julia", "Kai",
-    "Karin", "Lars", "Leila", "Liam", "Lucia", "Maja", "Marco", "Maria", "Mateo", "Mei",
-    "Mia", "Noah", "Nora", "Olga", "Omar", "Paul", "Priya", "Rafael", "Rosa", "Sam",
-    "Sara", "Sofia", "Tariq", "Theo", "Tom", "Valentina", "Victor", "Yara", "Yusuf", "Zoe",
-)  # fmt: skip
-LAST_NAMES = (
-    "Adams", "Ahmed", "Andersen", "Baker", "Bauer", "Becker", "Bianchi", "Brown", "Castro",
-    "Chen", "Clarke", "Costa", "Dubois", "Eriksson", "Evans", "Fischer", "Garcia", "Gomez",
-    "Green", "Hansen", "Hoffmann", "Hughes", "Ivanova", "Jensen", "Johnson", "Kaur", "Kim",
-    "Klein", "Kowalski", "Larsen", "Laurent", "Lee", "Lopez", "Martin", "Meyer", "Moreau",
-    "Muller", "Murphy", "Nakamura", "Nguyen", "Nielsen", "Novak", "Okafor", "Olsen", "Patel",
-    "Perez", "Petrov", "Rossi", "Russo", "Santos", "Schmidt", "Schneider", "Silva", "Singh",
-    "Smith", "Sousa", "Tanaka", "Taylor", "Thomas", "Walker", "Wang", "Weber", "Wilson",
-    "Wright", "Yilmaz", "Young", "Zhang",
-)  # fmt: skip
-COMPANY_FIRST = (
-    "Acme", "Apex", "Arrow", "Atlas", "Aurora", "Beacon", "Blue", "Bright", "Cedar",
-    "Clear", "Cobalt", "Copper", "Crest", "Delta", "Evergreen", "Falcon", "First", "Granite",
-    "Harbor", "Horizon", "Iron", "Juniper", "Keystone", "Lumen", "Maple", "Meridian", "Nimbus",
-    "North", "Nova", "Oak", "Orbit", "Pine", "Pioneer", "Polar", "Quantum", "Redwood", "Silver",
-    "Summit", "Terra", "Vertex",
-)  # fmt: skip
-COMPANY_SECOND = (
-    "Analytics", "Bio", "Capital", "Cloud", "Dynamics", "Energy", "Foods", "Freight",
-    "Health", "Industries", "Insights", "Labs", "Logistics", "Media", "Metrics", "Mobility",
-    "Networks", "Partners", "Robotics", "Security", "Software", "Solutions", "Systems",
-    "Technologies", "Telecom", "Textiles", "Therapeutics", "Ventures", "Works",
-)  # fmt: skip
 COMPANY_SUFFIX = {
     "us": ("Inc.", "LLC", "Corp.", "Co.", ""),
     "eu": ("GmbH", "SA", "BV", "AB", "Ltd", "SAS", "S.p.A.", ""),
@@ -408,10 +379,17 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     # The tenant's sales team, first: the records' owners are these users.
     "app_user": ("tenant_id", "id", "email", "name", "role", "manager_id", "created_at"),
     "user_closure": ("tenant_id", "ancestor_id", "descendant_id", "depth"),
+    # The tenant's custom fields (meridian.crud.custom), before the records using them.
+    "field_definition": (
+        "tenant_id", "id", "object", "name", "label", "type", "options", "position",
+        "created_at", "updated_at", "version",
+    ),
     "account": (
         "tenant_id", "id", "name", "domain", "parent_id", "owner_id", "created_at",
-        "updated_at", "version",
+        "updated_at", "version", "custom",
     ),
+    # The accounts' custom values, typed, as the API indexes them.
+    "custom_value": ("tenant_id", "field_id", "record_id", "text_value", "number_value"),
     # Stored columns: generate() yields email and phone in clear at positions 4 and 5;
     # _seal_contacts() turns them into ciphertexts and blind indexes before the COPY.
     "contact": (
@@ -555,6 +533,8 @@ def generate(
         start = max(not_before or now - max_days * day, now - max_days * day)
         return start + (now - start) * rng.random()
 
+    fields = custom_fields(tenant_id, currencies[0], now)
+    custom_rows: list[Row] = []
     accounts: list[Row] = []
     account_info: list[tuple[UUID, str, str, UUID, datetime]] = []
     domains: set[str] = set()
@@ -571,9 +551,22 @@ def generate(
         # A few subsidiaries: the parent is an earlier account (self-references in one
         # INSERT are checked at its end, so order within the batch does not matter).
         parent = account_info[rng.randrange(n)][0] if n >= 10 and rng.random() < 0.05 else None
+        values = _custom_values(rng, fields, currencies[0])
         accounts.append(
-            (tenant_id, account_id, name, domain, parent, owner, created, past(365, created), 1)
+            (
+                tenant_id,
+                account_id,
+                name,
+                domain,
+                parent,
+                owner,
+                created,
+                past(365, created),
+                1,
+                values,
+            )
         )
+        custom_rows.extend(_custom_rows(tenant_id, fields, account_id, values))
         account_info.append((account_id, name, domain, owner, created))
 
     weights = _stage_weights(stages)
@@ -677,7 +670,9 @@ def generate(
     leads = _leads(rng, tenant_id, region, owner_ids, plan, now, contacts, names, opps_of, rules)
     cases = _cases(rng, tenant_id, agent_ids, plan, now, contacts, accounts)
     return {
+        "field_definition": fields,
         "account": accounts,
+        "custom_value": custom_rows,
         "contact": contacts,
         "opportunity": opportunities,
         "lead_scoring_rule": rules,
@@ -685,6 +680,62 @@ def generate(
         "case": cases.pop("case"),
         "activity": [*activities, *leads["activity"], *cases["activity"]],
     }
+
+
+# The accounts' custom fields every seeded tenant has: (name, label, type, options, share
+# of the accounts with a value). The currency field's code is the tenant's main currency.
+CUSTOM_FIELDS: tuple[tuple[str, str, str, dict[str, Any], float], ...] = (
+    ("segment", "Segment", "picklist", {"values": ["Strategic", "Enterprise", "SMB"]}, 0.9),
+    ("arr", "Annual revenue", "currency", {}, 0.7),
+    ("partner", "Channel partner", "boolean", {}, 0.5),
+)  # fmt: skip
+
+
+def custom_fields(tenant_id: UUID, currency: str, now: datetime) -> list[Row]:
+    rows: list[Row] = []
+    for position, (name, label, kind, options, _share) in enumerate(CUSTOM_FIELDS):
+        opts = {"currency": currency} if kind == "currency" else options
+        rows.append(
+            (tenant_id, new_id(), "account", name, label, kind, opts, position, now, now, 1)
+        )
+    return rows
+
+
+def _custom_values(rng: random.Random, fields: Sequence[Row], currency: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for (name, _label, kind, options, share), _row in zip(CUSTOM_FIELDS, fields, strict=True):
+        if rng.random() >= share:
+            continue
+        if kind == "picklist":
+            values[name] = rng.choice(options["values"])
+        elif kind == "currency":
+            values[name] = f"{int(rng.lognormvariate(11.5, 1.3)) // 100 * 100}.00"
+        else:
+            values[name] = rng.random() < 0.3
+    return values
+
+
+def _custom_rows(
+    tenant_id: UUID, fields: Sequence[Row], record_id: UUID, values: dict[str, Any]
+) -> list[Row]:
+    """``custom_value`` rows of one record, as ``meridian.crud.custom.index_rows`` makes."""
+    rows: list[Row] = []
+    for definition in fields:
+        name, kind = definition[3], definition[5]
+        if name not in values:
+            continue
+        spec = Field(definition[1], name, kind, False, False, None, definition[6])
+        for row in index_rows(spec, values[name]):
+            rows.append(
+                (
+                    tenant_id,
+                    definition[1],
+                    record_id,
+                    row.get("text_value"),
+                    row.get("number_value"),
+                )
+            )
+    return rows
 
 
 def _between(rng: random.Random, start: datetime, end: datetime) -> datetime:

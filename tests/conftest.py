@@ -15,7 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from meridian.app import create_app
 from meridian.operations import create_admin_client, migrate_all
 from meridian.settings import Settings
-from tests.fixtures.api import AdminToken, Tenant, onboard
+from tests.fixtures.api import AdminToken, Tenant, intruder, onboard
 from tests.fixtures.citus import citus_cluster
 from tests.fixtures.citus_api import citus_api
 from tests.fixtures.databases import (
@@ -39,6 +39,7 @@ __all__ = [
     "citus_api",
     "citus_cluster",
     "citus_platform",
+    "intruder",
     "pg_clusters",
     "postgres_platform",
     "user_api",

@@ -9,6 +9,9 @@ then on a Citus shard (tests/fixtures/engines.py); the intruder from abroad on a
 A route the generator cannot build a request for fails here: a new route must be taught
 to it (a placeholder for its path parameter, a body for its method), not skipped.
 
+The routes a signed URL authorizes instead of a token (``SIGNED``, presigned downloads)
+answer the intruder's own valid signature 403, as any signature that does not hold.
+
 The other tenant-boundary checks stay with their routers: references to another tenant's
 records in request bodies (422), filtered lists, idempotency keys.
 """
@@ -16,17 +19,20 @@ records in request bodies (422), filtered lists, idempotency keys.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
 import pytest
 
 from meridian.app import create_app
+from meridian.transfers import files
 from tests.fixtures.api import Tenant
 from tests.fixtures.databases import names_for
 from tests.fixtures.engines import *  # noqa: F403 - the matrix runs on both shard engines
@@ -44,10 +50,12 @@ def _routes_with_ids() -> list[tuple[str, str]]:
     """(METHOD, path template) of every /v1 operation with a path parameter."""
     app = create_app(names_for("routes").settings())  # builds routes; connects to nothing
     paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
+    # {object} names a kind of record, not a record: custom fields are tried on accounts'.
     return sorted(
         (method.upper(), path)
-        for path, operations in paths.items()
-        if path.startswith("/v1/") and _PARAM.search(path)
+        for template, operations in paths.items()
+        if template.startswith("/v1/")
+        and _PARAM.search(path := template.replace("{object}", "accounts"))
         for method in operations
         if method in _METHODS
     )
@@ -71,6 +79,18 @@ PARAMS = {
     "lead_id": "lead",
     "case_id": "case",
     "rule_id": "rule",
+    "field_id": "field",
+    "duplicate_rule_id": "duplicate_rule",
+    "merge_id": "merge",
+    "export_id": "export",
+    "import_id": "import",
+}
+# Routes a signed URL authorizes instead of a token (presigned downloads), with what they
+# sign: the intruder brings a valid signature of its own, for its own job; it does not
+# open the owner's (403, the answer to any signature that does not hold).
+SIGNED = {
+    ("GET", "/v1/exports/{export_id}/download"): ("export-download", "export"),
+    ("GET", "/v1/imports/{import_id}/errors"): ("import-errors", "import"),
 }
 PLURALS = {
     "accounts": "account",
@@ -128,7 +148,15 @@ BODIES: dict[tuple[str, str], list[Any]] = {
         {"account_id": Owner("account"), "contact_id": Owner("contact")},
         {"account_id": Own("account"), "contact_id": Own("contact")},
     ],
+    ("PATCH", "/v1/objects/accounts/fields/{field_id}"): [
+        {"label": "pwned"},
+        {"options": {"max_length": 3}},
+        {"required": True},
+    ],
+    ("POST", "/v1/objects/accounts/fields/{field_id}/restore"): [None],
     ("PATCH", "/v1/lead-scoring/rules/{rule_id}"): [{"points": 999}, {"active": False}],
+    ("PATCH", "/v1/duplicate-rules/{duplicate_rule_id}"): [{"name": "pwned"}, {"active": False}],
+    ("POST", "/v1/merges/{merge_id}/undo"): [None, {"force": True}],
     ("PATCH", "/v1/cases/{case_id}"): [
         {"subject": "pwned"},
         {"contact_id": Owner("contact")},
@@ -141,6 +169,7 @@ BODIES: dict[tuple[str, str], list[Any]] = {
         {"manager_id": Own("user")},
     ],
     ("POST", "/v1/users/{user_id}/revoke-tokens"): [None],
+    ("POST", "/v1/imports/{import_id}/cancel"): [None],
     ("POST", "/v1/opportunities/{opportunity_id}/fulfilment/retry"): [None],
     ("PATCH", "/v1/roles/{name}"): [{"description": "pwned"}],
     ("PATCH", "/v1/webhooks/{webhook_id}"): [
@@ -161,6 +190,67 @@ BODIES: dict[tuple[str, str], list[Any]] = {
 }
 _WITH_BODY = {"POST", "PUT", "PATCH"}
 _CONDITIONAL = {"PUT", "PATCH", "DELETE"}  # also tried with the owner's own ETag
+
+# The batch routes (POST /v1/<plural>/batch) name records in their bodies, not their
+# paths: each gets items that try the owner's ids and external ids, with the status each
+# item must get. Every tenant's records carry the same external ids (EXTERNAL): the
+# intruder's upsert of one finds its own record (200), never the owner's.
+EXTERNAL = {kind: f"xt-{kind}" for kind in ("account", "contact", "opportunity", "lead", "case")}
+
+
+def _theirs(kind: str, body: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
+    """Updates of the owner's record (404, with its ETag too) and an upsert of the
+    external id every tenant has (200: the intruder's own record)."""
+    return [
+        ({"op": "update", "id": Owner(kind), "body": body}, 404),
+        ({"op": "update", "id": Owner(kind), "if_match": '"1"', "body": body}, 404),
+        ({"op": "upsert", "external_id": EXTERNAL[kind], "body": body}, 200),
+    ]
+
+
+BATCHES: dict[str, list[tuple[dict[str, Any], int]]] = {
+    "/v1/accounts/batch": [
+        *_theirs("account", {"name": "pwned"}),
+        ({"op": "update", "id": Own("account"), "body": {"parent_id": Owner("account")}}, 422),
+        ({"op": "create", "body": {"name": "pwned", "parent_id": Owner("account")}}, 422),
+    ],
+    "/v1/contacts/batch": [
+        *_theirs("contact", {"last_name": "pwned"}),
+        ({"op": "update", "id": Own("contact"), "body": {"account_id": Owner("account")}}, 422),
+        ({"op": "create", "body": {"last_name": "pwned", "account_id": Owner("account")}}, 422),
+    ],
+    "/v1/opportunities/batch": [
+        *_theirs("opportunity", {"name": "pwned"}),
+        ({"op": "update", "id": Own("opportunity"), "body": {"stage_id": Owner("stage")}}, 422),
+        (
+            {
+                "op": "create",
+                "body": {"name": "pwned", "currency": "USD", "account_id": Owner("account")},
+            },
+            422,
+        ),
+    ],
+    "/v1/leads/batch": [
+        *_theirs("lead", {"company": "pwned"}),
+        ({"op": "update", "id": Own("lead"), "body": {"owner_id": Owner("user")}}, 422),
+        ({"op": "create", "body": {"last_name": "pwned", "owner_id": Owner("user")}}, 422),
+    ],
+    "/v1/cases/batch": [
+        *_theirs("case", {"subject": "pwned"}),
+        ({"op": "update", "id": Own("case"), "body": {"contact_id": Owner("contact")}}, 422),
+        ({"op": "create", "body": {"subject": "pwned", "contact_id": Owner("contact")}}, 422),
+    ],
+}
+
+
+def _batch_routes() -> list[str]:
+    """Every batch route of the app (POST /v1/<plural>/batch)."""
+    app = create_app(names_for("routes").settings())
+    paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
+    return sorted(p for p, ops in paths.items() if p.endswith("/batch") and "post" in ops)
+
+
+BATCH_ROUTES = _batch_routes()
 
 
 # -- the owner's records and the intruders -------------------------------------------------
@@ -191,12 +281,17 @@ async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Re
     r = Records(tenant)
     ids = r.ids
     ids["user"] = await new_user_id(client, tenant, role="sales_manager", name=marker)
-    ids["account"] = await _post(client, tenant, "/v1/accounts", {"name": marker})
+    ids["account"] = await _post(
+        client, tenant, "/v1/accounts", {"name": marker, "external_id": EXTERNAL["account"]}
+    )
     ids["child_account"] = await _post(
         client, tenant, "/v1/accounts", {"name": f"{marker} child", "parent_id": ids["account"]}
     )
     ids["contact"] = await _post(
-        client, tenant, "/v1/contacts", {"last_name": marker, "account_id": ids["account"]}
+        client,
+        tenant,
+        "/v1/contacts",
+        {"last_name": marker, "account_id": ids["account"], "external_id": EXTERNAL["contact"]},
     )
     stages = [{"name": f"{marker} {n}", "probability": p} for n, p in (("a", 10), ("b", 50))]
     pipeline = await client.post(
@@ -216,11 +311,20 @@ async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Re
             "amount": "1000000",
             "pipeline_id": ids["pipeline"],
             "stage_id": ids["stage"],
+            "external_id": EXTERNAL["opportunity"],
         },
     )
-    ids["lead"] = await _post(client, tenant, "/v1/leads", {"last_name": marker, "company": marker})
+    ids["lead"] = await _post(
+        client,
+        tenant,
+        "/v1/leads",
+        {"last_name": marker, "company": marker, "external_id": EXTERNAL["lead"]},
+    )
     ids["case"] = await _post(
-        client, tenant, "/v1/cases", {"subject": marker, "contact_id": ids["contact"]}
+        client,
+        tenant,
+        "/v1/cases",
+        {"subject": marker, "contact_id": ids["contact"], "external_id": EXTERNAL["case"]},
     )
     ids["activity"] = await _post(
         client,
@@ -237,12 +341,35 @@ async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Re
             "case_id": ids["case"],
         },
     )
+    ids["field"] = await _post(
+        client,
+        tenant,
+        "/v1/objects/accounts/fields",
+        {"name": "tier", "label": marker, "type": "text"},
+    )
     ids["rule"] = await _post(
         client,
         tenant,
         "/v1/lead-scoring/rules",
         {"name": marker, "points": 5, "condition": {"type": "activity", "min_count": 1}},
     )
+    ids["duplicate_rule"] = await _post(
+        client,
+        tenant,
+        "/v1/duplicate-rules",
+        {"kind": "account", "name": marker, "conditions": [{"type": "exact", "field": "domain"}]},
+    )
+    merged = [
+        await _post(client, tenant, "/v1/leads", {"last_name": f"{marker} merged {n}"})
+        for n in range(2)
+    ]
+    merge = await client.post(
+        "/v1/leads/merge",
+        json={"survivor_id": merged[0], "merged_ids": merged[1:]},
+        headers=tenant.headers,
+    )
+    assert merge.status_code == 201, merge.text
+    ids["merge"] = merge.json()["merge_id"]
     for plural, kind in PLURALS.items():
         r.shares[kind] = await _post(
             client, tenant, f"/v1/{plural}/{ids[kind]}/shares", {"user_id": ids["user"]}
@@ -261,7 +388,40 @@ async def _records(client: httpx.AsyncClient, tenant: Tenant, marker: str) -> Re
     assert made.status_code == 201, made.text
     ids["role"] = role
     await _webhook(client, tenant, marker, ids)
+    await _transfers(client, tenant, marker, ids)
     return r
+
+
+async def _transfers(
+    client: httpx.AsyncClient, tenant: Tenant, marker: str, ids: dict[str, str]
+) -> None:
+    """An export and an import (queued: no worker runs here)."""
+    body = {"object": "contacts", "format": "csv", "filter": f"last_name[eq]:{marker}"}
+    made = await client.post("/v1/exports", json=body, headers=tenant.headers)
+    assert made.status_code == 202, made.text
+    ids["export"] = made.json()["id"]
+    parts = [
+        ("options", (None, b'{"object": "leads"}', "application/json")),
+        ("file", ("leads.csv", f"last_name\n{marker}\n".encode(), "text/csv")),
+    ]
+    made = await client.post("/v1/imports", files=parts, headers=tenant.headers)
+    assert made.status_code == 202, made.text
+    ids["import"] = made.json()["id"]
+
+
+async def _signed_queries(
+    client: httpx.AsyncClient, owner: Records, own: Records, purpose: str, kind: str
+) -> list[str]:
+    """The intruder's valid signature of its own job: with its tenant, and the owner's."""
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    tenant_id = uuid.UUID(own.tenant.id)
+    cipher = await runtime.keyring.active_cipher(tenant_id)
+    expires = int(time.time()) + 600
+    signature = files.sign(cipher, purpose, tenant_id, uuid.UUID(own.ids[kind]), expires)
+    return [
+        urlencode({"tenant": tenant, "expires": expires, "signature": signature})
+        for tenant in (own.tenant.id, owner.tenant.id)
+    ]
 
 
 async def _webhook(
@@ -360,7 +520,7 @@ async def _fingerprint(world: World) -> dict[str, tuple[int, str]]:
 def _witness(method: str, path: str) -> str:
     """The path the owner reads to see what a request to ``path`` could have changed: the
     route itself if it can be read, or the nearest readable one above it."""
-    readable = {p for m, p in ROUTES if m == "GET"}
+    readable = {p for m, p in ROUTES if m == "GET" and (m, p) not in SIGNED}
     while path not in readable:
         path = path.rsplit("/", 1)[0]
         assert path.count("/") > 1, f"no readable route above {method} {path}"
@@ -445,6 +605,9 @@ def test_the_generator_builds_a_request_for_every_route() -> None:
     assert len(ROUTES) >= 38  # the routes are really read from the app
     assert [why for m, p in ROUTES if (why := _unbuildable(m, p))] == []
     assert set(BODIES) <= set(ROUTES), set(BODIES) - set(ROUTES)  # nothing stale
+    # Every batch route has its items, and nothing stale.
+    assert len(BATCH_ROUTES) >= 5
+    assert set(BATCH_ROUTES) == set(BATCHES), set(BATCH_ROUTES) ^ set(BATCHES)
 
 
 @pytest.mark.parametrize("intruder", ["same-shard", "other-shard"])
@@ -463,15 +626,60 @@ async def test_another_tenant_gets_404_and_changes_nothing(
     before = await _fingerprint(world)
     etag = seen.headers.get("etag", '"1"')
 
+    signed = SIGNED.get((method, path))
+    queries = await _signed_queries(app_client, owner, own, *signed) if signed else [""]
+    status, slug = (403, "forbidden") if signed else (404, "not-found")
     for attack in _attacks(method, path, owner, own, etag):
-        resp = await app_client.request(
-            attack.method, attack.url, json=attack.body, headers=attack.headers
-        )
-        what = (attack.method, attack.url, attack.body, attack.headers.get("If-Match"))
-        assert resp.status_code == 404, (what, resp.text)
-        assert_problem(resp, 404, "not-found")
-        assert world.marker not in resp.text, what
+        for query in queries:
+            url = f"{attack.url}?{query}" if query else attack.url
+            resp = await app_client.request(
+                attack.method, url, json=attack.body, headers=attack.headers
+            )
+            what = (attack.method, url, attack.body, attack.headers.get("If-Match"))
+            assert resp.status_code == status, (what, resp.text)
+            assert_problem(resp, status, slug)
+            assert world.marker not in resp.text, what
 
     after = await _owner_view(app_client, owner, witness)
     assert after.json() == seen.json()
+    assert await _fingerprint(world) == before
+
+
+@pytest.mark.parametrize("intruder", ["same-shard", "other-shard"])
+@pytest.mark.parametrize("path", BATCH_ROUTES)
+async def test_another_tenant_writes_nothing_through_a_batch(
+    app_client: httpx.AsyncClient, world: World, intruder: str, path: str
+) -> None:
+    """Every item naming the owner's records is 404 (or 422 where it is a reference in a
+    body, as on the single routes), an upsert of an external id the owner also has finds
+    the intruder's own record, atomic or not; the owner's data is the same afterwards."""
+    owner, own = world.owner, world.intruders[intruder]
+    kind = PLURALS[path.split("/")[2]]
+    entries = BATCHES[path]
+    items = [_resolve(item, owner, own) for item, _ in entries]
+    before = await _fingerprint(world)
+    expected = [status for _, status in entries]
+    first_failure = next(i for i, status in enumerate(expected) if status >= 400)
+    for atomic in (False, True):
+        resp = await app_client.post(
+            path, json={"items": items, "atomic": atomic}, headers=own.tenant.headers
+        )
+        assert resp.status_code == 200, resp.text
+        results = resp.json()["results"]
+        statuses = [r["status"] for r in results]
+        if atomic:
+            # The first failure rolls the batch back: every other item is 424.
+            assert statuses == [
+                expected[i] if i == first_failure else 424 for i in range(len(expected))
+            ], results
+        else:
+            assert statuses == expected, results
+            for result in results:
+                if result["status"] == 200:
+                    assert result["id"] == own.ids[kind], result
+                    assert result["record"]["external_id"] == EXTERNAL[kind]
+        for result in results:
+            if result["status"] == 404:
+                assert result["problem"]["type"] == "urn:meridian:problem:not-found"
+        assert world.marker not in resp.text, resp.text
     assert await _fingerprint(world) == before

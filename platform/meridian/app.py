@@ -15,15 +15,18 @@ from meridian.activities.router import timeline_router
 from meridian.admin.router import router as admin_router
 from meridian.cases.router import router as cases_router
 from meridian.contacts.router import router as contacts_router
+from meridian.crud import batch
 from meridian.events.audit import router as audit_router
 from meridian.events.history import router as history_router
 from meridian.events.hub import LiveStreams
 from meridian.events.router import router as events_router
 from meridian.events.stream import router as stream_router
+from meridian.fields.router import router as fields_router
 from meridian.fulfilment.router import router as fulfilment_router
 from meridian.health import router as health_router
 from meridian.leads.router import router as leads_router
 from meridian.leads.router import rules_router as lead_scoring_router
+from meridian.merges import router as merges
 from meridian.oauth.router import router as oauth_router
 from meridian.oauth.sessions import router as sessions_router
 from meridian.opportunities.router import router as opportunities_router
@@ -31,8 +34,10 @@ from meridian.pipelines.router import router as pipelines_router
 from meridian.projections.router import router as projections_router
 from meridian.roles.router import router as roles_router
 from meridian.runtime import Runtime
+from meridian.search.router import router as search_router
 from meridian.settings import Settings, get_settings
 from meridian.sharing.router import router as sharing_router
+from meridian.transfers import router as transfers
 from meridian.users.router import router as users_router
 from meridian.web import docs, openapi
 from meridian.web.limits import BodySizeLimit
@@ -87,15 +92,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        paths=[
+            (batch.PATH_PATTERN, settings.max_batch_body_bytes),
+            (transfers.UPLOAD_PATTERN, settings.max_import_bytes),
+        ],
+    )
     # Routes are matched in order, one regex at a time: the hot CRM reads come first.
     for router in (
+        merges.merging,  # POST …/merge and its 405s, ahead of the records' /{id} (see there)
         contacts_router,
         accounts_router,
         opportunities_router,
         leads_router,
         lead_scoring_router,
         cases_router,
+        search_router,
+        fields_router,
+        *(merges.router, merges.rules_router, merges.merges_router),
         activities_router,
         timeline_router,
         projections_router,
@@ -107,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit_router,
         stream_router,
         fulfilment_router,
+        transfers.router,
         users_router,
         roles_router,
         sessions_router,

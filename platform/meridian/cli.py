@@ -46,6 +46,8 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(moves_app, name="moves")
 projections_app = typer.Typer(no_args_is_help=True, help="Read models kept by the worker.")
 app.add_typer(projections_app, name="projections")
+search_app = typer.Typer(no_args_is_help=True, help="The global search index.")
+app.add_typer(search_app, name="search")
 # Where `meridian dev` writes the file that other commands read (relative to its cwd).
 DEV_JSON = Path(".meridian/dev.json")
 
@@ -616,6 +618,26 @@ def projections_rebuild(
         return await rebuild_projections(rt, tenant)
 
     typer.echo(json.dumps(_with_runtime("projections rebuild", work)))
+
+
+@search_app.command("rebuild")
+def search_rebuild(
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this tenant (id or slug). Default: every tenant.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Compute the search index again from the records (one transaction per tenant;
+    every write keeps it from then on). For records written around the app, such as
+    rows loaded straight into a shard."""
+    from meridian.operations import rebuild_search
+
+    async def work(rt: Runtime) -> dict[str, object]:
+        return await rebuild_search(rt, tenant)
+
+    typer.echo(json.dumps(_with_runtime("search rebuild", work)))
 
 
 @app.command()

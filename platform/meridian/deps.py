@@ -9,12 +9,13 @@ aliases below.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import Depends, Request
+import asyncpg
+from fastapi import Depends, Query, Request
 from saq import Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -123,14 +124,18 @@ class RequireTenant:
 
     The OAuth scope follows from the action (reads need ``crm:read``, everything else
     ``crm:write``); the tenant's Casbin policy then decides for the actor's role.
+    ``alternatives``: other actions that also let the caller in (a batch write needs
+    ``create`` or ``update``; the flow then checks each item's own).
     """
 
-    def __init__(self, obj: str, act: str) -> None:
-        if not is_known(obj, act):
-            # A typo in a route declaration must fail at import, not deny at run time.
-            raise ValueError(f"unknown permission {obj}:{act}; known: {sorted(CATALOGUE)}")
+    def __init__(self, obj: str, act: str, *alternatives: str) -> None:
+        for action in (act, *alternatives):
+            if not is_known(obj, action):
+                # A typo in a route declaration must fail at import, not deny at run time.
+                raise ValueError(f"unknown permission {obj}:{action}; known: {sorted(CATALOGUE)}")
         self.obj = obj
         self.act = act
+        self.alternatives = alternatives
         self.scope = SCOPE_READ if act in READ_ACTIONS else SCOPE_WRITE
 
     async def __call__(self, request: Request) -> TenantAccess:
@@ -155,9 +160,12 @@ class RequireTenant:
         current_tenant_id.set(tenant.tenant_id)
         actor = await resolve_actor(runtime, tenant, principal)
         policy = runtime.authz.cached(tenant.tenant_id) or await _load_policy(runtime, tenant)
-        if not policy.allows(actor.role, self.obj, self.act):
+        if not policy.allows(actor.role, self.obj, self.act) and not any(
+            policy.allows(actor.role, self.obj, other) for other in self.alternatives
+        ):
             raise Forbidden(
-                f"The role '{actor.role}' may not {self.act} {self.obj}.",
+                f"The role '{actor.role}' may not {' or '.join((self.act, *self.alternatives))} "
+                f"{self.obj}.",
                 object=self.obj,
                 action=self.act,
             )
@@ -176,6 +184,14 @@ CanReadAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "rea
 CanCreateAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "create"))]
 CanUpdateAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "update"))]
 CanDeleteAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "delete"))]
+# Batch writes (meridian.crud.batch): the role creates or updates; each item is checked.
+CanWriteAccounts = Annotated[TenantAccess, Depends(RequireTenant("accounts", "create", "update"))]
+CanWriteContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "create", "update"))]
+CanWriteOpportunities = Annotated[
+    TenantAccess, Depends(RequireTenant("opportunities", "create", "update"))
+]
+CanWriteLeads = Annotated[TenantAccess, Depends(RequireTenant("leads", "create", "update"))]
+CanWriteCases = Annotated[TenantAccess, Depends(RequireTenant("cases", "create", "update"))]
 CanReadContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "read"))]
 CanCreateContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "create"))]
 CanUpdateContacts = Annotated[TenantAccess, Depends(RequireTenant("contacts", "update"))]
@@ -196,6 +212,22 @@ CanReadCases = Annotated[TenantAccess, Depends(RequireTenant("cases", "read"))]
 CanCreateCases = Annotated[TenantAccess, Depends(RequireTenant("cases", "create"))]
 CanUpdateCases = Annotated[TenantAccess, Depends(RequireTenant("cases", "update"))]
 CanDeleteCases = Annotated[TenantAccess, Depends(RequireTenant("cases", "delete"))]
+CanReadFields = Annotated[TenantAccess, Depends(RequireTenant("fields", "read"))]
+CanCreateFields = Annotated[TenantAccess, Depends(RequireTenant("fields", "create"))]
+CanUpdateFields = Annotated[TenantAccess, Depends(RequireTenant("fields", "update"))]
+CanDeleteFields = Annotated[TenantAccess, Depends(RequireTenant("fields", "delete"))]
+CanReadDuplicateRules = Annotated[TenantAccess, Depends(RequireTenant("duplicate_rules", "read"))]
+CanCreateDuplicateRules = Annotated[
+    TenantAccess, Depends(RequireTenant("duplicate_rules", "create"))
+]
+CanUpdateDuplicateRules = Annotated[
+    TenantAccess, Depends(RequireTenant("duplicate_rules", "update"))
+]
+CanDeleteDuplicateRules = Annotated[
+    TenantAccess, Depends(RequireTenant("duplicate_rules", "delete"))
+]
+CanReadMerges = Annotated[TenantAccess, Depends(RequireTenant("merges", "read"))]
+CanUndoMerges = Annotated[TenantAccess, Depends(RequireTenant("merges", "undo"))]
 CanReadPipelines = Annotated[TenantAccess, Depends(RequireTenant("pipelines", "read"))]
 CanCreatePipelines = Annotated[TenantAccess, Depends(RequireTenant("pipelines", "create"))]
 CanUpdatePipelines = Annotated[TenantAccess, Depends(RequireTenant("pipelines", "update"))]
@@ -222,6 +254,11 @@ CanUpdateWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "u
 CanDeleteWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "delete"))]
 CanReadFulfilment = Annotated[TenantAccess, Depends(RequireTenant("fulfilment", "read"))]
 CanUpdateFulfilment = Annotated[TenantAccess, Depends(RequireTenant("fulfilment", "update"))]
+CanReadExports = Annotated[TenantAccess, Depends(RequireTenant("exports", "read"))]
+CanCreateExports = Annotated[TenantAccess, Depends(RequireTenant("exports", "create"))]
+CanReadImports = Annotated[TenantAccess, Depends(RequireTenant("imports", "read"))]
+CanCreateImports = Annotated[TenantAccess, Depends(RequireTenant("imports", "create"))]
+CanUpdateImports = Annotated[TenantAccess, Depends(RequireTenant("imports", "update"))]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 
@@ -253,7 +290,49 @@ def _job_queue(request: Request) -> Queue:
     return queue
 
 
+@dataclass(frozen=True, slots=True)
+class SignedTenant:
+    """A tenant reached without a token, for what a signed URL authorizes instead (a
+    presigned download, ``meridian.transfers``): the route checks the URL's signature
+    with ``keyring``; this only names the tenant and opens its shard's transactions, as
+    the platform."""
+
+    tenant: TenantContext
+    keyring: TenantKeyring
+    _runtime: Runtime
+
+    def reader(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        runtime = self._runtime
+        return runtime.router.reader(self.tenant, on_stale=runtime.refresh_tenant)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        runtime = self._runtime
+        async with runtime.router.transaction(
+            self.tenant, write=True, on_stale=runtime.refresh_tenant
+        ) as session:
+            outbox.act_as(session, outbox.SYSTEM)
+            yield session
+
+
+async def signed_tenant(
+    request: Request,
+    tenant: Annotated[UUID, Query(description="The tenant the signed URL was issued for.")],
+) -> SignedTenant | None:
+    """The active tenant a signed URL names; None for any other id (the route answers it
+    as it answers a wrong signature, so the URL tells nobody which tenants exist)."""
+    runtime = get_runtime(request)
+    found = await runtime.directory.resolve(tenant)
+    if found is None or found.status is not TenantStatus.ACTIVE:
+        return None
+    if found.shard_id not in runtime.engines.shards:
+        await runtime.reload_topology()
+    current_tenant_id.set(found.tenant_id)
+    return SignedTenant(found, runtime.keyring, runtime)
+
+
 Keyring = Annotated[TenantKeyring, Depends(_keyring)]
+SignedTenantDep = Annotated[SignedTenant | None, Depends(signed_tenant)]
 ControlPlane = Annotated[AsyncEngine, Depends(_control)]
 PlatformSettings = Annotated[Settings, Depends(_settings)]
 JobQueue = Annotated[Queue, Depends(_job_queue)]

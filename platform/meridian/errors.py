@@ -138,6 +138,10 @@ NOT_FOUND = "not_found"
 # errors[].type of a value that must differ from its siblings' (two fulfilment steps of
 # one name): JSON Schema can say "unique items" of whole items only, not of one member.
 UNIQUE = "unique"
+# errors[].type of a value that does not fit its custom field's definition: a default
+# against the field's type and options (beside it in the request, a relation between
+# members JSON Schema cannot state, or stored), new options against the stored type.
+FIELD_DEFINITION = "field_definition"
 
 
 def invalid_field(

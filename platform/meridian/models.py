@@ -7,6 +7,7 @@ from meridian.accounts.models import Account
 from meridian.activities.models import Activity
 from meridian.cases.models import Case
 from meridian.contacts.models import Contact
+from meridian.crud.custom import CustomValue, FieldDefinition
 from meridian.crud.idempotency import IdempotencyKey
 from meridian.events.models import EventOutbox, EventPending, EventRelay, EventSequence
 from meridian.fulfilment.models import (
@@ -16,10 +17,19 @@ from meridian.fulfilment.models import (
     FulfilmentUnfinished,
 )
 from meridian.leads.models import Lead, LeadScoringRule
+from meridian.merges.models import DuplicateRule, MergeRecord
 from meridian.oauth.models import OAuthClient, RefreshToken, SigningKey, TokenRevocation
 from meridian.opportunities.models import Opportunity
 from meridian.pipelines.models import Pipeline, PipelineStage
 from meridian.projections.models import InteractionSummary
+from meridian.search.models import SearchEntry, SearchTerm
+from meridian.transfers.models import (
+    DataExport,
+    DataFile,
+    DataFileChunk,
+    DataImport,
+    TransferUnfinished,
+)
 from meridian.users.models import AppUser
 from meridian.webhooks.models import Webhook, WebhookDelivery
 from sharding.models import Shard, TenantMove, TenantResidency
@@ -57,15 +67,26 @@ SHARD_MODELS = (
     EventOutbox,
     EventPending,
     InteractionSummary,
+    SearchEntry,
+    SearchTerm,
     Lead,
     LeadScoringRule,
     Case,
+    FieldDefinition,
+    CustomValue,
     FulfilmentConfig,
     FulfilmentSaga,
     FulfilmentStep,
     FulfilmentUnfinished,
     Webhook,
     WebhookDelivery,
+    DuplicateRule,
+    MergeRecord,
+    DataFile,
+    DataFileChunk,
+    DataExport,
+    DataImport,
+    TransferUnfinished,
 )
 control_metadata = ControlBase.metadata
 shard_metadata = ShardBase.metadata

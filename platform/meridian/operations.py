@@ -586,6 +586,15 @@ async def rebuild_projections(rt: Runtime, tenant: str | None) -> dict[str, obje
     return await rebuild(platform, tenant)
 
 
+async def rebuild_search(rt: Runtime, tenant: str | None) -> dict[str, object]:
+    """What `meridian search rebuild` does: every search entry of the tenant (id or
+    slug), or of every tenant, computed again from its records."""
+    from meridian.search.service import Platform, rebuild
+
+    platform = Platform(rt.control, rt.directory.load, rt.router, rt.refresh_tenant)
+    return await rebuild(platform, tenant)
+
+
 # -- diagnosis -----------------------------------------------------------------------------
 
 

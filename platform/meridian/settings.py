@@ -176,6 +176,13 @@ class Settings(BaseSettings):
     # before its version is read again (authz_policy_ttl otherwise).
     authz_policy_hold: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # The batch routes' (POST /v1/{object}/batch): up to 1,000 records of up to a few
+    # KiB each (a case's description may hold 32,000 characters).
+    max_batch_body_bytes: int = Field(default=8_388_608, ge=1024)
+    # Connections per shard this process keeps open, in each of its two pools (the
+    # ORM's for transactions, 10 more opened for a burst and closed when returned; the
+    # raw read pool's): a shard serving N instances needs 2 x N x this in
+    # max_connections.
     shard_pool_size: int = Field(default=10, ge=1)
     # Control-plane connections kept open (10 more may be opened, and are closed when
     # returned). The seeder raises it: onboarding many tenants at once would otherwise
@@ -234,6 +241,17 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0, le=60)
     # A subscription is disabled after this many dead deliveries in a row.
     webhook_disable_after: int = Field(default=5, ge=1)
+    # Imports and exports (meridian.transfers, docs/api.md "Imports and exports"): an
+    # upload's limit (POST /v1/imports, the whole multipart body), the rows the worker
+    # writes per transaction (an import's chunk, committed with its progress) and reads
+    # per page (an export), how long a signed download URL works, how long files are
+    # kept, and after how long without a heartbeat a job is handed to another worker.
+    max_import_bytes: int = Field(default=104_857_600, ge=1024)
+    import_chunk_rows: int = Field(default=500, ge=1, le=5000)
+    export_page_rows: int = Field(default=500, ge=1, le=5000)
+    transfer_url_ttl: int = Field(default=900, ge=10, le=7 * 86_400)
+    transfer_retention_days: int = Field(default=7, ge=1, le=365)
+    transfer_stale_after: float = Field(default=120.0, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -309,7 +309,7 @@ async def _none(_: TenantContext) -> None:
 
 def test_the_audited_types_are_defined_once() -> None:
     assert {"auth", "role", "user", "share", "webhook"} <= set(AUDITED_KINDS)
-    assert set(AUDITED_ACTIONS) == {"deleted", "exported"}
+    assert set(AUDITED_ACTIONS) == {"deleted", "exported", "merged", "unmerged"}
     for audited in (
         "auth.signed_in",
         "auth.sign_in_failed",
@@ -320,6 +320,8 @@ def test_the_audited_types_are_defined_once() -> None:
         "contact.deleted",
         "contact.exported",
         "stage.deleted",
+        "contact.merged",
+        "account.unmerged",
     ):
         assert is_audited(audited), audited
     for not_audited in ("contact.updated", "opportunity.won", "account.created"):

@@ -7,6 +7,7 @@ import random
 import stat
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 TABLES = (
     "app_user",
     "user_closure",
+    "field_definition",
     "account",
+    "custom_value",
     "contact",
     "opportunity",
     "lead_scoring_rule",
@@ -92,6 +95,7 @@ async def test_seed_loads_each_tenant_on_its_shard(
         assert mine == tenant.rows
         assert mine["contact"] == 50
         assert 5 <= mine["lead_scoring_rule"] <= 8
+        assert mine["field_definition"] == 3
         assert 2 <= len(tenant.agent_ids) <= 5
         assert tenant.support_client is not None
         # About five activities per contact (3 to 7 each).
@@ -129,6 +133,25 @@ async def test_credentials_file_gets_tokens_and_data_through_the_api(
         assert len(rows) == 30
         assert contacts.json()["next_cursor"] is None
         assert all(r["email"] is None or "@" in r["email"] for r in rows)
+        # The accounts' custom fields: defined, carried by the records, and filtered through
+        # the index the seed filled as the API fills it.
+        fields = await app_client.get("/v1/objects/accounts/fields", headers=headers)
+        assert [f["name"] for f in fields.json()["data"]] == ["segment", "arr", "partner"]
+        accounts = await app_client.get("/v1/accounts", params={"limit": 200}, headers=headers)
+        strategic = {
+            a["id"] for a in accounts.json()["data"] if a["custom"].get("segment") == "Strategic"
+        }
+        found = await app_client.get(
+            "/v1/accounts",
+            params={"limit": 200, "filter": "custom.segment[eq]:Strategic"},
+            headers=headers,
+        )
+        assert {a["id"] for a in found.json()["data"]} == strategic
+        by_arr = await app_client.get(
+            "/v1/accounts", params={"limit": 200, "sort": "-custom.arr"}, headers=headers
+        )
+        arr = [Decimal(a["custom"]["arr"]) for a in by_arr.json()["data"] if "arr" in a["custom"]]
+        assert arr == sorted(arr, reverse=True)
         # Opportunities sit in the tenant's default pipeline, across its stages.
         pipelines = await app_client.get("/v1/pipelines", headers=headers)
         stage_ids = {s["id"] for s in pipelines.json()["data"][0]["stages"]}

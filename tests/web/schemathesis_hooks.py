@@ -15,6 +15,7 @@ from meridian.crud.http import (
     IF_NONE_MATCH_PATTERN,
 )
 from meridian.errors import (
+    FIELD_DEFINITION,
     NOT_FOUND,
     PROBLEM_BASE,
     PROBLEM_MEDIA_TYPE,
@@ -41,7 +42,10 @@ def refused_only_for_state(
     schema can state: a cursor that is not one the API issued, a reference to a record
     that does not exist (every ``errors[].type`` is ``not_found``), a value that must
     differ from its siblings' (``unique``: JSON Schema states uniqueness of whole items
-    only), an Idempotency-Key already used for another request, or a ``filter`` expression
+    only), a value that must fit a stored definition the request does not carry
+    (``field_definition``: a default against the type and options beside it or stored,
+    new options against the stored type), an
+    Idempotency-Key already used for another request, or a ``filter`` expression
     (its grammar and its fields' types are beyond a schema; its description states them).
     Anything else means the document promises more than the API accepts.
 
@@ -63,11 +67,15 @@ def refused_only_for_state(
     if response.status_code == 422:
         errors = problem.get("errors") or []
         if kind == KEY_REUSED or (
-            errors and all(e.get("type") in (NOT_FOUND, UNIQUE) for e in errors)
+            errors and all(e.get("type") in (NOT_FOUND, UNIQUE, FIELD_DEFINITION) for e in errors)
         ):
             return None
+        # A list's filter is a query parameter; an export's is a member of its body.
+        filtered = FILTER in (case.query or {}) or (
+            isinstance(case.body, dict) and FILTER in case.body
+        )
         if (
-            FILTER in (case.query or {})
+            filtered
             and errors
             and all(e.get("loc") == [FILTER] and e.get("type") in FILTER_ERRORS for e in errors)
         ):

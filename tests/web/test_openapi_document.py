@@ -4,6 +4,7 @@ from the routes (meridian.web.openapi); Schemathesis holds the API to it
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -106,14 +107,19 @@ def test_request_headers_and_parameters_state_their_formats(doc: dict[str, Any])
     assert parameter("/v1/accounts/{account_id}", "get", "If-None-Match")["type"] == "string"
     assert parameter("/v1/accounts/{account_id}", "get", "account_id")["format"] == "uuid"
     sortable = {"amount", "created_at", "name", "updated_at"}
-    sort = parameter("/v1/opportunities", "get", "sort")
-    assert set(sort["enum"]) == sortable | {f"-{f}" for f in sortable}
+    # A list with custom fields also sorts by them: its fields, or custom.<name>.
+    listed, custom = parameter("/v1/opportunities", "get", "sort")["anyOf"]
+    assert set(listed["enum"]) == sortable | {f"-{f}" for f in sortable}
+    assert re.fullmatch(custom["pattern"], "-custom.arr")
+    assert not re.fullmatch(custom["pattern"], "custom.")
+    pipelines = parameter("/v1/pipelines", "get", "sort")
+    assert set(pipelines["enum"]) == {"name", "-name", "created_at", "-created_at"}
     limit = parameter("/v1/accounts", "get", "limit")
     assert (limit["minimum"], limit["maximum"]) == (1, 200)
     # An absent query or header parameter is its null: "null" is never a value to send.
     for _, _, op in operations(doc):
         for p in op.get("parameters", []):
-            assert "anyOf" not in p["schema"], p
+            assert {"type": "null"} not in p["schema"].get("anyOf", []), p
 
 
 def test_shapes_the_document_promises(doc: dict[str, Any]) -> None:

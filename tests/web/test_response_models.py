@@ -25,6 +25,8 @@ from tests.fixtures.engines import *  # noqa: F403 - the session runs on both sh
 from tests.fixtures.engines import Platform
 from tests.fixtures.response_models import ResponseChecker, checked_responses, checking
 from tests.fixtures.users import PASSWORD, login_api, sign_in
+from tests.fixtures.worker import running_worker
+from tests.transfers.helpers import finished
 
 __all__ = ["checked_responses"]
 
@@ -387,6 +389,9 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
     refused(await client.delete(f"/v1/accounts/{account['id']}", headers=h), 409, "conflict")
 
     made |= await drive_leads_and_cases(client, h, contact)
+    await drive_search(client, h, made)
+    await drive_batches(client, h, made)
+    await drive_merges(client, h)
 
     # Deletions, last: the other opportunity, then its pipeline, a child account, a contact.
     ok(await client.delete(f"/v1/opportunities/{other['id']}", headers=h), 204)
@@ -395,6 +400,102 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
     spare = ok(await client.post("/v1/contacts", json={"last_name": "Spare"}, headers=h), 201)
     ok(await client.delete(f"/v1/contacts/{spare['id']}", headers=h), 204)
     return made
+
+
+async def drive_batches(client: httpx.AsyncClient, h: dict[str, str], made: dict[str, Any]) -> None:
+    """Each kind's batch: a create, an update, an upsert, a stale If-Match and an invalid
+    body in one request (their records and problems checked against the results' model),
+    then replayed by its Idempotency-Key; a batch refused whole."""
+    batches = {
+        "account": ("accounts", {"name": "Batched"}, {"name": "Batched again"}),
+        "contact": (
+            "contacts",
+            {"last_name": "Batched", "email": "b@batch.example"},
+            {"title": "B"},
+        ),
+        "opportunity": (
+            "opportunities",
+            {"name": "Batched", "currency": "USD", "account_id": made["account"]["id"]},
+            {"name": "Batched again"},
+        ),
+        "lead": ("leads", {"last_name": "Batched"}, {"company": "Batched"}),
+        "case": ("cases", {"subject": "Batched"}, {"priority": "low"}),
+    }
+    for kind, (plural, new, change) in batches.items():
+        record_id = made[kind]["id"]
+        without_email = {k: v for k, v in new.items() if k != "email"}
+        items = [
+            {"op": "create", "body": new},
+            {"op": "update", "id": record_id, "body": change},
+            # (Without the email the create above has: a contact's would be a duplicate.)
+            {"op": "upsert", "external_id": f"rm-{kind}", "body": without_email},
+            {"op": "update", "id": record_id, "if_match": '"1"', "body": change},
+            {"op": "create", "body": {}},
+        ]
+        keyed = {**h, "Idempotency-Key": f"rm-batch-{kind}"}
+        path = f"/v1/{plural}/batch"
+        first = ok(await client.post(path, json={"items": items}, headers=keyed))
+        assert [r["status"] for r in first["results"]] == [201, 200, 201, 412, 422], first
+        assert ok(await client.post(path, json={"items": items}, headers=keyed)) == first
+    refused(await client.post("/v1/cases/batch", json={"items": []}, headers=h), 422)
+
+
+async def drive_merges(client: httpx.AsyncClient, h: dict[str, str]) -> None:
+    """Duplicate rules; each kind's duplicates and a dry run, merge (replayed by its
+    Idempotency-Key) and its undo; the merges; a refused undo and merge."""
+    rules = "/v1/duplicate-rules"
+    body = {
+        "kind": "lead",
+        "name": "Same email",
+        "conditions": [{"type": "exact", "field": "email"}],
+    }
+    rule = await create(client, rules, body, h)
+    refused(await client.post(rules, json=body, headers=h), 409, "conflict")
+    ok(await client.get(rules, params={"kind": "lead"}, headers=h))
+    etag = await not_modified(client, f"{rules}/{rule['id']}", h)
+    patch = {"conditions": [{"type": "fuzzy", "field": "company", "threshold": 0.6}]}
+    ok(await client.patch(f"{rules}/{rule['id']}", json=patch, headers={**h, "If-Match": etag}))
+    ok(await client.delete(f"{rules}/{rule['id']}", headers=h), 204)
+    bodies = {
+        "accounts": {"name": "Merge Me", "domain": "merge-me.example", "tax_id": "DE 811"},
+        "contacts": {"last_name": "Merge", "email": "merge@me.example"},
+        "leads": {"last_name": "Merge", "company": "Merge Me", "email": "merge@me.example"},
+    }
+    merge_ids = []
+    for plural, record in bodies.items():
+        first = ok(await client.post(f"/v1/{plural}", json=record, headers=h), 201)
+        query = "?allow_duplicate=true" if plural == "contacts" else ""
+        second = ok(await client.post(f"/v1/{plural}{query}", json=record, headers=h), 201)
+        found = ok(await client.get(f"/v1/{plural}/{first['id']}/duplicates", headers=h))
+        assert [d["record"]["id"] for d in found["data"]] == [second["id"]], found
+        merge = {"survivor_id": first["id"], "merged_ids": [second["id"]]}
+        preview = await client.post(
+            f"/v1/{plural}/merge", json={**merge, "dry_run": True}, headers=h
+        )
+        assert ok(preview)["fields"], preview.text
+        done = await create(client, f"/v1/{plural}/merge", merge, h)
+        merge_ids.append(done["merge_id"])
+        refused(await client.post(f"/v1/{plural}/merge", json=merge, headers=h), 404)
+    ok(await client.get("/v1/merges", params={"kind": "lead"}, headers=h))
+    ok(await client.get(f"/v1/merges/{merge_ids[0]}", headers=h))
+    for merge_id in merge_ids:
+        ok(await client.post(f"/v1/merges/{merge_id}/undo", json={"force": False}, headers=h))
+    refused(await client.post(f"/v1/merges/{merge_ids[0]}/undo", headers=h), 409, "conflict")
+    refused(await client.post(f"/v1/merges/{uuid.uuid4()}/undo", headers=h), 404, "not-found")
+
+
+async def drive_search(client: httpx.AsyncClient, h: dict[str, str], made: dict[str, Any]) -> None:
+    """Global search: a ranked page and the next with the records, an exact email
+    through its blind index; a cursor of another query, an unknown kind."""
+    first = ok(await client.get("/v1/search", params={"q": "globex", "limit": 1}, headers=h))
+    assert first["next_cursor"], first
+    params = {"q": "globex", "cursor": first["next_cursor"], "include": "record"}
+    ok(await client.get("/v1/search", params=params, headers=h))
+    by_email = {"q": made["contact"]["email"], "include": "record"}
+    assert ok(await client.get("/v1/search", params=by_email, headers=h))["data"], by_email
+    other = {"q": "lovelace", "cursor": first["next_cursor"]}
+    refused(await client.get("/v1/search", params=other, headers=h), 400, "invalid-cursor")
+    refused(await client.get("/v1/search", params={"q": "x", "kinds": "deal"}, headers=h), 422)
 
 
 async def drive_leads_and_cases(
@@ -444,6 +545,30 @@ async def drive_leads_and_cases(
     ok(await client.get("/v1/cases", params={"overdue": "false", "sort": "due_at"}, headers=h))
     ok(await client.get(f"{path}/timeline", headers=h))
     ok(await client.get(f"{path}/history", headers=h))
+    # Custom fields: defined, used, filtered, archived, restored, purged; the schema.
+    fields = "/v1/objects/contacts/fields"
+    region = {"name": "region", "label": "Region", "type": "picklist"}
+    made = await create(client, fields, {**region, "options": {"values": ["EMEA", "APAC"]}}, h)
+    refused(
+        await client.post(fields, json={**region, "options": {"values": ["X"]}}, headers=h), 409
+    )
+    refused(await client.post(fields, json={**region, "name": "r2"}, headers=h), 422)
+    ok(await client.get(fields, headers=h))
+    one = f"{fields}/{made['id']}"
+    etag = await not_modified(client, one, h)
+    grown = {"options": {"values": ["EMEA", "APAC", "LATAM"]}}
+    ok(await client.patch(one, json=grown, headers={**h, "If-Match": etag}))
+    tagged = await create(
+        client, "/v1/contacts", {"last_name": "Custom", "custom": {"region": "EMEA"}}, h
+    )
+    refused(await client.patch(one, json={"options": {"values": ["APAC"]}}, headers=h), 409)
+    ok(await client.get("/v1/contacts", params={"filter": "custom.region[eq]:EMEA"}, headers=h))
+    ok(await client.get("/v1/objects/contacts/schema", headers=h))
+    ok(await client.delete(one, headers=h), 204)
+    ok(await client.post(f"{one}/restore", headers=h))
+    ok(await client.delete(one, headers=h), 204)
+    ok(await client.delete(one, params={"purge": "true"}, headers=h), 204)
+    ok(await client.delete(f"/v1/contacts/{tagged['id']}", headers=h), 204)
     return {"lead": lead, "case": case}
 
 
@@ -561,6 +686,46 @@ async def drive_people(
     refused(await client.get("/v1/accounts", headers=as_user), 401, "unauthorized")
 
 
+async def drive_transfers(client: httpx.AsyncClient, settings: Settings, tenant: Tenant) -> None:
+    """Exports and imports: made (and replayed by their Idempotency-Key), run by a worker,
+    read, listed, an import cancelled, the refusals. The downloads are files, not JSON:
+    fetched outside the checker (their refusals, problem+json, through it)."""
+    h = tenant.headers
+    keyed = {**h, "Idempotency-Key": uuid.uuid4().hex}
+    body = {"object": "contacts", "format": "csv", "filter": "last_name[starts]:L"}
+    export = ok(await client.post("/v1/exports", json=body, headers=keyed), 202)
+    ok(await client.post("/v1/exports", json=body, headers=keyed), 202)
+    unknown = {**body, "fields": ["custom.nope"]}
+    refused(await client.post("/v1/exports", json=unknown, headers=h), 422, "validation")
+
+    def parts(rows: bytes) -> list[Any]:
+        options = b'{"object": "leads", "mapping": {"Name": "last_name", "Mail": "email"}}'
+        return [
+            ("options", (None, options, "application/json")),
+            ("file", ("leads.csv", b"Name,Mail\n" + rows, "text/csv")),
+        ]
+
+    keyed = {**h, "Idempotency-Key": uuid.uuid4().hex}
+    rows = b"Ada,ada@example.com\nNo mail,not an email\n"
+    made = ok(await client.post("/v1/imports", files=parts(rows), headers=keyed), 202)
+    ok(await client.post("/v1/imports", files=parts(rows), headers=keyed), 202)
+    queued = ok(await client.post("/v1/imports", files=parts(b"Later,\n"), headers=h), 202)
+    ok(await client.post(f"/v1/imports/{queued['id']}/cancel", headers=h))
+    refused(await client.post("/v1/imports", content=rows, headers=h), 415)
+    async with running_worker(settings):
+        export = await finished(client, h, "exports", export["id"])
+        made = await finished(client, h, "imports", made["id"])
+    ok(await client.get("/v1/exports", headers=h))
+    ok(await client.get("/v1/imports", params={"limit": 1}, headers=h))
+    refused(await client.post(f"/v1/imports/{made['id']}/cancel", headers=h), 409, "conflict")
+    transport = httpx.ASGITransport(app=client.app)  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as plain:
+        assert (await plain.get(export["download_url"])).status_code == 200
+        assert (await plain.get(made["errors_url"])).status_code == 200
+    expired = export["download_url"].replace("expires=", "expires=1")
+    refused(await client.get(expired), 403, "forbidden")
+
+
 async def drive_platform(
     client: httpx.AsyncClient, admin_headers: dict[str, str], tenant: Tenant
 ) -> None:
@@ -652,6 +817,7 @@ async def test_every_response_matches_its_declared_model(
         with checking(login) as login_checker:
             made = await drive_records(app_client, tenant)
             await drive_people(app_client, login, tenant, made)
+            await drive_transfers(app_client, settings, tenant)
             await drive_platform(app_client, admin_headers, tenant)
     assert checked_responses.violations == []
     assert login_checker.violations == []

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, LargeBinary, String
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record, RecordRow
+from meridian.crud.model import Record, RecordRow, external_id_index
 from tenancy.planes import ShardBase
 
 
@@ -28,6 +30,7 @@ class Account(Record, ShardBase):
         Index("ix_account_tax_id_bidx", "tenant_id", "tax_id_bidx"),
         Index("ix_account_enc_version", "tenant_id", "enc_version", "id"),
         CheckConstraint("enc_version IS NOT NULL OR tax_id_enc IS NULL", name="enc_version"),
+        external_id_index("account"),
     )
 
     name: Mapped[str] = mapped_column(String(255))
@@ -38,6 +41,10 @@ class Account(Record, ShardBase):
     tax_id_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     tax_id_bidx: Mapped[bytes | None] = mapped_column(LargeBinary)
     enc_version: Mapped[int | None] = mapped_column(Integer)
+    # The account's id in the client's own system (batch upserts find it by that).
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    # The tenant's own fields (meridian.crud.custom), by name.
+    custom: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
 
 
 class AccountRow(RecordRow):
@@ -48,3 +55,5 @@ class AccountRow(RecordRow):
     parent_id: UUID | None
     owner_id: UUID | None
     tax_id_enc: bytes | None
+    external_id: str | None
+    custom: dict[str, Any]

@@ -22,6 +22,7 @@ FILTERABLE = {
     "domain": FilterField(Account.domain, "text", normalize=str.lower),
     "parent_id": FilterField(Account.parent_id, "uuid"),
     "owner_id": FilterField(Account.owner_id, "uuid"),
+    "external_id": FilterField(Account.external_id, "text"),
     "created_at": FilterField(Account.created_at, "datetime"),
     "updated_at": FilterField(Account.updated_at, "datetime"),
     "tax_id": sealed_field(max_length=40),

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import AfterValidator, ConfigDict, StringConstraints
 
-from meridian.crud.schemas import NOT_BLANK, InputModel, Omittable, RecordRead, padded
+from meridian.crud.schemas import (
+    NOT_BLANK,
+    CustomValues,
+    ExternalId,
+    InputModel,
+    Omittable,
+    RecordRead,
+    padded,
+)
 from meridian.encryption.schemas import TaxId
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NOT_BLANK)]
@@ -28,6 +36,8 @@ class AccountCreate(InputModel):
     tax_id: TaxId | None = None
     parent_id: UUID | None = None
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None
+    custom: CustomValues | None = None
 
 
 class AccountUpdate(InputModel):
@@ -36,6 +46,8 @@ class AccountUpdate(InputModel):
     tax_id: TaxId | None = None
     parent_id: UUID | None = None
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None  # null clears it
+    custom: CustomValues | None = None  # a patch: a field set to null is cleared
 
 
 class AccountRead(RecordRead):
@@ -44,3 +56,5 @@ class AccountRead(RecordRead):
     tax_id: str | None
     parent_id: UUID | None
     owner_id: UUID | None
+    external_id: str | None
+    custom: dict[str, Any]

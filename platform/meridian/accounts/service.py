@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.accounts.models import AccountRow
 from meridian.accounts.repository import AccountRepository
 from meridian.accounts.schemas import AccountCreate, AccountUpdate
+from meridian.crud import batch
 from meridian.encryption import service as encryption
 from meridian.errors import Conflict
 from meridian.ids import new_id
@@ -61,3 +62,22 @@ class AccountService:
 
 
 account = AccountService()
+
+
+def writes(
+    tenant: TenantContext, keyring: TenantKeyring, allow_duplicate: bool = False
+) -> batch.Writes[AccountCreate, AccountUpdate]:
+    """The accounts' writes as the batch flow takes them (``POST /v1/accounts/batch``, an
+    import's rows): this service's own create and update, so an item is checked and
+    stored exactly as a single ``POST`` or ``PATCH``."""
+    return batch.Writes(
+        KIND,
+        "accounts",
+        AccountRepository,
+        AccountCreate,
+        AccountUpdate,
+        create=lambda session, new: account.create(session, tenant, new, keyring),
+        update=lambda session, record_id, changes, version: account.update(
+            session, tenant, record_id, changes, version, keyring
+        ),
+    )

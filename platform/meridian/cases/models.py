@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import CheckConstraint, DateTime, ForeignKeyConstraint, Index, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record, RecordRow, one_of
+from meridian.crud.model import Record, RecordRow, external_id_index, one_of
 from tenancy.planes import ShardBase
 
 CASE_STATUSES = ("new", "open", "pending", "on_hold", "resolved", "closed")
@@ -42,6 +44,7 @@ class Case(Record, ShardBase):
         Index("ix_case_due_at", "tenant_id", "due_at", "id"),
         Index("ix_case_created_at", "tenant_id", "created_at", "id"),
         Index("ix_case_updated_at", "tenant_id", "updated_at", "id"),
+        external_id_index("case"),
     )
 
     subject: Mapped[str] = mapped_column(String(255))
@@ -57,6 +60,10 @@ class Case(Record, ShardBase):
     resolution: Mapped[str | None] = mapped_column(Text)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Its id in the client's own system (batch upserts find it by that).
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    # The tenant's own fields (meridian.crud.custom), by name.
+    custom: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
 
 
 class CaseRow(RecordRow):
@@ -72,3 +79,5 @@ class CaseRow(RecordRow):
     resolution: str | None
     resolved_at: datetime | None
     closed_at: datetime | None
+    external_id: str | None
+    custom: dict[str, Any]

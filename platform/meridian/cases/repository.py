@@ -8,8 +8,9 @@ from uuid import UUID
 from sqlalchemy import select
 
 from meridian.accounts.models import Account
-from meridian.cases.models import Case, CaseRow
+from meridian.cases.models import CASE_ORIGINS, CASE_PRIORITIES, CASE_STATUSES, Case, CaseRow
 from meridian.contacts.models import Contact
+from meridian.crud.filters import FilterField
 from meridian.crud.repository import TenantRepository
 
 SORTABLE = {
@@ -17,6 +18,25 @@ SORTABLE = {
     "priority": Case.priority,
     "created_at": Case.created_at,
     "updated_at": Case.updated_at,
+}
+
+
+# What ?filter= may name (meridian.crud.filters).
+FILTERABLE = {
+    "id": FilterField(Case.id, "uuid"),
+    "subject": FilterField(Case.subject, "text"),
+    "status": FilterField(Case.status, "enum", choices=CASE_STATUSES),
+    "priority": FilterField(Case.priority, "enum", choices=CASE_PRIORITIES),
+    "origin": FilterField(Case.origin, "enum", choices=CASE_ORIGINS),
+    "contact_id": FilterField(Case.contact_id, "uuid"),
+    "account_id": FilterField(Case.account_id, "uuid"),
+    "owner_id": FilterField(Case.owner_id, "uuid"),
+    "external_id": FilterField(Case.external_id, "text"),
+    "due_at": FilterField(Case.due_at, "datetime"),
+    "resolved_at": FilterField(Case.resolved_at, "datetime"),
+    "closed_at": FilterField(Case.closed_at, "datetime"),
+    "created_at": FilterField(Case.created_at, "datetime"),
+    "updated_at": FilterField(Case.updated_at, "datetime"),
 }
 
 

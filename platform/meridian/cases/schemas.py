@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import ConfigDict, StringConstraints
 
-from meridian.crud.schemas import NOT_BLANK, InputModel, IsoDateTime, Omittable, RecordRead
+from meridian.crud.schemas import (
+    NOT_BLANK,
+    CustomValues,
+    ExternalId,
+    InputModel,
+    IsoDateTime,
+    Omittable,
+    RecordRead,
+)
 
 Subject = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=NOT_BLANK)]
 Description = Annotated[str, StringConstraints(max_length=32_000)]
@@ -46,6 +54,8 @@ class CaseCreate(InputModel):
     due_at: IsoDateTime | None = None
     # Required when the case is created resolved or closed.
     resolution: Resolution | None = None
+    external_id: ExternalId | None = None
+    custom: CustomValues | None = None
 
 
 class CaseUpdate(InputModel):
@@ -59,6 +69,8 @@ class CaseUpdate(InputModel):
     owner_id: UUID | None = None
     due_at: Omittable[IsoDateTime] = None
     resolution: Resolution | None = None
+    external_id: ExternalId | None = None  # null clears it
+    custom: CustomValues | None = None  # a patch: a field set to null is cleared
 
 
 class CaseRead(RecordRead):
@@ -74,3 +86,5 @@ class CaseRead(RecordRead):
     resolution: str | None
     resolved_at: datetime | None
     closed_at: datetime | None
+    external_id: str | None
+    custom: dict[str, Any]

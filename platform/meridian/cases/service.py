@@ -16,11 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.cases.models import CLOSED_STATUSES, CaseRow
 from meridian.cases.repository import CaseRepository
 from meridian.cases.schemas import CaseCreate, CaseUpdate
+from meridian.crud import batch
 from meridian.crud.repository import VersionMismatch
 from meridian.errors import NOT_FOUND, invalid_field
 from meridian.ids import new_id
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
+from tenancy.keyring import TenantKeyring
 
 # The default service level: how long after creation a case of each priority is due.
 SLA = {
@@ -104,3 +106,22 @@ async def _now(session: AsyncSession) -> datetime:
 
 
 case = CaseService()
+
+
+def writes(
+    tenant: TenantContext, keyring: TenantKeyring, allow_duplicate: bool = False
+) -> batch.Writes[CaseCreate, CaseUpdate]:
+    """The cases' writes as the batch flow takes them (``POST /v1/cases/batch``, an
+    import's rows): this service's own create and update, so an item is checked and
+    stored exactly as a single ``POST`` or ``PATCH``."""
+    return batch.Writes(
+        "case",
+        "cases",
+        CaseRepository,
+        CaseCreate,
+        CaseUpdate,
+        create=lambda session, new: case.create(session, tenant, new),
+        update=lambda session, record_id, changes, version: case.update(
+            session, tenant, record_id, changes, version
+        ),
+    )

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, LargeBinary, String
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record, RecordRow
+from meridian.crud.model import Record, RecordRow, external_id_index
 from tenancy.planes import ShardBase
 
 
@@ -33,6 +35,7 @@ class Contact(Record, ShardBase):
         Index("ix_contact_owner", "tenant_id", "owner_id", "id"),
         Index("ix_contact_created", "tenant_id", "created_at", "id"),
         Index("ix_contact_updated", "tenant_id", "updated_at", "id"),
+        external_id_index("contact"),
     )
 
     first_name: Mapped[str | None] = mapped_column(String(100))
@@ -49,6 +52,10 @@ class Contact(Record, ShardBase):
     title: Mapped[str | None] = mapped_column(String(200))
     account_id: Mapped[UUID | None]
     owner_id: Mapped[UUID | None]
+    # Its id in the client's own system (batch upserts find it by that).
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    # The tenant's own fields (meridian.crud.custom), by name.
+    custom: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
 
 
 class ContactRow(RecordRow):
@@ -62,3 +69,5 @@ class ContactRow(RecordRow):
     title: str | None
     account_id: UUID | None
     owner_id: UUID | None
+    external_id: str | None
+    custom: dict[str, Any]

@@ -25,6 +25,7 @@ FILTERABLE = {
     "title": FilterField(Contact.title, "text"),
     "account_id": FilterField(Contact.account_id, "uuid"),
     "owner_id": FilterField(Contact.owner_id, "uuid"),
+    "external_id": FilterField(Contact.external_id, "text"),
     "created_at": FilterField(Contact.created_at, "datetime"),
     "updated_at": FilterField(Contact.updated_at, "datetime"),
     "email": sealed_field(max_length=320),

@@ -8,12 +8,12 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from meridian.contacts import service
 from meridian.contacts.models import Contact
 from meridian.contacts.repository import FILTERABLE, SORTABLE, ContactRepository
 from meridian.contacts.schemas import ContactCreate, ContactRead, ContactUpdate
 from meridian.contacts.service import contact as contact_service
-from meridian.crud import endpoints
-from meridian.crud.filters import parse_filter
+from meridian.crud import batch, custom, endpoints
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -23,20 +23,22 @@ from meridian.crud.http import (
     filter_query,
     sort_query,
 )
-from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import Page
 from meridian.deps import (
     CanCreateContacts,
     CanDeleteContacts,
     CanReadContacts,
     CanUpdateContacts,
+    CanWriteContacts,
     Keyring,
 )
-from meridian.errors import Duplicate
+from meridian.errors import Conflict, Duplicate
 from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 KIND = "contact"
+# Its representation, for the tenant's JSON Schema of it (custom fields).
+custom.register_read_model(KIND, ContactRead)
 
 
 @router.post("", status_code=201, response_model=ContactRead, openapi_extra=problems(Duplicate))
@@ -66,12 +68,40 @@ async def create_contact(
     )
 
 
+@router.post(
+    batch.PATH,
+    response_model=batch.BatchResults[ContactRead],
+    description=batch.describe(KIND, ContactCreate, ContactUpdate),
+)
+async def batch_write_contacts(
+    body: batch.BatchRequest,
+    request: Request,
+    access: CanWriteContacts,
+    keyring: Keyring,
+    idempotency_key: IdempotencyKeyHeader = None,
+    allow_duplicate: Annotated[
+        bool,
+        Query(description="Create the batch's contacts even if their email is already on file."),
+    ] = False,
+) -> Response:
+    return await batch.run(
+        access,
+        request,
+        idempotency_key,
+        body,
+        service.writes(access.tenant, keyring, allow_duplicate),
+    )
+
+
+batch.refuse_other_methods(router)
+
+
 @router.get("", response_model=Page[ContactRead])
 async def list_contacts(
     access: CanReadContacts,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: Annotated[str | None, sort_query(SORTABLE, "created_at")] = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "created_at", custom=True)] = None,
     account_id: UUID | None = None,
     email: Annotated[
         str | None, Query(max_length=320, description="Exact address, case-insensitive.")
@@ -84,24 +114,29 @@ async def list_contacts(
     ] = None,
     last_name: Annotated[str | None, Query(max_length=100)] = None,
     owner_id: UUID | None = None,
+    external_id: Annotated[
+        str | None, Query(max_length=255, description="Exact external id (the client's own).")
+    ] = None,
     filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
-    found = parse_filter(filter_, FILTERABLE).with_searched(
-        {"email": email, "phone": phone, "tax_id": tax_id}
+    searched = {"email": email, "phone": phone, "tax_id": tax_id}
+    found = await endpoints.list_filter(
+        access, ContactRepository, filter_, FILTERABLE, searched=searched
     )
     filters: dict[str, object] = {
         "account_id": account_id,
         "last_name": last_name,
         "owner_id": owner_id,
+        "external_id": external_id,
     }
     where = [getattr(Contact, k) == v for k, v in filters.items() if v is not None]
     return await endpoints.listing(
         access,
         ContactRepository,
-        where=[*where, *found.where],
-        filters={**filters, **found.filters},
-        searched=found.searched,
-        sort=parse_sort(sort, SORTABLE, "created_at"),
+        where=where,
+        filters=filters,
+        asked=found,
+        sort=await endpoints.sorting(access, ContactRepository, sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,
     )
@@ -114,7 +149,10 @@ async def get_contact(
     return await endpoints.fetch(access, ContactRepository, KIND, contact_id, if_none_match)
 
 
-@router.patch("/{contact_id}", response_model=ContactRead)
+# 409 duplicate: an external_id another record has.
+@router.patch(
+    "/{contact_id}", response_model=ContactRead, openapi_extra=problems(Conflict, Duplicate)
+)
 async def update_contact(
     contact_id: UUID,
     body: ContactUpdate,

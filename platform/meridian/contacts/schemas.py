@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import ConfigDict, StringConstraints
 
-from meridian.crud.schemas import NOT_BLANK, Email, InputModel, Omittable, Phone, RecordRead
+from meridian.crud.schemas import (
+    NOT_BLANK,
+    CustomValues,
+    Email,
+    ExternalId,
+    InputModel,
+    Omittable,
+    Phone,
+    RecordRead,
+)
 from meridian.encryption.schemas import TaxId
 
 FirstName = Annotated[str, StringConstraints(max_length=100)]
@@ -30,6 +39,8 @@ class ContactCreate(InputModel):
     title: Title | None = None
     account_id: UUID | None = None
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None
+    custom: CustomValues | None = None
 
 
 class ContactUpdate(InputModel):
@@ -41,6 +52,8 @@ class ContactUpdate(InputModel):
     title: Title | None = None
     account_id: UUID | None = None
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None  # null clears it
+    custom: CustomValues | None = None  # a patch: a field set to null is cleared
 
 
 class ContactRead(RecordRead):
@@ -52,3 +65,5 @@ class ContactRead(RecordRead):
     title: str | None
     account_id: UUID | None
     owner_id: UUID | None
+    external_id: str | None
+    custom: dict[str, Any]

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.contacts.models import ContactRow
 from meridian.contacts.repository import ContactRepository
 from meridian.contacts.schemas import ContactCreate, ContactUpdate
+from meridian.crud import batch
 from meridian.crud.repository import VersionMismatch
 from meridian.encryption import service as encryption
 from meridian.encryption.fields import search_indexes
@@ -102,3 +103,25 @@ class ContactService:
 
 
 contact = ContactService()
+
+
+def writes(
+    tenant: TenantContext, keyring: TenantKeyring, allow_duplicate: bool = False
+) -> batch.Writes[ContactCreate, ContactUpdate]:
+    """The contacts' writes as the batch flow takes them (``POST /v1/contacts/batch``, an
+    import's rows): this service's own create and update, so an item is checked and
+    stored exactly as a single ``POST`` or ``PATCH``. ``allow_duplicate``: a contact
+    whose email is on file is created anyway."""
+    return batch.Writes(
+        KIND,
+        "contacts",
+        ContactRepository,
+        ContactCreate,
+        ContactUpdate,
+        create=lambda session, new: contact.create(
+            session, tenant, new, keyring, allow_duplicate=allow_duplicate
+        ),
+        update=lambda session, record_id, changes, version: contact.update(
+            session, tenant, record_id, changes, version, keyring
+        ),
+    )

@@ -23,8 +23,8 @@ case-insensitive ``ILIKE '%text%'``; ``%``, ``_`` and ``\\`` in the value are li
 
 Sealed (encrypted) fields can only be found through their blind indexes: ``f[eq]:v`` alone
 or as a direct part of the top-level ``and()``. They are returned in ``searched`` for
-``endpoints.listing(searched=...)``, which checks pii:read and binds the cursor to the
-index rather than the value; anywhere else they are refused.
+``endpoints.criteria``, which checks pii:read and binds the cursor to the index rather
+than the value; anywhere else they are refused.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from sqlalchemy import (
     ColumnElement,
     Date,
     DateTime,
+    Float,
     Integer,
     Numeric,
     String,
@@ -54,6 +55,7 @@ from sqlalchemy import (
     bindparam,
     false,
     or_,
+    true,
 )
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.types import TypeEngine
@@ -110,7 +112,8 @@ _COLUMN_TYPES: dict[Kind, tuple[type[TypeEngine[Any]], ...]] = {
     "uuid": (Uuid,),
     "text": (String,),
     "int": (Integer,),
-    "decimal": (Numeric,),
+    # Float too: custom fields' numbers are double precision (meridian.crud.custom).
+    "decimal": (Numeric, Float),
     "date": (Date,),
     "datetime": (DateTime,),
     "bool": (Boolean,),
@@ -143,6 +146,11 @@ class FilterField:
     # stored lower-cased).
     normalize: Callable[[str], str] | None = None
     max_length: int | None = None
+    # For a value kept in another table (a custom field's, in custom_value): the
+    # criterion "the record has a value for which ``predicate`` holds" (``predicate`` on
+    # ``column``; ``true()`` for "has a value"). Negations are its complement, so a record
+    # without a value matches ne, nin and null:true, as a NULL column does.
+    within: Callable[[ColumnElement[bool]], ColumnElement[bool]] | None = None
     nullable: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -518,6 +526,8 @@ def _like(text: str) -> str:
 def _term_sql(term: Term, negate: bool) -> ColumnElement[bool]:
     spec = term.spec
     assert spec is not None, "a checked term"
+    if spec.within is not None:
+        return _within_sql(term, spec, spec.within, negate)
     column = spec.column
     assert column is not None, "sealed terms are searched, never compiled"
     if term.op == "null":
@@ -552,6 +562,23 @@ def _term_sql(term: Term, negate: bool) -> ColumnElement[bool]:
     return or_(criterion, column.is_(None)) if spec.nullable else criterion
 
 
+def _within_sql(
+    term: Term,
+    spec: FilterField,
+    within: Callable[[ColumnElement[bool]], ColumnElement[bool]],
+    negate: bool,
+) -> ColumnElement[bool]:
+    """A term on a value kept in another table: membership of the records with a value
+    matching the positive form of the term, or its complement."""
+    if term.op == "null":
+        has_value = within(true())
+        return ~has_value if term.typed[0] != negate else has_value
+    op = {"ne": "eq", "nin": "in"}.get(term.op, term.op)
+    positive = replace(term, op=op, spec=replace(spec, within=None))
+    member = within(_term_sql(positive, False))
+    return ~member if negate != (term.op in ("ne", "nin")) else member
+
+
 _Compare: TypeAlias = Callable[[Any, Any], ColumnElement[bool]]
 # Each comparison and its complement among non-NULL values.
 _COMPARISONS: dict[str, tuple[_Compare, _Compare]] = {
@@ -577,10 +604,11 @@ def to_sql(node: Node, negate: bool = False) -> ColumnElement[bool]:
 # -- what a list does with it ------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ListFilter:
-    """A checked filter, ready for ``endpoints.listing``: ``where`` to add to the query,
-    ``searched`` (sealed fields' exact values) to pass as ``searched=``, and ``filters``
-    to add to its ``filters`` (the cursor and the cache key name the canonical form of the
-    part compiled to SQL; ``listing`` names the sealed ones by their index token).
+    """A checked filter, ready for ``endpoints.listing(asked=...)``: ``where`` to add to
+    the query, ``searched`` (sealed fields' exact values, compared through their blind
+    indexes) and ``filters`` (the cursor and the cache key name the canonical form of
+    the part compiled to SQL; ``endpoints.criteria`` names the sealed ones by their
+    index token).
     ``canonical`` is the whole filter's, sealed values in clear: for tests and
     diagnostics, never for a cursor, a cache key or a log."""
 
@@ -588,6 +616,9 @@ class ListFilter:
     searched: Mapping[str, str] = field(default_factory=dict)
     canonical: str | None = None
     key: str | None = None
+    # Whether it compares values kept in another table (custom fields): such a filter's
+    # selectivity decides the plan, so its page is planned with the values it has.
+    elsewhere: bool = False
 
     @property
     def filters(self) -> dict[str, str]:
@@ -641,7 +672,15 @@ def parse_filter(
     if not rest:
         return ListFilter((), searched, canonical, None)
     remainder = rest[0] if len(rest) == 1 else Group("and", tuple(rest))
-    return ListFilter((to_sql(remainder),), searched, canonical, render(remainder))
+    return ListFilter(
+        (to_sql(remainder),), searched, canonical, render(remainder), _elsewhere(remainder)
+    )
+
+
+def _elsewhere(node: Node) -> bool:
+    if isinstance(node, Group):
+        return any(_elsewhere(item) for item in node.items)
+    return node.spec is not None and node.spec.within is not None
 
 
 def _refuse_sealed(node: Node) -> None:

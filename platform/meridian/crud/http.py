@@ -71,13 +71,26 @@ CursorQuery = Annotated[
 ]
 
 
-def sort_query(sortable: Iterable[str], default: str) -> Any:
-    """The ``sort`` parameter of a list over these fields (``-`` first: descending)."""
+def sort_query(sortable: Iterable[str], default: str, *, custom: bool = False) -> Any:
+    """The ``sort`` parameter of a list over these fields (``-`` first: descending);
+    with ``custom``, also over the tenant's custom fields (``custom.<name>``)."""
     names = sorted(sortable)
+    listed = {"enum": [*names, *(f"-{n}" for n in names)]}
+    if not custom:
+        return Query(
+            description=f"The order of the list; default {default}.", json_schema_extra=listed
+        )
     return Query(
-        description=f"The order of the list; default {default}.",
-        json_schema_extra={"enum": [*names, *(f"-{n}" for n in names)]},
+        description=f"The order of the list; default {default}. `custom.<name>` sorts by a "
+        "custom field (not a multi-picklist); records without a value come last, in id "
+        "order.",
+        json_schema_extra={
+            "anyOf": [{"type": "string", **listed}, {"type": "string", "pattern": CUSTOM_SORT}]
+        },
     )
+
+
+CUSTOM_SORT = r"^-?custom\.[a-z][a-z0-9_]{0,62}$"
 
 
 def filter_query(fields: Mapping[str, FilterField]) -> Any:
@@ -161,7 +174,7 @@ def page_body(
     next_cursor = None
     if more and data:
         last = data[-1]
-        next_cursor = Cursor(sort.token, last[sort.name], last["id"], digest).encode()
+        next_cursor = Cursor(sort.token, sort.value_of(last), last["id"], digest).encode()
     return {"data": data, "next_cursor": next_cursor}
 
 

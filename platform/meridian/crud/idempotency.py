@@ -10,6 +10,7 @@ Its one user is the creation flow, ``meridian.crud.endpoints.create``.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,7 +64,14 @@ def validate_key(key: str) -> str:
 
 
 def request_fingerprint(method: str, path: str, payload: Any) -> bytes:
-    canonical = orjson.dumps([method, path, payload], option=orjson.OPT_SORT_KEYS)
+    try:
+        canonical = orjson.dumps([method, path, payload], option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # An integer beyond 64 bits in a free-form body (a batch item's, checked later,
+        # item by item): the standard library writes any integer.
+        canonical = json.dumps(
+            [method, path, payload], sort_keys=True, separators=(",", ":"), default=str
+        ).encode()
     return hashlib.sha256(canonical).digest()
 
 

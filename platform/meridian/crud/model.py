@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import TypedDict
 from uuid import UUID
 
-from sqlalchemy import DateTime, Integer, func
+from sqlalchemy import DateTime, Index, Integer, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenancy.planes import TenantScoped
@@ -24,6 +24,18 @@ class Record(TenantScoped):
     )
     # Bumped on every update; the ETag is derived from it.
     version: Mapped[int] = mapped_column(Integer, server_default="1", sort_order=92)
+
+
+def external_id_index(table: str) -> Index:
+    """The unique index of a record kind's ``external_id`` (shard revision 0016): one
+    record per external id in a tenant, records without one left out."""
+    return Index(
+        f"uq_{table}_external_id",
+        "tenant_id",
+        "external_id",
+        unique=True,
+        postgresql_where=text("external_id IS NOT NULL"),
+    )
 
 
 class RecordRow(TypedDict):

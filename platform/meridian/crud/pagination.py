@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -28,14 +28,33 @@ MAX_LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
+class CustomKey:
+    """A sort by a custom field (``meridian.crud.custom``): its id, its name in a
+    record's ``custom``, and how a stored (JSON) value becomes the typed sort key."""
+
+    field_id: UUID
+    field: str
+    convert: Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Sort:
     name: str
     column: InstrumentedAttribute[Any]
     descending: bool
+    # A custom field's: ``column`` is then custom_value's typed column.
+    custom: CustomKey | None = None
 
     @property
     def token(self) -> str:
         return ("-" if self.descending else "") + self.name
+
+    def value_of(self, row: Mapping[str, Any]) -> Any:
+        """The sort key of a row (None: a record without a value of a custom field)."""
+        if self.custom is None:
+            return row[self.name]
+        value = (row.get("custom") or {}).get(self.custom.field)
+        return None if value is None else self.custom.convert(value)
 
 
 def parse_sort(
@@ -76,7 +95,8 @@ def _decode_value(tagged: Any) -> Any:
         return Decimal(raw)
     if tag == "u":
         return UUID(raw)
-    if tag == "v" and isinstance(raw, str | int | float | bool):
+    if tag == "v" and (raw is None or isinstance(raw, str | int | float | bool)):
+        # None: only a custom field's sort takes it (its records without a value).
         return raw
     raise ValueError("bad cursor value")
 
@@ -87,6 +107,8 @@ def _fits(sort: Sort, value: Any) -> bool:
     A tampered cursor (right sort and digest, value of another type) would otherwise
     reach PostgreSQL as e.g. ``timestamptz > varchar`` and fail as a 500.
     """
+    if value is None and sort.custom is not None:
+        return True  # past the records with a value: those without, in id order
     try:
         expected: type[Any] = sort.column.type.python_type
     except NotImplementedError:

@@ -13,6 +13,7 @@ WHERE clause, so a record outside the viewer's scope is never read, changed or d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar, cast
 from uuid import UUID
@@ -25,22 +26,27 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    Table,
     Uuid,
     and_,
     bindparam,
     delete,
+    exists,
     func,
-    insert,
     literal_column,
     select,
+    tuple_,
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from authz.models import RECORD_KINDS
 from authz.scope import Value, has_reports, visible_to, visible_to_leaf
+from meridian.crud import custom
 from meridian.crud.compiled import (
     Compiled,
     compile_statement,
@@ -51,6 +57,7 @@ from meridian.crud.compiled import (
 )
 from meridian.crud.hooks import Written, record_written
 from meridian.crud.pagination import Cursor, Sort, after, order_by
+from meridian.errors import Duplicate
 from meridian.events import outbox
 from tenancy.context import TenantContext
 from tenancy.planes import ShardBase
@@ -81,8 +88,43 @@ def written(session: AsyncSession) -> set[tuple[str, UUID | None]]:
     return notes
 
 
+@functools.lru_cache(maxsize=256)
+def _insert_statement(table: Table, returned: tuple[str, ...], on_external_id: bool) -> Any:
+    """A table's INSERT, built once: the values go with each execution (building the
+    statement with them costs more Python than the database takes to run it, and a
+    batch runs a thousand). ``on_external_id``: nothing is inserted when another row
+    has the ``external_id``."""
+    stmt = pg_insert(table)
+    if on_external_id:
+        stmt = stmt.on_conflict_do_nothing(
+            index_elements=["tenant_id", "external_id"],
+            index_where=table.c.external_id.is_not(None),
+        )
+    return stmt.returning(*(table.c[name] for name in returned))
+
+
+def _plain(row: RowMapping) -> dict[str, Any]:
+    """A Core statement's row with plain ``str`` keys (SQLAlchemy's are ``str``
+    subclasses, which orjson refuses as keys: the row goes into JSON, idempotency
+    records and caches)."""
+    return {str(key): value for key, value in row.items()}
+
+
 class VersionMismatch(Exception):
     """The row exists but its version is not the one the client expected (412)."""
+
+
+class ExternalIdTaken(Duplicate):
+    """Another record of the kind has this ``external_id`` in the tenant: 409
+    ``duplicate`` naming it (whoever's record scope it is in, as a contact's duplicate
+    email does)."""
+
+    def __init__(self, kind: str, external_id: str, record_id: UUID) -> None:
+        super().__init__(
+            f"external_id {external_id!r} is already used by {kind} {record_id}.",
+            duplicate_of=str(record_id),
+        )
+        self.record_id = record_id
 
 
 class TenantRepository(Generic[R]):
@@ -375,6 +417,63 @@ class TenantRepository(Generic[R]):
             await conn.execute(_GENERIC_PLANS)
         return [cls.row_from(r) for r in await conn.fetch(sql, *args)]
 
+    @classmethod
+    async def fetch_custom_sorted(
+        cls,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        viewer: UUID | None,
+        *,
+        where: Sequence[ColumnElement[bool]],
+        sort: Sort,
+        limit: int,
+        cursor: Cursor | None,
+    ) -> list[R]:
+        """A page sorted by a custom field (``sort.custom``): first the records with a
+        value, walked in ``custom_value``'s per-field index (value, record id); once those
+        are done, the records without one, in id order. The cursor's value says which
+        part it is in (None: the second)."""
+        key = sort.custom
+        assert key is not None
+        v = aliased(custom.CustomValue)
+        model_id = cls.attr("id")
+        base = [cls.attr("tenant_id") == tenant_id, *where]
+        visible = cls.visibility(tenant_id, viewer)
+        if visible is not None:
+            base.append(visible)
+        rows: list[R] = []
+        if cursor is None or cursor.value is not None:
+            value = getattr(v, sort.column.key)
+            stmt = (
+                select(*cls.read_columns())
+                .join(v, and_(v.tenant_id == cls.attr("tenant_id"), v.record_id == model_id))
+                .where(
+                    *base,
+                    v.tenant_id == tenant_id,
+                    v.field_id == key.field_id,
+                    v.item == 0,
+                    value.is_not(None),  # the partial index of the value's type
+                )
+            )
+            if cursor is not None:
+                pair, last = tuple_(value, v.record_id), tuple_(cursor.value, cursor.id)
+                stmt = stmt.where(pair < last if sort.descending else pair > last)
+            order = [value.desc(), v.record_id.desc()] if sort.descending else [value, v.record_id]
+            stmt = stmt.order_by(*order).limit(limit + 1)
+            rows = [cls.row_from(r) for r in await fetch(conn, stmt)]
+        if len(rows) <= limit:
+            without = ~exists(
+                select(v.record_id).where(
+                    v.tenant_id == tenant_id, v.field_id == key.field_id, v.record_id == model_id
+                )
+            )
+            stmt = select(*cls.read_columns()).where(*base, without)
+            if cursor is not None and cursor.value is None:
+                stmt = stmt.where(model_id > cursor.id)
+            stmt = stmt.order_by(model_id).limit(limit + 1 - len(rows))
+            rows += [cls.row_from(r) for r in await fetch(conn, stmt)]
+        return rows
+
     # -- reads in a session ---------------------------------------------------------
     async def get(self, record_id: UUID) -> R | None:
         stmt = self.select_rows().where(self.attr("id") == record_id)
@@ -399,6 +498,18 @@ class TenantRepository(Generic[R]):
             .with_for_update(read=True, key_share=True)
         )
         return await self.session.scalar(stmt) is not None
+
+    async def find_external(self, external_id: str, *, lock: bool = False) -> UUID | None:
+        """The id of the tenant's record with this ``external_id``, whatever this
+        repository's record scope (the id is unique in the tenant); ``lock``: FOR NO KEY
+        UPDATE, before changing it."""
+        stmt = select(self.attr("id")).where(
+            self.attr("tenant_id") == self.tenant_id, self.attr("external_id") == external_id
+        )
+        if lock:
+            stmt = stmt.with_for_update(key_share=True)
+        found: UUID | None = await self.session.scalar(stmt)
+        return found
 
     async def lock_visible(self, record_id: UUID, *, for_update: bool) -> bool:
         """Whether the record exists within this repository's scope, locking it until
@@ -484,18 +595,56 @@ class TenantRepository(Generic[R]):
             extra=extra,
         )
 
+    @classmethod
+    def has_custom_fields(cls) -> bool:
+        return "custom" in cls.model.__table__.c
+
     async def insert(self, values: Mapping[str, Any]) -> R:
-        stmt = (
-            insert(self.model)
-            .values(tenant_id=self.tenant_id, **values)
-            .returning(*self.read_columns())
-        )
-        row = (await self.session.execute(stmt)).mappings().one()
+        if "tenant_id" in values:
+            # The tenant is the repository's, never the caller's to choose.
+            raise TypeError("insert() takes no tenant_id: the repository's tenant is used")
+        prepared = None
+        if self.has_custom_fields():
+            # The tenant's own fields: checked, defaulted, and indexed with the row.
+            prepared = await custom.prepare(
+                self.session,
+                self.tenant_id,
+                self.model.__tablename__,
+                values["id"],
+                values.get("custom"),
+                None,
+            )
+            values = {**values, "custom": prepared.custom}
+        row = await self._inserted(values)
+        if prepared is not None:
+            await custom.index(self.session, self.tenant_id, row["id"], prepared)
         self._emit("created", row)
         self._note(None)
         await self.derived_events(row, None)
         await self._written(Written(self.model.__tablename__, "created", dict(row)))
         return cast(R, dict(row))
+
+    async def _inserted(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The INSERT of a new row; an ``external_id`` another record has is refused
+        (``ExternalIdTaken``), without an error in the transaction: nothing is inserted
+        on that conflict, and a concurrent insert of the same id is waited for on the
+        unique index, so two writers never both get it."""
+        external_id: str | None = values.get("external_id")
+        statement = _insert_statement(
+            self.model.__table__, tuple(c.key for c in self.read_columns()), external_id is not None
+        )
+        params = {**values, "tenant_id": self.tenant_id}
+        if external_id is None:
+            return _plain((await self.session.execute(statement, params)).mappings().one())
+        for _ in range(3):
+            row = (await self.session.execute(statement, params)).mappings().one_or_none()
+            if row is not None:
+                return _plain(row)
+            holder = await self.find_external(external_id)
+            if holder is not None:
+                raise ExternalIdTaken(self.model.__tablename__, external_id, holder)
+            # Its holder let it go since (deleted, or given another id): again.
+        raise Duplicate(f"external_id {external_id!r} is being taken by other writers; retry.")
 
     async def _before(self, record_id: UUID, columns: Sequence[str]) -> dict[str, Any] | None:
         """The stored values of ``columns`` (for the event's "from"), locked FOR NO KEY
@@ -522,6 +671,24 @@ class TenantRepository(Generic[R]):
         before = await self._before(record_id, list(values))
         if before is None:
             return None
+        if values.get("external_id") is not None:
+            # Another record's: 409 naming it (two writers racing for one id: the unique
+            # index refuses the second, a 409 conflict).
+            holder = await self.find_external(values["external_id"])
+            if holder is not None and holder != record_id:
+                raise ExternalIdTaken(self.model.__tablename__, values["external_id"], holder)
+        prepared = None
+        if "custom" in values and self.has_custom_fields():
+            # A patch of the record's own fields, merged into what it has.
+            prepared = await custom.prepare(
+                self.session,
+                self.tenant_id,
+                self.model.__tablename__,
+                record_id,
+                values["custom"],
+                before["custom"],
+            )
+            values = {**values, "custom": prepared.custom}
         conditions = [self.scoped(), self.attr("id") == record_id]
         if expected_version is not None:
             conditions.append(self.attr("version") == expected_version)
@@ -537,6 +704,8 @@ class TenantRepository(Generic[R]):
                 raise VersionMismatch
             return None
         self._note(record_id)
+        if prepared is not None:
+            await custom.index(self.session, self.tenant_id, record_id, prepared)
         # What the row returns, and the written values of columns it does not (blind
         # indexes, a password hash), to compare with what was there.
         after = {**{k: v for k, v in values.items() if k in before}, **dict(row)}
@@ -554,6 +723,8 @@ class TenantRepository(Generic[R]):
         stmt = delete(self.model).where(*conditions).returning(*self.read_columns())
         deleted = (await self.session.execute(stmt)).mappings().first()
         if deleted is not None:
+            if self.has_custom_fields():
+                await custom.forget(self.session, self.tenant_id, record_id)
             self._emit("deleted", deleted)
             self._note(record_id)
             await self._written(Written(self.model.__tablename__, "deleted", dict(deleted)))

@@ -65,6 +65,28 @@ PHONE_PATTERN = r"^\+?[ ()-]*([0-9][ ()-]*){3,15}$"
 Phone = Annotated[str, StringConstraints(max_length=40, pattern=padded(PHONE_PATTERN))]
 
 
+# A record's id in the client's own system (unique per tenant and kind; what batch
+# upserts find records by): 1-255 characters, no control character, no space first or
+# last (an id is compared exactly, so it is never trimmed into another one).
+_ID_EDGE = f"[^{SPACE}\\x00-\\x1f\\x7f]"
+EXTERNAL_ID_PATTERN = f"^{_ID_EDGE}([^\\x00-\\x1f\\x7f]*{_ID_EDGE})?$"
+ExternalId = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=EXTERNAL_ID_PATTERN)
+]
+
+
+# A record's custom fields by name; the tenant's definitions say what each takes
+# (GET /v1/objects/{object}/schema), and every write is checked against them.
+CustomValues = Annotated[
+    dict[str, Any],
+    Field(
+        description="The tenant's own fields by name (see GET /v1/objects/{object}/schema); "
+        "in a PATCH, a field set to null is cleared and fields left out are kept.",
+        max_length=200,
+    ),
+]
+
+
 class InputModel(BaseModel):
     """Request bodies: unknown fields are an error; strings are trimmed once they are
     valid as sent, so lengths and patterns apply to what the client sent (as the

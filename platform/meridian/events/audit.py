@@ -41,9 +41,11 @@ AUDITED_KINDS: tuple[str, ...] = (
     "share",  # share.created (granted), share.deleted (revoked)
     "webhook",  # webhook.created|updated|deleted
     "tenant",  # the tenant's own settings
+    "export",  # export.requested|completed|failed|downloaded (meridian.transfers)
+    "import",  # import.requested|completed|failed|cancelled
 )
-# ... and these actions of every kind: a record's deletion, an export.
-AUDITED_ACTIONS: tuple[str, ...] = ("deleted", "exported")
+# ... and these actions of every kind: a record's deletion, an export, a merge and its undo.
+AUDITED_ACTIONS: tuple[str, ...] = ("deleted", "exported", "merged", "unmerged")
 
 
 def is_audited(type_: str) -> bool:

@@ -42,6 +42,8 @@ OBJECT_OF_KIND: dict[str, str] = {
     "lead": "leads",
     "lead_scoring_rule": "lead_scoring",
     "case": "cases",
+    "field": "fields",
+    "duplicate_rule": "duplicate_rules",
     "activity": "activities",
     "pipeline": "pipelines",
     "stage": "pipelines",
@@ -51,6 +53,9 @@ OBJECT_OF_KIND: dict[str, str] = {
     "webhook": "webhooks",
     "tenant": "audit",
     "fulfilment": "fulfilment",
+    # Imports and exports (their jobs, not the records they read or write).
+    "export": "exports",
+    "import": "imports",
     # Sign-ins name a user but are the audit's: users:read (every sales rep's) must not
     # show who signed in when.
     "auth": "audit",

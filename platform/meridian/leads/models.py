@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record, RecordRow, one_of
+from meridian.crud.model import Record, RecordRow, external_id_index, one_of
 from tenancy.planes import ShardBase
 
 LEAD_STATUSES = ("new", "working", "nurturing", "qualified", "unqualified", "converted")
@@ -49,6 +49,7 @@ class Lead(Record, ShardBase):
         Index("ix_lead_enc_version", "tenant_id", "enc_version", "id"),
         Index("ix_lead_email_bidx", "tenant_id", "email_bidx"),
         Index("ix_lead_phone_bidx", "tenant_id", "phone_bidx"),
+        external_id_index("lead"),
     )
 
     first_name: Mapped[str | None] = mapped_column(String(100))
@@ -72,6 +73,10 @@ class Lead(Record, ShardBase):
     converted_account_id: Mapped[UUID | None]
     converted_contact_id: Mapped[UUID | None]
     converted_opportunity_id: Mapped[UUID | None]
+    # Its id in the client's own system (batch upserts find it by that).
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    # The tenant's own fields (meridian.crud.custom), by name.
+    custom: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
 
 
 class LeadRow(RecordRow):
@@ -92,6 +97,8 @@ class LeadRow(RecordRow):
     converted_account_id: UUID | None
     converted_contact_id: UUID | None
     converted_opportunity_id: UUID | None
+    external_id: str | None
+    custom: dict[str, Any]
 
 
 class LeadScoringRule(Record, ShardBase):

@@ -10,8 +10,16 @@ from uuid import UUID
 from sqlalchemy import func, select
 
 from meridian.activities.models import Activity
+from meridian.crud.filters import FilterField, sealed_field
 from meridian.crud.repository import TenantRepository
-from meridian.leads.models import Lead, LeadRow, LeadScoringRule, LeadScoringRuleRow
+from meridian.leads.models import (
+    LEAD_SOURCES,
+    LEAD_STATUSES,
+    Lead,
+    LeadRow,
+    LeadScoringRule,
+    LeadScoringRuleRow,
+)
 
 SORTABLE = {
     "last_name": Lead.last_name,
@@ -19,6 +27,25 @@ SORTABLE = {
     "score": Lead.score,
     "created_at": Lead.created_at,
     "updated_at": Lead.updated_at,
+}
+# What ?filter= may name (meridian.crud.filters); email and phone are sealed: equality
+# only, through their blind indexes.
+FILTERABLE = {
+    "id": FilterField(Lead.id, "uuid"),
+    "first_name": FilterField(Lead.first_name, "text"),
+    "last_name": FilterField(Lead.last_name, "text"),
+    "company": FilterField(Lead.company, "text"),
+    "title": FilterField(Lead.title, "text"),
+    "source": FilterField(Lead.source, "enum", choices=LEAD_SOURCES),
+    "status": FilterField(Lead.status, "enum", choices=LEAD_STATUSES),
+    "owner_id": FilterField(Lead.owner_id, "uuid"),
+    "external_id": FilterField(Lead.external_id, "text"),
+    "score": FilterField(Lead.score, "int"),
+    "converted_at": FilterField(Lead.converted_at, "datetime"),
+    "created_at": FilterField(Lead.created_at, "datetime"),
+    "updated_at": FilterField(Lead.updated_at, "datetime"),
+    "email": sealed_field(max_length=320),
+    "phone": sealed_field(max_length=40),
 }
 RULES_SORTABLE = {"created_at": LeadScoringRule.created_at}
 # What scoring reads of a lead: every field a condition can test (sealed ones for

@@ -9,13 +9,14 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from meridian.crud import endpoints
+from meridian.crud import batch, custom, endpoints
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
     IfMatchHeader,
     IfNoneMatchHeader,
     LimitQuery,
+    filter_query,
     sort_query,
 )
 from meridian.crud.pagination import parse_sort
@@ -29,13 +30,16 @@ from meridian.deps import (
     CanReadScoring,
     CanUpdateLeads,
     CanUpdateScoring,
+    CanWriteLeads,
     Keyring,
     TenantAccess,
     record_viewer,
 )
 from meridian.errors import Conflict, Duplicate, Forbidden
+from meridian.leads import service
 from meridian.leads.models import Lead, LeadSource
 from meridian.leads.repository import (
+    FILTERABLE,
     RULES_SORTABLE,
     SORTABLE,
     LeadRepository,
@@ -61,10 +65,13 @@ from meridian.web.responses import json_response
 router = APIRouter(prefix="/v1/leads", tags=["leads"])
 rules_router = APIRouter(prefix="/v1/lead-scoring/rules", tags=["leads"])
 KIND = "lead"
+# Its representation, for the tenant's JSON Schema of it (custom fields).
+custom.register_read_model(KIND, LeadRead)
 RULE = "lead_scoring_rule"
 
 
-@router.post("", status_code=201, response_model=LeadRead)
+# 409 duplicate: an external_id another record has.
+@router.post("", status_code=201, response_model=LeadRead, openapi_extra=problems(Duplicate))
 async def create_lead(
     body: LeadCreate,
     request: Request,
@@ -83,15 +90,42 @@ async def create_lead(
     )
 
 
+@router.post(
+    batch.PATH,
+    response_model=batch.BatchResults[LeadRead],
+    description=batch.describe(KIND, LeadCreate, LeadUpdate),
+)
+async def batch_write_leads(
+    body: batch.BatchRequest,
+    request: Request,
+    access: CanWriteLeads,
+    keyring: Keyring,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await batch.run(
+        access,
+        request,
+        idempotency_key,
+        body,
+        service.writes(access.tenant, keyring),
+    )
+
+
+batch.refuse_other_methods(router)
+
+
 @router.get("", response_model=Page[LeadRead])
 async def list_leads(
     access: CanReadLeads,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: Annotated[str | None, sort_query(SORTABLE, "created_at")] = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "created_at", custom=True)] = None,
     status: AnyLeadStatus | None = None,
     source: LeadSource | None = None,
     owner_id: UUID | None = None,
+    external_id: Annotated[
+        str | None, Query(max_length=255, description="Exact external id (the client's own).")
+    ] = None,
     company: Annotated[str | None, Query(max_length=255)] = None,
     last_name: Annotated[str | None, Query(max_length=100)] = None,
     email: Annotated[
@@ -100,6 +134,7 @@ async def list_leads(
     phone: Annotated[
         str | None, Query(max_length=40, description="Exact number; punctuation ignored.")
     ] = None,
+    filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
     """Sort: ``score`` (``-score``: the hottest first), ``last_name``, ``company``,
     ``created_at``, ``updated_at``."""
@@ -107,17 +142,21 @@ async def list_leads(
         "status": status,
         "source": source,
         "owner_id": owner_id,
+        "external_id": external_id,
         "company": company,
         "last_name": last_name,
     }
+    found = await endpoints.list_filter(
+        access, LeadRepository, filter_, FILTERABLE, searched={"email": email, "phone": phone}
+    )
     where = [getattr(Lead, k) == v for k, v in filters.items() if v is not None]
     return await endpoints.listing(
         access,
         LeadRepository,
         where=where,
         filters=filters,
-        searched={"email": email, "phone": phone},
-        sort=parse_sort(sort, SORTABLE, "created_at"),
+        asked=found,
+        sort=await endpoints.sorting(access, LeadRepository, sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,
     )
@@ -130,7 +169,11 @@ async def get_lead(
     return await endpoints.fetch(access, LeadRepository, KIND, lead_id, if_none_match)
 
 
-@router.patch("/{lead_id}", response_model=LeadRead, openapi_extra=problems(ConvertedLead))
+@router.patch(
+    "/{lead_id}",
+    response_model=LeadRead,
+    openapi_extra=problems(ConvertedLead, Conflict, Duplicate),
+)
 async def update_lead(
     lead_id: UUID,
     body: LeadUpdate,

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from meridian.crud.schemas import (
     NOT_BLANK,
+    CustomValues,
     Email,
+    ExternalId,
     Flag,
     InputModel,
     IsoDate,
@@ -56,6 +58,8 @@ class LeadCreate(InputModel):
     source: LeadSource | None = None
     status: LeadStatus = "new"
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None
+    custom: CustomValues | None = None
 
 
 class LeadUpdate(InputModel):
@@ -68,6 +72,8 @@ class LeadUpdate(InputModel):
     source: LeadSource | None = None
     status: Omittable[LeadStatus] = None
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None  # null clears it
+    custom: CustomValues | None = None  # a patch: a field set to null is cleared
 
 
 class ScoreReason(BaseModel):
@@ -93,6 +99,8 @@ class LeadRead(RecordRead):
     converted_account_id: UUID | None
     converted_contact_id: UUID | None
     converted_opportunity_id: UUID | None
+    external_id: str | None
+    custom: dict[str, Any]
 
 
 # -- conversion ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from meridian.accounts.service import account as account_service
 from meridian.contacts.repository import ContactRepository
 from meridian.contacts.schemas import ContactCreate
 from meridian.contacts.service import contact as contact_service
-from meridian.crud import hooks
+from meridian.crud import batch, hooks
 from meridian.crud.repository import VersionMismatch
 from meridian.encryption import service as encryption
 from meridian.encryption.fields import open_row
@@ -259,5 +259,26 @@ async def _activity_logged(
 
 
 lead = LeadService()
+
+
+def writes(
+    tenant: TenantContext, keyring: TenantKeyring, allow_duplicate: bool = False
+) -> batch.Writes[LeadCreate, LeadUpdate]:
+    """The leads' writes as the batch flow takes them (``POST /v1/leads/batch``, an
+    import's rows): this service's own create and update, so an item is checked and
+    stored exactly as a single ``POST`` or ``PATCH``."""
+    return batch.Writes(
+        KIND,
+        "leads",
+        LeadRepository,
+        LeadCreate,
+        LeadUpdate,
+        create=lambda session, new: lead.create(session, tenant, new, keyring),
+        update=lambda session, record_id, changes, version: lead.update(
+            session, tenant, record_id, changes, version, keyring
+        ),
+    )
+
+
 scoring_rule = ScoringRuleService()
 hooks.on_write("leads.score-on-activity", _activity_logged)

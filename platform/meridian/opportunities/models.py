@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import CheckConstraint, Date, ForeignKeyConstraint, Index, Numeric, String
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meridian.crud.model import Record, RecordRow
+from meridian.crud.model import Record, RecordRow, external_id_index
 from tenancy.planes import ShardBase
 
 
@@ -34,6 +36,7 @@ class Opportunity(Record, ShardBase):
         Index("ix_opportunity_name", "tenant_id", "name", "id"),
         Index("ix_opportunity_created", "tenant_id", "created_at", "id"),
         Index("ix_opportunity_updated", "tenant_id", "updated_at", "id"),
+        external_id_index("opportunity"),
     )
 
     account_id: Mapped[UUID]
@@ -44,6 +47,10 @@ class Opportunity(Record, ShardBase):
     stage_id: Mapped[UUID]
     expected_close_date: Mapped[date | None] = mapped_column(Date)
     owner_id: Mapped[UUID | None]
+    # Its id in the client's own system (batch upserts find it by that).
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    # The tenant's own fields (meridian.crud.custom), by name.
+    custom: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
 
 
 class OpportunityRow(RecordRow):
@@ -55,3 +62,5 @@ class OpportunityRow(RecordRow):
     stage_id: UUID
     expected_close_date: date | None
     owner_id: UUID | None
+    external_id: str | None
+    custom: dict[str, Any]

@@ -32,6 +32,7 @@ FILTERABLE = {
     "stage_id": FilterField(Opportunity.stage_id, "uuid"),
     "expected_close_date": FilterField(Opportunity.expected_close_date, "date"),
     "owner_id": FilterField(Opportunity.owner_id, "uuid"),
+    "external_id": FilterField(Opportunity.external_id, "text"),
     "created_at": FilterField(Opportunity.created_at, "datetime"),
     "updated_at": FilterField(Opportunity.updated_at, "datetime"),
 }

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import ColumnElement
 from starlette.responses import Response
 
-from meridian.crud import endpoints
-from meridian.crud.filters import parse_filter
+from meridian.crud import batch, custom, endpoints
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -20,15 +19,17 @@ from meridian.crud.http import (
     filter_query,
     sort_query,
 )
-from meridian.crud.pagination import parse_sort
 from meridian.crud.schemas import IsoDate, Page
 from meridian.deps import (
     CanCreateOpportunities,
     CanDeleteOpportunities,
     CanReadOpportunities,
     CanUpdateOpportunities,
+    CanWriteOpportunities,
+    Keyring,
 )
-from meridian.errors import Conflict
+from meridian.errors import Conflict, Duplicate
+from meridian.opportunities import service
 from meridian.opportunities.models import Opportunity
 from meridian.opportunities.repository import FILTERABLE, SORTABLE, OpportunityRepository
 from meridian.opportunities.schemas import (
@@ -41,11 +42,18 @@ from meridian.web.openapi import problems
 
 router = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
 KIND = "opportunity"
+# Its representation, for the tenant's JSON Schema of it (custom fields).
+custom.register_read_model(KIND, OpportunityRead)
 
 
 # 409: no stage given and none to default to (the tenant has no default pipeline, or
-# the pipeline has no stage).
-@router.post("", status_code=201, response_model=OpportunityRead, openapi_extra=problems(Conflict))
+# the pipeline has no stage); an external_id another opportunity has (duplicate).
+@router.post(
+    "",
+    status_code=201,
+    response_model=OpportunityRead,
+    openapi_extra=problems(Conflict, Duplicate),
+)
 async def create_opportunity(
     body: OpportunityCreate,
     request: Request,
@@ -62,16 +70,43 @@ async def create_opportunity(
     )
 
 
+@router.post(
+    batch.PATH,
+    response_model=batch.BatchResults[OpportunityRead],
+    description=batch.describe(KIND, OpportunityCreate, OpportunityUpdate),
+)
+async def batch_write_opportunities(
+    body: batch.BatchRequest,
+    request: Request,
+    access: CanWriteOpportunities,
+    keyring: Keyring,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await batch.run(
+        access,
+        request,
+        idempotency_key,
+        body,
+        service.writes(access.tenant, keyring),
+    )
+
+
+batch.refuse_other_methods(router)
+
+
 @router.get("", response_model=Page[OpportunityRead])
 async def list_opportunities(
     access: CanReadOpportunities,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    sort: Annotated[str | None, sort_query(SORTABLE, "created_at")] = None,
+    sort: Annotated[str | None, sort_query(SORTABLE, "created_at", custom=True)] = None,
     account_id: UUID | None = None,
     pipeline_id: UUID | None = None,
     stage_id: UUID | None = None,
     owner_id: UUID | None = None,
+    external_id: Annotated[
+        str | None, Query(max_length=255, description="Exact external id (the client's own).")
+    ] = None,
     close_after: Annotated[
         IsoDate | None, Query(description="Expected close on or after this date.")
     ] = None,
@@ -80,13 +115,14 @@ async def list_opportunities(
     ] = None,
     filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
-    found = parse_filter(filter_, FILTERABLE)
+    found = await endpoints.list_filter(access, OpportunityRepository, filter_, FILTERABLE)
     # close_after later than close_before is an empty range, hence an empty page.
     equal = {
         "account_id": account_id,
         "pipeline_id": pipeline_id,
         "stage_id": stage_id,
         "owner_id": owner_id,
+        "external_id": external_id,
     }
     where: list[ColumnElement[bool]] = [
         getattr(Opportunity, k) == v for k, v in equal.items() if v is not None
@@ -98,15 +134,10 @@ async def list_opportunities(
     return await endpoints.listing(
         access,
         OpportunityRepository,
-        where=[*where, *found.where],
-        filters={
-            **equal,
-            "close_after": close_after,
-            "close_before": close_before,
-            **found.filters,
-        },
-        searched=found.searched,
-        sort=parse_sort(sort, SORTABLE, "created_at"),
+        where=where,
+        filters={**equal, "close_after": close_after, "close_before": close_before},
+        asked=found,
+        sort=await endpoints.sorting(access, OpportunityRepository, sort, SORTABLE, "created_at"),
         limit=limit,
         cursor=cursor,
     )
@@ -119,7 +150,12 @@ async def get_opportunity(
     return await endpoints.fetch(access, OpportunityRepository, KIND, opportunity_id, if_none_match)
 
 
-@router.patch("/{opportunity_id}", response_model=OpportunityRead)
+# 409 duplicate: an external_id another record has.
+@router.patch(
+    "/{opportunity_id}",
+    response_model=OpportunityRead,
+    openapi_extra=problems(Conflict, Duplicate),
+)
 async def update_opportunity(
     opportunity_id: UUID,
     body: OpportunityUpdate,

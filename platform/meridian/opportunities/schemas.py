@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from meridian.crud.schemas import (
     NOT_BLANK,
+    CustomValues,
+    ExternalId,
     InputModel,
     IsoDate,
     Omittable,
@@ -96,6 +98,8 @@ class OpportunityCreate(InputModel):
     stage_id: UUID | None = None
     expected_close_date: IsoDate | None = None
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None
+    custom: CustomValues | None = None
 
 
 class OpportunityUpdate(InputModel):
@@ -112,6 +116,8 @@ class OpportunityUpdate(InputModel):
     stage_id: Omittable[UUID] = None
     expected_close_date: IsoDate | None = None  # null clears these two
     owner_id: UUID | None = None
+    external_id: ExternalId | None = None  # null clears it
+    custom: CustomValues | None = None  # a patch: a field set to null is cleared
 
 
 class OpportunityRead(RecordRead):
@@ -123,3 +129,5 @@ class OpportunityRead(RecordRead):
     stage_id: UUID
     expected_close_date: date | None
     owner_id: UUID | None
+    external_id: str | None
+    custom: dict[str, Any]

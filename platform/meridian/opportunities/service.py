@@ -7,6 +7,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from meridian.crud import batch
 from meridian.crud.repository import VersionMismatch
 from meridian.errors import NOT_FOUND, Conflict, ValidationFailed, invalid_field
 from meridian.ids import new_id
@@ -15,6 +16,7 @@ from meridian.opportunities.repository import OpportunityRepository
 from meridian.opportunities.schemas import OpportunityCreate, OpportunityUpdate
 from meridian.users.service import user as user_service
 from tenancy.context import TenantContext
+from tenancy.keyring import TenantKeyring
 
 
 class OpportunityService:
@@ -99,3 +101,22 @@ class OpportunityService:
 
 
 opportunity = OpportunityService()
+
+
+def writes(
+    tenant: TenantContext, keyring: TenantKeyring, allow_duplicate: bool = False
+) -> batch.Writes[OpportunityCreate, OpportunityUpdate]:
+    """The opportunities' writes as the batch flow takes them (``POST /v1/opportunities/batch``, an
+    import's rows): this service's own create and update, so an item is checked and
+    stored exactly as a single ``POST`` or ``PATCH``."""
+    return batch.Writes(
+        "opportunity",
+        "opportunities",
+        OpportunityRepository,
+        OpportunityCreate,
+        OpportunityUpdate,
+        create=lambda session, new: opportunity.create(session, tenant, new),
+        update=lambda session, record_id, changes, version: opportunity.update(
+            session, tenant, record_id, changes, version
+        ),
+    )

@@ -17,7 +17,6 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from meridian.crud import endpoints
-from meridian.crud.filters import parse_filter
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -93,15 +92,15 @@ async def list_pipelines(
 ) -> Response:
     """Each item includes its stages ordered by position. Sort: ``name`` (default),
     ``created_at``."""
-    found = parse_filter(filter_, FILTERABLE)
+    found = await endpoints.list_filter(access, PipelineRepository, filter_, FILTERABLE)
     filters = {"name": name, "is_default": is_default}
     where = [getattr(Pipeline, k) == v for k, v in filters.items() if v is not None]
     return await endpoints.listing(
         access,
         PipelineRepository,
-        where=[*where, *found.where],
-        filters={**filters, **found.filters},
-        searched=found.searched,
+        where=where,
+        filters=filters,
+        asked=found,
         sort=parse_sort(sort, SORTABLE, "name"),
         limit=limit,
         cursor=cursor,

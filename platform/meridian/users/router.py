@@ -13,7 +13,6 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from meridian.crud import endpoints
-from meridian.crud.filters import parse_filter
 from meridian.crud.http import (
     CursorQuery,
     IdempotencyKeyHeader,
@@ -73,7 +72,7 @@ async def list_users(
     filter_: Annotated[str | None, filter_query(FILTERABLE)] = None,
 ) -> Response:
     """Sort: ``name``, ``created_at``, ``updated_at``; default ``name``."""
-    found = parse_filter(filter_, FILTERABLE)
+    found = await endpoints.list_filter(access, UserRepository, filter_, FILTERABLE)
     filters = {
         "role": role,
         "manager_id": manager_id,
@@ -84,9 +83,9 @@ async def list_users(
     return await endpoints.listing(
         access,
         UserRepository,
-        where=[*where, *found.where],
-        filters={**filters, **found.filters},
-        searched=found.searched,
+        where=where,
+        filters=filters,
+        asked=found,
         sort=parse_sort(sort, SORTABLE, "name"),
         limit=limit,
         cursor=cursor,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meridian.errors import PayloadTooLarge, problem_body
@@ -9,24 +12,38 @@ from meridian.web.responses import problem_response
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: checks Content-Length up front and counts chunked bodies."""
+    """Pure ASGI middleware: checks Content-Length up front and counts chunked bodies.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``max_bytes`` holds for every path but those an entry of ``paths`` matches, which
+    take that entry's limit instead (the batch routes, whose 1,000 items need more).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        paths: Sequence[tuple[re.Pattern[str], int]] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = tuple(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
+        if self.paths:
+            path = scope.get("path", "")
+            limit = next((n for pattern, n in self.paths if pattern.match(path)), limit)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = self.max_bytes + 1
-                if declared > self.max_bytes:
-                    await self._refuse(scope, receive, send)
+                    declared = limit + 1
+                if declared > limit:
+                    await self._refuse(scope, receive, send, limit)
                     return
                 break
         seen = 0
@@ -38,9 +55,9 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     overflow = True
-                    raise PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
+                    raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -59,10 +76,10 @@ class BodySizeLimit:
             if not overflow or started:
                 raise
         if overflow and not started:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        err = PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        err = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
         body = problem_body(
             err.status_code, err.type, err.title, err.detail, instance=scope.get("path")
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -61,6 +62,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     if any(e.get("loc") == ("body",) and isinstance(e.get("input"), bytes) for e in errors):
         # FastAPI hands the body over undecoded when its Content-Type is not JSON.
         return render(UnsupportedMediaType("The request body must be application/json."), request)
+    return render(validation_failed(errors), request)
+
+
+def validation_failed(errors: Sequence[Any]) -> ValidationFailed:
+    """The 422 of pydantic's errors (a request's, or a batch item's body): field by
+    field, at most 50."""
     details = [
         {
             "loc": _clean_loc(tuple(e.get("loc", ()))),
@@ -74,7 +81,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     summary = (
         f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else "invalid input"
     )
-    return render(ValidationFailed(summary, errors=details), request)
+    return ValidationFailed(summary, errors=details)
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -141,6 +148,11 @@ async def _residency(request: Request, exc: Exception) -> Response:
 # pre-check (racing writes, ids of records that do not exist or are not the tenant's).
 async def _integrity(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IntegrityError)
+    return render(integrity_failed(exc), request)
+
+
+def integrity_failed(exc: IntegrityError) -> MeridianError:
+    """What a constraint violation means to the client (a request's, or a batch item's)."""
     orig: Any = exc.orig
     sqlstate = getattr(orig, "sqlstate", None)
     cause = getattr(orig, "__cause__", None)
@@ -148,28 +160,22 @@ async def _integrity(request: Request, exc: Exception) -> Response:
     message = str(getattr(cause, "detail", "") or "")
     if sqlstate == "23503":
         if "is still referenced" in message:
-            return render(
-                Conflict("The record is still referenced by other records.", constraint=constraint),
-                request,
+            return Conflict(
+                "The record is still referenced by other records.", constraint=constraint
             )
         fields = _key_columns(message) or ["body"]
         errors = [
             {"loc": [f], "msg": "no such record in this tenant", "type": NOT_FOUND} for f in fields
         ]
-        return render(
-            ValidationFailed(
-                "A referenced record does not exist.", constraint=constraint, errors=errors
-            ),
-            request,
+        return ValidationFailed(
+            "A referenced record does not exist.", constraint=constraint, errors=errors
         )
     if sqlstate == "23505":
-        return render(
-            Conflict("A record with these values exists.", constraint=constraint), request
-        )
+        return Conflict("A record with these values exists.", constraint=constraint)
     if sqlstate in {"23514", "23502"}:
-        return render(ValidationFailed("A value is not allowed.", constraint=constraint), request)
+        return ValidationFailed("A value is not allowed.", constraint=constraint)
     log.exception("unmapped integrity error", exc_info=exc)
-    return render(Conflict("The change conflicts with existing data."), request)
+    return Conflict("The change conflicts with existing data.")
 
 
 def _key_columns(detail: str) -> list[str]:
@@ -189,14 +195,19 @@ _BAD_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
-    # A DBAPIError from a session, or asyncpg's own error from the raw read path.
+    refused = unstorable_text(exc)
+    if refused is not None:
+        return render(refused, request)
+    return await _unhandled(request, exc)
+
+
+def unstorable_text(exc: Exception) -> ValidationFailed | None:
+    """The 422 of a database error about text it cannot store, if ``exc`` is one (a
+    DBAPIError from a session, or asyncpg's own error from the raw read path)."""
     origin = exc.orig if isinstance(exc, DBAPIError) else exc
     if getattr(origin, "sqlstate", None) in _BAD_TEXT_SQLSTATES:
-        return render(
-            ValidationFailed("A text value contains a character that cannot be stored (NUL)."),
-            request,
-        )
-    return await _unhandled(request, exc)
+        return ValidationFailed("A text value contains a character that cannot be stored (NUL).")
+    return None
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:

@@ -3,7 +3,11 @@
 The retention is the tenant's ``event_retention_days`` (set by platform admins) or the
 platform default. Only events the relay has published are deleted, so retention never
 takes an event before its webhooks and consumers saw it. History and the audit trail
-are read from the same log, so they are kept exactly as long.
+are read from the same log, so they are kept exactly as long. The same pass deletes the
+snapshots of merges past their undo window (``meridian.merges.repository.
+expire_snapshots``; the merge's record stays), and the tenant's files past their
+``expires_at`` (exports, import error reports, unfinished uploads: ``meridian.transfers``,
+``MERIDIAN_TRANSFER_RETENTION_DAYS``; their chunks go with them, the jobs stay listed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from uuid import UUID
 
 from sqlalchemy import select, text
 
+from meridian.merges.repository import expire_snapshots
 from meridian.runtime import Runtime
 from tenancy.models import DirectoryEntry, Tenant
 
@@ -27,6 +32,8 @@ PRUNE = text(
              (SELECT relayed_seq FROM event_relay WHERE tenant_id = :tenant_id), 0)
     """
 )
+
+PRUNE_FILES = text("DELETE FROM data_file WHERE tenant_id = :tenant_id AND expires_at < now()")
 
 
 async def tenants_with_retention(runtime: Runtime) -> list[tuple[UUID, int | None]]:
@@ -47,6 +54,8 @@ async def prune_tenant(runtime: Runtime, tenant_id: UUID, days: int) -> int:
         tenant, write=True, on_stale=runtime.refresh_tenant
     ) as session:
         result = await session.execute(PRUNE, {"tenant_id": tenant_id, "days": days})
+        await expire_snapshots(session, tenant_id)
+        await session.execute(PRUNE_FILES, {"tenant_id": tenant_id})
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -1,7 +1,0 @@
-"""Fixtures of the sharing tests."""
-
-from __future__ import annotations
-
-from tests.contacts.conftest import intruder
-
-__all__ = ["intruder"]
