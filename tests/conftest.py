@@ -16,7 +16,7 @@ from meridian.app import create_app
 from meridian.operations import create_admin_client, migrate_all
 from meridian.settings import Settings
 from tests.fixtures.api import AdminToken, Tenant, intruder, onboard
-from tests.fixtures.citus import citus_cluster
+from tests.fixtures.citus import citus_cluster, engines_citus_cluster
 from tests.fixtures.citus_api import citus_api
 from tests.fixtures.databases import (
     REDIS_SERVER_URL,
@@ -39,6 +39,7 @@ __all__ = [
     "citus_api",
     "citus_cluster",
     "citus_platform",
+    "engines_citus_cluster",
     "intruder",
     "pg_clusters",
     "postgres_platform",

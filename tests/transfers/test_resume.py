@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from saq import Queue
@@ -23,7 +26,7 @@ from meridian.settings import Settings
 from meridian.transfers import files, jobs
 from meridian.transfers.worker import recover
 from tests.fixtures.api import Tenant
-from tests.fixtures.databases import TEST_KEK
+from tests.fixtures.databases import TEST_KEK, raw_dsn
 from tests.fixtures.dev_platform import MERIDIAN, clean_env
 from tests.fixtures.users import PASSWORD, new_user, sign_in
 from tests.fixtures.waiting import eventually
@@ -76,12 +79,36 @@ async def _exact(client: httpx.AsyncClient, tenant: Tenant, job_id: str, marker:
     ]
 
 
+@asynccontextmanager
+async def _slow_inserts(settings: Settings, tenant: Tenant, marker: str) -> AsyncIterator[None]:
+    """Each lead whose last name starts with ``marker`` takes 50 ms to insert (a trigger
+    on the tenant's shard, for the block): a chunk takes a second, so a worker stopped
+    after a few chunks is stopped mid-import whatever the machine's speed."""
+    shard = next(s.dsn.rsplit("/", 1)[1] for s in settings.shards if s.id == tenant.shard_id)
+    name = f"meridian_test_slow_{marker.lower()}"
+    conn = await asyncpg.connect(raw_dsn(shard))
+    try:
+        await conn.execute(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$;"
+            f"CREATE TRIGGER {name} BEFORE INSERT ON lead FOR EACH ROW "
+            f"WHEN (NEW.last_name LIKE '{marker}%') EXECUTE FUNCTION {name}()"
+        )
+        yield
+    finally:
+        await conn.execute(f"DROP TRIGGER IF EXISTS {name} ON lead; DROP FUNCTION IF EXISTS {name}")
+        await conn.close()
+
+
 async def test_a_stopped_worker_hands_the_import_on(
     app_client: httpx.AsyncClient, tenant: Tenant, settings: Settings
 ) -> None:
     marker = f"S{uuid.uuid4().hex[:6]}"
     job_id = await _started_import(app_client, tenant, marker)
-    async with running_worker(settings, import_chunk_rows=CHUNK):
+    async with (
+        _slow_inserts(settings, tenant, marker),
+        running_worker(settings, import_chunk_rows=CHUNK),
+    ):
         part = await _part_done(app_client, tenant.headers, job_id)
     # Stopped: what is committed is whole chunks, and exactly the records made.
     stopped = await _job(app_client, tenant.headers, "imports", job_id)
@@ -114,12 +141,15 @@ async def test_a_killed_worker_leaves_the_import_at_its_last_chunk(
         MERIDIAN_IMPORT_CHUNK_ROWS=str(CHUNK),
         MERIDIAN_SHARD_POOL_SIZE="2",
     )
-    process = await asyncio.create_subprocess_exec(str(MERIDIAN), "worker", cwd=tmp_path, env=env)
-    try:
-        await _part_done(app_client, tenant.headers, job_id)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(process.wait(), timeout=30)
+    async with _slow_inserts(settings, tenant, marker):
+        process = await asyncio.create_subprocess_exec(
+            str(MERIDIAN), "worker", cwd=tmp_path, env=env
+        )
+        try:
+            await _part_done(app_client, tenant.headers, job_id)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(process.wait(), timeout=30)
     killed = await _job(app_client, tenant.headers, "imports", job_id)
     assert killed["rows_done"] < ROWS, "raise ROWS: it all went through"
     made = await every(
@@ -246,7 +276,10 @@ async def test_an_import_cancelled_mid_run_stops_after_its_chunk(
 ) -> None:
     marker = f"C{uuid.uuid4().hex[:6]}"
     job_id = await _started_import(app_client, tenant, marker)
-    async with running_worker(settings, import_chunk_rows=CHUNK):
+    async with (
+        _slow_inserts(settings, tenant, marker),
+        running_worker(settings, import_chunk_rows=CHUNK),
+    ):
         await _part_done(app_client, tenant.headers, job_id)
         resp = await app_client.post(f"/v1/imports/{job_id}/cancel", headers=tenant.headers)
         assert resp.status_code == 200, resp.text

@@ -177,6 +177,9 @@ ON CONFLICT DO NOTHING
 
 # One statement per kind and purpose, built once.
 WRITE_ONE: Mapping[str, TextClause] = {k: text(_entries_sql(k, "r.id = :record_id")) for k in KINDS}
+WRITE_MANY: Mapping[str, TextClause] = {
+    k: text(_entries_sql(k, "r.id = ANY(CAST(:record_ids AS uuid[]))")) for k in KINDS
+}
 WRITE_ALL: Mapping[str, TextClause] = {k: text(_entries_sql(k, "true")) for k in KINDS}
 # A record's terms, found by the words its entry has (the primary key's ranges).
 FORGET_TERMS = text(
@@ -209,12 +212,11 @@ class SearchIndex:
         self.session = session
         self.tenant_id = tenant_id
 
-    async def write(self, kind: str, record_id: UUID, *, new: bool = False) -> None:
-        """The record's entry and terms from its row as this transaction sees it; a
-        ``new`` record has none to replace."""
+    async def write(self, kind: str, record_id: UUID) -> None:
+        """The record's entry and terms from its row as this transaction sees it (a new
+        record's are written at commit: ``search.service.keep_entry``)."""
         key = {"tenant_id": self.tenant_id, "kind": kind, "record_id": record_id}
-        if not new:
-            await self.session.execute(FORGET_TERMS, key)
+        await self.session.execute(FORGET_TERMS, key)
         await self.session.execute(
             WRITE_ONE[kind], {"tenant_id": self.tenant_id, "record_id": record_id}
         )

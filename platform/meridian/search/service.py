@@ -2,8 +2,9 @@
 
 - The index follows every write of the five kinds in the write's own transaction
   (``keep_entry``, a ``meridian.crud.hooks`` callback registered when this module is
-  imported, as it is by the app): an update that changes none of the fields an entry
-  is made of (nor the owner) leaves it alone; a deletion takes it away.
+  imported, as it is by the app): new records' entries are written as the transaction
+  commits, all in one statement; an update that changes none of the fields an entry is
+  made of (nor the owner) leaves it alone; a deletion takes it away.
 - A query's words are folded and split by the database, as the entries' are
   (``repository.terms``); a query that looks like an email, a phone number or a tax id
   is also compared exactly with those sealed fields, through their blind indexes.
@@ -22,8 +23,9 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import or_, select, text
+from sqlalchemy import event, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from meridian.crud import hooks
 from meridian.crud.pagination import filters_digest
@@ -32,8 +34,14 @@ from meridian.encryption.fields import SENSITIVE
 from meridian.encryption.schemas import TAX_ID_PATTERN
 from meridian.errors import InvalidCursor, invalid_field
 from meridian.search.models import KINDS
-from meridian.search.repository import SOURCES, Position, SearchIndex, indexed_columns
-from sharding.router import OnStale, ShardRouter
+from meridian.search.repository import (
+    SOURCES,
+    WRITE_MANY,
+    Position,
+    SearchIndex,
+    indexed_columns,
+)
+from sharding.router import OnStale, ShardRouter, ShardSession
 from tenancy.context import TenantContext, TenantStatus
 from tenancy.models import DirectoryEntry, Tenant
 
@@ -43,21 +51,57 @@ MAX_WORDS = 20
 
 
 # -- the index follows the records ---------------------------------------------------------
+# New records whose entries are written when their transaction commits, per (tenant,
+# kind): one statement for all of them (a batch, an import's chunk) rather than one per
+# record. A record rolled back meanwhile (a failed batch item's savepoint) is simply not
+# found by that statement.
+_NEW = "meridian.search.new"
+
+
 async def keep_entry(session: AsyncSession, tenant: TenantContext, written: hooks.Written) -> None:
     """The record's entry, in the transaction of its write."""
     kind = written.kind
     if kind not in SOURCES:
         return
+    if written.action == "created":
+        new: dict[tuple[UUID, str], set[UUID]] = session.info.setdefault(_NEW, {})
+        new.setdefault((tenant.tenant_id, kind), set()).add(written.record_id)
+        return
     index = SearchIndex(session, tenant.tenant_id)
     if written.action == "deleted":
+        _not_new(session, tenant.tenant_id, kind, written.record_id)
         await index.forget(kind, written.record_id)
         return
     if written.changes is not None and not indexed_columns(kind) & written.changes.keys():
         return  # nothing the entry shows or is found by changed
-    await index.write(kind, written.record_id, new=written.action == "created")
+    # Written now, as the record is; a record new in this transaction is then done.
+    _not_new(session, tenant.tenant_id, kind, written.record_id)
+    await index.write(kind, written.record_id)
+
+
+def _not_new(session: AsyncSession, tenant_id: UUID, kind: str, record_id: UUID) -> None:
+    new: dict[tuple[UUID, str], set[UUID]] | None = session.info.get(_NEW)
+    if new is not None:
+        new.get((tenant_id, kind), set()).discard(record_id)
+
+
+def _write_new(session: Session) -> None:
+    """``before_commit`` of every shard session: the entries of its new records."""
+    new: dict[tuple[UUID, str], set[UUID]] | None = session.info.pop(_NEW, None)
+    for (tenant_id, kind), record_ids in (new or {}).items():
+        if record_ids:
+            session.execute(
+                WRITE_MANY[kind], {"tenant_id": tenant_id, "record_ids": list(record_ids)}
+            )
+
+
+def _forget_new(session: Session) -> None:
+    session.info.pop(_NEW, None)
 
 
 hooks.on_write("search", keep_entry)
+event.listen(ShardSession, "before_commit", _write_new)
+event.listen(ShardSession, "after_rollback", _forget_new)
 
 
 # -- a query -------------------------------------------------------------------------------
