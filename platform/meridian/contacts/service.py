@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.contacts.models import ContactRow
@@ -26,7 +25,6 @@ KIND = "contact"
 SEALED = ("email_enc", "phone_enc", "tax_id_enc")
 # Advisory-lock namespace of duplicate checks ("DUPE"): two creations of one address
 # in one tenant are serialised, so both cannot pass the check.
-_DUPLICATE_LOCK = 0x44555045
 
 
 class ContactService:
@@ -57,8 +55,7 @@ class ContactService:
         if not indexes:
             return
         lock = int.from_bytes(indexes[-1][:4], "big", signed=True)
-        await session.execute(select(func.pg_advisory_xact_lock(_DUPLICATE_LOCK, lock)))
-        existing = await repo.with_email_index(indexes)
+        existing = await repo.with_email_index(indexes, lock)
         if existing is not None:
             raise Duplicate(
                 "A contact with this email exists; send allow_duplicate=true to create "
