@@ -74,6 +74,54 @@ async def test_required_unique_and_lookup(
         )
 
 
+async def test_a_deleted_record_leaves_no_lookup_pointing_at_it(
+    app_client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    h = tenant.headers
+    await define(
+        app_client, tenant, "contacts", name="partner", type="lookup", options={"target": "account"}
+    )
+    await define(
+        app_client, tenant, "leads", name="origin", type="lookup", options={"target": "account"}
+    )
+    await define(
+        app_client, tenant, "cases", name="reseller", type="lookup", options={"target": "account"},
+        required=True,
+    )  # fmt: skip
+    partner = (await app_client.post("/v1/accounts", json={"name": "P"}, headers=h)).json()
+    other = (await app_client.post("/v1/accounts", json={"name": "O"}, headers=h)).json()
+    held = await contact(app_client, tenant, partner=partner["id"])
+    kept = await contact(app_client, tenant, partner=other["id"])
+    lead = await app_client.post(
+        "/v1/leads", json={"last_name": "L", "custom": {"origin": partner["id"]}}, headers=h
+    )
+    assert lead.status_code == 201, lead.text
+    # Deleting the account clears every lookup to it, each an update of its record.
+    gone = await app_client.delete(f"/v1/accounts/{partner['id']}", headers=h)
+    assert gone.status_code == 204, gone.text
+    after = (await app_client.get(f"/v1/contacts/{held.json()['id']}", headers=h)).json()
+    assert "partner" not in after["custom"]
+    assert after["version"] == held.json()["version"] + 1
+    lead_after = (await app_client.get(f"/v1/leads/{lead.json()['id']}", headers=h)).json()
+    assert "origin" not in lead_after["custom"]
+    untouched = (await app_client.get(f"/v1/contacts/{kept.json()['id']}", headers=h)).json()
+    assert untouched["custom"] == {"partner": other["id"]}
+    assert await ids(app_client, tenant, "contacts", f"custom.partner[eq]:{partner['id']}") == set()
+    # A required lookup refuses the deletion of what it points to, and nothing changes.
+    case = await app_client.post(
+        "/v1/cases",
+        json={"subject": "S", "custom": {"reseller": other["id"]}},
+        headers=h,
+    )
+    assert case.status_code == 201, case.text
+    refused = await app_client.delete(f"/v1/accounts/{other['id']}", headers=h)
+    problem = assert_problem(refused, 409, "conflict")
+    assert "custom.reseller" in problem["detail"]
+    assert (await app_client.get(f"/v1/accounts/{other['id']}", headers=h)).status_code == 200
+    still = (await app_client.get(f"/v1/contacts/{kept.json()['id']}", headers=h)).json()
+    assert still["custom"] == {"partner": other["id"]}
+
+
 async def test_roles_and_isolation(
     app_client: httpx.AsyncClient, user_api: httpx.AsyncClient, tenant: Tenant, intruder: Tenant
 ) -> None:

@@ -180,7 +180,7 @@ async def update_case(
     )
 
 
-@router.delete("/{case_id}", status_code=204)
+@router.delete("/{case_id}", status_code=204, openapi_extra=problems(Conflict))
 async def delete_case(
     case_id: UUID, access: CanDeleteCases, if_match: IfMatchHeader = None
 ) -> Response:

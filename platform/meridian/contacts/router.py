@@ -171,7 +171,7 @@ async def update_contact(
     )
 
 
-@router.delete("/{contact_id}", status_code=204)
+@router.delete("/{contact_id}", status_code=204, openapi_extra=problems(Conflict))
 async def delete_contact(
     contact_id: UUID, access: CanDeleteContacts, if_match: IfMatchHeader = None
 ) -> Response:

@@ -99,6 +99,40 @@ class FieldRepository(TenantRepository[FieldDefinitionRow]):
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
+    async def holding_record(self, kind: str, record_id: UUID) -> list[dict[str, Any]]:
+        """The lookups to the ``kind`` record ``record_id``: each holder's object, record
+        id, and the field's name, whether it is required and whether it is archived."""
+        v, d = CustomValue, FieldDefinition
+        stmt = (
+            select(
+                d.id.label("field_id"),
+                d.object,
+                d.name,
+                d.required,
+                d.archived_at.is_not(None).label("archived"),
+                v.record_id,
+            )
+            .join(v, (v.tenant_id == d.tenant_id) & (v.field_id == d.id))
+            .where(
+                d.tenant_id == self.tenant_id,
+                d.type == "lookup",
+                d.options["target"].astext == kind,
+                v.tenant_id == self.tenant_id,
+                v.ref_value == record_id,
+            )
+            .order_by(d.object, v.record_id)
+        )
+        return [dict(r) for r in (await self.session.execute(stmt)).mappings()]
+
+    async def forget_values(self, field_id: UUID, record_ids: Sequence[UUID]) -> None:
+        """An archived field's values of these records (kept while it is archived)."""
+        v = CustomValue
+        await self.session.execute(
+            delete(v).where(
+                v.tenant_id == self.tenant_id, v.field_id == field_id, v.record_id.in_(record_ids)
+            )
+        )
+
     async def purge_values(self, field_id: UUID) -> None:
         v = CustomValue
         await self.session.execute(

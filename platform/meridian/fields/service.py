@@ -6,19 +6,20 @@ keeps them, restoring puts them back, and only purging an archived field deletes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 from uuid import UUID
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from meridian.crud import hooks
 from meridian.crud.custom import MAX_FIELDS, BadValue, Field, check_value
 from meridian.crud.custom import FieldDefinitionRow as Row
-from meridian.crud.repository import VersionMismatch
+from meridian.crud.repository import TenantRepository, VersionMismatch
 from meridian.errors import FIELD_DEFINITION, Conflict, invalid_field
 from meridian.fields.repository import FieldRepository
-from meridian.fields.schemas import TYPE_OPTIONS, FieldCreate, FieldUpdate
+from meridian.fields.schemas import TYPE_OPTIONS, FieldCreate, FieldUpdate, Target
 from meridian.ids import new_id
 from tenancy.context import TenantContext
 
@@ -162,3 +163,42 @@ class FieldService:
 
 
 field = FieldService()
+
+
+# -- lookups follow their targets ----------------------------------------------------------
+async def _target_deleted(
+    session: AsyncSession, tenant: TenantContext, written: hooks.Written
+) -> None:
+    """A deleted record leaves no lookup pointing at it, in its transaction: each record
+    whose lookup field held it has the value cleared (an update, with its event and
+    history); a required lookup refuses the deletion (409: change those records first);
+    an archived field's value goes (restoring the field must not bring back a reference
+    to nothing)."""
+    if written.action != "deleted" or written.kind not in LOOKUP_TARGETS:
+        return
+    repo = FieldRepository(session, tenant)
+    holders = await repo.holding_record(written.kind, written.record_id)
+    if not holders:
+        return
+    required = [h for h in holders if h["required"] and not h["archived"]]
+    if required:
+        first = required[0]
+        raise Conflict(
+            f"{len(required)} record(s) hold this {written.kind} in a required lookup "
+            f"(custom.{first['name']} of {first['object']} {first['record_id']}): "
+            "change them first."
+        )
+    for h in holders:
+        if h["archived"]:
+            await repo.forget_values(h["field_id"], [h["record_id"]])
+            continue
+        holder = TenantRepository.for_kind(h["object"])
+        assert holder is not None  # a field's object is one of the kinds with fields
+        await holder(session, tenant).update(
+            h["record_id"], {"custom": {h["name"]: None}}, expected_version=None
+        )
+
+
+# The objects a lookup may point to (fields.schemas.Target).
+LOOKUP_TARGETS = frozenset(get_args(Target))
+hooks.on_write("fields.lookups", _target_deleted)

@@ -193,7 +193,7 @@ async def update_lead(
     )
 
 
-@router.delete("/{lead_id}", status_code=204)
+@router.delete("/{lead_id}", status_code=204, openapi_extra=problems(Conflict))
 async def delete_lead(
     lead_id: UUID, access: CanDeleteLeads, if_match: IfMatchHeader = None
 ) -> Response:

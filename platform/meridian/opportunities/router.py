@@ -173,7 +173,7 @@ async def update_opportunity(
     )
 
 
-@router.delete("/{opportunity_id}", status_code=204)
+@router.delete("/{opportunity_id}", status_code=204, openapi_extra=problems(Conflict))
 async def delete_opportunity(
     opportunity_id: UUID, access: CanDeleteOpportunities, if_match: IfMatchHeader = None
 ) -> Response:

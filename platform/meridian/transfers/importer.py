@@ -27,6 +27,7 @@ from uuid import UUID
 
 import orjson
 from pydantic import BaseModel
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.crud import batch, custom, endpoints
@@ -354,6 +355,10 @@ class Importer:
         tenant_id = self.tenant_id
         async with endpoints.writing(self.access, self.spec.kind) as session:
             row = await self._locked(session, chunk.start)
+            # Every statement planned with its values: a generic plan cached on the
+            # pooled connection while the tenant's tables were small (a sequential
+            # scan) stayed as they grew, and each row's duplicate check read them all.
+            await session.execute(text(endpoints.CUSTOM_PLANS))
             if self.options["dry_run"]:
                 outcome = await _rolled_back(
                     session, lambda: self._apply(session, chunk, converter)
