@@ -9,34 +9,12 @@ from typing import Any
 
 import httpx
 
+from tests.fields.helpers import contact, define, ids
 from tests.fixtures.api import Tenant
 from tests.fixtures.problems import assert_problem
-from tests.fixtures.users import new_user, sign_in
+from tests.fixtures.users import PASSWORD, new_user, sign_in
 
-PASSWORD = "correct horse battery staple"
 Headers = dict[str, str]
-
-
-async def define(
-    client: httpx.AsyncClient, tenant: Tenant, plural: str, **body: Any
-) -> dict[str, Any]:
-    body.setdefault("label", body["name"].title())
-    resp = await client.post(f"/v1/objects/{plural}/fields", json=body, headers=tenant.headers)
-    assert resp.status_code == 201, resp.text
-    made: dict[str, Any] = resp.json()
-    return made
-
-
-async def contact(client: httpx.AsyncClient, tenant: Tenant, **custom: Any) -> httpx.Response:
-    return await client.post(
-        "/v1/contacts", json={"last_name": "Field", "custom": custom}, headers=tenant.headers
-    )
-
-
-async def ids(client: httpx.AsyncClient, tenant: Tenant, plural: str, flt: str) -> set[str]:
-    resp = await client.get(f"/v1/{plural}", params={"filter": flt}, headers=tenant.headers)
-    assert resp.status_code == 200, resp.text
-    return {r["id"] for r in resp.json()["data"]}
 
 
 async def test_required_unique_and_lookup(

@@ -22,7 +22,6 @@ import orjson
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz.fields import PII_PERMISSION
 from meridian.crud import custom, endpoints
 from meridian.crud.pagination import Cursor, Sort
 from meridian.deps import TenantAccess
@@ -122,7 +121,6 @@ class Exporter:
         self.page_rows = page_rows
         self.retention_days = retention_days
         self.touch = touch
-        self.can_read_pii = access.can(*PII_PERMISSION)
 
     async def _query(self) -> tuple[list[ColumnElement[bool]], Sort, bool]:
         """The list's criteria and sort, as ``GET /v1/{object}`` has them now."""

@@ -89,7 +89,22 @@ class DataFileChunk(TenantScoped, ShardBase):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class DataExport(TenantScoped, ShardBase):
+class _Job:
+    """What an export and an import both keep: who asked (a user's id or a client's id,
+    and the role a client acts with), the last error, the attempts, and when."""
+
+    requested_by_type: Mapped[str] = mapped_column(String(8))
+    requested_by_id: Mapped[str] = mapped_column(String(255))
+    requested_by_role: Mapped[str | None] = mapped_column(String(63))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DataExport(_Job, TenantScoped, ShardBase):
     """An export job: a list (object, filter, sort) written to a file by the worker."""
 
     __tablename__ = "data_export"
@@ -115,19 +130,9 @@ class DataExport(TenantScoped, ShardBase):
     resume_at: Mapped[str | None] = mapped_column(Text)
     # When its file is deleted (set when it is done).
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Who asked: a user's id or a client's id, and the role a client acts with.
-    requested_by_type: Mapped[str] = mapped_column(String(8))
-    requested_by_id: Mapped[str] = mapped_column(String(255))
-    requested_by_role: Mapped[str | None] = mapped_column(String(63))
-    error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class DataImport(TenantScoped, ShardBase):
+class DataImport(_Job, TenantScoped, ShardBase):
     """An import job: an uploaded file, written through the object's batch flow."""
 
     __tablename__ = "data_import"
@@ -156,15 +161,6 @@ class DataImport(TenantScoped, ShardBase):
     failed: Mapped[int] = mapped_column(BigInteger, server_default="0")
     # When its error report is deleted (set when it ends).
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    requested_by_type: Mapped[str] = mapped_column(String(8))
-    requested_by_id: Mapped[str] = mapped_column(String(255))
-    requested_by_role: Mapped[str | None] = mapped_column(String(63))
-    error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class TransferUnfinished(TenantScoped, ShardBase):
