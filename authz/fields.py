@@ -12,6 +12,8 @@ from typing import Any
 
 PII_PERMISSION = ("pii", "read")
 _STARS = "***"
+# A value hidden whole (a sensitive custom field's, whatever its type).
+MASKED = _STARS
 
 
 def mask_email(value: str) -> str:

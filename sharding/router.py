@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
@@ -127,8 +127,12 @@ class ShardRouter:
         *,
         one_statement_reads: bool = True,
         write_hold: float = 2.0,
+        session_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.engines = engines
+        # What every session carries for the code that runs in it (``Session.info``):
+        # the deployment's services that repositories need and are not given per call.
+        self.session_info = dict(session_info or {})
         self.one_statement_reads = one_statement_reads
         # How long a write waits while its tenant is fenced by a move (see _entered).
         self.write_hold = write_hold
@@ -151,7 +155,7 @@ class ShardRouter:
         return AsyncSession(
             self.engines.engine(tenant.shard_id),
             sync_session_class=ShardSession,
-            info={"tenant_id": tenant.tenant_id},
+            info={**self.session_info, "tenant_id": tenant.tenant_id},
             expire_on_commit=False,
             autoflush=False,
         )

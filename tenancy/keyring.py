@@ -110,6 +110,11 @@ def _context(tenant_id: UUID, version: int) -> bytes:
     return b"meridian-tenant-key" + tenant_id.bytes + struct.pack(">I", version)
 
 
+# The key under which a shard session's ``info`` carries the deployment's keyring, for
+# the writes that seal values inside a repository (see sharding.router's session_info).
+SESSION_KEYRING = "meridian.keyring"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
     version: int

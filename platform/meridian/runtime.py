@@ -42,7 +42,7 @@ from sharding.registry import upsert_shard
 from sharding.router import ShardRouter
 from tenancy.context import TenantContext
 from tenancy.directory import TenantDirectory
-from tenancy.keyring import TenantKeyring
+from tenancy.keyring import SESSION_KEYRING, TenantKeyring
 from tenancy.models import DirectoryEntry
 
 log = logging.getLogger("meridian.runtime")
@@ -132,6 +132,13 @@ class Runtime:
             ttl=settings.authz_policy_ttl,
             hold=settings.authz_policy_hold,
         )
+        keyring = TenantKeyring(
+            control,
+            key_provider,
+            ttl=settings.keyring_ttl,
+            versions_ttl=settings.key_versions_ttl,
+            max_tenants=active,
+        )
         rt = cls(
             settings=settings,
             control=control,
@@ -140,6 +147,9 @@ class Runtime:
                 engines,
                 one_statement_reads=settings.single_statement_reads,
                 write_hold=settings.move_write_hold,
+                # Custom fields marked sensitive are sealed where every write of a
+                # record goes through, its repository (crud.custom).
+                session_info={SESSION_KEYRING: keyring},
             ),
             directory=CachedDirectory(
                 TenantDirectory(control),
@@ -167,13 +177,7 @@ class Runtime:
             policies=policies,
             authz=authz,
             policy_watcher=PolicyWatcher(redis, authz),
-            keyring=TenantKeyring(
-                control,
-                key_provider,
-                ttl=settings.keyring_ttl,
-                versions_ttl=settings.key_versions_ttl,
-                max_tenants=active,
-            ),
+            keyring=keyring,
             load_actor=UserRepository.fetch_actor,
             actor_sql=UserRepository.actor_sql,
             record_cache=record_policies(settings),

@@ -65,9 +65,11 @@ async def test_deleting_a_tenant_shreds_its_data(
             )
         assert [r["id"] for r in rows] == [uuid.UUID(contact["id"])]
         with pytest.raises(FieldUnreadable):
-            await open_rows(fresh, tid, "contact", [dict(r) for r in rows])
+            await open_rows(fresh, tid, "contact", [dict(r) for r in rows], reveal=True)
         with pytest.raises(FieldUnreadable):
-            await open_rows(runtime_of(app_client).keyring, tid, "contact", [dict(r) for r in rows])
+            await open_rows(
+                runtime_of(app_client).keyring, tid, "contact", [dict(r) for r in rows], reveal=True
+            )
     finally:
         await engine.dispose()
 

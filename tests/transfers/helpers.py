@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from typing import Any
 
 import httpx
 import orjson
 
+from tests.fixtures.users import PASSWORD, new_user, sign_in
 from tests.fixtures.waiting import eventually
 
 Headers = dict[str, str]
@@ -105,3 +107,26 @@ async def every(
         cursor = page["next_cursor"]
         if cursor is None:
             return out
+
+
+async def exporter_without_pii(
+    client: httpx.AsyncClient, user_api: httpx.AsyncClient, tenant: Any
+) -> Headers:
+    """A user whose role reads every contact and exports, without pii:read."""
+    role = f"exp_{uuid.uuid4().hex[:8]}"
+    resp = await client.post(
+        "/v1/roles",
+        json={
+            "name": role,
+            "permissions": [
+                {"object": "contacts", "action": "read"},
+                {"object": "records", "action": "read_all"},
+                {"object": "exports", "action": "read"},
+                {"object": "exports", "action": "create"},
+            ],
+        },
+        headers=tenant.headers,
+    )
+    assert resp.status_code == 201, resp.text
+    user = await new_user(client, tenant, role=role, password=PASSWORD)
+    return await sign_in(user_api, tenant, user["email"])

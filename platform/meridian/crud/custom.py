@@ -14,13 +14,22 @@ every problem a 422 or 409 naming ``custom.<name>``) and ``index`` after, in the
 transaction; ``forget`` when it deletes one. Archiving a field takes its values out of
 the records' ``custom`` (they stay in ``custom_value``) and restoring it puts them back:
 nothing is lost unless a field is purged, explicitly.
+
+A field marked ``sensitive`` (text, email or date: the personal data a CRM is asked to
+keep) is sealed like the built-in personal fields: the record's ``custom`` holds its
+ciphertext (``encryption.fields.seal_custom``), its ``custom_value`` row the ciphertext
+again (for restoring an archived field), its blind index and the key version. It is
+found by equality only, through the blind index (text and emails case-insensitively),
+never sorted, unique through the blind index, masked without pii:read, and never in an
+event (only that it changed).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, TypedDict, get_args
@@ -37,6 +46,7 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -50,13 +60,23 @@ from sqlalchemy.orm import InstrumentedAttribute, Mapped, mapped_column
 
 from meridian.crud import hooks
 from meridian.crud.compiled import fetch
-from meridian.crud.filters import CustomFields, FilterField
+from meridian.crud.filters import CustomFields, FilterField, sealed_field
 from meridian.crud.hooks import Written
 from meridian.crud.model import Record, RecordRow
 from meridian.crud.pagination import CustomKey, Sort
 from meridian.crud.schemas import EMAIL_PATTERN
-from meridian.errors import Duplicate, invalid_field
+from meridian.encryption.fields import (
+    custom_column,
+    is_sealed,
+    open_custom,
+    seal_custom,
+    sealed_blob,
+    search_indexes,
+)
+from meridian.errors import Duplicate, MeridianError, invalid_field
 from tenancy.context import TenantContext
+from tenancy.crypto import FieldCipher
+from tenancy.keyring import SESSION_KEYRING, TenantKeyring
 from tenancy.planes import ShardBase, TenantScoped
 
 FieldType = Literal[
@@ -94,6 +114,10 @@ _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 _NUMBER_LIMIT = Decimal("1e15")
 # What a double holds exactly and compares in the same order as the decimals.
 _DIGITS = 15
+# The types a field may be sensitive with: personal data is text (an id number, a
+# phone), an address or a date (of birth); the others are searched by range, sorted or
+# referenced, which a sealed value cannot be.
+SENSITIVE_TYPES = frozenset({"text", "email", "date"})
 
 
 class FieldDefinition(Record, ShardBase):
@@ -114,6 +138,7 @@ class FieldDefinition(Record, ShardBase):
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     position: Mapped[int] = mapped_column(Integer, server_default="0")
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sensitive: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
 
 class FieldDefinitionRow(RecordRow):
@@ -128,6 +153,7 @@ class FieldDefinitionRow(RecordRow):
     options: dict[str, Any]
     position: int
     archived_at: datetime | None
+    sensitive: bool
 
 
 class CustomValue(TenantScoped, ShardBase):
@@ -175,6 +201,21 @@ class CustomValue(TenantScoped, ShardBase):
             "record_id",
             postgresql_where="ref_value IS NOT NULL",
         ),
+        Index(
+            "ix_custom_value_bidx",
+            "tenant_id",
+            "field_id",
+            "bidx",
+            "record_id",
+            postgresql_where="bidx IS NOT NULL",
+        ),
+        Index(
+            "ix_custom_value_key_version",
+            "tenant_id",
+            "key_version",
+            "record_id",
+            postgresql_where="key_version IS NOT NULL",
+        ),
         Index("ix_custom_value_record", "tenant_id", "record_id"),
         Index(
             "uq_custom_value_unique",
@@ -201,6 +242,10 @@ class CustomValue(TenantScoped, ShardBase):
     ref_value: Mapped[UUID | None]
     # The value as uniqueness compares it, for unique fields only.
     unique_value: Mapped[str | None] = mapped_column(Text)
+    # A sensitive field's: its ciphertext (base64), blind index and their key version.
+    sealed_value: Mapped[str | None] = mapped_column(Text)
+    bidx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    key_version: Mapped[int | None] = mapped_column(SmallInteger)
 
 
 class IndexRow(TypedDict, total=False):
@@ -212,6 +257,9 @@ class IndexRow(TypedDict, total=False):
     bool_value: bool
     ref_value: UUID
     unique_value: str
+    sealed_value: str
+    bidx: bytes
+    key_version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +273,7 @@ class Field:
     unique: bool
     default: Any
     options: Mapping[str, Any]
+    sensitive: bool = False
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Field:
@@ -236,11 +285,21 @@ class Field:
             row["is_unique"],
             row["default"],
             row["options"] or {},
+            row["sensitive"],
         )
 
     @property
     def choices(self) -> tuple[str, ...]:
         return tuple(self.options.get("values", ()))
+
+    def blind(self, value: str) -> str:
+        return blind_text(self.type, value)
+
+
+def blind_text(type_: str, value: str) -> str:
+    """A sensitive value as its blind index takes it: text and addresses compare
+    case-insensitively (as uniqueness compares text), a date as it is."""
+    return value if type_ == "date" else value.strip().casefold()
 
 
 # -- values -----------------------------------------------------------------------------
@@ -377,6 +436,17 @@ def index_rows(spec: Field, value: Any) -> list[IndexRow]:
 # an import's chunk writes hundreds of records of one kind, and each would read the same
 # definitions again. A definition written in the transaction forgets them (below).
 _READ = "meridian.custom.fields"
+_d = FieldDefinition
+_FIELD_COLUMNS = (
+    _d.id,
+    _d.name,
+    _d.type,
+    _d.required,
+    _d.is_unique,
+    _d.default,
+    _d.options,
+    _d.sensitive,
+)
 
 
 async def fields_of(session: AsyncSession, tenant_id: UUID, kind: str) -> list[Field]:
@@ -386,7 +456,7 @@ async def fields_of(session: AsyncSession, tenant_id: UUID, kind: str) -> list[F
     if found is None:
         d = FieldDefinition
         stmt = (
-            select(d.id, d.name, d.type, d.required, d.is_unique, d.default, d.options)
+            select(*_FIELD_COLUMNS)
             .where(d.tenant_id == tenant_id, d.object == kind, d.archived_at.is_(None))
             .order_by(d.position, d.name)
         )
@@ -407,7 +477,7 @@ async def fields_read(conn: asyncpg.Connection, tenant_id: UUID, kind: str) -> l
     """``fields_of`` on the raw read path (lists, documents)."""
     d = FieldDefinition
     stmt = (
-        select(d.id, d.name, d.type, d.required, d.is_unique, d.default, d.options)
+        select(*_FIELD_COLUMNS)
         .where(d.tenant_id == tenant_id, d.object == kind, d.archived_at.is_(None))
         .order_by(d.position, d.name)
     )
@@ -435,11 +505,78 @@ def _decoded(record: Mapping[str, Any]) -> dict[str, Any]:
 # -- a record's values ------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What ``prepare`` decided: the record's new ``custom`` and which fields changed."""
+    """What ``prepare`` decided: the record's new ``custom`` and which fields changed
+    (a sensitive field's index row is made with its plaintext, which ``custom`` no
+    longer holds)."""
 
     custom: dict[str, Any]
     fields: Sequence[Field]
     changed: frozenset[str]
+    sealed: Mapping[str, IndexRow] = dc_field(default_factory=dict)
+
+
+class _Sealer:
+    """The sealing of one record's sensitive values: under the tenant's active key, the
+    record's id and the field's name bound to each ciphertext."""
+
+    def __init__(
+        self, keyring: TenantKeyring, tenant_id: UUID, table: str, record_id: UUID
+    ) -> None:
+        self.keyring, self.tenant_id = keyring, tenant_id
+        self.table, self.record_id = table, record_id
+        self._cipher: FieldCipher | None = None
+
+    @classmethod
+    def of(cls, session: AsyncSession, tenant_id: UUID, table: str, record_id: UUID) -> _Sealer:
+        keyring = session.info.get(SESSION_KEYRING)
+        if not isinstance(keyring, TenantKeyring):
+            # Fail closed: a sensitive value is never stored in clear.
+            raise RuntimeError("a sensitive custom field is written without the keyring")
+        return cls(keyring, tenant_id, table, record_id)
+
+    async def open(self, name: str, value: Any) -> Any:
+        return await open_custom(
+            self.keyring, self.tenant_id, self.table, self.record_id, name, value
+        )
+
+    async def given(self, spec: Field, value: Any) -> Any:
+        """A sealed value a write sends back (an undo restores the record's own
+        ciphertext): its plaintext, if it is this very record's field's."""
+        try:
+            sealed_blob(value)
+            return await self.open(spec.name, value)
+        except (ValueError, MeridianError) as exc:
+            raise invalid_field(
+                f"custom.{spec.name}",
+                f"{spec.type} field takes its value (a sealed one only as this record's "
+                "own field holds it)",
+            ) from exc
+
+    async def seal(self, spec: Field, value: Any) -> tuple[dict[str, str], IndexRow]:
+        if self._cipher is None:
+            self._cipher = await self.keyring.active_cipher(self.tenant_id)
+        cipher = self._cipher
+        sealed = seal_custom(cipher, self.table, self.record_id, spec.name, value)
+        bidx = cipher.blind_index(self.table, custom_column(spec.name), spec.blind(str(value)))
+        row: IndexRow = {
+            "sealed_value": sealed["sealed"],
+            "bidx": bidx,
+            "key_version": cipher.version,
+        }
+        if spec.unique:
+            row["unique_value"] = bidx.hex()
+        return sealed, row
+
+    async def indexes(self, spec: Field, value: Any) -> list[bytes]:
+        """The value's blind indexes under every live key version."""
+        return await search_indexes(
+            self.keyring,
+            self.tenant_id,
+            self.table,
+            custom_column(spec.name),
+            spec.blind(str(value)),
+            normalized=True,
+        )
 
 
 async def prepare(
@@ -463,6 +600,9 @@ async def prepare(
         )
     result = dict(current or {})
     changed: set[str] = set()
+    sealer: _Sealer | None = None
+    plain: dict[str, Any] = {}
+    sealed: dict[str, IndexRow] = {}
     for name, value in given.items():
         spec = by_name[name]
         if value is None:
@@ -472,11 +612,23 @@ async def prepare(
                 del result[name]
                 changed.add(name)
             continue
+        if spec.sensitive:
+            sealer = sealer or _Sealer.of(session, tenant_id, kind, record_id)
+            if is_sealed(value):
+                value = await sealer.given(spec, value)
         try:
             stored = check_value(spec, value)
         except BadValue as exc:
             raise invalid_field(f"custom.{name}", f"{spec.type} field {exc}") from exc
-        if result.get(name) != stored:
+        if spec.sensitive:
+            assert sealer is not None
+            was = result.get(name)
+            if was is not None and await sealer.open(name, was) == stored:
+                continue  # the same value: its ciphertext stays (no change, no event)
+            result[name], sealed[name] = await sealer.seal(spec, stored)
+            plain[name] = stored
+            changed.add(name)
+        elif result.get(name) != stored:
             result[name] = stored
             changed.add(name)
     if current is None:
@@ -487,14 +639,14 @@ async def prepare(
             if spec.required and spec.name not in result:
                 raise invalid_field(f"custom.{spec.name}", "is required", "missing")
     for name in sorted(changed):
-        spec, value = by_name[name], result.get(name)
+        spec, value = by_name[name], plain.get(name, result.get(name))
         if value is None:
             continue
         if spec.type == "lookup":
             await _require_record(session, tenant_id, spec, UUID(value))
         if spec.unique:
-            await _require_unique(session, tenant_id, spec, record_id, value)
-    return Prepared(result, fields, frozenset(changed))
+            await _require_unique(session, tenant_id, spec, record_id, value, sealer)
+    return Prepared(result, fields, frozenset(changed), sealed)
 
 
 async def _require_record(
@@ -512,15 +664,23 @@ async def _require_record(
 
 
 async def _require_unique(
-    session: AsyncSession, tenant_id: UUID, spec: Field, record_id: UUID, value: Any
+    session: AsyncSession,
+    tenant_id: UUID,
+    spec: Field,
+    record_id: UUID,
+    value: Any,
+    sealer: _Sealer | None,
 ) -> None:
-    key = index_rows(spec, value)[0].get("unique_value")
     v = CustomValue
+    if spec.sensitive:
+        # Through the blind index under every live key version: during a rotation the
+        # holder's value may still be under the previous one.
+        assert sealer is not None
+        same: ColumnElement[bool] = v.bidx.in_(await sealer.indexes(spec, value))
+    else:
+        same = v.unique_value == index_rows(spec, value)[0].get("unique_value")
     stmt = select(v.record_id).where(
-        v.tenant_id == tenant_id,
-        v.field_id == spec.id,
-        v.unique_value == key,
-        v.record_id != record_id,
+        v.tenant_id == tenant_id, v.field_id == spec.id, same, v.record_id != record_id
     )
     other = await session.scalar(stmt)
     if other is not None:
@@ -550,7 +710,9 @@ async def index(
         {"tenant_id": tenant_id, "field_id": f.id, "record_id": record_id, "item": 0, **row}
         for f in fields
         if prepared.custom.get(f.name) is not None
-        for row in index_rows(f, prepared.custom[f.name])
+        for row in (
+            [prepared.sealed[f.name]] if f.sensitive else index_rows(f, prepared.custom[f.name])
+        )
     ]
     if rows:
         await session.execute(insert(v), rows)
@@ -601,6 +763,14 @@ def filter_fields(
             )
             return record_id.in_(values)
 
+        if spec.sensitive:
+            # Found by equality through its blind index (``endpoints.criteria``).
+            return replace(
+                sealed_field(int(spec.options.get("max_length", MAX_TEXT))),
+                normalize=spec.blind,
+                within=within,
+            )
+
         ops: tuple[str, ...] = ()
         if spec.type == "multi_picklist":
             # A multi-picklist matches a value it holds (eq, in) or does not (ne, nin).
@@ -637,7 +807,7 @@ def sort_by(fields: Sequence[Field], name: str, descending: bool) -> Sort | None
     """The sort by the custom field ``name`` (None: no such field, or one that does not
     sort: a multi-picklist holds several values)."""
     spec = next((f for f in fields if f.name == name), None)
-    if spec is None or spec.type not in _SORT_KEYS:
+    if spec is None or spec.type not in _SORT_KEYS or spec.sensitive:
         return None
     column, convert = _SORT_KEYS[spec.type]
     key = CustomKey(spec.id, spec.name, convert)
@@ -680,6 +850,8 @@ def value_schema(spec: Field) -> dict[str, Any]:
         schema["default"] = spec.default
     if spec.unique:
         schema["x-unique"] = True
+    if spec.sensitive:
+        schema["x-sensitive"] = True
     return schema
 
 

@@ -59,7 +59,7 @@ from meridian.crud.idempotency import StoredResponse, request_fingerprint, run_i
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest, parse_sort
 from meridian.crud.repository import Row, TenantRepository, VersionMismatch, written
 from meridian.deps import TenantAccess, record_viewer
-from meridian.encryption.fields import SENSITIVE, open_row, open_rows, sealed
+from meridian.encryption.fields import SENSITIVE, has_sealed, open_rows, sealed
 from meridian.encryption.service import blind_filter
 from meridian.errors import BadRequest, Forbidden, NotFound, PreconditionFailed
 from meridian.web.responses import dumps, json_response
@@ -194,10 +194,13 @@ async def sorting(
     fields = await read(access, lambda conn: custom.fields_read(conn, tenant_id, kind))
     found = custom.sort_by(fields, name.removeprefix("custom."), raw.startswith("-"))
     if found is None:
-        sortable = ", ".join(f"custom.{f.name}" for f in fields if f.type != "multi_picklist")
+        sortable = ", ".join(
+            f"custom.{f.name}" for f in fields if custom.sort_by(fields, f.name, False)
+        )
         raise BadRequest(
             f"Cannot sort by {name!r}: no such custom field, or one that does not sort "
-            f"(a multi-picklist); custom fields that sort: {sortable or 'none'}."
+            f"(a multi-picklist or a sensitive field); custom fields that sort: "
+            f"{sortable or 'none'}."
         )
     return found
 
@@ -223,10 +226,23 @@ def shown(access: TenantAccess, kind: str, row: Row) -> Row:
 
 async def opened(access: TenantAccess, kind: str, row: Row) -> Row:
     """The row with its sensitive fields decrypted (rows are stored, cached and kept for
-    idempotent replays as ciphertext; plaintext exists only while a response is made)."""
-    if kind not in SENSITIVE:
-        return row
-    return await open_row(access.runtime.keyring, access.tenant.tenant_id, kind, row)
+    idempotent replays as ciphertext; plaintext exists only while a response is made),
+    its sensitive custom fields too with pii:read (masked without: ``shown`` cannot tell
+    them once opened)."""
+    return (await opened_rows(access, kind, (row,)))[0]
+
+
+async def opened_rows(access: TenantAccess, kind: str, rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """``opened`` for each of ``rows`` (a page: ciphers are looked up once)."""
+    if kind not in SENSITIVE and not any(has_sealed(r) for r in rows):
+        return [r if isinstance(r, dict) else dict(r) for r in rows]
+    return await open_rows(
+        access.runtime.keyring,
+        access.tenant.tenant_id,
+        kind,
+        rows,
+        reveal=access.can(*PII_PERMISSION),
+    )
 
 
 # -- the flows --------------------------------------------------------------------
@@ -423,14 +439,28 @@ async def criteria(
     for field, value in asked.searched.items():
         if not access.can(*PII_PERMISSION):
             raise Forbidden(f"Filtering by {field} needs the pii:read permission.")
-        criterion, token = await blind_filter(
-            access.runtime.keyring,
-            access.tenant.tenant_id,
-            repo.model.__tablename__,
-            field,
-            repo.attr(f"{field}_bidx"),
-            value,
-        )
+        spec = asked.searched_within.get(field)
+        if spec is not None and spec.within is not None and spec.normalize is not None:
+            # A sensitive custom field: its blind indexes are in custom_value.
+            criterion, token = await blind_filter(
+                access.runtime.keyring,
+                access.tenant.tenant_id,
+                repo.model.__tablename__,
+                field,
+                custom.CustomValue.bidx,
+                spec.normalize(value),
+                normalized=True,
+            )
+            criterion = spec.within(criterion)
+        else:
+            criterion, token = await blind_filter(
+                access.runtime.keyring,
+                access.tenant.tenant_id,
+                repo.model.__tablename__,
+                field,
+                repo.attr(f"{field}_bidx"),
+                value,
+            )
         where.append(criterion)
         # The cursor and the cache key name the index, never the value.
         filters[field] = token
@@ -519,10 +549,9 @@ async def listing(
 
 
 async def _opened_page(access: TenantAccess, kind: str, body: PageBody | None) -> PageBody | None:
-    if body is None or kind not in SENSITIVE:
+    if body is None:
         return body
-    data = await open_rows(access.runtime.keyring, access.tenant.tenant_id, kind, body["data"])
-    return {**body, "data": data}
+    return {**body, "data": await opened_rows(access, kind, body["data"])}
 
 
 def _shown_page(access: TenantAccess, kind: str, body: PageBody | None) -> PageBody | None:

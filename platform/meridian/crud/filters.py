@@ -619,6 +619,9 @@ class ListFilter:
     # Whether it compares values kept in another table (custom fields): such a filter's
     # selectivity decides the plan, so its page is planned with the values it has.
     elsewhere: bool = False
+    # The searched fields whose blind indexes are in another table (a sensitive custom
+    # field's, in custom_value): their specs, whose ``within`` and ``normalize`` say how.
+    searched_within: Mapping[str, FilterField] = field(default_factory=dict)
 
     @property
     def filters(self) -> dict[str, str]:
@@ -640,8 +643,9 @@ class ListFilter:
         return replace(self, searched=searched, where=(false(),), key=_NOTHING)
 
 
-def _same(name: str, a: str, b: str) -> bool:
-    normalize = NORMALIZERS.get(name, str)
+def _same(name: str, a: str, b: str, spec: FilterField | None = None) -> bool:
+    normalize = spec.normalize if spec is not None and spec.normalize else None
+    normalize = normalize or NORMALIZERS.get(name, str)
     return normalize(a) == normalize(b)
 
 
@@ -657,23 +661,31 @@ def parse_filter(
     tree = normalized(_check(parse(text), fields, custom))
     top = tree.items if isinstance(tree, Group) and tree.kind == "and" else (tree,)
     searched: dict[str, str] = {}
+    within: dict[str, FilterField] = {}
     rest: list[Node] = []
     empty = False
     for item in top:
         if isinstance(item, Term) and item.spec is not None and item.spec.sealed:
             before = searched.setdefault(item.name, item.values[0])
-            empty = empty or not _same(item.name, before, item.values[0])
+            empty = empty or not _same(item.name, before, item.values[0], item.spec)
+            if item.spec.within is not None:
+                within[item.name] = item.spec
         else:
             _refuse_sealed(item)
             rest.append(item)
     canonical = render(tree)
     if empty:
-        return ListFilter((false(),), searched, canonical, _NOTHING)
+        return ListFilter((false(),), searched, canonical, _NOTHING, searched_within=within)
     if not rest:
-        return ListFilter((), searched, canonical, None)
+        return ListFilter((), searched, canonical, None, searched_within=within)
     remainder = rest[0] if len(rest) == 1 else Group("and", tuple(rest))
     return ListFilter(
-        (to_sql(remainder),), searched, canonical, render(remainder), _elsewhere(remainder)
+        (to_sql(remainder),),
+        searched,
+        canonical,
+        render(remainder),
+        _elsewhere(remainder),
+        within,
     )
 
 

@@ -4,6 +4,12 @@ The set of sensitive fields is declared here, once per table. On the shard a fie
 ``x`` is stored as ``x_enc`` (AES-256-GCM, see tenancy.crypto) and ``x_bidx`` (its blind
 index, for equality search); the row's ``enc_version`` names the data-key version of all
 its ciphertexts, which the re-encryption job uses to find rows still on old keys.
+
+A tenant's own custom field marked sensitive is sealed too, under the column name
+``custom.<name>`` (names are a field's for good): its value in the record's ``custom``
+is ``{"sealed": <base64 ciphertext of the value's JSON>}`` (no field type's value is an
+object, so a sealed value is told apart without the field's definition), and its blind
+index and key version are in the field's ``custom_value`` row (``crud.custom``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
+import orjson
+
+from authz.fields import MASKED
 from meridian.errors import MeridianError
 from tenancy.crypto import NORMALIZERS, DecryptionError, FieldCipher, key_version_of
 from tenancy.keyring import KeyUnavailable, TenantKeyring
@@ -48,6 +57,54 @@ class FieldUnreadable(MeridianError):
         self.column = column
         self.row_id = row_id
         self.reason = reason
+
+
+SEALED_KEY = "sealed"
+
+
+def custom_column(name: str) -> str:
+    """The column a sensitive custom field is sealed as (its key derivation and the
+    associated data of its ciphertexts)."""
+    return f"custom.{name}"
+
+
+def is_sealed(value: Any) -> bool:
+    return isinstance(value, dict) and SEALED_KEY in value
+
+
+def has_sealed(row: Mapping[str, Any]) -> bool:
+    """Whether a row's ``custom`` holds a sealed value (a cheap test of the read path)."""
+    custom = row.get("custom")
+    return isinstance(custom, dict) and any(isinstance(v, dict) for v in custom.values())
+
+
+def seal_custom(
+    cipher: FieldCipher, table: str, row_id: UUID, name: str, value: Any
+) -> dict[str, str]:
+    """A sensitive custom field's value as the record's ``custom`` stores it."""
+    plain = orjson.dumps(value).decode()
+    blob = cipher.encrypt(table, custom_column(name), row_id, plain)
+    return {SEALED_KEY: base64.b64encode(blob).decode()}
+
+
+def sealed_blob(value: Mapping[str, Any]) -> bytes:
+    """The ciphertext of a sealed custom value (ValueError if it is not one)."""
+    text = value.get(SEALED_KEY)
+    if not isinstance(text, str):
+        raise ValueError("not a sealed value")
+    return base64.b64decode(text, validate=True)
+
+
+async def open_custom(
+    keyring: TenantKeyring, tenant_id: UUID, table: str, row_id: UUID, name: str, value: Any
+) -> Any:
+    """The plaintext of one sealed custom value of the row ``row_id``."""
+    try:
+        raw = sealed_blob(value)
+        cipher = await keyring.cipher(tenant_id, key_version_of(raw))
+        return orjson.loads(cipher.decrypt(table, custom_column(name), row_id, raw))
+    except (DecryptionError, KeyUnavailable, ValueError) as exc:
+        raise _unreadable(tenant_id, table, custom_column(name), row_id, exc) from exc
 
 
 def storage_columns(table: str) -> tuple[str, ...]:
@@ -101,15 +158,22 @@ def sealed(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def open_rows(
-    keyring: TenantKeyring, tenant_id: UUID, table: str, rows: Iterable[Mapping[str, Any]]
+    keyring: TenantKeyring,
+    tenant_id: UUID,
+    table: str,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    reveal: bool,
 ) -> list[dict[str, Any]]:
     """Copies of stored rows (from the database or a cache) with every ``<field>_enc``
-    replaced by the field's plaintext; ``enc_version`` is dropped.
+    replaced by the field's plaintext; ``enc_version`` is dropped. Sealed custom values
+    are opened with ``reveal`` (the caller may read personal data), else masked without
+    being decrypted: their type is not known here, so no partial mask is attempted.
 
     The hot path of every read: ciphers are looked up once per key version and page,
     then each value costs one AES-GCM decryption. Any failure raises FieldUnreadable.
     """
-    fields = SENSITIVE[table]
+    fields = SENSITIVE.get(table, ())
     ciphers: dict[int, FieldCipher] = {}
     out: list[dict[str, Any]] = []
     for stored in rows:
@@ -130,14 +194,29 @@ async def open_rows(
                 row[field] = cipher.decrypt(table, field, row_id, raw)
             except (DecryptionError, KeyUnavailable, ValueError) as exc:
                 raise _unreadable(tenant_id, table, field, row_id, exc) from exc
+        if has_sealed(row):
+            custom = dict(row["custom"])
+            for name, value in custom.items():
+                if is_sealed(value):
+                    custom[name] = (
+                        await open_custom(keyring, tenant_id, table, row_id, name, value)
+                        if reveal
+                        else MASKED
+                    )
+            row["custom"] = custom
         out.append(row)
     return out
 
 
 async def open_row(
-    keyring: TenantKeyring, tenant_id: UUID, table: str, row: Mapping[str, Any]
+    keyring: TenantKeyring,
+    tenant_id: UUID,
+    table: str,
+    row: Mapping[str, Any],
+    *,
+    reveal: bool,
 ) -> dict[str, Any]:
-    return (await open_rows(keyring, tenant_id, table, (row,)))[0]
+    return (await open_rows(keyring, tenant_id, table, (row,), reveal=reveal))[0]
 
 
 async def decrypt_values(
@@ -161,11 +240,18 @@ async def decrypt_values(
 
 
 async def search_indexes(
-    keyring: TenantKeyring, tenant_id: UUID, table: str, field: str, value: str
+    keyring: TenantKeyring,
+    tenant_id: UUID,
+    table: str,
+    field: str,
+    value: str,
+    *,
+    normalized: bool = False,
 ) -> list[bytes]:
     """Blind indexes of ``value`` under every live key version: during a rotation rows
-    carry either version's index, and a search must find both."""
-    normalized = NORMALIZERS[field](value)
+    carry either version's index, and a search must find both. ``normalized``: the
+    value is given as its index takes it (a custom field's, see crud.custom)."""
+    normalized_value = value if normalized else NORMALIZERS[field](value)
     out = []
     for info in await keyring.versions(tenant_id):
         if info.state == "destroyed":
@@ -175,5 +261,5 @@ async def search_indexes(
         except KeyUnavailable:
             # Retired since the version list was read: no row uses it any more.
             continue
-        out.append(cipher.blind_index(table, field, normalized))
+        out.append(cipher.blind_index(table, field, normalized_value))
     return out

@@ -15,20 +15,27 @@ version is destroyed only once no row carries it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from meridian.crud.custom import blind_text
 from meridian.encryption import repository as sealed_rows
-from meridian.encryption.fields import SENSITIVE, FieldUnreadable
+from meridian.encryption.fields import SENSITIVE, FieldUnreadable, custom_column, seal_custom
 from meridian.runtime import Runtime
 from tenancy.context import TenantContext
 from tenancy.crypto import NORMALIZERS, DecryptionError, FieldCipher, key_version_of
 
 # (table, rows done in this table, rows to do in this table when it started)
 Progress = Callable[[str, int, int], None]
+# The sensitive custom values' entry among the tables (their rows are per value).
+CUSTOM_VALUES = "custom_value"
 
 
 @dataclass
@@ -87,6 +94,9 @@ async def pending(rt: Runtime, tenant: TenantContext) -> dict[str, dict[int, int
     async with rt.router.reader(tenant) as conn:
         for table in SENSITIVE:
             out[table] = await sealed_rows.key_versions(conn, table, tenant.tenant_id, active)
+        out[CUSTOM_VALUES] = await sealed_rows.key_versions(
+            conn, CUSTOM_VALUES, tenant.tenant_id, active, column="key_version"
+        )
     return out
 
 
@@ -112,46 +122,128 @@ async def reencrypt(
         if not any(todo.values()):
             break
         for table, versions in todo.items():
-            total = sum(versions.values())
-            done = 0
-            fields = SENSITIVE[table]
-            storage = [f"{f}_{s}" for f in fields for s in ("enc", "bidx")]
-            for version in versions:
-                if version not in old:
-                    old[version] = await rt.keyring.cipher(tenant_id, version)
-                last: UUID | None = None
-                while True:
-                    async with rt.router.transaction(tenant, write=True) as session:
-                        rows = await sealed_rows.sealed_batch(
-                            session,
-                            table,
-                            tenant_id,
-                            fields,
-                            version=version,
-                            after=last,
-                            limit=batch_size,
-                        )
-                        if not rows:
-                            break
-                        sealed = [_reseal(table, r, old, cipher, tenant_id) for r in rows]
-                        by_column = zip(storage, zip(*sealed, strict=True), strict=True)
-                        await sealed_rows.reseal(
-                            session,
-                            table,
-                            tenant_id,
-                            version=cipher.version,
-                            ids=[r["id"] for r in rows],
-                            columns={name: list(values) for name, values in by_column},
-                        )
-                    last = rows[-1]["id"]
-                    done += len(rows)
-                    result.rows[table] = result.rows.get(table, 0) + len(rows)
-                    if progress is not None:
-                        progress(table, done, total)
+            if versions:
+                batches = (
+                    _custom_batches(tenant_id, old, cipher)
+                    if table == CUSTOM_VALUES
+                    else _table_batches(table, tenant_id, old, cipher)
+                )
+                await _walk(rt, tenant, table, versions, old, batches, batch_size, progress, result)
     if retire:
         result.retired = await retire_unused(rt, tenant)
     result.seconds = time.monotonic() - started
     return result
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """How one table's rows on an old key are read a batch at a time (after the last
+    key of the previous batch) and written back under the active key."""
+
+    read: Callable[[AsyncSession, int, UUID | None, int], Awaitable[list[dict[str, Any]]]]
+    write: Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[None]]
+    last: Callable[[list[dict[str, Any]]], UUID]
+
+
+async def _walk(
+    rt: Runtime,
+    tenant: TenantContext,
+    table: str,
+    versions: Mapping[int, int],
+    old: dict[int, FieldCipher],
+    batches: _Batches,
+    batch_size: int,
+    progress: Progress | None,
+    result: ReencryptResult,
+) -> None:
+    """Every row of ``table`` on the old ``versions``, a batch per transaction."""
+    total, done = sum(versions.values()), 0
+    for version in versions:
+        if version not in old:
+            old[version] = await rt.keyring.cipher(tenant.tenant_id, version)
+        last: UUID | None = None
+        while True:
+            async with rt.router.transaction(tenant, write=True) as session:
+                rows = await batches.read(session, version, last, batch_size)
+                if not rows:
+                    break
+                await batches.write(session, rows)
+            last = batches.last(rows)
+            done += len(rows)
+            result.rows[table] = result.rows.get(table, 0) + len(rows)
+            if progress is not None:
+                progress(table, done, total)
+
+
+def _table_batches(
+    table: str, tenant_id: UUID, old: dict[int, FieldCipher], new: FieldCipher
+) -> _Batches:
+    """A table with sealed columns (``SENSITIVE``): ciphertexts, blind indexes and
+    ``enc_version`` written in one UPDATE per batch."""
+    fields = SENSITIVE[table]
+    storage = [f"{f}_{s}" for f in fields for s in ("enc", "bidx")]
+
+    async def read(
+        session: AsyncSession, version: int, after: UUID | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await sealed_rows.sealed_batch(
+            session, table, tenant_id, fields, version=version, after=after, limit=limit
+        )
+
+    async def write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        sealed = [_reseal(table, r, old, new, tenant_id) for r in rows]
+        by_column = zip(storage, zip(*sealed, strict=True), strict=True)
+        await sealed_rows.reseal(
+            session,
+            table,
+            tenant_id,
+            version=new.version,
+            ids=[r["id"] for r in rows],
+            columns={name: list(values) for name, values in by_column},
+        )
+
+    return _Batches(read, write, lambda rows: rows[-1]["id"])
+
+
+def _custom_batches(tenant_id: UUID, old: dict[int, FieldCipher], new: FieldCipher) -> _Batches:
+    """The sensitive custom values (crud.custom): a batch of records' values, each
+    opened with its old key and sealed again, in custom_value and in its record."""
+
+    async def read(
+        session: AsyncSession, version: int, after: UUID | None, limit: int
+    ) -> list[dict[str, Any]]:
+        return await sealed_rows.sealed_custom_batch(
+            session, tenant_id, version=version, after=after, limit=limit
+        )
+
+    async def write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        values = [_resealed_value(r, old, new) for r in rows]
+        await sealed_rows.reseal_custom(session, tenant_id, version=new.version, values=values)
+
+    return _Batches(read, write, lambda rows: max(r["record_id"] for r in rows))
+
+
+def _resealed_value(
+    row: Mapping[str, Any], old: dict[int, FieldCipher], new: FieldCipher
+) -> dict[str, Any]:
+    table, record_id, name = row["object"], row["record_id"], row["name"]
+    column = custom_column(name)
+    try:
+        blob = base64.b64decode(row["sealed_value"])
+        plain = old[key_version_of(blob)].decrypt(table, column, record_id, blob)
+    except (DecryptionError, KeyError, ValueError) as exc:
+        # Never write over a value we cannot read: stop and report the cell.
+        raise FieldUnreadable(table, column, record_id, type(exc).__name__) from exc
+    sealed = seal_custom(new, table, record_id, name, orjson.loads(plain))
+    return {
+        "record_id": record_id,
+        "field_id": row["field_id"],
+        "object": table,
+        "name": name,
+        "sealed": sealed["sealed"],
+        "bidx": new.blind_index(table, column, blind_text(row["type"], orjson.loads(plain))),
+        "unique": row["is_unique"],
+    }
 
 
 async def retire_unused(rt: Runtime, tenant: TenantContext) -> list[int]:

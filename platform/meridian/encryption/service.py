@@ -54,7 +54,7 @@ async def for_update(
     if not any(f in changes for f in SENSITIVE[table]):
         return dict(changes)
     assert stored is not None
-    current = await open_row(keyring, tenant_id, table, {"id": row_id, **stored})
+    current = await open_row(keyring, tenant_id, table, {"id": row_id, **stored}, reveal=True)
     plain = {f: changes[f] if f in changes else current[f] for f in SENSITIVE[table]}
     out = {k: v for k, v in changes.items() if k not in SENSITIVE[table]}
     if all(v is None for v in plain.values()):
@@ -78,11 +78,13 @@ async def blind_filter(
     field: str,
     column: InstrumentedAttribute[Any],
     value: str,
+    *,
+    normalized: bool = False,
 ) -> tuple[ColumnElement[bool], str]:
     """``column = ANY(<blind indexes of value under every live key version>)`` (one
     index probe per version, no decryption), and a token naming the search for cursors
     and cache keys without the plaintext: the index under the oldest live version."""
-    indexes = await search_indexes(keyring, tenant_id, table, field, value)
+    indexes = await search_indexes(keyring, tenant_id, table, field, value, normalized=normalized)
     criterion = column == bindparam(None, indexes, type_=_BIDX_ARRAY).any_()
     token = indexes[0].hex() if indexes else "none"
     return criterion, token

@@ -34,6 +34,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from meridian.encryption.fields import is_sealed
 from meridian.ids import new_id
 from meridian.web.responses import dumps
 from sharding.router import ShardSession
@@ -45,6 +46,7 @@ _ACTOR = "outbox_actor"
 _SKIPPED = frozenset({"tenant_id", "version", "updated_at", "created_at", "enc_version"})
 _SEALED_SUFFIX = "_enc"
 _INDEX_SUFFIX = "_bidx"
+_CUSTOM = "custom"
 
 _COLUMNS = "tenant_id, id, type, record_kind, record_id, owner_id, actor_type, actor_id, data"
 _PER_ROW = 9
@@ -149,7 +151,7 @@ def snapshot(row: Mapping[Any, Any], hidden: Iterable[str]) -> dict[str, Any]:
     """The row as events show it: every field but secrets (serialised once, when the
     transaction's events are appended)."""
     hidden = frozenset(hidden)
-    return {
+    out = {
         k: v
         for k, v in row.items()
         if k not in hidden
@@ -157,6 +159,11 @@ def snapshot(row: Mapping[Any, Any], hidden: Iterable[str]) -> dict[str, Any]:
         and not k.endswith(_INDEX_SUFFIX)
         and k not in ("tenant_id", "enc_version")
     }
+    custom = out.get(_CUSTOM)
+    if isinstance(custom, dict) and any(is_sealed(v) for v in custom.values()):
+        # A sensitive custom field's ciphertext stays out, as a sealed column does.
+        out[_CUSTOM] = {k: v for k, v in custom.items() if not is_sealed(v)}
+    return out
 
 
 def changes_between(
@@ -172,6 +179,9 @@ def changes_between(
         if field is None or column not in after:
             continue
         new = after[column]
+        if column == _CUSTOM and isinstance(old, dict) and isinstance(new, dict):
+            out.update(_custom_changes(old, new))
+            continue
         if column.endswith(_SEALED_SUFFIX):
             index = f"{field}{_INDEX_SUFFIX}"
             if index in before and index in after:
@@ -182,6 +192,20 @@ def changes_between(
             out[field] = {"changed": True}
         else:
             out[field] = {"old": old, "new": new}
+    return out
+
+
+def _custom_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's custom fields, each its own change (``custom.<name>``); a sensitive
+    one's only that it changed (an unchanged value keeps its ciphertext, so a new one is
+    a change)."""
+    out: dict[str, Any] = {}
+    for name in sorted(old.keys() | new.keys()):
+        a, b = old.get(name), new.get(name)
+        if a == b:
+            continue
+        key = f"{_CUSTOM}.{name}"
+        out[key] = {"changed": True} if is_sealed(a) or is_sealed(b) else {"old": a, "new": b}
     return out
 
 

@@ -30,6 +30,13 @@ _VALUE_OF = {
 }
 
 
+def _value_of(field: dict[str, Any]) -> str:
+    if field["sensitive"]:
+        # The record's ciphertext as it was: sealed for this record and field name.
+        return "jsonb_build_object('sealed', min(v.sealed_value))"
+    return _VALUE_OF[field["type"]]
+
+
 def _table(kind: str) -> str:
     # A record table's name, quoted ("case" is an SQL keyword); kinds are a fixed set.
     return '"' + kind + '"'
@@ -90,7 +97,7 @@ class FieldRepository(TenantRepository[FieldDefinitionRow]):
                 f"UPDATE {_table(kind)} AS r "  # noqa: S608
                 "SET custom = jsonb_set(r.custom, ARRAY[CAST(:name AS text)], k.value), "
                 "version = r.version + 1, updated_at = now() "
-                f"FROM (SELECT v.record_id, {_VALUE_OF[field['type']]} AS value "
+                f"FROM (SELECT v.record_id, {_value_of(field)} AS value "
                 "FROM custom_value v WHERE v.tenant_id = :tenant AND v.field_id = :field "
                 "GROUP BY v.record_id) AS k "
                 "WHERE r.tenant_id = :tenant AND r.id = k.record_id"

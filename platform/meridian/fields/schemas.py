@@ -114,6 +114,15 @@ class _FieldCreate(InputModel):
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
     required: Flag = False
     unique: Flag = False
+    sensitive: Annotated[
+        Flag,
+        Field(
+            description="Encrypt the values with the tenant's data key (text, email and "
+            "date fields; 422 `field_definition` for other types): found by equality "
+            "only, never sorted, masked without pii:read, never in events. It never "
+            "changes once the field exists, and such a field has no default."
+        ),
+    ] = False
     default: Annotated[
         Any,
         Field(
@@ -226,6 +235,7 @@ class FieldRead(RecordRead):
     options: dict[str, Any]
     position: int
     archived_at: datetime | None
+    sensitive: bool
 
 
 class ObjectSchema(BaseModel):

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.crud import hooks
-from meridian.crud.custom import MAX_FIELDS, BadValue, Field, check_value
+from meridian.crud.custom import MAX_FIELDS, SENSITIVE_TYPES, BadValue, Field, check_value
 from meridian.crud.custom import FieldDefinitionRow as Row
 from meridian.crud.repository import TenantRepository, VersionMismatch
 from meridian.errors import FIELD_DEFINITION, Conflict, invalid_field
@@ -56,9 +56,24 @@ class FieldService:
                 "a unique field has no default (every record would share it)",
                 FIELD_DEFINITION,
             )
+        if body.sensitive and body.type not in SENSITIVE_TYPES:
+            raise invalid_field(
+                "sensitive",
+                f"a {body.type} field cannot be sensitive; sensitive fields are "
+                f"{', '.join(sorted(SENSITIVE_TYPES))}",
+                FIELD_DEFINITION,
+            )
+        if body.sensitive and body.default is not None:
+            raise invalid_field(
+                "default",
+                "a sensitive field has no default (it would be kept in clear)",
+                FIELD_DEFINITION,
+            )
         row_id = new_id()
         options = _options(body.options)
-        spec = Field(row_id, body.name, body.type, body.required, body.unique, None, options)
+        spec = Field(
+            row_id, body.name, body.type, body.required, body.unique, None, options, body.sensitive
+        )
         return await repo.insert(
             {
                 "id": row_id,
@@ -72,6 +87,7 @@ class FieldService:
                 "default": _checked_default(spec, body.default),
                 "options": options,
                 "position": body.position,
+                "sensitive": body.sensitive,
             }
         )
 
@@ -116,6 +132,8 @@ class FieldService:
             spec = Field.of({**current, "options": options})
             if current["is_unique"] and body.default is not None:
                 raise invalid_field("default", "a unique field has no default", FIELD_DEFINITION)
+            if current["sensitive"] and body.default is not None:
+                raise invalid_field("default", "a sensitive field has no default", FIELD_DEFINITION)
             values["default"] = _checked_default(spec, body.default)
         return await repo.update(field_id, values, expected_version=expected_version)
 

@@ -154,7 +154,7 @@ class LeadService:
         if lead["status"] == "converted":
             return _conversion(lead, converted_now=False)
         owner = body.owner_id if "owner_id" in body.model_fields_set else lead["owner_id"]
-        clear = await open_row(keyring, tenant.tenant_id, KIND, lead)
+        clear = await open_row(keyring, tenant.tenant_id, KIND, lead, reveal=True)
         account_id = body.account_id
         if account_id is not None:
             await _require_visible(AccountRepository(session, tenant, viewer=viewer), account_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any, Literal, cast
 from uuid import UUID
@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from authz.fields import PII_PERMISSION, SENSITIVE_FIELDS
+from authz.fields import MASKED, PII_PERMISSION, SENSITIVE_FIELDS, Masker
 from meridian.accounts.schemas import AccountRead
 from meridian.contacts.schemas import ContactRead
 from meridian.crud import endpoints
@@ -46,7 +46,7 @@ from meridian.deps import (
     TenantAccess,
     record_viewer,
 )
-from meridian.encryption.fields import SENSITIVE, open_rows, sealed
+from meridian.encryption.fields import sealed
 from meridian.errors import Conflict, Forbidden, Gone, MethodNotAllowed, NotFound, problem_body
 from meridian.leads.schemas import LeadRead
 from meridian.leads.service import ConvertedLead
@@ -187,8 +187,7 @@ async def _duplicates(
     if found is None:
         raise endpoints.not_found(kind, record_id)
     rows = [row for row, _, _ in found.matches]
-    if kind in SENSITIVE:
-        rows = await open_rows(keyring, tenant_id, kind, rows)
+    rows = await endpoints.opened_rows(access, kind, rows)
     data = [
         {
             "record": endpoints.shown(access, kind, row),
@@ -249,25 +248,40 @@ class _Preview(Exception):
         self.merged = merged
 
 
-def _masked(access: TenantAccess, kind: str, name: str, value: Any) -> Any:
-    mask = SENSITIVE_FIELDS.get(kind, {}).get(name)
-    if mask is None or not isinstance(value, str) or not value or access.can(*PII_PERMISSION):
-        return value
-    return mask(value)
+def _masker(access: TenantAccess, kind: str, name: str, choice: Mapping[str, Any]) -> Masker:
+    """How a preview entry's values are shown: in clear with pii:read; else a built-in
+    sensitive field's by its mask, a sensitive custom field's hidden whole."""
+    if access.can(*PII_PERMISSION):
+        return _clear
+    if choice.get("sensitive"):
+        return _hidden
+    return SENSITIVE_FIELDS.get(kind, {}).get(name, _clear)
+
+
+def _clear(value: str) -> str:
+    return value
+
+
+def _hidden(_: str) -> str:
+    return MASKED
 
 
 def _preview(access: TenantAccess, kind: str, fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {
-        name: {
+    def shown(mask: Masker, value: Any) -> Any:
+        return mask(value) if isinstance(value, str) and value else value
+
+    out: dict[str, Any] = {}
+    for name, choice in fields.items():
+        mask = _masker(access, kind, name, choice)
+        out[name] = {
             "chosen": choice["chosen"],
-            "value": _masked(access, kind, name, choice["value"]),
+            "value": shown(mask, choice["value"]),
             "candidates": [
-                {"record_id": c["record_id"], "value": _masked(access, kind, name, c["value"])}
+                {"record_id": c["record_id"], "value": shown(mask, c["value"])}
                 for c in choice["candidates"]
             ],
         }
-        for name, choice in fields.items()
-    }
+    return out
 
 
 def _result(merged: service.Merged, *, dry_run: bool) -> dict[str, Any]:

@@ -214,7 +214,7 @@ async def find_duplicates(
     if record is None:
         return None
     rules = await rules_for(conn, tenant_id, kind)
-    clear = await open_row(keyring, tenant_id, kind, record) if kind in SENSITIVE else dict(record)
+    clear = await open_row(keyring, tenant_id, kind, record, reveal=True)
     sealed_fields = SENSITIVE.get(kind, ())
     wanted = {c.field for r in rules for c in r.conditions if c.field in sealed_fields}
     indexes: dict[str, frozenset[bytes]] = {}
@@ -296,15 +296,18 @@ class MergeService:
                     f"Lead {converted[0]} was converted; converted leads are kept as they "
                     "were and cannot be merged."
                 )
+        # In clear for choosing (a sensitive custom value is sealed again for the
+        # survivor by its update); the preview is masked by the router without pii:read.
         clear = {
-            rid: (
-                await open_row(keyring, tenant.tenant_id, kind, row) if kind in SENSITIVE else row
-            )
+            rid: await open_row(keyring, tenant.tenant_id, kind, row, reveal=True)
             for rid, row in stored.items()
         }
         lookups = await m.lookup_fields(kind)
         own_lookups = {f["name"] for f in lookups if f["object"] == kind and not f["archived_at"]}
-        changes, preview = self._choose(kind, body, group, clear, own_lookups)
+        sensitive = {
+            f.name for f in await custom.fields_of(session, tenant.tenant_id, kind) if f.sensitive
+        }
+        changes, preview = self._choose(kind, body, group, clear, own_lookups, sensitive)
         # Checked by the kind's own update schema before anything changes.
         update = self._update_body(kind, changes) if changes else None
         snapshot: dict[str, Any] = {
@@ -361,9 +364,11 @@ class MergeService:
         group: list[UUID],
         clear: Mapping[UUID, Mapping[str, Any]],
         own_lookups: set[str],
+        sensitive: set[str],
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """The survivor's changes, and per field who gave the value: the choice made, else
-        the survivor's value, else the first merged record's that has one."""
+        the survivor's value, else the first merged record's that has one (a sensitive
+        custom field's entry says so: the router masks it without pii:read)."""
         survivor_id = group[0]
         given: BaseModel | None = getattr(body, "fields", None)
         members = set(group)
@@ -413,6 +418,7 @@ class MergeService:
                 "chosen": chosen,
                 "value": value,
                 "candidates": [{"record_id": rid, "value": values[rid]} for rid in group],
+                "sensitive": name in sensitive,
             }
             if value != values[survivor_id]:
                 patch[name] = value
@@ -696,7 +702,10 @@ class MergeService:
                     f"{kind} {holder}'s.",
                     duplicate_of=str(holder),
                 )
+        values = [decode(table_of("custom_value"), r) for r in snapshot["custom_values"]]
         needed = {r["enc_version"] for r in rows if r.get("enc_version") is not None}
+        # Sensitive custom values come back sealed as they were, under their versions.
+        needed |= {r["key_version"] for r in values if r.get("key_version") is not None}
         if needed:
             live = {v.version for v in await keyring.versions(tenant_id) if v.state != "destroyed"}
             if needed - live:
@@ -704,7 +713,6 @@ class MergeService:
                     "The merged records' encrypted fields need a data key version that was "
                     "destroyed since the merge; they cannot be restored."
                 )
-        values = [decode(table_of("custom_value"), r) for r in snapshot["custom_values"]]
         holder = await m.unique_taken(values)
         if holder is not None and holder != survivor:
             raise Conflict(

@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meridian.crud import custom, endpoints
 from meridian.crud.pagination import Cursor, Sort
 from meridian.deps import TenantAccess
-from meridian.encryption.fields import SENSITIVE, open_rows
 from meridian.errors import MeridianError
 from meridian.ids import new_id
 from meridian.transfers import files, repository, service
@@ -172,8 +171,7 @@ class Exporter:
             if rows:
                 last = rows[-1]
                 cursor = Cursor(sort.token, sort.value_of(last), last["id"], DIGEST)
-                if self.spec.kind in SENSITIVE:
-                    rows = await open_rows(self.keyring, self.tenant_id, self.spec.kind, rows)
+                rows = await endpoints.opened_rows(self.access, self.spec.kind, rows)
                 pending += formatter.rows(self._shown(rows))
                 written += len(rows)
             if len(pending) >= files.CHUNK_BYTES or not more:
