@@ -24,6 +24,7 @@ from meridian.crud import batch
 from meridian.events.jobs import queue_for
 from meridian.settings import Settings
 from meridian.transfers import files, jobs
+from meridian.transfers.exporter import Exporter
 from meridian.transfers.worker import recover
 from tests.fixtures.api import Tenant
 from tests.fixtures.databases import TEST_KEK, raw_dsn
@@ -215,10 +216,21 @@ async def test_an_export_resumed_by_another_worker_is_the_whole_list(
     async def some() -> bool:
         return bool((await _job(app_client, h, "exports", made["id"]))["rows_written"] > 0)
 
+    # The first worker stops after its first chunk: it waits there until it is stopped
+    # (however fast the machine, it never finishes the export in its grace period).
+    commit = Exporter._commit
+    stopped = asyncio.Event()
+
+    async def commit_then_stop(self: Exporter, *args: Any, done: bool) -> None:
+        await commit(self, *args, done=done)
+        await stopped.wait()
+
+    monkeypatch.setattr(Exporter, "_commit", commit_then_stop)
     async with running_worker(settings, export_page_rows=5):
         await eventually(some, interval=0.005, what="a part exported")
+    monkeypatch.setattr(Exporter, "_commit", commit)
     part = await _job(app_client, h, "exports", made["id"])
-    assert part["state"] == "running", ("raise the rows: it all went through", part)
+    assert part["state"] == "running", part
     async with running_worker(settings, export_page_rows=7):
         done = await finished(app_client, h, "exports", made["id"])
     assert done["state"] == "done", done
