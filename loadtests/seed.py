@@ -79,6 +79,8 @@ _LOCK_NAMESPACE = 0x5345  # "SE"
 # lands on can then depend on which onboarding took that lock first (the spread over the
 # shards is the same).
 ONBOARDING_CONCURRENCY = 4
+# The plan of the seeded tenants (its rate limits: docs/api.md, "Rate limits").
+LOAD_PLAN = "enterprise"
 # Tenants onboarded together (TenantAdminService.onboard_many: one placement for the
 # batch, then finished ONBOARDING_CONCURRENCY at a time); two batches at once, so one
 # batch's placement overlaps the other's finishing. More at once only starves the loads
@@ -1238,7 +1240,8 @@ class Seeder:
     def _request(self, index: int) -> TenantCreate:
         region = self.regions[index % len(self.regions)]
         name = _company(_rng_for(self.random_seed, self.prefix, index, "name"), region)
-        return TenantCreate(slug=self.slug(index), name=name, region=region)
+        # The largest plan: a load test drives each tenant harder than most customers.
+        return TenantCreate(slug=self.slug(index), name=name, region=region, plan=LOAD_PLAN)
 
     async def onboard_batch(
         self, indexes: Sequence[int], done: Callable[[_Onboarded, bool], None]

@@ -22,6 +22,16 @@ class ShardUnavailableError(ShardingError):
         self.retry_after = retry_after
 
 
+class TenantBusyError(ShardingError):
+    """The tenant holds all the shard connections it may (``sharding.bulkhead``) and
+    none came free in time; ``retry_after`` is a hint in seconds."""
+
+    def __init__(self, tenant_id: object, retry_after: float) -> None:
+        super().__init__(f"tenant {tenant_id} has too many requests in progress")
+        self.tenant_id = tenant_id
+        self.retry_after = retry_after
+
+
 class ResidencyError(ShardingError):
     """The shard refused to enter the tenant (SQLSTATE MR001..MR003)."""
 

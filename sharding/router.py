@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
+from sharding.bulkhead import TenantBulkhead
 from sharding.engine import ReadStrategy
 from sharding.engines import ShardEngines
 from sharding.errors import ResidencyError, ShardUnavailableError
@@ -128,8 +129,11 @@ class ShardRouter:
         one_statement_reads: bool = True,
         write_hold: float = 2.0,
         session_info: Mapping[str, Any] | None = None,
+        bulkhead: TenantBulkhead | None = None,
     ) -> None:
         self.engines = engines
+        # How many of a shard's connections one tenant may hold at once (None: any).
+        self.bulkhead = bulkhead
         # What every session carries for the code that runs in it (``Session.info``):
         # the deployment's services that repositories need and are not given per call.
         self.session_info = dict(session_info or {})
@@ -241,6 +245,22 @@ class ShardRouter:
         fresh context and the transaction is retried once on it. ``admit`` first writes
         the tenant's residency row (onboarding; a no-op if it exists).
         """
+        async with (
+            self._slot(tenant),
+            self._transaction(tenant, write, on_stale, admit) as session,
+        ):
+            yield session
+
+    def _slot(self, tenant: TenantContext) -> AbstractAsyncContextManager[None]:
+        """One of the tenant's connection slots (``sharding.bulkhead``), or none needed."""
+        if self.bulkhead is None:
+            return nullcontext()
+        return self.bulkhead.hold(tenant.tenant_id)
+
+    @asynccontextmanager
+    async def _transaction(
+        self, tenant: TenantContext, write: bool, on_stale: OnStale | None, admit: bool
+    ) -> AsyncIterator[AsyncSession]:
         try:
             session = await self._begin(tenant, write, admit=admit)
         except ResidencyError as err:
@@ -307,19 +327,20 @@ class ShardRouter:
         tenant (a simple-protocol batch), one per query, one to commit. Queries run here
         must name ``tenant_id`` themselves, as every repository query does.
         """
-        try:
-            conn, pool = await self._begin_read(tenant)
-        except ResidencyError as err:
-            tenant = await _rerouted(tenant, err, on_stale)
-            conn, pool = await self._begin_read(tenant)
-        try:
-            yield conn
-            await conn.execute("COMMIT")
-        except BaseException as exc:
-            self._reraise(tenant.shard_id, exc)
-        finally:
-            # The pool's reset rolls back anything left open, so no SET LOCAL survives.
-            await pool.release(conn)
+        async with self._slot(tenant):
+            try:
+                conn, pool = await self._begin_read(tenant)
+            except ResidencyError as err:
+                tenant = await _rerouted(tenant, err, on_stale)
+                conn, pool = await self._begin_read(tenant)
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                self._reraise(tenant.shard_id, exc)
+            finally:
+                # The pool's reset rolls back anything left open: no SET LOCAL survives.
+                await pool.release(conn)
         self.engines.mark_up(tenant.shard_id)
 
     async def read_row(
@@ -363,10 +384,11 @@ class ShardRouter:
             f"SELECT s.* FROM meridian_read_as(${n + 1}::uuid, ${n + 2}::integer) AS e(tid) "  # noqa: S608
             f"CROSS JOIN LATERAL ({inner_sql}) AS s"
         )
-        try:
-            return await self._read_one(tenant, sql, args)
-        except ResidencyError as err:
-            return await self._read_one(await _rerouted(tenant, err, on_stale), sql, args)
+        async with self._slot(tenant):
+            try:
+                return await self._read_one(tenant, sql, args)
+            except ResidencyError as err:
+                return await self._read_one(await _rerouted(tenant, err, on_stale), sql, args)
 
     async def _read_one(
         self, tenant: TenantContext, sql: str, args: Sequence[Any]

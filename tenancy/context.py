@@ -20,7 +20,9 @@ class TenantContext:
     """Where a tenant lives and whether it may be served.
 
     ``epoch`` is the directory generation; the shard refuses a transaction whose epoch
-    does not match its residency row (a stale directory entry after a move).
+    does not match its residency row (a stale directory entry after a move). ``plan``
+    and ``rate_limits`` (requests per minute of the tenant and of each caller, None: the
+    plan's) are what the API's rate limits need, read with the rest.
     """
 
     tenant_id: UUID
@@ -29,6 +31,8 @@ class TenantContext:
     region: str
     status: TenantStatus
     epoch: int
+    plan: str = "standard"
+    rate_limits: tuple[int | None, int | None] = (None, None)
 
 
 # For logs and traces only: queries always take the context as an argument.

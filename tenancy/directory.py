@@ -30,6 +30,9 @@ class TenantDirectory:
                 Tenant.status,
                 DirectoryEntry.shard_id,
                 DirectoryEntry.epoch,
+                Tenant.plan,
+                Tenant.rate_limit_tenant,
+                Tenant.rate_limit_caller,
             )
             .join(DirectoryEntry, DirectoryEntry.tenant_id == Tenant.id)
             .where(Tenant.id == tenant_id)
@@ -45,4 +48,6 @@ class TenantDirectory:
             region=row.region,
             status=TenantStatus(row.status),
             epoch=row.epoch,
+            plan=row.plan,
+            rate_limits=(row.rate_limit_tenant, row.rate_limit_caller),
         )

@@ -36,6 +36,14 @@ class Tenant(ControlBase):
             "event_retention_days IS NULL OR event_retention_days BETWEEN 1 AND 3650",
             name="event_retention_days",
         ),
+        CheckConstraint(
+            "rate_limit_tenant IS NULL OR rate_limit_tenant BETWEEN 1 AND 600000",
+            name="rate_limit_tenant",
+        ),
+        CheckConstraint(
+            "rate_limit_caller IS NULL OR rate_limit_caller BETWEEN 1 AND 600000",
+            name="rate_limit_caller",
+        ),
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True)
@@ -44,6 +52,10 @@ class Tenant(ControlBase):
     region: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     plan: Mapped[str] = mapped_column(String(32), server_default="standard")
+    # Requests per minute, overriding the plan's (None: the plan's): the tenant's in
+    # all, and each of its callers'.
+    rate_limit_tenant: Mapped[int | None] = mapped_column(Integer)
+    rate_limit_caller: Mapped[int | None] = mapped_column(Integer)
     # The Idempotency-Key and request digest of the onboarding call: a retry with the
     # same key resumes or replays it instead of failing on the taken slug.
     creation_key: Mapped[str | None] = mapped_column(String(255))

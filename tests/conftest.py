@@ -12,10 +12,9 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from meridian.app import create_app
 from meridian.operations import create_admin_client, migrate_all
 from meridian.settings import Settings
-from tests.fixtures.api import AdminToken, Tenant, intruder, onboard
+from tests.fixtures.api import AdminToken, Tenant, instance, intruder, onboard
 from tests.fixtures.citus import citus_cluster, engines_citus_cluster
 from tests.fixtures.citus_api import citus_api
 from tests.fixtures.databases import (
@@ -141,12 +140,8 @@ def plain_settings(databases: TestDatabases) -> Settings:
 
 @pytest.fixture(scope="session")
 async def plain_app_client(plain_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(plain_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with instance(plain_settings) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

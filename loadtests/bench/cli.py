@@ -7,7 +7,8 @@ Cases (wrk -t1 -c<connections>, a warm-up run first, <workers> uvicorn workers e
 - bare FastAPI + asyncpg endpoint running Meridian's own by-id and first-page SQL
   (the floor; as the PostgreSQL superuser, so no RLS and no transaction around it);
 - Meridian ``GET /v1/contacts/{id}`` with the record cache on and off (bearer token,
-  tenant resolution, routing, residency check, RLS), ids spread over all contacts;
+  tenant resolution, rate limits, routing, residency check, RLS), ids spread over all
+  contacts, and cached with the rate limits off (what their Redis call costs);
 - the same uncached read spread over two tenants on two shards;
 - Meridian ``GET /v1/contacts?limit=50`` with the list cache off, against the bare
   endpoint's same SQL, and with the list cache on;
@@ -95,6 +96,11 @@ CASES = [
     Case("hello", "hello-world `GET /hello`", "bare FastAPI"),
     Case("bare_get", "PK read, bare asyncpg (same SQL)", "bare FastAPI"),
     Case("get_cached", "`GET /v1/contacts/{id}`, record cache on", "Meridian"),
+    Case(
+        "get_cached_unlimited",
+        "`GET /v1/contacts/{id}`, record cache on, rate limits off",
+        "Meridian",
+    ),
     Case("get_uncached", "`GET /v1/contacts/{id}`, record cache off", "Meridian"),
     Case("get_two_shards", "`GET /v1/contacts/{id}`, cache off, 2 tenants on 2 shards", "Meridian"),
     Case("bare_list", "first 50 contacts, bare asyncpg (same SQL)", "bare FastAPI"),
@@ -105,6 +111,7 @@ RATIOS = [
     Ratio("cached GET / hello-world (req/s)", "get_cached", "hello", "rps", at_least=0.5),
     Ratio("uncached GET / bare PK read (req/s)", "get_uncached", "bare_get", "rps", at_least=0.8),
     Ratio("cached GET / uncached GET (req/s)", "get_cached", "get_uncached", "rps"),
+    Ratio("cached GET, rate limits on / off (req/s)", "get_cached", "get_cached_unlimited", "rps"),
     Ratio("uncached GET p99 / bare PK read p99", "get_uncached", "bare_get", "p99", at_most=1.0),
     Ratio("cached GET p99 / bare PK read p99", "get_cached", "bare_get", "p99", at_most=1.0),
     Ratio("uncached GET / hello-world (req/s)", "get_uncached", "hello", "rps"),
@@ -265,6 +272,23 @@ class Bench:
                 _check(server.base_url + path, None, expect_rows=50)
                 self._measure("bare_list", server, [(path, None)])
 
+    def unlimited(self) -> None:
+        """The cached read without rate limits: what the limiter's Redis call costs."""
+        if not self._wants("get_cached_unlimited"):
+            return
+        port = free_port()
+        env = {
+            **server_env(self.prepared.settings),
+            "MERIDIAN_CACHE_RECORDS": "true",
+            "MERIDIAN_CACHE_LISTS": "true",
+            "MERIDIAN_RATE_LIMITS": "false",
+        }
+        argv = meridian_argv(port, self.args.workers)
+        with Server("meridian-unlimited", argv, env, port, "/readyz", self.log_dir) as server:
+            first = self.prepared.tenants[0]
+            _check(f"{server.base_url}/v1/contacts/{first.contact_ids[0]}", first.token)
+            self._measure("get_cached_unlimited", server, _get_requests([first]))
+
     def meridian(self, *, cached: bool) -> None:
         keys = (
             ("get_cached", "list_cached") if cached else ("get_uncached", "get_two_shards", "list")
@@ -391,6 +415,7 @@ class Bench:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("bare FastAPI server", self.bare),
             ("Meridian, record cache on", lambda: self.meridian(cached=True)),
+            ("Meridian, record cache on, rate limits off", self.unlimited),
             ("Meridian, record cache off", lambda: self.meridian(cached=False)),
             ("Meridian, many tenants", self.many),
             ("Meridian, Citus shard and plain shard", self.citus),

@@ -42,6 +42,7 @@ from meridian.users.router import router as users_router
 from meridian.web import docs, openapi
 from meridian.web.limits import BodySizeLimit
 from meridian.web.problems import install_problem_handlers
+from meridian.web.ratelimit import RateLimitHeaders
 from meridian.webhooks.router import router as webhooks_router
 
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

@@ -34,6 +34,7 @@ from meridian.identity import Actor, resolve_actor
 from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
 from meridian.settings import Settings
+from meridian.web import ratelimit
 from tenancy.context import TenantContext, TenantStatus, current_tenant_id
 from tenancy.keyring import TenantKeyring
 
@@ -154,6 +155,9 @@ class RequireTenant:
             raise ServiceUnavailable(
                 "The tenant is still being provisioned.", headers={"Retry-After": "1"}
             )
+        if runtime.limiter is not None:
+            # Before anything else is read for the request: a refused one costs little.
+            await ratelimit.check(runtime.limiter, runtime.settings, request, tenant, principal)
         if tenant.shard_id not in runtime.engines.shards:
             # Placed on a shard registered after this instance last read the topology.
             await runtime.reload_topology()

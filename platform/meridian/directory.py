@@ -11,6 +11,7 @@ re-resolves and retries (``sharding.router._rerouted``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from uuid import UUID
 
 import orjson
@@ -25,13 +26,26 @@ KIND = "directory"
 
 def _encode(ctx: TenantContext) -> bytes:
     return orjson.dumps(
-        [str(ctx.tenant_id), ctx.slug, ctx.shard_id, ctx.region, ctx.status.value, ctx.epoch]
+        [
+            str(ctx.tenant_id),
+            ctx.slug,
+            ctx.shard_id,
+            ctx.region,
+            ctx.status.value,
+            ctx.epoch,
+            ctx.plan,
+            list(ctx.rate_limits),
+        ]
     )
 
 
 def _decode(raw: bytes) -> TenantContext:
-    tid, slug, shard_id, region, status, epoch = orjson.loads(raw)
-    return TenantContext(UUID(tid), slug, shard_id, region, TenantStatus(status), int(epoch))
+    tid, slug, shard_id, region, status, epoch, *rest = orjson.loads(raw)
+    ctx = TenantContext(UUID(tid), slug, shard_id, region, TenantStatus(status), int(epoch))
+    if not rest:
+        return ctx  # written before plans were cached: the defaults until it expires
+    plan, (tenant_limit, caller_limit) = rest
+    return replace(ctx, plan=plan, rate_limits=(tenant_limit, caller_limit))
 
 
 CODEC: Codec[TenantContext] = Codec(_encode, _decode)

@@ -162,10 +162,21 @@ class IdempotencyKeyReused(ValidationFailed):
     title = "Idempotency-Key reused with a different request"
 
 
+class RateLimited(MeridianError):
+    status_code = 429
+    type_slug = "rate-limited"
+    title = "Too many requests"
+
+
 class ServiceUnavailable(MeridianError):
     status_code = 503
     type_slug = "unavailable"
     title = "Service unavailable"
+
+
+class TenantBusy(ServiceUnavailable):
+    type_slug = "tenant-busy"
+    title = "Too many requests of this tenant in progress"
 
 
 class ShardUnavailable(ServiceUnavailable):

@@ -24,6 +24,7 @@ from authz.store import PolicyStore
 from authz.watcher import PolicyWatcher
 from cache.core import AnyRedis, Policy, TwoLevelCache
 from cache.metrics import CacheMetrics
+from cache.ratelimit import RateLimiter
 from meridian.directory import CachedDirectory
 from meridian.events import outbox
 from meridian.oauth.keys import KeyStore
@@ -33,6 +34,7 @@ from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
 from meridian.users.repository import ActorRow, UserRepository
 from primitives.breaker import CircuitBreaker
+from sharding.bulkhead import TenantBulkhead
 from sharding.driver import MoveDriver
 from sharding.engine import ShardEngine
 from sharding.engines import PoolOptions, ShardEngines, ShardInfo
@@ -77,6 +79,8 @@ class Runtime:
     record_cache: dict[str, Policy] = field(default_factory=dict)
     list_cache: dict[str, Policy] = field(default_factory=dict)
     redis: AnyRedis | None = None
+    # The API's rate limits (meridian.web.ratelimit); None when they are off.
+    limiter: RateLimiter | None = None
     # Tenant moves between shards: driven in the background (the API also sweeps for
     # moves nobody drives: start_moving()).
     moves: MoveDriver = field(init=False)
@@ -118,11 +122,7 @@ class Runtime:
             held_max_entries=4 * active,
             generation_hold=settings.tenant_state_hold,
             op_timeout=settings.cache_op_timeout,
-            breaker=CircuitBreaker(
-                failure_threshold=3,
-                cooldown=settings.cache_cooldown,
-                timeout_window=settings.cache_timeout_window,
-            ),
+            breaker=redis_breaker(settings),
             metrics=CacheMetrics(registry),
         )
         policies = PolicyStore(control)
@@ -150,6 +150,10 @@ class Runtime:
                 # Custom fields marked sensitive are sealed where every write of a
                 # record goes through, its repository (crud.custom).
                 session_info={SESSION_KEYRING: keyring},
+                bulkhead=TenantBulkhead(
+                    settings.tenant_connections or max(1, settings.shard_pool_size // 2),
+                    wait=settings.tenant_connections_wait,
+                ),
             ),
             directory=CachedDirectory(
                 TenantDirectory(control),
@@ -183,6 +187,16 @@ class Runtime:
             record_cache=record_policies(settings),
             list_cache=list_policies(settings),
             redis=redis,
+            limiter=(
+                RateLimiter(
+                    redis,
+                    sync_interval=settings.rate_limit_sync_interval,
+                    op_timeout=settings.rate_limit_timeout,
+                    breaker=redis_breaker(settings),
+                )
+                if settings.rate_limits
+                else None
+            ),
         )
         rt.moves = MoveDriver(
             rt.mover(),
@@ -190,6 +204,8 @@ class Runtime:
             sweep_interval=settings.move_sweep_interval,
         )
         await cache.start()
+        if rt.limiter is not None:
+            rt.limiter.start()
         templates_changed = await policies.sync_templates()
         await rt.policy_watcher.start()
         if templates_changed:
@@ -220,6 +236,8 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.moves.stop()
+        if self.limiter is not None:
+            await self.limiter.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -298,6 +316,16 @@ class Runtime:
                 await self.keys.refresh()
             except Exception:
                 log.warning("periodic signing-key refresh failed", exc_info=True)
+
+
+def redis_breaker(settings: Settings) -> CircuitBreaker:
+    """The breaker in front of Redis of each of its users (the cache, the rate limits):
+    open after 3 failures in a row, or timeouts alone for ``cache_timeout_window``."""
+    return CircuitBreaker(
+        failure_threshold=3,
+        cooldown=settings.cache_cooldown,
+        timeout_window=settings.cache_timeout_window,
+    )
 
 
 def connect_redis(settings: Settings) -> AnyRedis | None:

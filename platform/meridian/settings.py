@@ -97,6 +97,13 @@ class ShardConfig(BaseModel):
     engine: ShardEngine | None = None
 
 
+class PlanLimits(BaseModel):
+    """A plan's requests per minute: the tenant's in all, and each caller's."""
+
+    tenant: int = Field(ge=1, le=600_000)
+    caller: int = Field(ge=1, le=600_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MERIDIAN_", extra="ignore")
 
@@ -109,6 +116,23 @@ class Settings(BaseSettings):
     app_db_role: str = "meridian_app"
     redis_url: str | None = None
     redis_cluster: bool = False  # redis_url names a node of a Redis Cluster
+
+    # Rate limits (meridian.web.ratelimit): requests per minute of a tenant and of each
+    # of its callers (a user, or a client acting for the tenant), by the tenant's plan;
+    # platform admins override them per tenant (PUT /admin/v1/tenants/{id}/limits).
+    rate_limits: bool = True
+    rate_limit_plans: dict[str, PlanLimits] = Field(
+        default_factory=lambda: {
+            "free": PlanLimits(tenant=600, caller=120),
+            "standard": PlanLimits(tenant=6_000, caller=1_200),
+            "enterprise": PlanLimits(tenant=60_000, caller=12_000),
+        }
+    )
+    # How often each instance adds the requests it let through to the shared counts in
+    # Redis (and learns the others'): the fleet may exceed a quota by what the other
+    # instances admit in this time. Each sync waits at most rate_limit_timeout.
+    rate_limit_sync_interval: float = Field(default=0.1, gt=0, le=10)
+    rate_limit_timeout: float = Field(default=0.5, gt=0)
 
     # Cache: L1 is per process; L2 is Redis when redis_url is set.
     cache_l1_max_entries: int = Field(default=50_000, ge=100)
@@ -184,6 +208,12 @@ class Settings(BaseSettings):
     # raw read pool's): a shard serving N instances needs 2 x N x this in
     # max_connections.
     shard_pool_size: int = Field(default=10, ge=1)
+    # Bulkheads (sharding.bulkhead): the transactions one tenant may have open at once on
+    # its shard, in this process (None: half of shard_pool_size, at least one), so a
+    # tenant's flood leaves its neighbours the other half; its excess requests wait up to
+    # tenant_connections_wait seconds for one of its own to end, then get 503.
+    tenant_connections: int | None = Field(default=None, ge=1)
+    tenant_connections_wait: float = Field(default=0.5, gt=0)
     # Control-plane connections kept open (10 more may be opened, and are closed when
     # returned). The seeder raises it: onboarding many tenants at once would otherwise
     # open and close a connection every few statements.

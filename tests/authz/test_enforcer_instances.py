@@ -4,8 +4,6 @@ reconnects, and authorization with Redis gone."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +14,12 @@ from redis.asyncio import Redis
 from authz.enforcer import EnforcerRegistry
 from authz.store import PolicyStore
 from authz.watcher import PolicyWatcher
-from meridian.app import create_app
 from meridian.settings import Settings
+from tests.fixtures.api import instance as api
 from tests.fixtures.api import onboard
 from tests.fixtures.redis_servers import RedisServer, free_port
 from tests.fixtures.waiting import eventually
 from tests.roles.helpers import permissions, role_headers
-
-
-@asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
 
 
 def runtime(client: httpx.AsyncClient) -> Any:

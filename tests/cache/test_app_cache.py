@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from meridian.app import create_app
 from meridian.crud.endpoints import record_bucket
 from meridian.settings import Settings
 from tests.cache.conftest import l2_attempts, l2_skipped
+from tests.fixtures.api import instance as api
 from tests.fixtures.api import onboard
 from tests.fixtures.redis_servers import RedisServer
 from tests.fixtures.waiting import eventually
-
-
-@asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
 
 
 def counter(client: httpx.AsyncClient, level: str, kind: str, result: str) -> float:

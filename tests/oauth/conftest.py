@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from meridian.app import create_app
 from meridian.settings import Settings
-from tests.fixtures.api import Tenant, onboard
+from tests.fixtures.api import Tenant, instance, onboard
 
 PASSWORD = "correct horse battery staple"
 
 
-@asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An API instance of its own (its own runtime, L1 caches and key store)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+# An API instance of its own (its own runtime, L1 caches and key store).
+api = instance
 
 
 @pytest.fixture(scope="session")

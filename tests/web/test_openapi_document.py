@@ -61,20 +61,29 @@ def test_every_error_answer_is_a_problem_of_its_own_status(doc: dict[str, Any]) 
 def test_statuses_follow_from_what_a_route_depends_on(doc: dict[str, Any]) -> None:
     paths = doc["paths"]
     read = paths["/v1/contacts/{contact_id}"]["get"]["responses"]
-    assert {"200", "304", "401", "403", "404", "422", "500", "503"} == set(read)
+    assert {"200", "304", "401", "403", "404", "422", "429", "500", "503"} == set(read)
     assert problem_types_of(read["403"]) == {"forbidden", "insufficient-scope", "tenant-suspended"}
-    assert problem_types_of(read["503"]) == {"unavailable", "shard-unavailable"}
-    assert read["503"]["headers"] == {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
+    assert problem_types_of(read["503"]) == {"unavailable", "shard-unavailable", "tenant-busy"}
+    assert problem_types_of(read["429"]) == {"rate-limited"}
+    limits = {"RateLimit", "RateLimit-Policy"}
+    assert set(read["503"]["headers"]) == {"Retry-After", *limits}
+    assert set(read["429"]["headers"]) == {"Retry-After", *limits}
     assert "WWW-Authenticate" in read["401"]["headers"]
-    assert set(read["200"]["headers"]) == {"ETag"}
-    assert set(read["304"]["headers"]) == {"ETag"}
+    assert set(read["200"]["headers"]) == {"ETag", *limits}
+    assert set(read["304"]["headers"]) == {"ETag", *limits}
 
     update = paths["/v1/contacts/{contact_id}"]["patch"]["responses"]
     assert {"400", "412", "413", "415", "422"} <= set(update)
     assert problem_types_of(update["422"]) == {"validation"}
 
     create = paths["/v1/contacts"]["post"]["responses"]
-    assert set(create["201"]["headers"]) == {"ETag", "Location", "Idempotent-Replayed"}
+    assert set(create["201"]["headers"]) == {
+        "ETag",
+        "Location",
+        "Idempotent-Replayed",
+        "RateLimit",
+        "RateLimit-Policy",
+    }
     assert problem_types_of(create["409"]) == {"duplicate"}
     assert problem_types_of(create["422"]) == {"validation", "idempotency-key-reused"}
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
@@ -14,6 +15,8 @@ from meridian.admin.schemas import (
     ClientCredentials,
     MoveCreate,
     MoveRead,
+    RateLimitsRead,
+    RateLimitsUpdate,
     ShardRead,
     TenantChange,
     TenantCreate,
@@ -28,8 +31,10 @@ from meridian.crud.http import IdempotencyKeyHeader, LimitQuery, stored_response
 from meridian.crud.idempotency import StoredResponse
 from meridian.crud.schemas import Page
 from meridian.deps import AdminPrincipal, RuntimeDep
-from meridian.errors import Conflict, DedicatedShardOccupied, IdempotencyKeyReused
+from meridian.errors import Conflict, DedicatedShardOccupied, IdempotencyKeyReused, invalid_field
 from meridian.oauth.schemas import TokensRevoked
+from meridian.settings import Settings
+from meridian.web import ratelimit
 from meridian.web.openapi import problems
 from meridian.web.responses import json_response
 from sharding.models import MoveState
@@ -50,6 +55,7 @@ async def create_tenant(
     _: AdminPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
+    _known_plan(rt.settings, body.plan)
     # Not endpoints.create: onboarding spans the control plane and a shard, so it
     # resumes (the service) rather than replaying a stored response.
     row, created_now = await tenant_admin.onboard(admin_deps(rt), body, idempotency_key)
@@ -94,6 +100,50 @@ async def change_tenant(
     default; shorter retention deletes older events at the next hourly pass)."""
     changes = body.model_dump(include=body.model_fields_set)
     return json_response(await tenant_admin.configure(admin_deps(rt), tenant_id, changes))
+
+
+@router.get("/tenants/{tenant_id}/limits", response_model=RateLimitsRead)
+async def get_tenant_limits(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """The tenant's rate limits: its plan's, or its own where they were set."""
+    return json_response(_limits(rt.settings, await tenant_admin.get(admin_deps(rt), tenant_id)))
+
+
+@router.put("/tenants/{tenant_id}/limits", response_model=RateLimitsRead)
+async def put_tenant_limits(
+    tenant_id: UUID, body: RateLimitsUpdate, rt: RuntimeDep, _: AdminPrincipal
+) -> Response:
+    """Set the tenant's plan (left out: unchanged) and its own requests per minute (null
+    or left out: its plan's). Every instance applies them at its next request for the
+    tenant (the directory entries are dropped)."""
+    changes: dict[str, object] = {
+        "rate_limit_tenant": body.tenant_per_minute,
+        "rate_limit_caller": body.caller_per_minute,
+    }
+    if body.plan is not None:
+        changes["plan"] = _known_plan(rt.settings, body.plan)
+    row = await tenant_admin.configure(admin_deps(rt), tenant_id, changes)
+    return json_response(_limits(rt.settings, row))
+
+
+def _known_plan(settings: Settings, plan: str) -> str:
+    """``plan`` if the deployment has it (``MERIDIAN_RATE_LIMIT_PLANS``), else 422."""
+    if plan not in settings.rate_limit_plans:
+        known = ", ".join(sorted(settings.rate_limit_plans))
+        raise invalid_field("plan", f"no plan {plan!r}; the plans: {known}")
+    return plan
+
+
+def _limits(settings: Settings, row: Mapping[str, Any]) -> dict[str, Any]:
+    own = (row["rate_limit_tenant"], row["rate_limit_caller"])
+    limits = ratelimit.limits_of(settings, row["plan"], own)
+    names = ("tenant_per_minute", "caller_per_minute")
+    return {
+        "tenant_id": row["id"],
+        "plan": row["plan"],
+        "tenant_per_minute": limits.tenant,
+        "caller_per_minute": limits.caller,
+        "overridden": [name for name, value in zip(names, own, strict=True) if value],
+    }
 
 
 @router.post(

@@ -53,6 +53,12 @@ class TenantRead(Addressable):
         description="Days the tenant's events, history and audit trail are kept; null: "
         "the platform's default."
     )
+    rate_limit_tenant: int | None = Field(
+        description="The tenant's requests per minute in all; null: its plan's."
+    )
+    rate_limit_caller: int | None = Field(
+        description="Each of its users' and clients' requests per minute; null: its plan's."
+    )
     created_at: datetime
 
 
@@ -61,6 +67,33 @@ class TenantChange(InputModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"event_retention_days": 90}]})
     event_retention_days: Annotated[int | None, Field(ge=1, le=3650)] = None
+
+
+PerMinute = Annotated[int, Field(ge=1, le=600_000)]
+
+
+class RateLimitsUpdate(InputModel):
+    """A tenant's rate limits: its plan (left out: unchanged) and its own requests per
+    minute, which override the plan's (null or left out: the plan's)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"plan": "enterprise", "caller_per_minute": 30_000}]}
+    )
+    plan: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] | None = None
+    tenant_per_minute: PerMinute | None = None
+    caller_per_minute: PerMinute | None = None
+
+
+class RateLimitsRead(BaseModel):
+    tenant_id: UUID
+    plan: str
+    tenant_per_minute: int = Field(description="The tenant's requests per minute in all.")
+    caller_per_minute: int = Field(
+        description="Each caller's (a user, or a client acting for the tenant) requests per minute."
+    )
+    overridden: list[Literal["tenant_per_minute", "caller_per_minute"]] = Field(
+        description="Which of the two are the tenant's own rather than its plan's."
+    )
 
 
 class ClientCredentials(BaseModel):

@@ -83,6 +83,8 @@ def _tenant_columns() -> list[Any]:
         Tenant.status,
         Tenant.plan,
         Tenant.event_retention_days,
+        Tenant.rate_limit_tenant,
+        Tenant.rate_limit_caller,
         Tenant.created_at,
     ]
 
@@ -414,7 +416,9 @@ class TenantAdminService:
     async def configure(
         self, deps: AdminDeps, tenant_id: UUID, changes: dict[str, Any]
     ) -> dict[str, Any]:
-        """Settings of a tenant a platform admin chooses (its event retention)."""
+        """Settings of a tenant a platform admin chooses (its event retention, its plan
+        and rate limits); every instance's directory entry is dropped, so its rate
+        limits apply at once."""
 
         async def change(conn: AsyncConnection) -> dict[str, Any] | None:
             found = await conn.scalar(
@@ -432,6 +436,7 @@ class TenantAdminService:
 
         row = await control.transact(deps.control, change)
         assert row is not None
+        await deps.directory.invalidate(tenant_id)
         return row
 
     async def delete(self, deps: AdminDeps, tenant_id: UUID) -> dict[str, Any]:

@@ -4,8 +4,9 @@ FastAPI derives paths, parameters, bodies and success responses from the routes;
 completes every operation with what its declarations imply, so the document cannot
 forget an answer the code gives:
 
-- the tenant dependency (``RequireTenant``): 401, 403, 503 with ``Retry-After``, and the
-  OAuth scope its action needs; the platform-admin dependency: 401, 403, ``platform:admin``;
+- the tenant dependency (``RequireTenant``): 401, 403, 429 and 503 with ``Retry-After``,
+  the rate-limit headers, and the OAuth scope its action needs; the platform-admin
+  dependency: 401, 403, ``platform:admin``;
 - a path parameter: 404 and 422; query parameters: 422; a ``cursor``: 400;
 - a JSON body: 400 (malformed), 413, 415, 422; any other body: 413;
 - ``If-Match``: 412; ``If-None-Match``: 304 with the ``ETag``; ``Idempotency-Key``: 422
@@ -43,8 +44,10 @@ from meridian.errors import (
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
+    RateLimited,
     ServiceUnavailable,
     ShardUnavailable,
+    TenantBusy,
     TenantSuspended,
     Unauthorized,
     UnsupportedMediaType,
@@ -57,6 +60,7 @@ from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE
 _EXTRA_KEY = "x-meridian-problems"
 SCHEMAS = "#/components/schemas/"
 HEADERS = "#/components/headers/"
+RATE_LIMIT_HEADERS = ("RateLimit", "RateLimit-Policy")
 
 SCOPES = {
     SCOPE_READ: "Read the tenant's CRM data (GET on /v1).",
@@ -101,6 +105,17 @@ RESPONSE_HEADERS: dict[str, Any] = {
         "description": "Present when this is the stored response of an earlier request "
         "with the same Idempotency-Key; nothing was changed again.",
         "schema": {"type": "string", "enum": ["true"]},
+    },
+    "RateLimit-Policy": {
+        "description": "The quotas this request counted against (IETF draft "
+        'ratelimit-headers): `"tenant";q=6000;w=60, "caller";q=1200;w=60` (q requests per '
+        "w seconds).",
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What is left of each quota: `"tenant";r=5998;t=1, "caller";r=1187;t=8` '
+        "(r requests left, t seconds until the quota is whole again).",
+        "schema": {"type": "string"},
     },
     "WWW-Authenticate": {
         "description": "The Bearer challenge (RFC 6750).",
@@ -184,6 +199,8 @@ class _Operation:
         self.problems: dict[int, set[type[MeridianError]]] = {}
         self.headers: dict[int, set[str]] = {}
         self.security: list[dict[str, list[str]]] = []
+        # Counted against the tenant's quotas: every answer may carry their headers.
+        self.rate_limited = False
 
     def error(self, *errors: type[MeridianError], headers: Iterable[str] = ()) -> None:
         for err in errors:
@@ -212,7 +229,8 @@ def _derive(
     if tenant is not None:
         op.error(Unauthorized, headers=["WWW-Authenticate"])
         op.error(Forbidden, InsufficientScope, TenantSuspended)
-        op.error(ServiceUnavailable, ShardUnavailable, headers=["Retry-After"])
+        op.error(ServiceUnavailable, ShardUnavailable, TenantBusy, headers=["Retry-After"])
+        op.error(RateLimited, headers=["Retry-After"])
         op.security = [{"oauth2": [tenant.scope]}, {"bearer": []}]
     elif require_admin in calls:
         op.error(Unauthorized, headers=["WWW-Authenticate"])
@@ -248,6 +266,7 @@ def _derive(
         op.header(success, "Location")
     by_urn = {PROBLEM_BASE + c.type_slug: c for c in types}
     op.error(*(by_urn[urn] for urn in operation.pop(_EXTRA_KEY, [])))
+    op.rate_limited = tenant is not None
     return op
 
 
@@ -281,6 +300,11 @@ def _apply(operation: dict[str, Any], op: _Operation) -> None:
         declared.setdefault("content", {}).update(problem["content"])
     if "304" in {str(s) for s in op.headers}:
         responses.setdefault("304", {"description": "Not modified: the ETag is current."})
+    if op.rate_limited:
+        # Whatever the answer once the quotas were counted (one before, a 401, goes
+        # without them: the headers are optional).
+        for code in responses:
+            op.headers.setdefault(int(code), set()).update(RATE_LIMIT_HEADERS)
     for status, names in op.headers.items():
         if names and str(status) in responses:
             headers = responses[str(status)].setdefault("headers", {})

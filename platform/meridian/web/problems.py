@@ -24,13 +24,19 @@ from meridian.errors import (
     MeridianError,
     ServiceUnavailable,
     ShardUnavailable,
+    TenantBusy,
     UnsupportedMediaType,
     ValidationFailed,
     error_for_status,
     problem_body,
 )
 from meridian.web.responses import problem_response
-from sharding.errors import ResidencyError, ShardUnavailableError, UnknownShardError
+from sharding.errors import (
+    ResidencyError,
+    ShardUnavailableError,
+    TenantBusyError,
+    UnknownShardError,
+)
 
 log = logging.getLogger("meridian.errors")
 
@@ -123,6 +129,15 @@ async def _shard_unavailable(request: Request, exc: Exception) -> Response:
     err = ShardUnavailable(
         "The shard holding this tenant's data cannot be reached; other tenants are unaffected.",
         headers={"Retry-After": str(retry)},
+    )
+    return render(err, request)
+
+
+async def _tenant_busy(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TenantBusyError)
+    err = TenantBusy(
+        "This tenant already holds every shard connection it may at once; retry shortly.",
+        headers={"Retry-After": str(max(1, round(exc.retry_after)))},
     )
     return render(err, request)
 
@@ -221,6 +236,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ShardUnavailableError, _shard_unavailable)
     app.add_exception_handler(UnknownShardError, _unknown_shard)
+    app.add_exception_handler(TenantBusyError, _tenant_busy)
     app.add_exception_handler(ResidencyError, _residency)
     app.add_exception_handler(IntegrityError, _integrity)
     app.add_exception_handler(DBAPIError, _database_error)

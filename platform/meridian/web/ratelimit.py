@@ -1,0 +1,113 @@
+"""The API's rate limits: every tenant request takes one from its tenant's quota and
+one from its caller's (a user, or a client acting for the tenant), per minute, by the
+tenant's plan unless a platform admin set its own (``TenantContext.rate_limits``).
+
+``check`` runs in the tenant dependency once the tenant is known (``deps.RequireTenant``),
+before anything else is read: over a quota is 429 problem+json with ``Retry-After``.
+Every answer to a tenant request then carries the IETF headers
+(draft-ietf-httpapi-ratelimit-headers), added by ``RateLimitHeaders`` on the way out,
+so errors carry them too::
+
+    RateLimit-Policy: "tenant";q=6000;w=60, "caller";q=1200;w=60
+    RateLimit: "tenant";r=5998;t=1, "caller";r=1187;t=8
+
+``r`` is what is left of the quota and ``t`` the seconds until it is whole again. The
+counting is ``cache.ratelimit`` (GCRA decided in process, the counts shared by every
+instance through Redis a few times a second).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cache.ratelimit import Quota, RateLimiter, Verdict
+from meridian.errors import RateLimited
+from meridian.principal import Principal
+from meridian.settings import PlanLimits, Settings
+from tenancy.context import TenantContext
+
+PERIOD = 60.0  # seconds: the quotas are per minute
+_STATE = "ratelimit"
+
+
+def limits_of(settings: Settings, plan: str, own: tuple[int | None, int | None]) -> PlanLimits:
+    """A tenant's requests per minute: its ``own`` where an admin set them, else its
+    ``plan``'s (an unknown plan has the standard one's)."""
+    plans = settings.rate_limit_plans
+    by_plan = plans.get(plan) or plans.get("standard") or next(iter(plans.values()))
+    tenant_limit, caller_limit = own
+    return PlanLimits(tenant=tenant_limit or by_plan.tenant, caller=caller_limit or by_plan.caller)
+
+
+def caller_of(principal: Principal) -> str:
+    return f"user:{principal.user_id}" if principal.user_id else f"client:{principal.client_id}"
+
+
+async def check(
+    limiter: RateLimiter,
+    settings: Settings,
+    request: Request,
+    tenant: TenantContext,
+    principal: Principal,
+) -> None:
+    """Take the request from its quotas, or refuse it (429)."""
+    limits = limits_of(settings, tenant.plan, tenant.rate_limits)
+    tenant_key = str(tenant.tenant_id)
+    # A quota's size is in its key: a new limit starts full, whatever the old one left.
+    caller = f"{caller_of(principal)}/{limits.caller}"
+    quotas = (
+        Quota("tenant", limiter.key(tenant_key, f"tenant/{limits.tenant}"), limits.tenant, PERIOD),
+        Quota("caller", limiter.key(tenant_key, caller), limits.caller, PERIOD),
+    )
+    verdict = limiter.hit(quotas)
+    request.state.ratelimit = verdict
+    if not verdict.allowed:
+        spent = next(s for s in verdict.states if s.wait > 0 or s.remaining == 0)
+        raise RateLimited(
+            f"The {spent.quota.name} quota of {spent.quota.limit} requests a minute is "
+            f"spent; retry in {_seconds(verdict.retry_after)} s.",
+            headers={"Retry-After": str(_seconds(verdict.retry_after))},
+            quota=spent.quota.name,
+            limit=spent.quota.limit,
+        )
+
+
+def headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    policy = ", ".join(
+        f'"{s.quota.name}";q={s.quota.limit};w={int(s.quota.period)}' for s in verdict.states
+    )
+    state = ", ".join(
+        f'"{s.quota.name}";r={s.remaining};t={_seconds(s.reset)}' for s in verdict.states
+    )
+    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+
+
+def _seconds(value: float) -> int:
+    return max(0, math.ceil(value))
+
+
+class RateLimitHeaders:
+    """Pure ASGI middleware: the rate-limit headers on the answer of every request whose
+    quotas were checked (its ``Verdict`` in the request's state)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state: dict[str, Any] = scope.get("state") or {}
+                verdict = state.get(_STATE)
+                if isinstance(verdict, Verdict):
+                    message["headers"] = [*message.get("headers", ()), *headers(verdict)]
+            await send(message)
+
+        await self.app(scope, receive, sending)
