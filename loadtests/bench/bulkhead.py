@@ -7,8 +7,8 @@ id (``--victim-connections`` wrk connections), and the flooder with
 by ``contains`` (PostgreSQL scans its contacts for each: a request that holds a shard
 connection long and little of the API's CPU). A Meridian server (caches off, so every
 read reaches the shard; rate limits too high to refuse anything) serves both. For each
-setting (the bulkheads on: the default, a tenant holds at most half of the instance's
-connections to a shard; off: a tenant may hold them all) the neighbour is measured
+setting of ``--limits`` (the default: a tenant holds at most half of the instance's
+connections to a shard; a number; off: a tenant may hold them all) the neighbour is measured
 alone, then during the flood, and the flooder's answers are counted (200, and 503
 ``tenant-busy``). The figure is the neighbour's p99 during the flood over its p99
 alone (target: within 20 %, 1.2).
@@ -69,7 +69,7 @@ def _run(
     victim: BenchTenant,
     flooder: BenchTenant,
     *,
-    bulkheads: bool,
+    limit: str | None,
     log_dir: Path,
 ) -> tuple[WrkResult, WrkResult, WrkResult]:
     env = {
@@ -77,10 +77,10 @@ def _run(
         "MERIDIAN_CACHE_RECORDS": "false",
         "MERIDIAN_CACHE_LISTS": "false",
     }
-    if not bulkheads:
-        env["MERIDIAN_TENANT_CONNECTIONS"] = "100000"
+    if limit is not None:
+        env["MERIDIAN_TENANT_CONNECTIONS"] = limit
     port = free_port()
-    name = "meridian-bulkheads-" + ("on" if bulkheads else "off")
+    name = f"meridian-bulkheads-{limit or 'default'}"
     with Server(name, meridian_argv(port, 1), env, port, "/readyz", log_dir) as server:
         victim_load = Load(args.victim_connections, args.duration, args.warmup)
         alone = run_wrk(server.base_url, _by_id(victim), victim_load)
@@ -112,6 +112,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--db-prefix", default="bench_bulk")
+    parser.add_argument(
+        "--limits",
+        default="default,2,1,off",
+        help="the tenant connection limits to run: default (half the pool), a number, off",
+    )
     args = parser.parse_args()
     pg = PgServer(args.pg_host, args.pg_port, args.pg_user, "meridian_app")
     prepared = asyncio.run(
@@ -126,17 +131,19 @@ def main() -> None:
             f"{args.flood_connections} connections, GET {FLOOD_PATH}"
         )
         print(
-            "| bulkheads | neighbour p50 / p99 alone (ms) | during the flood (ms) | "
-            "p99 during / alone | flooder req/s | flooder 503s |"
+            "| connections a tenant may hold | neighbour p50 / p99 alone (ms) "
+            "| during the flood (ms) | p99 during / alone | flooder req/s | flooder 503s |"
         )
         print("|---|---|---|---:|---:|---:|")
         with tempfile.TemporaryDirectory() as logs:
-            for on in (True, False):
+            for name in args.limits.split(","):
+                limit = {"default": None, "off": "100000"}.get(name, name)
                 alone, during, flood = _run(
-                    args, prepared, victim, flooder, bulkheads=on, log_dir=Path(logs)
+                    args, prepared, victim, flooder, limit=limit, log_dir=Path(logs)
                 )
+                shown = {"default": "5 (default: half of 10)", "off": "all (off)"}.get(name, name)
                 print(
-                    f"| {'on' if on else 'off'} | {alone.p50_ms:.2f} / {alone.p99_ms:.2f} | "
+                    f"| {shown} | {alone.p50_ms:.2f} / {alone.p99_ms:.2f} | "
                     f"{during.p50_ms:.2f} / {during.p99_ms:.2f} | "
                     f"{during.p99_ms / alone.p99_ms:.2f} | {flood.requests_per_sec:,.0f} | "
                     f"{flood.non_2xx:,} |",
