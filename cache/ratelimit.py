@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -144,6 +145,8 @@ class RateLimiter:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self.synced_at = 0.0  # when the last sync succeeded (the clock's seconds)
+        # Requests refused since start, by the quota that refused them (for metrics).
+        self.refused: Counter[str] = Counter()
 
     def key(self, tenant: str, scope: str) -> str:
         # The tenant's hash tag: every key of one tenant is on one Redis Cluster node.
@@ -166,6 +169,8 @@ class RateLimiter:
             wait = max(0, tat + q.interval - q.span - now)
             remaining = max(0, (q.span - (tat - now)) // q.interval)
             states.append(QuotaState(q, remaining, (tat - now) / TICKS, wait / TICKS))
+        if not allowed:
+            self.refused[next(s.quota.name for s in states if s.wait > 0)] += 1
         return Verdict(allowed, tuple(states))
 
     def _key(self, quota: Quota) -> _Key:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import func, select
@@ -198,6 +199,7 @@ class Runtime:
                 else None
             ),
         )
+        registry.register(LimitMetrics(rt.limiter, rt.router.bulkhead))
         rt.moves = MoveDriver(
             rt.mover(),
             control,
@@ -316,6 +318,29 @@ class Runtime:
                 await self.keys.refresh()
             except Exception:
                 log.warning("periodic signing-key refresh failed", exc_info=True)
+
+
+class LimitMetrics:
+    """The requests the rate limits and the bulkheads turned away, for ``/metrics``
+    (read from their own counters when scraped: nothing is counted twice)."""
+
+    def __init__(self, limiter: RateLimiter | None, bulkhead: TenantBulkhead | None) -> None:
+        self.limiter, self.bulkhead = limiter, bulkhead
+
+    def collect(self) -> Iterator[Metric]:
+        limited = CounterMetricFamily(
+            "meridian_rate_limited", "Requests refused by a rate limit (429).", labels=["quota"]
+        )
+        for quota in ("tenant", "caller"):
+            refused = self.limiter.refused[quota] if self.limiter is not None else 0
+            limited.add_metric([quota], refused)
+        yield limited
+        yield CounterMetricFamily(
+            "meridian_tenant_busy",
+            "Requests refused because their tenant held all the shard connections it may "
+            "(503 tenant-busy).",
+            value=self.bulkhead.refused if self.bulkhead is not None else 0,
+        )
 
 
 def redis_breaker(settings: Settings) -> CircuitBreaker:

@@ -130,6 +130,8 @@ async def test_the_api_refuses_the_flooding_tenant_only(
             assert_problem(write, 503, "tenant-busy")
             served = await client.get("/v1/contacts", headers=neighbour.headers)
             assert served.status_code == 200
+            registry = client.app.state.runtime.metrics  # type: ignore[attr-defined]
+            assert registry.get_sample_value("meridian_tenant_busy_total") == 3
         finally:
             release.set()
             await holder

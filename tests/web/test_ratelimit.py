@@ -69,6 +69,13 @@ async def test_a_spent_quota_is_429_for_that_caller_then_for_the_tenant(
     tenant: Tenant,
     other_tenant: Tenant,
 ) -> None:
+    registry = app_client.app.state.runtime.metrics  # type: ignore[attr-defined]
+
+    def turned_away(quota: str) -> float:
+        value = registry.get_sample_value("meridian_rate_limited_total", {"quota": quota})
+        return float(value or 0)
+
+    before = {q: turned_away(q) for q in ("tenant", "caller")}
     set_ = await _limit(app_client, admin_headers, tenant, tenant_per_minute=5, caller_per_minute=3)
     assert set_.status_code == 200, set_.text
     assert set_.json() == {
@@ -97,6 +104,9 @@ async def test_a_spent_quota_is_429_for_that_caller_then_for_the_tenant(
     # Writes are refused alike, and nothing is written.
     write = await app_client.post("/v1/accounts", json={"name": "X"}, headers=tenant.headers)
     assert write.status_code == 429
+    # /metrics counts them by quota.
+    assert turned_away("caller") - before["caller"] == 1
+    assert turned_away("tenant") - before["tenant"] == 2
     # Other tenants are not touched.
     other = await app_client.get("/v1/contacts", headers=other_tenant.headers)
     assert other.status_code == 200
