@@ -68,6 +68,8 @@ CATALOGUE: Mapping[str, frozenset[str]] = {
     # Bulk transfers (meridian.transfers): export jobs; import jobs (update: cancel one).
     # Each also needs read (exports) or create/update (imports) on the object itself.
     "exports": frozenset({"read", "create"}),
+    # The tenant's limits and how much of them it uses (GET /v1/quotas): every role.
+    "quotas": frozenset({"read"}),
     "imports": frozenset({"read", "create", "update"}),
     # Sensitive fields (email, phone, tax id) in clear; without it they are masked.
     "pii": frozenset({"read"}),
@@ -113,7 +115,7 @@ TEMPLATES: Mapping[str, frozenset[Permission]] = {
         | _grant(["users", "roles"], ["read"])
         | _MERGING
         | _TRANSFERS
-        | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
+        | {("pii", "read"), ("events", "read"), ("fulfilment", "read"), ("quotas", "read")}
     ),
     "sales_rep": (
         _grant((*_CRM, "leads"), CRUD)
@@ -123,7 +125,7 @@ TEMPLATES: Mapping[str, frozenset[Permission]] = {
         | _MERGING
         # Exports of what the rep's lists show (record scope holds in the file too).
         | _grant(["exports"], ["read", "create"])
-        | {("pii", "read"), ("events", "read"), ("fulfilment", "read")}
+        | {("pii", "read"), ("events", "read"), ("fulfilment", "read"), ("quotas", "read")}
     ),
     # The service desk: works cases (not deleting them: a case is a record of service),
     # reads the customers they are about.
@@ -132,10 +134,11 @@ TEMPLATES: Mapping[str, frozenset[Permission]] = {
         | _grant(["cases"], ["read", "create", "update"])
         | _grant(["accounts", "contacts"], ["update"])
         | _SEEING_MERGES
-        | {("activities", "create"), ("pii", "read"), ("events", "read")}
+        | {("activities", "create"), ("pii", "read"), ("events", "read"), ("quotas", "read")}
     ),
     "read_only": _grant(
-        (*_CRM, "leads", "cases", "pipelines", "activities", "events", "fields"), ["read"]
+        (*_CRM, "leads", "cases", "pipelines", "activities", "events", "fields", "quotas"),
+        ["read"],
     )
     | _SEEING_MERGES,
     # Machine clients syncing the tenant's data: CRM read/write over every record, no
@@ -148,6 +151,7 @@ TEMPLATES: Mapping[str, frozenset[Permission]] = {
         | _MERGING
         | _TRANSFERS
         | {("pii", "read"), ("records", "read_all"), ("events", "read"), ("fulfilment", "read")}
+        | {("quotas", "read")}
     ),
 }
 

@@ -21,8 +21,8 @@ class TenantContext:
 
     ``epoch`` is the directory generation; the shard refuses a transaction whose epoch
     does not match its residency row (a stale directory entry after a move). ``plan``
-    and ``rate_limits`` (requests per minute of the tenant and of each caller, None: the
-    plan's) are what the API's rate limits need, read with the rest.
+    and ``limits`` (the tenant's own limits by name, overriding its plan's) are what the
+    API's rate limits and quotas need, read with the rest.
     """
 
     tenant_id: UUID
@@ -32,7 +32,7 @@ class TenantContext:
     status: TenantStatus
     epoch: int
     plan: str = "standard"
-    rate_limits: tuple[int | None, int | None] = (None, None)
+    limits: tuple[tuple[str, int], ...] = ()
 
 
 # For logs and traces only: queries always take the context as an argument.

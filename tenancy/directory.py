@@ -31,8 +31,7 @@ class TenantDirectory:
                 DirectoryEntry.shard_id,
                 DirectoryEntry.epoch,
                 Tenant.plan,
-                Tenant.rate_limit_tenant,
-                Tenant.rate_limit_caller,
+                Tenant.limits,
             )
             .join(DirectoryEntry, DirectoryEntry.tenant_id == Tenant.id)
             .where(Tenant.id == tenant_id)
@@ -49,5 +48,5 @@ class TenantDirectory:
             status=TenantStatus(row.status),
             epoch=row.epoch,
             plan=row.plan,
-            rate_limits=(row.rate_limit_tenant, row.rate_limit_caller),
+            limits=tuple(sorted((row.limits or {}).items())),
         )

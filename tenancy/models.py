@@ -17,6 +17,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenancy.context import TenantStatus
@@ -36,14 +37,7 @@ class Tenant(ControlBase):
             "event_retention_days IS NULL OR event_retention_days BETWEEN 1 AND 3650",
             name="event_retention_days",
         ),
-        CheckConstraint(
-            "rate_limit_tenant IS NULL OR rate_limit_tenant BETWEEN 1 AND 600000",
-            name="rate_limit_tenant",
-        ),
-        CheckConstraint(
-            "rate_limit_caller IS NULL OR rate_limit_caller BETWEEN 1 AND 600000",
-            name="rate_limit_caller",
-        ),
+        CheckConstraint("jsonb_typeof(limits) = 'object'", name="limits"),
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True)
@@ -52,10 +46,10 @@ class Tenant(ControlBase):
     region: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     plan: Mapped[str] = mapped_column(String(32), server_default="standard")
-    # Requests per minute, overriding the plan's (None: the plan's): the tenant's in
-    # all, and each of its callers'.
-    rate_limit_tenant: Mapped[int | None] = mapped_column(Integer)
-    rate_limit_caller: Mapped[int | None] = mapped_column(Integer)
+    # The tenant's own limits, overriding its plan's, by name (meridian.settings.
+    # PlanLimits: tenant_per_minute, caller_per_minute, calls_per_day,
+    # records_per_object, stored_bytes); absent: the plan's.
+    limits: Mapped[dict[str, int]] = mapped_column(JSONB, server_default="{}")
     # The Idempotency-Key and request digest of the onboarding call: a retry with the
     # same key resumes or replays it instead of failing on the taken slug.
     creation_key: Mapped[str | None] = mapped_column(String(255))

@@ -119,8 +119,15 @@ def server_env(settings: Settings) -> dict[str, str]:
         env["MERIDIAN_REDIS_URL"] = settings.redis_url
     # The limiter runs on every request (one Redis call), as in production, but a bench
     # drives one tenant far past any plan: none of its requests may be refused.
-    env["MERIDIAN_RATE_LIMIT_PLANS"] = json.dumps(
-        {plan: {"tenant": 600_000, "caller": 600_000} for plan in settings.rate_limit_plans}
+    env["MERIDIAN_PLANS"] = json.dumps(
+        {
+            plan: {
+                **limits.model_dump(),
+                "tenant_per_minute": 600_000,
+                "caller_per_minute": 600_000,
+            }
+            for plan, limits in settings.plans.items()
+        }
     )
     return env
 

@@ -32,6 +32,7 @@ from meridian.oauth.sessions import router as sessions_router
 from meridian.opportunities.router import router as opportunities_router
 from meridian.pipelines.router import router as pipelines_router
 from meridian.projections.router import router as projections_router
+from meridian.quotas.router import router as quotas_router
 from meridian.roles.router import router as roles_router
 from meridian.runtime import Runtime
 from meridian.search.router import router as search_router
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pipelines_router,
         sharing_router,
         events_router,
+        quotas_router,
         webhooks_router,
         history_router,
         audit_router,

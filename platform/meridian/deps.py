@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from authz.enforcer import PolicyUnavailable, TenantPolicy
 from authz.policy import CATALOGUE, READ_ACTIONS, is_known
+from meridian.crud import quota
 from meridian.errors import (
     Forbidden,
     InsufficientScope,
@@ -33,7 +34,7 @@ from meridian.events.jobs import queue_for
 from meridian.identity import Actor, resolve_actor
 from meridian.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from meridian.runtime import Runtime
-from meridian.settings import Settings
+from meridian.settings import PlanLimits, Settings
 from meridian.web import ratelimit
 from tenancy.context import TenantContext, TenantStatus, current_tenant_id
 from tenancy.keyring import TenantKeyring
@@ -87,7 +88,14 @@ class TenantAccess:
         ) as session:
             # The events the transaction's writes append name who made them.
             outbox.act_as(session, self.event_actor)
+            # The records it may create (crud.quota).
+            session.info[quota.LIMIT] = self.limits.records_per_object
             yield session
+
+    @property
+    def limits(self) -> PlanLimits:
+        """What the tenant's plan (or its own limits) allows it."""
+        return self.runtime.settings.limits_of(self.tenant.plan, dict(self.tenant.limits))
 
     @property
     def event_actor(self) -> outbox.EventActor:
@@ -251,6 +259,7 @@ CanCreateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "creat
 CanUpdateShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "update"))]
 CanDeleteShares = Annotated[TenantAccess, Depends(RequireTenant("shares", "delete"))]
 CanReadEvents = Annotated[TenantAccess, Depends(RequireTenant("events", "read"))]
+CanReadQuotas = Annotated[TenantAccess, Depends(RequireTenant("quotas", "read"))]
 CanReadAudit = Annotated[TenantAccess, Depends(RequireTenant("audit", "read"))]
 CanReadWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "read"))]
 CanCreateWebhooks = Annotated[TenantAccess, Depends(RequireTenant("webhooks", "create"))]

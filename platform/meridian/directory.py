@@ -34,7 +34,7 @@ def _encode(ctx: TenantContext) -> bytes:
             ctx.status.value,
             ctx.epoch,
             ctx.plan,
-            list(ctx.rate_limits),
+            dict(ctx.limits),
         ]
     )
 
@@ -44,8 +44,8 @@ def _decode(raw: bytes) -> TenantContext:
     ctx = TenantContext(UUID(tid), slug, shard_id, region, TenantStatus(status), int(epoch))
     if not rest:
         return ctx  # written before plans were cached: the defaults until it expires
-    plan, (tenant_limit, caller_limit) = rest
-    return replace(ctx, plan=plan, rate_limits=(tenant_limit, caller_limit))
+    plan, limits = rest
+    return replace(ctx, plan=plan, limits=tuple(sorted(limits.items())))
 
 
 CODEC: Codec[TenantContext] = Codec(_encode, _decode)

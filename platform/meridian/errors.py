@@ -162,6 +162,14 @@ class IdempotencyKeyReused(ValidationFailed):
     title = "Idempotency-Key reused with a different request"
 
 
+class QuotaExceeded(Conflict):
+    """A quota of the tenant's plan (records per object, stored bytes) is reached;
+    ``quota`` names it, with its ``limit`` and what is ``used``."""
+
+    type_slug = "quota-exceeded"
+    title = "A quota of the tenant's plan is reached"
+
+
 class RateLimited(MeridianError):
     status_code = 429
     type_slug = "rate-limited"

@@ -331,7 +331,7 @@ class LimitMetrics:
         limited = CounterMetricFamily(
             "meridian_rate_limited", "Requests refused by a rate limit (429).", labels=["quota"]
         )
-        for quota in ("tenant", "caller"):
+        for quota in ("tenant", "caller", "day"):
             refused = self.limiter.refused[quota] if self.limiter is not None else 0
             limited.add_metric([quota], refused)
         yield limited

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -98,10 +99,18 @@ class ShardConfig(BaseModel):
 
 
 class PlanLimits(BaseModel):
-    """A plan's requests per minute: the tenant's in all, and each caller's."""
+    """What a plan allows a tenant: requests per minute (the tenant's in all, each
+    caller's) and per day, records per object, and bytes of stored files."""
 
-    tenant: int = Field(ge=1, le=600_000)
-    caller: int = Field(ge=1, le=600_000)
+    tenant_per_minute: int = Field(ge=1, le=600_000)
+    caller_per_minute: int = Field(ge=1, le=600_000)
+    calls_per_day: int = Field(ge=1, le=1_000_000_000)
+    records_per_object: int = Field(ge=1, le=1_000_000_000)
+    stored_bytes: int = Field(ge=1, le=2**50)
+
+
+LIMIT_NAMES = tuple(PlanLimits.model_fields)
+_GIB = 2**30
 
 
 class Settings(BaseSettings):
@@ -117,15 +126,34 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_cluster: bool = False  # redis_url names a node of a Redis Cluster
 
-    # Rate limits (meridian.web.ratelimit): requests per minute of a tenant and of each
-    # of its callers (a user, or a client acting for the tenant), by the tenant's plan;
-    # platform admins override them per tenant (PUT /admin/v1/tenants/{id}/limits).
+    # The plans: what each allows a tenant (rate limits, meridian.web.ratelimit; quotas,
+    # meridian.quotas); platform admins set a tenant's plan and override any of its
+    # limits (PUT /admin/v1/tenants/{id}/limits). rate_limits: false turns the
+    # per-minute and per-day request limits off.
     rate_limits: bool = True
-    rate_limit_plans: dict[str, PlanLimits] = Field(
+    plans: dict[str, PlanLimits] = Field(
         default_factory=lambda: {
-            "free": PlanLimits(tenant=600, caller=120),
-            "standard": PlanLimits(tenant=6_000, caller=1_200),
-            "enterprise": PlanLimits(tenant=60_000, caller=12_000),
+            "free": PlanLimits(
+                tenant_per_minute=600,
+                caller_per_minute=120,
+                calls_per_day=20_000,
+                records_per_object=10_000,
+                stored_bytes=_GIB,
+            ),
+            "standard": PlanLimits(
+                tenant_per_minute=6_000,
+                caller_per_minute=1_200,
+                calls_per_day=2_000_000,
+                records_per_object=2_000_000,
+                stored_bytes=50 * _GIB,
+            ),
+            "enterprise": PlanLimits(
+                tenant_per_minute=60_000,
+                caller_per_minute=12_000,
+                calls_per_day=50_000_000,
+                records_per_object=100_000_000,
+                stored_bytes=1024 * _GIB,
+            ),
         }
     )
     # How often each instance adds the requests it let through to the shared counts in
@@ -311,6 +339,13 @@ class Settings(BaseSettings):
     @property
     def control_migrate_dsn(self) -> str:
         return self.control_admin_dsn or self.control_dsn
+
+    def limits_of(self, plan: str, own: Mapping[str, int]) -> PlanLimits:
+        """A tenant's limits: its ``own`` where an admin set them, else its ``plan``'s
+        (an unknown plan has the standard one's)."""
+        plans = self.plans
+        by_plan = plans.get(plan) or plans.get("standard") or next(iter(plans.values()))
+        return by_plan.model_copy(update={k: v for k, v in own.items() if k in LIMIT_NAMES})
 
     def key_provider(self) -> LocalKeyProvider:
         """The KEK provider; refuses to run without a configured key (a silent default

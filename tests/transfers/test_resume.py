@@ -252,7 +252,9 @@ async def test_a_lost_job_is_queued_again(
     finally:
         await queue.disconnect()
     async with running_worker(settings, transfer_stale_after=0.01) as worker:
-        assert await recover(worker.context) >= 1
+        # This call queues it again, unless the worker's own sweep (every 15 s) just did:
+        # either way the lost export is done, which it never is without a recovery.
+        await recover(worker.context)
         done = await finished(app_client, h, "exports", made["id"])
     assert done["state"] == "done"
 

@@ -84,7 +84,7 @@ def test_statuses_follow_from_what_a_route_depends_on(doc: dict[str, Any]) -> No
         "RateLimit",
         "RateLimit-Policy",
     }
-    assert problem_types_of(create["409"]) == {"duplicate"}
+    assert problem_types_of(create["409"]) == {"duplicate", "quota-exceeded"}
     assert problem_types_of(create["422"]) == {"validation", "idempotency-key-reused"}
 
     listing = paths["/v1/contacts"]["get"]["responses"]

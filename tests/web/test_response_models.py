@@ -354,6 +354,8 @@ async def drive_records(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, 
         ok(await client.get(f"{record}/interactions", headers=h))
     ok(await client.get("/v1/interactions", params={"kind": "account"}, headers=h))
 
+    # The tenant's quotas and what it uses of them.
+    ok(await client.get("/v1/quotas", headers=h))
     # The tenant's event log: a page, the next, a type filter, a cursor past retention.
     events = ok(await client.get("/v1/events", params={"limit": 2}, headers=h))
     assert events["next_cursor"], events

@@ -13,10 +13,10 @@ from meridian.admin.moves import moves_admin
 from meridian.admin.schemas import (
     ClientCreate,
     ClientCredentials,
+    LimitsRead,
+    LimitsUpdate,
     MoveCreate,
     MoveRead,
-    RateLimitsRead,
-    RateLimitsUpdate,
     ShardRead,
     TenantChange,
     TenantCreate,
@@ -33,8 +33,7 @@ from meridian.crud.schemas import Page
 from meridian.deps import AdminPrincipal, RuntimeDep
 from meridian.errors import Conflict, DedicatedShardOccupied, IdempotencyKeyReused, invalid_field
 from meridian.oauth.schemas import TokensRevoked
-from meridian.settings import Settings
-from meridian.web import ratelimit
+from meridian.settings import LIMIT_NAMES, Settings
 from meridian.web.openapi import problems
 from meridian.web.responses import json_response
 from sharding.models import MoveState
@@ -102,23 +101,21 @@ async def change_tenant(
     return json_response(await tenant_admin.configure(admin_deps(rt), tenant_id, changes))
 
 
-@router.get("/tenants/{tenant_id}/limits", response_model=RateLimitsRead)
+@router.get("/tenants/{tenant_id}/limits", response_model=LimitsRead)
 async def get_tenant_limits(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
-    """The tenant's rate limits: its plan's, or its own where they were set."""
+    """The tenant's limits: its plan's, or its own where they were set."""
     return json_response(_limits(rt.settings, await tenant_admin.get(admin_deps(rt), tenant_id)))
 
 
-@router.put("/tenants/{tenant_id}/limits", response_model=RateLimitsRead)
+@router.put("/tenants/{tenant_id}/limits", response_model=LimitsRead)
 async def put_tenant_limits(
-    tenant_id: UUID, body: RateLimitsUpdate, rt: RuntimeDep, _: AdminPrincipal
+    tenant_id: UUID, body: LimitsUpdate, rt: RuntimeDep, _: AdminPrincipal
 ) -> Response:
-    """Set the tenant's plan (left out: unchanged) and its own requests per minute (null
-    or left out: its plan's). Every instance applies them at its next request for the
-    tenant (the directory entries are dropped)."""
-    changes: dict[str, object] = {
-        "rate_limit_tenant": body.tenant_per_minute,
-        "rate_limit_caller": body.caller_per_minute,
-    }
+    """Set the tenant's plan (left out: unchanged) and its own limits (null or left out:
+    its plan's). Every instance applies them at its next request for the tenant (the
+    directory entries are dropped)."""
+    own = body.model_dump(exclude={"plan"}, exclude_none=True)
+    changes: dict[str, object] = {"limits": own}
     if body.plan is not None:
         changes["plan"] = _known_plan(rt.settings, body.plan)
     row = await tenant_admin.configure(admin_deps(rt), tenant_id, changes)
@@ -126,23 +123,21 @@ async def put_tenant_limits(
 
 
 def _known_plan(settings: Settings, plan: str) -> str:
-    """``plan`` if the deployment has it (``MERIDIAN_RATE_LIMIT_PLANS``), else 422."""
-    if plan not in settings.rate_limit_plans:
-        known = ", ".join(sorted(settings.rate_limit_plans))
+    """``plan`` if the deployment has it (``MERIDIAN_PLANS``), else 422."""
+    if plan not in settings.plans:
+        known = ", ".join(sorted(settings.plans))
         raise invalid_field("plan", f"no plan {plan!r}; the plans: {known}")
     return plan
 
 
 def _limits(settings: Settings, row: Mapping[str, Any]) -> dict[str, Any]:
-    own = (row["rate_limit_tenant"], row["rate_limit_caller"])
-    limits = ratelimit.limits_of(settings, row["plan"], own)
-    names = ("tenant_per_minute", "caller_per_minute")
+    own: Mapping[str, int] = row["limits"] or {}
+    limits = settings.limits_of(row["plan"], own)
     return {
         "tenant_id": row["id"],
         "plan": row["plan"],
-        "tenant_per_minute": limits.tenant,
-        "caller_per_minute": limits.caller,
-        "overridden": [name for name, value in zip(names, own, strict=True) if value],
+        **limits.model_dump(),
+        "overridden": [name for name in LIMIT_NAMES if name in own],
     }
 
 

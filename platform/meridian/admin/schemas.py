@@ -53,11 +53,9 @@ class TenantRead(Addressable):
         description="Days the tenant's events, history and audit trail are kept; null: "
         "the platform's default."
     )
-    rate_limit_tenant: int | None = Field(
-        description="The tenant's requests per minute in all; null: its plan's."
-    )
-    rate_limit_caller: int | None = Field(
-        description="Each of its users' and clients' requests per minute; null: its plan's."
+    limits: dict[str, int] = Field(
+        description="The tenant's own limits, overriding its plan's (the rest are the "
+        "plan's): GET /admin/v1/tenants/{id}/limits shows them all."
     )
     created_at: datetime
 
@@ -72,27 +70,44 @@ class TenantChange(InputModel):
 PerMinute = Annotated[int, Field(ge=1, le=600_000)]
 
 
-class RateLimitsUpdate(InputModel):
-    """A tenant's rate limits: its plan (left out: unchanged) and its own requests per
-    minute, which override the plan's (null or left out: the plan's)."""
+class LimitsUpdate(InputModel):
+    """A tenant's plan (left out: unchanged) and its own limits, which override the
+    plan's (null or left out: the plan's)."""
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"plan": "enterprise", "caller_per_minute": 30_000}]}
     )
     plan: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] | None = None
-    tenant_per_minute: PerMinute | None = None
-    caller_per_minute: PerMinute | None = None
+    tenant_per_minute: PerMinute | None = Field(
+        default=None, description="The tenant's requests per minute in all."
+    )
+    caller_per_minute: PerMinute | None = Field(
+        default=None,
+        description="Each caller's (a user, or a client acting for the tenant) requests per "
+        "minute.",
+    )
+    calls_per_day: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = Field(
+        default=None, description="The tenant's requests in any 24 hours."
+    )
+    records_per_object: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = Field(
+        default=None,
+        description="Records of each object (accounts, contacts, leads, opportunities, cases).",
+    )
+    stored_bytes: Annotated[int, Field(ge=1, le=2**50)] | None = Field(
+        default=None, description="Bytes of the tenant's stored files (imports, exports)."
+    )
 
 
-class RateLimitsRead(BaseModel):
+class LimitsRead(BaseModel):
     tenant_id: UUID
     plan: str
-    tenant_per_minute: int = Field(description="The tenant's requests per minute in all.")
-    caller_per_minute: int = Field(
-        description="Each caller's (a user, or a client acting for the tenant) requests per minute."
-    )
-    overridden: list[Literal["tenant_per_minute", "caller_per_minute"]] = Field(
-        description="Which of the two are the tenant's own rather than its plan's."
+    tenant_per_minute: int
+    caller_per_minute: int
+    calls_per_day: int
+    records_per_object: int
+    stored_bytes: int
+    overridden: list[str] = Field(
+        description="Which of them are the tenant's own rather than its plan's."
     )
 
 

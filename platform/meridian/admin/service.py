@@ -83,8 +83,7 @@ def _tenant_columns() -> list[Any]:
         Tenant.status,
         Tenant.plan,
         Tenant.event_retention_days,
-        Tenant.rate_limit_tenant,
-        Tenant.rate_limit_caller,
+        Tenant.limits,
         Tenant.created_at,
     ]
 

@@ -46,7 +46,7 @@ from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from authz.models import RECORD_KINDS
 from authz.scope import Value, has_reports, visible_to, visible_to_leaf
-from meridian.crud import custom
+from meridian.crud import custom, quota
 from meridian.crud.compiled import (
     Compiled,
     compile_statement,
@@ -605,6 +605,8 @@ class TenantRepository(Generic[R]):
             raise TypeError("insert() takes no tenant_id: the repository's tenant is used")
         prepared = None
         if self.has_custom_fields():
+            # A CRM object: within the tenant's records per object (crud.quota).
+            await quota.admit_record(self.session, self.tenant_id, self.model.__table__)
             # The tenant's own fields: checked, defaulted, and indexed with the row.
             prepared = await custom.prepare(
                 self.session,

@@ -35,7 +35,7 @@ from meridian.deps import (
     TenantAccess,
     record_viewer,
 )
-from meridian.errors import Conflict, Duplicate, Forbidden
+from meridian.errors import Conflict, Duplicate, Forbidden, QuotaExceeded
 from meridian.leads import service
 from meridian.leads.models import Lead, LeadSource
 from meridian.leads.repository import (
@@ -223,7 +223,7 @@ def _require_conversion_rights(access: TenantAccess, body: LeadConvert) -> None:
 @router.post(
     "/{lead_id}/convert",
     response_model=LeadConversion,
-    openapi_extra=problems(Duplicate, Forbidden),
+    openapi_extra=problems(Duplicate, Forbidden, QuotaExceeded),
 )
 async def convert_lead(
     lead_id: UUID,

@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response, StreamingResponse
 
-from meridian.crud import custom, endpoints
+from meridian.crud import custom, endpoints, quota
 from meridian.crud.http import CursorQuery, IdempotencyKeyHeader, LimitQuery, stored_response
 from meridian.crud.idempotency import StoredResponse
 from meridian.crud.pagination import Cursor, Sort, check_limit, filters_digest
@@ -53,6 +53,7 @@ from meridian.errors import (
     Forbidden,
     Gone,
     NotFound,
+    QuotaExceeded,
     ServiceUnavailable,
     ShardUnavailable,
     UnsupportedMediaType,
@@ -206,7 +207,7 @@ async def _job(access: TenantAccess, model: repository.Job, kind: str, job_id: U
     "/v1/exports",
     status_code=202,
     response_model=ExportRead,
-    openapi_extra=problems(ValidationFailed),
+    openapi_extra=problems(ValidationFailed, QuotaExceeded),
 )
 async def create_export(
     body: ExportCreate,
@@ -224,6 +225,7 @@ async def create_export(
     spec = OBJECTS[body.object]
     if not access.can(spec.object, "read"):
         raise _forbidden(access, spec.object, "read", "an export reads")
+    await _room_for_files(access)
     # Checked now, as the list would check them (the worker checks again when it runs).
     parsed = await endpoints.list_filter(access, spec.repository, body.filter, spec.filterable)
     if parsed.searched and not access.can("pii", "read"):
@@ -315,7 +317,7 @@ async def download_export(
     response_model=ImportRead,
     openapi_extra={
         "requestBody": import_request_body(),
-        **problems(BadRequest, UnsupportedMediaType, ValidationFailed),
+        **problems(BadRequest, UnsupportedMediaType, ValidationFailed, QuotaExceeded),
     },
 )
 async def create_import(
@@ -345,6 +347,7 @@ async def create_import(
         spec = OBJECTS[options.object]
         if not access.can(spec.object, "create"):
             raise _forbidden(access, spec.object, "create", "an import creates")
+        await _room_for_files(access)
         if options.on_match == "update" and not access.can(spec.object, "update"):
             raise _forbidden(access, spec.object, "update", "this import updates")
         if options.mapping and service.names_custom(list(options.mapping.values())):
@@ -412,6 +415,22 @@ async def create_import(
     row = await _job(access, DataImport, service.IMPORT, import_id)
     shown = await service.import_read(keyring, tenant_id, row, None)
     return stored_response(replace(stored, body=shown))
+
+
+async def _room_for_files(access: TenantAccess) -> None:
+    """A new upload or export, unless the tenant's stored files reached its plan's
+    ``stored_bytes`` (409 ``quota-exceeded``). Checked before the file is written, so a
+    file under way may take the tenant past it by its own size at most."""
+    tenant_id, limit = access.tenant.tenant_id, access.limits.stored_bytes
+    used = await endpoints.read(access, lambda conn: quota.stored_bytes(conn, tenant_id))
+    if used >= limit:
+        raise QuotaExceeded(
+            f"The tenant's files take {used} bytes, its plan's limit (stored_bytes: "
+            f"{limit}); delete exports or imports, or ask for a larger plan.",
+            quota="stored_bytes",
+            limit=limit,
+            used=used,
+        )
 
 
 def _format_of(options: ImportOptions, media_type: str | None, filename: str | None) -> str:

@@ -44,6 +44,7 @@ from meridian.errors import (
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
+    QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
     ShardUnavailable,
@@ -61,6 +62,8 @@ _EXTRA_KEY = "x-meridian-problems"
 SCHEMAS = "#/components/schemas/"
 HEADERS = "#/components/headers/"
 RATE_LIMIT_HEADERS = ("RateLimit", "RateLimit-Policy")
+# The objects whose records count against the records-per-object quota (crud.quota).
+QUOTA_OBJECTS = frozenset({"accounts", "contacts", "leads", "opportunities", "cases"})
 
 SCOPES = {
     SCOPE_READ: "Read the tenant's CRM data (GET on /v1).",
@@ -231,6 +234,8 @@ def _derive(
         op.error(Forbidden, InsufficientScope, TenantSuspended)
         op.error(ServiceUnavailable, ShardUnavailable, TenantBusy, headers=["Retry-After"])
         op.error(RateLimited, headers=["Retry-After"])
+        if tenant.obj in QUOTA_OBJECTS and "create" in (tenant.act, *tenant.alternatives):
+            op.error(QuotaExceeded)  # records per object (crud.quota)
         op.security = [{"oauth2": [tenant.scope]}, {"bearer": []}]
     elif require_admin in calls:
         op.error(Unauthorized, headers=["WWW-Authenticate"])

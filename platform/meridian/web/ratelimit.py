@@ -1,6 +1,7 @@
 """The API's rate limits: every tenant request takes one from its tenant's quota and
-one from its caller's (a user, or a client acting for the tenant), per minute, by the
-tenant's plan unless a platform admin set its own (``TenantContext.rate_limits``).
+one from its caller's (a user, or a client acting for the tenant), per minute, and one
+from its tenant's calls per day, by the tenant's plan unless a platform admin set its
+own (``TenantContext.limits``).
 
 ``check`` runs in the tenant dependency once the tenant is known (``deps.RequireTenant``),
 before anything else is read: over a quota is 429 problem+json with ``Retry-After``.
@@ -8,8 +9,8 @@ Every answer to a tenant request then carries the IETF headers
 (draft-ietf-httpapi-ratelimit-headers), added by ``RateLimitHeaders`` on the way out,
 so errors carry them too::
 
-    RateLimit-Policy: "tenant";q=6000;w=60, "caller";q=1200;w=60
-    RateLimit: "tenant";r=5998;t=1, "caller";r=1187;t=8
+    RateLimit-Policy: "tenant";q=6000;w=60, "caller";q=1200;w=60, "day";q=2000000;w=86400
+    RateLimit: "tenant";r=5998;t=1, "caller";r=1187;t=8, "day";r=1999870;t=6
 
 ``r`` is what is left of the quota and ``t`` the seconds until it is whole again. The
 counting is ``cache.ratelimit`` (GCRA decided in process, the counts shared by every
@@ -30,21 +31,32 @@ from meridian.principal import Principal
 from meridian.settings import PlanLimits, Settings
 from tenancy.context import TenantContext
 
-PERIOD = 60.0  # seconds: the quotas are per minute
+MINUTE = 60.0
+DAY = 86_400.0  # the calls per day are a rolling day (GCRA), not a calendar one
 _STATE = "ratelimit"
-
-
-def limits_of(settings: Settings, plan: str, own: tuple[int | None, int | None]) -> PlanLimits:
-    """A tenant's requests per minute: its ``own`` where an admin set them, else its
-    ``plan``'s (an unknown plan has the standard one's)."""
-    plans = settings.rate_limit_plans
-    by_plan = plans.get(plan) or plans.get("standard") or next(iter(plans.values()))
-    tenant_limit, caller_limit = own
-    return PlanLimits(tenant=tenant_limit or by_plan.tenant, caller=caller_limit or by_plan.caller)
 
 
 def caller_of(principal: Principal) -> str:
     return f"user:{principal.user_id}" if principal.user_id else f"client:{principal.client_id}"
+
+
+def quotas_of(
+    limiter: RateLimiter, limits: PlanLimits, tenant: TenantContext, principal: Principal
+) -> tuple[Quota, ...]:
+    """The quotas a request of ``principal`` for ``tenant`` counts against. A quota's
+    size is in its key: a new limit starts full, whatever the old one left."""
+    tenant_key = str(tenant.tenant_id)
+    minute, caller, day = (
+        limits.tenant_per_minute,
+        limits.caller_per_minute,
+        limits.calls_per_day,
+    )
+    caller_key = limiter.key(tenant_key, f"{caller_of(principal)}/{caller}")
+    return (
+        Quota("tenant", limiter.key(tenant_key, f"tenant/{minute}"), minute, MINUTE),
+        Quota("caller", caller_key, caller, MINUTE),
+        Quota("day", limiter.key(tenant_key, f"day/{day}"), day, DAY),
+    )
 
 
 async def check(
@@ -55,20 +67,14 @@ async def check(
     principal: Principal,
 ) -> None:
     """Take the request from its quotas, or refuse it (429)."""
-    limits = limits_of(settings, tenant.plan, tenant.rate_limits)
-    tenant_key = str(tenant.tenant_id)
-    # A quota's size is in its key: a new limit starts full, whatever the old one left.
-    caller = f"{caller_of(principal)}/{limits.caller}"
-    quotas = (
-        Quota("tenant", limiter.key(tenant_key, f"tenant/{limits.tenant}"), limits.tenant, PERIOD),
-        Quota("caller", limiter.key(tenant_key, caller), limits.caller, PERIOD),
-    )
-    verdict = limiter.hit(quotas)
+    limits = settings.limits_of(tenant.plan, dict(tenant.limits))
+    verdict = limiter.hit(quotas_of(limiter, limits, tenant, principal))
     request.state.ratelimit = verdict
     if not verdict.allowed:
         spent = next(s for s in verdict.states if s.wait > 0 or s.remaining == 0)
+        per = "day" if spent.quota.period == DAY else "minute"
         raise RateLimited(
-            f"The {spent.quota.name} quota of {spent.quota.limit} requests a minute is "
+            f"The {spent.quota.name} quota of {spent.quota.limit} requests a {per} is "
             f"spent; retry in {_seconds(verdict.retry_after)} s.",
             headers={"Retry-After": str(_seconds(verdict.retry_after))},
             quota=spent.quota.name,
