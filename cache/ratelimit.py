@@ -238,11 +238,14 @@ class RateLimiter:
         return list(await self._script(keys=names, args=args))
 
     def forget_full(self) -> int:
-        """Drop the keys whose quota is whole again (their TAT has passed)."""
+        """Drop the keys whose quota is whole again (their TAT has passed), with any
+        requests of theirs not yet shared: Redis did not answer for a whole period, and
+        adding them now would charge an old period's requests to the current one."""
         now = int(self._clock() * TICKS)
-        full = [name for name, k in self._keys.items() if k.tat <= now and not k.pending]
+        full = [name for name, k in self._keys.items() if k.tat <= now]
         for name in full:
             del self._keys[name]
+            self._dirty.discard(name)
         return len(full)
 
     async def _sync_loop(self) -> None:
