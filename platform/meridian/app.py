@@ -44,6 +44,7 @@ from meridian.web import docs, openapi
 from meridian.web.limits import BodySizeLimit
 from meridian.web.problems import install_problem_handlers
 from meridian.web.ratelimit import RateLimitHeaders
+from meridian.web.requests import RequestContext
 from meridian.webhooks.router import router as webhooks_router
 
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -103,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             (transfers.UPLOAD_PATTERN, settings.max_import_bytes),
         ],
     )
+    # Outermost: every line a request logs, its errors' included, names it.
+    app.add_middleware(RequestContext)
     # Routes are matched in order, one regex at a time: the hot CRM reads come first.
     for router in (
         merges.merging,  # POST …/merge and its 405s, ahead of the records' /{id} (see there)

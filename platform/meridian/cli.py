@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.config
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +23,7 @@ from uuid import UUID
 import typer
 
 from loadtests.credentials import DEFAULT_CREDENTIALS, RESULTS_DIR
+from meridian import logs
 from meridian.settings import DEV_JSON_ENV, get_settings
 from sharding.engine import EngineMismatchError, ShardEngine
 from sharding.models import MoveState
@@ -153,6 +155,7 @@ def serve(
         # costs more than it tells.
         access_log=False,
         log_level="info",
+        log_config=logs.config(get_settings().log_format),
     )
 
 
@@ -169,7 +172,7 @@ def worker() -> None:
     if not settings.redis_url:
         typer.echo("meridian worker: events need Redis: set MERIDIAN_REDIS_URL", err=True)
         raise typer.Exit(1)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.config.dictConfig(logs.config(settings.log_format))
     # saq logs every job three times at INFO (enqueued, processing, finished) and httpx
     # every request: at a few hundred deliveries a second, formatting those lines costs
     # more than the jobs' bookkeeping. Their warnings and failed jobs still show; a

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from authz.enforcer import PolicyUnavailable, TenantPolicy
 from authz.policy import CATALOGUE, READ_ACTIONS, is_known
+from meridian import logs
 from meridian.crud import quota
 from meridian.errors import (
     Forbidden,
@@ -170,6 +171,7 @@ class RequireTenant:
             # Placed on a shard registered after this instance last read the topology.
             await runtime.reload_topology()
         current_tenant_id.set(tenant.tenant_id)
+        logs.shard_id.set(tenant.shard_id)
         actor = await resolve_actor(runtime, tenant, principal)
         policy = runtime.authz.cached(tenant.tenant_id) or await _load_policy(runtime, tenant)
         if not policy.allows(actor.role, self.obj, self.act) and not any(

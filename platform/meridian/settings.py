@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     app_db_role: str = "meridian_app"
     redis_url: str | None = None
     redis_cluster: bool = False  # redis_url names a node of a Redis Cluster
+    # One JSON object per log line (request, trace, tenant and shard ids in each), or
+    # plain text (meridian.logs).
+    log_format: Literal["json", "text"] = "json"
 
     # The plans: what each allows a tenant (rate limits, meridian.web.ratelimit; quotas,
     # meridian.quotas); platform admins set a tenant's plan and override any of its

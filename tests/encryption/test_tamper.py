@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from meridian import logs
 from tests.encryption.conftest import new_contact
 from tests.fixtures.api import Tenant, onboard
 from tests.fixtures.problems import assert_problem
@@ -35,12 +36,26 @@ async def _copy(
 async def _assert_unreadable(
     client: httpx.AsyncClient, tenant: Tenant, contact_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    request = f"tamper-{uuid.uuid4().hex[:8]}"
+    trace = uuid.uuid4().hex
+    headers = {
+        **tenant.headers,
+        "X-Request-ID": request,
+        "traceparent": f"00-{trace}-{uuid.uuid4().hex[:16]}-01",
+    }
+    # The filter the deployment's log handler has (meridian.logs), on pytest's.
+    caplog.handler.addFilter(logs.ContextFilter())
     with caplog.at_level(logging.ERROR, logger="meridian.encryption"):
-        got = await client.get(f"/v1/contacts/{contact_id}", headers=tenant.headers)
+        got = await client.get(f"/v1/contacts/{contact_id}", headers=headers)
     assert_problem(got, 500, "field-unreadable")
+    assert got.headers["x-request-id"] == request
     events = [r for r in caplog.records if r.getMessage() == "encrypted field unreadable"]
     assert events
     assert events[-1].row_id == contact_id
+    # The event names its request, trace, tenant and shard (meridian.logs).
+    event = vars(events[-1])
+    assert (event["request_id"], event["trace_id"]) == (request, trace)
+    assert (event["tenant_id"], event["shard_id"]) == (tenant.id, tenant.shard_id)
     # Neither the answer nor the event carries the plaintext.
     assert "victim" not in got.text
     assert "victim" not in repr(vars(events[-1]))

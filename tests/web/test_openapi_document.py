@@ -65,7 +65,7 @@ def test_statuses_follow_from_what_a_route_depends_on(doc: dict[str, Any]) -> No
     assert problem_types_of(read["403"]) == {"forbidden", "insufficient-scope", "tenant-suspended"}
     assert problem_types_of(read["503"]) == {"unavailable", "shard-unavailable", "tenant-busy"}
     assert problem_types_of(read["429"]) == {"rate-limited"}
-    limits = {"RateLimit", "RateLimit-Policy"}
+    limits = {"RateLimit", "RateLimit-Policy", "X-Request-ID"}
     assert set(read["503"]["headers"]) == {"Retry-After", *limits}
     assert set(read["429"]["headers"]) == {"Retry-After", *limits}
     assert "WWW-Authenticate" in read["401"]["headers"]
@@ -83,6 +83,7 @@ def test_statuses_follow_from_what_a_route_depends_on(doc: dict[str, Any]) -> No
         "Idempotent-Replayed",
         "RateLimit",
         "RateLimit-Policy",
+        "X-Request-ID",
     }
     assert problem_types_of(create["409"]) == {"duplicate", "quota-exceeded"}
     assert problem_types_of(create["422"]) == {"validation", "idempotency-key-reused"}

@@ -62,6 +62,7 @@ _EXTRA_KEY = "x-meridian-problems"
 SCHEMAS = "#/components/schemas/"
 HEADERS = "#/components/headers/"
 RATE_LIMIT_HEADERS = ("RateLimit", "RateLimit-Policy")
+REQUEST_ID = "X-Request-ID"
 # The objects whose records count against the records-per-object quota (crud.quota).
 QUOTA_OBJECTS = frozenset({"accounts", "contacts", "leads", "opportunities", "cases"})
 
@@ -119,6 +120,12 @@ RESPONSE_HEADERS: dict[str, Any] = {
         "description": 'What is left of each quota: `"tenant";r=5998;t=1, "caller";r=1187;t=8` '
         "(r requests left, t seconds until the quota is whole again).",
         "schema": {"type": "string"},
+    },
+    "X-Request-ID": {
+        "description": "The request's id in the logs: the X-Request-ID it was sent with (up "
+        "to 64 letters, digits and `._:-`), else a new one.",
+        "required": True,
+        "schema": {"type": "string", "maxLength": 64},
     },
     "WWW-Authenticate": {
         "description": "The Bearer challenge (RFC 6750).",
@@ -305,11 +312,13 @@ def _apply(operation: dict[str, Any], op: _Operation) -> None:
         declared.setdefault("content", {}).update(problem["content"])
     if "304" in {str(s) for s in op.headers}:
         responses.setdefault("304", {"description": "Not modified: the ETag is current."})
-    if op.rate_limited:
-        # Whatever the answer once the quotas were counted (one before, a 401, goes
-        # without them: the headers are optional).
-        for code in responses:
-            op.headers.setdefault(int(code), set()).update(RATE_LIMIT_HEADERS)
+    for code in (c for c in responses if c.isdigit()):
+        # Every answer names its request (meridian.web.requests).
+        op.headers.setdefault(int(code), set()).add(REQUEST_ID)
+        if op.rate_limited:
+            # Whatever the answer once the quotas were counted (one before, a 401, goes
+            # without them: the headers are optional).
+            op.headers[int(code)].update(RATE_LIMIT_HEADERS)
     for status, names in op.headers.items():
         if names and str(status) in responses:
             headers = responses[str(status)].setdefault("headers", {})

@@ -23,12 +23,13 @@ import math
 from typing import Any
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache.ratelimit import Quota, RateLimiter, Verdict
 from meridian.errors import RateLimited
 from meridian.principal import Principal
 from meridian.settings import PlanLimits, Settings
+from meridian.web.responses import adding_headers
 from tenancy.context import TenantContext
 
 MINUTE = 60.0
@@ -108,12 +109,9 @@ class RateLimitHeaders:
             await self.app(scope, receive, send)
             return
 
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state: dict[str, Any] = scope.get("state") or {}
-                verdict = state.get(_STATE)
-                if isinstance(verdict, Verdict):
-                    message["headers"] = [*message.get("headers", ()), *headers(verdict)]
-            await send(message)
+        def extra() -> list[tuple[bytes, bytes]]:
+            state: dict[str, Any] = scope.get("state") or {}
+            verdict = state.get(_STATE)
+            return headers(verdict) if isinstance(verdict, Verdict) else []
 
-        await self.app(scope, receive, sending)
+        await self.app(scope, receive, adding_headers(send, extra))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import orjson
 from starlette.responses import Response
+from starlette.types import Message, Send
 
 from meridian.errors import PROBLEM_MEDIA_TYPE
 
@@ -35,3 +36,15 @@ def json_response(
 
 def problem_response(body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:
     return Response(dumps(body), int(body["status"]), headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def adding_headers(send: Send, extra: Callable[[], Iterable[tuple[bytes, bytes]]]) -> Send:
+    """``send`` with ``extra()``'s headers appended to the response's start: how a pure
+    ASGI middleware adds headers to every answer, errors included."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra()]
+        await send(message)
+
+    return sending
