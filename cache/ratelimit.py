@@ -105,6 +105,11 @@ class Verdict:
         """Seconds until the request would be allowed (0 when it was)."""
         return 0.0 if self.allowed else max(s.wait for s in self.states)
 
+    @property
+    def refused_by(self) -> QuotaState | None:
+        """The first quota that had nothing left (None when the request was allowed)."""
+        return None if self.allowed else next(s for s in self.states if s.wait > 0)
+
 
 class _Key:
     """This process's view of one quota key: the TAT (the shared one as last synced,
@@ -144,7 +149,6 @@ class RateLimiter:
         self._dirty: set[str] = set()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self.synced_at = 0.0  # when the last sync succeeded (the clock's seconds)
         # Requests refused since start, by the quota that refused them (for metrics).
         self.refused: Counter[str] = Counter()
 
@@ -169,14 +173,16 @@ class RateLimiter:
             wait = max(0, tat + q.interval - q.span - now)
             remaining = max(0, (q.span - (tat - now)) // q.interval)
             states.append(QuotaState(q, remaining, (tat - now) / TICKS, wait / TICKS))
-        if not allowed:
-            self.refused[next(s.quota.name for s in states if s.wait > 0)] += 1
-        return Verdict(allowed, tuple(states))
+        verdict = Verdict(allowed, tuple(states))
+        if verdict.refused_by is not None:
+            self.refused[verdict.refused_by.quota.name] += 1
+        return verdict
 
     def _key(self, quota: Quota) -> _Key:
+        # A key names its quota's size (the callers put it there), so a key's quota
+        # never changes.
         found = self._keys.get(quota.key)
-        if found is None or found.interval != quota.interval or found.span != quota.span:
-            # New (or another quota under a key: counted afresh).
+        if found is None:
             tag = quota.key[quota.key.index("{") : quota.key.index("}") + 1]
             found = self._keys[quota.key] = _Key(tag, quota.interval, quota.span)
         return found
@@ -224,7 +230,6 @@ class RateLimiter:
                 # The shared TAT holds every instance's requests up to the sync; this
                 # process's own since then come on top.
                 k.tat = max(int(shared), now) + k.pending * k.interval
-        self.synced_at = self._clock()
         return True
 
     async def _add(

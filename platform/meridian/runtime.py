@@ -34,6 +34,7 @@ from meridian.oauth.server import MeridianAuthorizationServer
 from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
 from meridian.users.repository import ActorRow, UserRepository
+from meridian.web.ratelimit import QUOTA_LIMITS
 from primitives.breaker import CircuitBreaker
 from sharding.bulkhead import TenantBulkhead
 from sharding.driver import MoveDriver
@@ -331,7 +332,7 @@ class LimitMetrics:
         limited = CounterMetricFamily(
             "meridian_rate_limited", "Requests refused by a rate limit (429).", labels=["quota"]
         )
-        for quota in ("tenant", "caller", "day"):
+        for quota in QUOTA_LIMITS:
             refused = self.limiter.refused[quota] if self.limiter is not None else 0
             limited.add_metric([quota], refused)
         yield limited

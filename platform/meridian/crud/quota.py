@@ -18,11 +18,10 @@ without it (the platform's own jobs, tests of the kit) are not limited.
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import FromClause, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.crud.compiled import fetchrow
@@ -36,18 +35,17 @@ _FRESH = 60.0
 _COUNTS: LocalCache[list[int]] = LocalCache(100_000, ttl=_FRESH)
 
 
-async def admit_record(session: AsyncSession, tenant_id: UUID, table: FromClause) -> None:
-    """Count one more ``table`` record of the tenant, or refuse it (409)."""
+async def admit_record(session: AsyncSession, tenant_id: UUID, name: str) -> None:
+    """Count one more record of the tenant in the table ``name``, or refuse it (409)."""
     limit: int | None = session.info.get(LIMIT)
     if limit is None:
         return
-    name = str(getattr(table, "name", table))
     key = (tenant_id, name)
     known = _COUNTS.get(key)
     if known is not None and known[0] + 1 < limit - limit // 10:
         known[0] += 1
         return
-    count = await count_records(session, tenant_id, table)
+    count = int(await session.scalar(_counted(name, tenant_id)) or 0)
     if count >= limit:
         _COUNTS.set(key, [count])
         raise QuotaExceeded(
@@ -60,9 +58,9 @@ async def admit_record(session: AsyncSession, tenant_id: UUID, table: FromClause
     _COUNTS.set(key, [count + 1])
 
 
-async def count_records(session: AsyncSession | Any, tenant_id: UUID, table: FromClause) -> int:
-    stmt = select(func.count()).select_from(table).where(table.c.tenant_id == tenant_id)
-    return int(await session.scalar(stmt) or 0)
+def _counted(name: str, tenant_id: UUID) -> Select[int]:
+    table = ShardBase.metadata.tables[name]
+    return select(func.count()).select_from(table).where(table.c.tenant_id == tenant_id)
 
 
 def counted_kinds() -> list[str]:
@@ -75,9 +73,7 @@ async def records(conn: asyncpg.Connection, tenant_id: UUID) -> dict[str, int]:
     """The tenant's records per counted object (one index scan each)."""
     out: dict[str, int] = {}
     for kind in counted_kinds():
-        table = ShardBase.metadata.tables[kind]
-        stmt = select(func.count()).select_from(table).where(table.c.tenant_id == tenant_id)
-        found = await fetchrow(conn, stmt)
+        found = await fetchrow(conn, _counted(kind, tenant_id))
         out[kind] = int(found[0]) if found is not None else 0
     return out
 

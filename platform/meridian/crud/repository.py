@@ -606,7 +606,7 @@ class TenantRepository(Generic[R]):
         prepared = None
         if self.has_custom_fields():
             # A CRM object: within the tenant's records per object (crud.quota).
-            await quota.admit_record(self.session, self.tenant_id, self.model.__table__)
+            await quota.admit_record(self.session, self.tenant_id, self.model.__tablename__)
             # The tenant's own fields: checked, defaulted, and indexed with the row.
             prepared = await custom.prepare(
                 self.session,

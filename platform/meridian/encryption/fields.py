@@ -96,12 +96,24 @@ def sealed_blob(value: Mapping[str, Any]) -> bytes:
 
 
 async def open_custom(
-    keyring: TenantKeyring, tenant_id: UUID, table: str, row_id: UUID, name: str, value: Any
+    keyring: TenantKeyring,
+    tenant_id: UUID,
+    table: str,
+    row_id: UUID,
+    name: str,
+    value: Any,
+    ciphers: dict[int, FieldCipher] | None = None,
 ) -> Any:
-    """The plaintext of one sealed custom value of the row ``row_id``."""
+    """The plaintext of one sealed custom value of the row ``row_id`` (``ciphers``: the
+    ones a page already looked up, by key version)."""
     try:
         raw = sealed_blob(value)
-        cipher = await keyring.cipher(tenant_id, key_version_of(raw))
+        version = key_version_of(raw)
+        cipher = ciphers.get(version) if ciphers is not None else None
+        if cipher is None:
+            cipher = await keyring.cipher(tenant_id, version)
+            if ciphers is not None:
+                ciphers[version] = cipher
         return orjson.loads(cipher.decrypt(table, custom_column(name), row_id, raw))
     except (DecryptionError, KeyUnavailable, ValueError) as exc:
         raise _unreadable(tenant_id, table, custom_column(name), row_id, exc) from exc
@@ -199,7 +211,7 @@ async def open_rows(
             for name, value in custom.items():
                 if is_sealed(value):
                     custom[name] = (
-                        await open_custom(keyring, tenant_id, table, row_id, name, value)
+                        await open_custom(keyring, tenant_id, table, row_id, name, value, ciphers)
                         if reveal
                         else MASKED
                     )

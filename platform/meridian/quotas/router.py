@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from cache.ratelimit import Verdict
 from meridian.crud import endpoints, quota
 from meridian.deps import CanReadQuotas
+from meridian.web import ratelimit
 from meridian.web.responses import json_response
 
 router = APIRouter(prefix="/v1/quotas", tags=["quotas"])
@@ -42,19 +42,16 @@ class Quotas(BaseModel):
     data: list[QuotaUse]
 
 
-_REQUESTS = {"tenant": "tenant_per_minute", "caller": "caller_per_minute", "day": "calls_per_day"}
-
-
 @router.get("", response_model=Quotas)
 async def get_quotas(request: Request, access: CanReadQuotas) -> Response:
     """The tenant's limits and what it uses of them. Records are counted exactly; request
     quotas are as this API instance sees them (shared with the others a few times a
     second)."""
     limits = access.limits
-    verdict = getattr(request.state, "ratelimit", None)
-    counted = {s.quota.name: s for s in verdict.states} if isinstance(verdict, Verdict) else {}
+    verdict = ratelimit.verdict_of(request.scope.get("state") or {})
+    counted = {s.quota.name: s for s in verdict.states} if verdict is not None else {}
     data: list[dict[str, object]] = []
-    for short, name in _REQUESTS.items():
+    for short, name in ratelimit.QUOTA_LIMITS.items():
         state = counted.get(short)
         data.append(
             {

@@ -20,6 +20,7 @@ instance through Redis a few times a second).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -34,7 +35,19 @@ from tenancy.context import TenantContext
 
 MINUTE = 60.0
 DAY = 86_400.0  # the calls per day are a rolling day (GCRA), not a calendar one
+# The request quotas by the name the headers give them, and the limit each enforces.
+QUOTA_LIMITS = {
+    "tenant": "tenant_per_minute",
+    "caller": "caller_per_minute",
+    "day": "calls_per_day",
+}
 _STATE = "ratelimit"
+
+
+def verdict_of(state: Mapping[str, Any]) -> Verdict | None:
+    """The verdict ``check`` left in a request's state (its scope's ``state``)."""
+    verdict = state.get(_STATE)
+    return verdict if isinstance(verdict, Verdict) else None
 
 
 def caller_of(principal: Principal) -> str:
@@ -70,9 +83,9 @@ async def check(
     """Take the request from its quotas, or refuse it (429)."""
     limits = settings.limits_of(tenant.plan, dict(tenant.limits))
     verdict = limiter.hit(quotas_of(limiter, limits, tenant, principal))
-    request.state.ratelimit = verdict
-    if not verdict.allowed:
-        spent = next(s for s in verdict.states if s.wait > 0 or s.remaining == 0)
+    setattr(request.state, _STATE, verdict)
+    spent = verdict.refused_by
+    if spent is not None:
         per = "day" if spent.quota.period == DAY else "minute"
         raise RateLimited(
             f"The {spent.quota.name} quota of {spent.quota.limit} requests a {per} is "
@@ -110,8 +123,7 @@ class RateLimitHeaders:
             return
 
         def extra() -> list[tuple[bytes, bytes]]:
-            state: dict[str, Any] = scope.get("state") or {}
-            verdict = state.get(_STATE)
-            return headers(verdict) if isinstance(verdict, Verdict) else []
+            verdict = verdict_of(scope.get("state") or {})
+            return headers(verdict) if verdict is not None else []
 
         await self.app(scope, receive, adding_headers(send, extra))
