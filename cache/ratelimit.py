@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -149,8 +148,6 @@ class RateLimiter:
         self._dirty: set[str] = set()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        # Requests refused since start, by the quota that refused them (for metrics).
-        self.refused: Counter[str] = Counter()
 
     def key(self, tenant: str, scope: str) -> str:
         # The tenant's hash tag: every key of one tenant is on one Redis Cluster node.
@@ -173,10 +170,7 @@ class RateLimiter:
             wait = max(0, tat + q.interval - q.span - now)
             remaining = max(0, (q.span - (tat - now)) // q.interval)
             states.append(QuotaState(q, remaining, (tat - now) / TICKS, wait / TICKS))
-        verdict = Verdict(allowed, tuple(states))
-        if verdict.refused_by is not None:
-            self.refused[verdict.refused_by.quota.name] += 1
-        return verdict
+        return Verdict(allowed, tuple(states))
 
     def _key(self, quota: Quota) -> _Key:
         # A key names its quota's size (the callers put it there), so a key's quota

@@ -44,7 +44,6 @@ class TenantBulkhead:
         self.limit = limit
         self.wait = wait
         self._tenants: dict[UUID, _Slots] = {}
-        self.refused = 0  # requests turned away since start (for metrics)
 
     def held(self, tenant_id: UUID) -> int:
         slots = self._tenants.get(tenant_id)
@@ -87,7 +86,6 @@ class TenantBulkhead:
                 slots.waiters.remove(waiter)
                 self._forget_if_idle(tenant_id, slots)
             if isinstance(exc, TimeoutError):
-                self.refused += 1
                 raise TenantBusyError(tenant_id, retry_after=1.0) from None
             raise
         # A slot handed over by _release: ``held`` already counts it.

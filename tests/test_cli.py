@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meridian_dev.postgres import free_port
 from tests.fixtures.dev_platform import (
@@ -370,6 +371,59 @@ def test_serve_says_where_it_listens(dev: DevPlatform) -> None:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     assert f"running on http://127.0.0.1:{port}" in output
+
+
+def test_serve_with_workers_counts_every_process_in_metrics(
+    dev: DevPlatform, tmp_path: Path
+) -> None:
+    """Two worker processes, each answering part of the requests: /metrics tells the
+    same totals whichever of them is asked (prometheus_client's multiprocess mode)."""
+    port, folder = free_port(), tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"left by an earlier run")
+    proc = subprocess.Popen(
+        [str(MERIDIAN), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        cwd=dev.workdir,
+        env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(folder)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        until_serving(f"{base}/readyz", proc)
+        headers = token(base, dev.info()["demo_tenant"])
+        answered = 0
+        # A connection each: the kernel hands them to both processes.
+        while answered < 40 or len(list(folder.glob("counter_*.db"))) < 2:
+            assert answered < 400, sorted(p.name for p in folder.iterdir())
+            with httpx.Client() as one:
+                assert one.get(f"{base}/v1/contacts", headers=headers).status_code == 200
+            answered += 1
+        for _ in range(6):
+            with httpx.Client() as one:
+                text = one.get(f"{base}/metrics").text
+            served = [
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "meridian_http_requests_total"
+                and s.labels == {"method": "GET", "route": "/v1/contacts", "status": "200"}
+            ]
+            assert served == [answered], text
+            assert 'meridian_shard_up{shard="us-1"} 1.0' in text
+            # The demo tenant made all of them (and is the busiest).
+            tenants = [
+                s
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "meridian_tenant_requests_total"
+            ]
+            assert [s.value for s in tenants] == [answered], tenants
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert not (folder / "counter_1.db").exists()  # the earlier run's counts
 
 
 def test_loadtest_without_locust_names_the_extra(tmp_path: Path) -> None:

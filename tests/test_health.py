@@ -9,10 +9,12 @@ database under another id.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +29,7 @@ from tests.fixtures.databases import (
     PG_PORT,
     TestDatabases,
     dsn,
+    raw_dsn,
     recreate_database,
 )
 from tests.fixtures.tcp_proxy import TcpProxy
@@ -41,6 +44,7 @@ class Platform:
     control: TcpProxy
     shard: TcpProxy
     redis: TcpProxy
+    control_db: str
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,7 @@ async def platform(databases: TestDatabases) -> AsyncIterator[Platform]:
                 transport=transport, base_url="http://127.0.0.1"
             ) as client:
                 try:
-                    yield Platform(client, control, shard, redis_proxy)
+                    yield Platform(client, control, shard, redis_proxy, control_db)
                 finally:
                     # Everything goes away before the app stops: its shutdown meets
                     # reset connections, never one left open and silent behind a
@@ -119,7 +123,20 @@ async def test_ready_when_everything_answers(platform: Platform) -> None:
     )
 
 
+async def gauges(client: httpx.AsyncClient, name: str) -> dict[tuple[str, ...], float]:
+    """The samples of ``name`` on /metrics, by their label values."""
+    resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    return {
+        tuple(s.labels.values()): s.value
+        for f in text_string_to_metric_families(resp.text)
+        for s in f.samples
+        if s.name == name
+    }
+
+
 async def test_a_shard_down_is_degraded_not_unready(platform: Platform) -> None:
+    assert await gauges(platform.client, "meridian_shard_up") == {(SHARD,): 1}
     await platform.shard.cut()
     try:
         status, state, checks = await readiness(platform.client)
@@ -127,9 +144,47 @@ async def test_a_shard_down_is_degraded_not_unready(platform: Platform) -> None:
         assert (status, state) == (200, "degraded"), checks
         assert checks[f"shard:{SHARD}"].startswith("down"), checks
         assert checks["control"] == checks["redis"] == "ok"
+        # /metrics tells it too (the shard-down alert's signal).
+        assert await gauges(platform.client, "meridian_shard_up") == {(SHARD,): 0}
+        assert await gauges(platform.client, "meridian_up") == {("control",): 1, ("redis",): 1}
     finally:
         await platform.shard.restore()
     await ready_again(platform.client)
+    assert await gauges(platform.client, "meridian_shard_up") == {(SHARD,): 1}
+
+
+async def test_metrics_show_how_far_behind_each_unfinished_move_is(platform: Platform) -> None:
+    tenant, move = uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(raw_dsn(platform.control_db))
+    try:
+        await conn.execute(
+            "INSERT INTO tenant (id, slug, name, region, status) "
+            "VALUES ($1, $2, 'Lagging', 'hc', 'active')",
+            tenant,
+            f"lag-{tenant.hex[:8]}",
+        )
+        # A target on the same database (should a topology reload meet it, it answers):
+        # nothing drives the move here (no sweeping in tests).
+        await conn.execute(
+            "INSERT INTO shard (id, region, dsn, admin_dsn, state) "
+            "SELECT 'hc-target', region, dsn, admin_dsn, 'closed' FROM shard WHERE id = $1",
+            SHARD,
+        )
+        await conn.execute(
+            "INSERT INTO tenant_move (id, tenant_id, source_shard_id, target_shard_id, epoch, "
+            "state, lag_bytes) VALUES ($1, $2, $3, 'hc-target', 1, 'catching_up', 4096)",
+            move,
+            tenant,
+            SHARD,
+        )
+        lag = "meridian_tenant_move_lag_bytes"
+        assert await gauges(platform.client, lag) == {(str(move), SHARD, "hc-target"): 4096}
+        await conn.execute("UPDATE tenant_move SET state = 'done' WHERE id = $1", move)
+        assert await gauges(platform.client, lag) == {}
+    finally:
+        await conn.execute("DELETE FROM tenant WHERE id = $1", tenant)  # its moves too
+        await conn.execute("DELETE FROM shard WHERE id = 'hc-target'")
+        await conn.close()
 
 
 async def test_redis_down_is_degraded_not_unready(platform: Platform) -> None:

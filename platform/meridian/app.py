@@ -27,6 +27,7 @@ from meridian.health import router as health_router
 from meridian.leads.router import router as leads_router
 from meridian.leads.router import rules_router as lead_scoring_router
 from meridian.merges import router as merges
+from meridian.metrics import RequestMetrics
 from meridian.oauth.router import router as oauth_router
 from meridian.oauth.sessions import router as sessions_router
 from meridian.opportunities.router import router as opportunities_router
@@ -38,6 +39,7 @@ from meridian.runtime import Runtime
 from meridian.search.router import router as search_router
 from meridian.settings import Settings, get_settings
 from meridian.sharing.router import router as sharing_router
+from meridian.telemetry import Tracing
 from meridian.transfers import router as transfers
 from meridian.users.router import router as users_router
 from meridian.web import docs, openapi
@@ -84,7 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if queue is not None:
                 await queue.disconnect()
             await runtime.stop()
+            if tracing is not None:
+                tracing.close()
 
+    tracing = Tracing.of(settings)
     app = FastAPI(
         title="Meridian CRM API",
         version=__version__,
@@ -104,8 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             (transfers.UPLOAD_PATTERN, settings.max_import_bytes),
         ],
     )
+    # Around everything but the request's context: a request's time is all of it.
+    app.add_middleware(RequestMetrics)
     # Outermost: every line a request logs, its errors' included, names it.
     app.add_middleware(RequestContext)
+    if tracing is not None:
+        # Its middleware goes around all of the above: the request's span is the
+        # current one for everything the request does.
+        tracing.instrument(app)
     # Routes are matched in order, one regex at a time: the hot CRM reads come first.
     for router in (
         merges.merging,  # POST …/merge and its 405s, ahead of the records' /{id} (see there)

@@ -14,6 +14,7 @@ import logging
 import logging.config
 import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from uuid import UUID
 import typer
 
 from loadtests.credentials import DEFAULT_CREDENTIALS, RESULTS_DIR
-from meridian import logs
+from meridian import logs, metrics
 from meridian.settings import DEV_JSON_ENV, get_settings
 from sharding.engine import EngineMismatchError, ShardEngine
 from sharding.models import MoveState
@@ -141,6 +142,14 @@ def serve(
     with _one_line("serve", KeyConfigError):
         # Refuse to start at all rather than fail in each worker's start-up.
         get_settings().key_provider()
+    # /metrics answers for every worker process: they count into files in one folder
+    # (the one given, else a new one), which each start finds empty.
+    folder = metrics.multiprocess_dir()
+    if folder is None and workers > 1:
+        folder = tempfile.mkdtemp(prefix="meridian-metrics-")
+    if folder is not None:
+        metrics.prepare_multiprocess_dir(Path(folder))
+        os.environ[metrics.MULTIPROC_ENV] = folder
 
     uvicorn.run(
         "meridian.app:create_app",

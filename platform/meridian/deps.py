@@ -164,9 +164,13 @@ class RequireTenant:
             raise ServiceUnavailable(
                 "The tenant is still being provisioned.", headers={"Retry-After": "1"}
             )
+        # Refused requests too: a tenant flooding past its quota is still the busiest.
+        runtime.metrics.tenant_request(str(tenant.tenant_id))
         if runtime.limiter is not None:
             # Before anything else is read for the request: a refused one costs little.
-            await ratelimit.check(runtime.limiter, runtime.settings, request, tenant, principal)
+            await ratelimit.check(
+                runtime.limiter, runtime.settings, runtime.metrics, request, tenant, principal
+            )
         if tenant.shard_id not in runtime.engines.shards:
             # Placed on a shard registered after this instance last read the topology.
             await runtime.reload_topology()

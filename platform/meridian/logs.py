@@ -20,6 +20,8 @@ import logging
 from contextvars import ContextVar
 from typing import Any
 
+from opentelemetry import trace
+
 from tenancy.context import current_tenant_id
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -37,9 +39,12 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         tenant = current_tenant_id.get()
+        span = trace.get_current_span().get_span_context()
         context = {
             "request_id": request_id.get(),
-            "trace_id": trace_id.get(),
+            # The request's span's trace when traced (meridian.telemetry): a new one
+            # when the caller sent none.
+            "trace_id": format(span.trace_id, "032x") if span.is_valid else trace_id.get(),
             "tenant_id": str(tenant) if tenant is not None else None,
             "shard_id": shard_id.get(),
         }

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from sqlalchemy import func, select
@@ -28,13 +27,13 @@ from cache.metrics import CacheMetrics
 from cache.ratelimit import RateLimiter
 from meridian.directory import CachedDirectory
 from meridian.events import outbox
+from meridian.metrics import Metrics
 from meridian.oauth.keys import KeyStore
 from meridian.oauth.notbefore import NotBeforeStore
 from meridian.oauth.server import MeridianAuthorizationServer
 from meridian.oauth.verifier import TokenVerifier
 from meridian.settings import Settings
 from meridian.users.repository import ActorRow, UserRepository
-from meridian.web.ratelimit import QUOTA_LIMITS
 from primitives.breaker import CircuitBreaker
 from sharding.bulkhead import TenantBulkhead
 from sharding.driver import MoveDriver
@@ -64,7 +63,7 @@ class Runtime:
     oauth: MeridianAuthorizationServer
     revocations: NotBeforeStore  # emergency revocation: per-user/tenant not-before
     cache: TwoLevelCache
-    metrics: CollectorRegistry
+    metrics: Metrics
     # Capability checks: one Casbin enforcer per tenant, changes announced over Redis.
     policies: PolicyStore
     authz: EnforcerRegistry
@@ -179,7 +178,7 @@ class Runtime:
             ),
             revocations=NotBeforeStore(control, cache, hold=settings.tenant_state_hold),
             cache=cache,
-            metrics=registry,
+            metrics=Metrics(registry, top_tenants=settings.metrics_top_tenants),
             policies=policies,
             authz=authz,
             policy_watcher=PolicyWatcher(redis, authz),
@@ -200,7 +199,6 @@ class Runtime:
                 else None
             ),
         )
-        registry.register(LimitMetrics(rt.limiter, rt.router.bulkhead))
         rt.moves = MoveDriver(
             rt.mover(),
             control,
@@ -319,29 +317,6 @@ class Runtime:
                 await self.keys.refresh()
             except Exception:
                 log.warning("periodic signing-key refresh failed", exc_info=True)
-
-
-class LimitMetrics:
-    """The requests the rate limits and the bulkheads turned away, for ``/metrics``
-    (read from their own counters when scraped: nothing is counted twice)."""
-
-    def __init__(self, limiter: RateLimiter | None, bulkhead: TenantBulkhead | None) -> None:
-        self.limiter, self.bulkhead = limiter, bulkhead
-
-    def collect(self) -> Iterator[Metric]:
-        limited = CounterMetricFamily(
-            "meridian_rate_limited", "Requests refused by a rate limit (429).", labels=["quota"]
-        )
-        for quota in QUOTA_LIMITS:
-            refused = self.limiter.refused[quota] if self.limiter is not None else 0
-            limited.add_metric([quota], refused)
-        yield limited
-        yield CounterMetricFamily(
-            "meridian_tenant_busy",
-            "Requests refused because their tenant held all the shard connections it may "
-            "(503 tenant-busy).",
-            value=self.bulkhead.refused if self.bulkhead is not None else 0,
-        )
 
 
 def redis_breaker(settings: Settings) -> CircuitBreaker:

@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     # One JSON object per log line (request, trace, tenant and shard ids in each), or
     # plain text (meridian.logs).
     log_format: Literal["json", "text"] = "json"
+    # Traces (meridian.telemetry): an OTLP/HTTP collector's traces URL, e.g.
+    # http://otel-collector:4318/v1/traces; unset, nothing is traced. The share of
+    # traces begun here that are kept (a caller's sampled traceparent is always kept).
+    traces_endpoint: str | None = None
+    traces_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # /metrics (meridian.metrics): how many of the busiest tenants it names, and the
+    # port the worker serves its own on (unset: the worker serves none).
+    metrics_top_tenants: int = Field(default=10, ge=0)
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # The plans: what each allows a tenant (rate limits, meridian.web.ratelimit; quotas,
     # meridian.quotas); platform admins set a tenant's plan and override any of its

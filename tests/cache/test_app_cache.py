@@ -20,7 +20,7 @@ from tests.fixtures.waiting import eventually
 
 
 def counter(client: httpx.AsyncClient, level: str, kind: str, result: str) -> float:
-    registry = client.app.state.runtime.metrics  # type: ignore[attr-defined]
+    registry = client.app.state.runtime.metrics.registry  # type: ignore[attr-defined]
     value = registry.get_sample_value(
         "meridian_cache_requests_total", {"level": level, "kind": kind, "result": result}
     )

@@ -71,7 +71,7 @@ async def test_a_spent_quota_is_429_for_that_caller_then_for_the_tenant(
     tenant: Tenant,
     other_tenant: Tenant,
 ) -> None:
-    registry = app_client.app.state.runtime.metrics  # type: ignore[attr-defined]
+    registry = app_client.app.state.runtime.metrics.registry  # type: ignore[attr-defined]
 
     def turned_away(quota: str) -> float:
         value = registry.get_sample_value("meridian_rate_limited_total", {"quota": quota})

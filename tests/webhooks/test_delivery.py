@@ -12,14 +12,17 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from meridian.settings import Settings
+from meridian.worker.main import serve_metrics
 from tests.fixtures.api import Tenant
 from tests.fixtures.databases import names_for, raw_dsn
 from tests.fixtures.problems import assert_problem
 from tests.fixtures.receivers import Receiver, receiver
+from tests.fixtures.redis_servers import free_port
 from tests.fixtures.response_models import ResponseChecker
 from tests.fixtures.waiting import eventually
 from tests.fixtures.worker import running_worker
@@ -131,7 +134,9 @@ async def test_dead_after_the_window_then_retried_by_hand(
     app_client: httpx.AsyncClient, tenant: Tenant, settings: Settings
 ) -> None:
     window = {**FAST, "webhook_retry_window": 1.5, "webhook_disable_after": 100}
-    async with receiver() as rx, running_worker(settings, **window):
+    async with receiver() as rx, running_worker(settings, **window) as worker:
+        port = free_port()
+        metrics = await serve_metrics(worker.context.runtime, port, host="127.0.0.1")
         rx.status = 500
         made = await subscribe(app_client, tenant, rx.url, "contact.created")
         await contact(app_client, tenant)
@@ -140,6 +145,18 @@ async def test_dead_after_the_window_then_retried_by_hand(
             return await deliveries(app_client, tenant, made["id"], status="dead")
 
         (row,) = await eventually(dead, what="the delivery dead")
+        # The worker's /metrics counts the dead letter (the alert's signal).
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        await metrics.cleanup()
+        dead_letters = {
+            s.labels["reason"]: s.value
+            for f in text_string_to_metric_families(scraped)
+            for s in f.samples
+            if s.name == "meridian_webhook_dead_letters_total"
+        }
+        # At least this one (a delivery of an earlier test may have died here too).
+        assert dead_letters.get("expired", 0) >= 1, scraped
         assert row["attempts"] >= 2
         assert row["next_attempt_at"] is None
         assert row["last_status_code"] == 500

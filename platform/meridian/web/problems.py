@@ -135,6 +135,7 @@ async def _shard_unavailable(request: Request, exc: Exception) -> Response:
 
 async def _tenant_busy(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TenantBusyError)
+    request.app.state.runtime.metrics.tenant_busy.inc()
     err = TenantBusy(
         "This tenant already holds every shard connection it may at once; retry shortly.",
         headers={"Retry-After": str(max(1, round(exc.retry_after)))},

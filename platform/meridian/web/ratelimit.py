@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache.ratelimit import Quota, RateLimiter, Verdict
 from meridian.errors import RateLimited
+from meridian.metrics import Metrics
 from meridian.principal import Principal
 from meridian.settings import PlanLimits, Settings
 from meridian.web.responses import adding_headers
@@ -76,6 +77,7 @@ def quotas_of(
 async def check(
     limiter: RateLimiter,
     settings: Settings,
+    metrics: Metrics,
     request: Request,
     tenant: TenantContext,
     principal: Principal,
@@ -86,6 +88,7 @@ async def check(
     setattr(request.state, _STATE, verdict)
     spent = verdict.refused_by
     if spent is not None:
+        metrics.rate_limited.labels(spent.quota.name).inc()
         per = "day" if spent.quota.period == DAY else "minute"
         raise RateLimited(
             f"The {spent.quota.name} quota of {spent.quota.limit} requests a {per} is "

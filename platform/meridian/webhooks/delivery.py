@@ -27,6 +27,7 @@ from saq.utils import exponential_backoff
 from standardwebhooks import Webhook as Signer
 
 from meridian.encryption.fields import decrypt_values
+from meridian.metrics import Metrics
 from meridian.settings import Settings
 from meridian.web import targets
 from meridian.web.responses import dumps
@@ -151,6 +152,7 @@ async def webhook_deliver(
                     "last_error": "the subscription is disabled",
                 },
             )
+        _dead_letter(runtime.metrics, "disabled")
         return "disabled"
     subscription_id: UUID = found["subscription_id"]
     opened = await decrypt_values(
@@ -207,6 +209,8 @@ async def webhook_deliver(
                     f"(the last: {outcome.error})"
                 )
                 await subscriptions.disable(subscription_id, reason[:500])
+    if values["status"] == "dead":
+        _dead_letter(runtime.metrics, "expired")
     if values["status"] == "failed":
         # The delay saq waits before the next attempt is the one recorded above.
         job = ctx["job"]
@@ -214,3 +218,12 @@ async def webhook_deliver(
         job.retry_backoff = False
         raise DeliveryFailed(f"delivery {delivery_id}: {outcome.error}")
     return str(values["status"])
+
+
+def _dead_letter(metrics: Metrics, reason: str) -> None:
+    metrics.counter(
+        "meridian_webhook_dead_letters",
+        "Webhook deliveries given up: the retry window passed (expired) or the "
+        "subscription was disabled meanwhile (disabled).",
+        ["reason"],
+    ).labels(reason).inc()

@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST as LATEST
 from saq import CronJob, Queue, Worker
 
 from meridian.events import bus
 from meridian.events.jobs import queue_for
+from meridian.health import exposition
 from meridian.runtime import Runtime
 from meridian.settings import Settings
 from meridian.web import targets
@@ -173,6 +176,9 @@ async def run_worker(settings: Settings) -> None:
     import signal
 
     running = await start_worker(settings)
+    metrics = None
+    if settings.worker_metrics_port is not None:
+        metrics = await serve_metrics(running.context.runtime, settings.worker_metrics_port)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -180,4 +186,26 @@ async def run_worker(settings: Settings) -> None:
     try:
         await done.wait()
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         await running.stop()
+
+
+async def serve_metrics(
+    runtime: Runtime,
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104 - scraped from outside
+) -> web.AppRunner:
+    """``GET /metrics`` of the worker on its own port (it serves no API): the same
+    exposition as an API instance's."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=await exposition(runtime), headers={"Content-Type": LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    logger.info("worker metrics on %s:%d/metrics", host, port)
+    return runner
