@@ -13,8 +13,8 @@ import json
 import os
 import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -119,6 +119,19 @@ SESSION_KEYRING = "meridian.keyring"
 class KeyInfo:
     version: int
     state: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """One version of a tenant's data key with its key material (None once destroyed):
+    what a tenant archive carries, wrapped under the operator's key. Never stored so,
+    and never shown (``repr`` leaves the key out)."""
+
+    version: int
+    state: str
+    key: bytes | None = field(repr=False)
+    created_at: datetime
+    destroyed_at: datetime | None = None
 
 
 class TenantKeyring:
@@ -254,6 +267,58 @@ class TenantKeyring:
                 )
                 done += 1
         return done
+
+    # -- backups -----------------------------------------------------------------------
+    async def unwrapped_keys(self, conn: AsyncConnection, tenant_id: UUID) -> list[DataKey]:
+        """Every version of the tenant's data key, unwrapped (destroyed ones without
+        key material), for a tenant archive that wraps them under a key of its own."""
+        rows = (
+            await conn.execute(
+                select(
+                    TenantKey.version,
+                    TenantKey.state,
+                    TenantKey.wrapped_key,
+                    TenantKey.created_at,
+                    TenantKey.destroyed_at,
+                )
+                .where(TenantKey.tenant_id == tenant_id)
+                .order_by(TenantKey.version)
+            )
+        ).all()
+        keys: list[DataKey] = []
+        for row in rows:
+            key = None
+            if row.state != "destroyed" and row.wrapped_key is not None:
+                key = await self._provider.unwrap(row.wrapped_key, _context(tenant_id, row.version))
+            keys.append(DataKey(row.version, row.state, key, row.created_at, row.destroyed_at))
+        return keys
+
+    async def restore_keys(
+        self, conn: AsyncConnection, tenant_id: UUID, keys: Sequence[DataKey]
+    ) -> None:
+        """Write the tenant's key versions back (a restore from an archive), the live
+        ones wrapped under the primary KEK; in the caller's transaction (the caller
+        calls ``forget`` after it commits). The tenant must have no key rows."""
+        for key in keys:
+            live = key.state != "destroyed"
+            if live and (key.key is None or len(key.key) != 32):
+                raise KeyUnavailable(f"key version {key.version} has no 32-byte key to restore")
+            wrapped = (
+                await self._provider.wrap(key.key, _context(tenant_id, key.version))
+                if live and key.key is not None
+                else None
+            )
+            await conn.execute(
+                insert(TenantKey).values(
+                    tenant_id=tenant_id,
+                    version=key.version,
+                    wrapped_key=wrapped,
+                    kek_id=self._provider.primary_id,
+                    state=key.state,
+                    created_at=key.created_at,
+                    destroyed_at=key.destroyed_at,
+                )
+            )
 
     # -- use ---------------------------------------------------------------------------
     async def versions(self, tenant_id: UUID) -> list[KeyInfo]:
