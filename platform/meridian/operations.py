@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -35,6 +36,9 @@ from meridian.admin.moves import move_body, moves_admin, region_target, run_move
 from meridian.admin.schemas import MoveCreate, MoveRead
 from meridian.admin.service import tenant_admin
 from meridian.admin.wiring import admin_deps
+from meridian.backups import service as backups
+from meridian.backups.archive import OperatorKey
+from meridian.backups.wiring import backup_deps
 from meridian.encryption import reencrypt as reencryption
 from meridian.encryption.reencrypt import ReencryptResult, resolve_tenant
 from meridian.errors import MeridianError
@@ -334,6 +338,22 @@ async def delete_tenant(rt: Runtime, tenant: str) -> dict[str, object]:
     ctx = await resolve_tenant(rt, tenant)
     row = await tenant_admin.delete(admin_deps(rt), ctx.tenant_id)
     return {"tenant": str(row["id"]), "status": row["status"]}
+
+
+async def export_tenant_archive(
+    rt: Runtime, tenant: str, out: Path, key: OperatorKey
+) -> dict[str, object]:
+    """What `meridian tenants export` does: the tenant (id or slug) into the archive
+    ``out``, its data keys sealed under the operator's ``key`` (docs/backups.md)."""
+    return await backups.export_tenant(backup_deps(rt), tenant, out, key)
+
+
+async def import_tenant_archive(
+    rt: Runtime, archive: Path, key: OperatorKey, *, shard: str | None
+) -> dict[str, object]:
+    """What `meridian tenants import` does: the archived tenant restored as itself, onto
+    ``shard`` or where placement puts it."""
+    return await backups.import_tenant(backup_deps(rt), archive, key, shard=shard)
 
 
 async def isolate_tenant(

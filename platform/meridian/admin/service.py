@@ -49,7 +49,7 @@ from tenancy.context import TenantStatus
 from tenancy.keyring import TenantKeyring
 from tenancy.models import DirectoryEntry, Tenant
 
-_PLACEMENT_LOCK = 0x504C4143  # "PLAC": serialises placement decisions
+PLACEMENT_LOCK = 0x504C4143  # "PLAC": serialises placement decisions (and restores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +173,7 @@ class TenantAdminService:
                         ).where(Tenant.slug.in_([body.slug for _, body, _ in by_region]))
                     )
                 }
-                await conn.execute(select(func.pg_advisory_xact_lock(_PLACEMENT_LOCK)))
+                await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
                 shards = await deps.reload_topology()
                 counts = dict(await deps.tenant_counts())
                 tenants: list[dict[str, Any]] = []
@@ -253,7 +253,7 @@ class TenantAdminService:
         key: str | None,
         fingerprint: bytes,
     ) -> UUID:
-        await conn.execute(select(func.pg_advisory_xact_lock(_PLACEMENT_LOCK)))
+        await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
         shards = await deps.reload_topology()
         if body.shard_id is not None:
             shard = next((s for s in shards if s.id == body.shard_id), None)
