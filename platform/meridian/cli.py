@@ -613,6 +613,64 @@ def tenants_delete(
     _with_runtime("tenants delete", work)
 
 
+_KEY_FILE_HELP = (
+    "The operator's 32-byte key (raw, or base64 on one line: openssl rand -base64 32) "
+    "that seals the archive's data keys. Keep it apart from the archives."
+)
+
+
+@tenants_app.command("export")
+def tenants_export(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or slug.")],
+    out: Annotated[Path, typer.Option(help="The archive to write (never overwritten).")],
+    key_file: Annotated[Path, typer.Option(help=_KEY_FILE_HELP)],
+) -> None:
+    """Write a portable archive of the tenant: every row of it on its shard and in the
+    control plane, with a manifest and checksums, sealed fields still sealed, and its
+    data keys wrapped under the operator's key (docs/backups.md)."""
+    from meridian.backups.archive import load_operator_key
+    from meridian.backups.errors import BackupError
+    from meridian.operations import export_tenant_archive
+
+    with _one_line("tenants export", BackupError):
+        key = load_operator_key(key_file)
+
+        async def work(rt: Runtime) -> dict[str, object]:
+            return await export_tenant_archive(rt, tenant, out, key)
+
+        typer.echo(json.dumps(_with_runtime("tenants export", work)))
+
+
+@tenants_app.command("import")
+def tenants_import(
+    archive: Annotated[Path, typer.Argument(help="An archive of `meridian tenants export`.")],
+    key_file: Annotated[Path, typer.Option(help=_KEY_FILE_HELP)],
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="The shard to restore it onto. Default: the least-loaded active shard of "
+            "the tenant's region.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Restore a tenant from its archive, as the same tenant (after a loss, or after it
+    was deleted), onto any shard at the archive's schema revision. Everything is
+    checked first; the tenant is reachable only once all of it is back, and a failure
+    leaves nothing behind."""
+    from meridian.backups.archive import load_operator_key
+    from meridian.backups.errors import BackupError
+    from meridian.operations import import_tenant_archive
+
+    with _one_line("tenants import", BackupError):
+        key = load_operator_key(key_file)
+
+        async def work(rt: Runtime) -> dict[str, object]:
+            return await import_tenant_archive(rt, archive, key, shard=shard)
+
+        typer.echo(json.dumps(_with_runtime("tenants import", work)))
+
+
 @projections_app.command("rebuild")
 def projections_rebuild(
     tenant: Annotated[
