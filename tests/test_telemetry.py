@@ -25,6 +25,11 @@ from meridian.app import create_app
 from meridian.settings import Settings
 from meridian.telemetry import Tracing
 from tests.fixtures.api import Tenant, instance
+from tests.fixtures.receivers import receiver
+from tests.fixtures.waiting import eventually
+from tests.fixtures.worker import running_worker
+from tests.webhooks.conftest import contact, subscribe
+from tests.webhooks.test_delivery import FAST
 
 
 @dataclass
@@ -118,8 +123,11 @@ async def test_a_request_continues_its_callers_trace_with_sql_and_redis_inside(
     assert server[0]["service"] == "meridian-api"
     systems = {s["attributes"].get("db.system") for s in ours}
     assert {"postgresql", "redis"} <= systems, [(s["name"], s["attributes"]) for s in ours]
-    # Probes are not traced.
+    # Probes are not traced, and no driver call outside a request (the rate limits'
+    # sync to Redis ten times a second, say) made a trace of its own.
     assert not [s for s in spans if "healthz" in s["name"]]
+    lone = [s["name"] for s in spans if s["kind"] == ProtoSpan.SPAN_KIND_CLIENT and not s["parent"]]
+    assert lone == []
     # Nothing of the record or of the query string left with the spans.
     for body in collector.bodies:
         assert email.encode() not in body
@@ -145,3 +153,22 @@ def test_untraced_by_default() -> None:
     assert Tracing.of(settings) is None
     app = create_app(settings)
     assert not [m for m in app.user_middleware if "OpenTelemetry" in m.cls.__name__]  # type: ignore[attr-defined]
+
+
+async def test_a_worker_job_is_a_trace_with_its_sql_inside(
+    settings: Settings, app_client: httpx.AsyncClient, tenant: Tenant, collector: Collector
+) -> None:
+    async with receiver() as rx:
+        await subscribe(app_client, tenant, rx.url, "contact.created")
+        traced = {"traces_endpoint": collector.url, **FAST}
+        async with running_worker(settings, **traced):
+            await contact(app_client, tenant)
+            await eventually(lambda: bool(rx.requests), what="the delivery")
+    spans = collector.spans()
+    jobs = [s for s in spans if s["name"] == "job webhook_deliver"]
+    assert jobs, sorted({s["name"] for s in spans})
+    assert {s["service"] for s in jobs} == {"meridian-worker"}
+    inside = [s for s in spans if s["trace"] == jobs[0]["trace"] and s is not jobs[0]]
+    assert {"postgresql"} <= {s["attributes"].get("db.system") for s in inside}
+    lone = [s["name"] for s in spans if s["kind"] == ProtoSpan.SPAN_KIND_CLIENT and not s["parent"]]
+    assert lone == []  # the relay's polling and the readers' reads start no trace

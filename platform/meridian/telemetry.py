@@ -13,16 +13,24 @@ names without their arguments, and a request's route and path without its query 
 (a filter may name an email address). The standard ``OTEL_*`` variables of the SDK
 (``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_HEADERS``, ...) apply as usual.
 
+The worker traces each job (a webhook delivery, a saga step) with the SQL and Redis
+calls it makes. A driver's call outside any span (a pool's refresh, the rate limits'
+sync ten times a second, the relay's polling) starts no trace: only requests and jobs
+begin one.
+
 The drivers are instrumented for the whole process (their classes are patched), so one
-traced app runs per process, which is how an API process runs.
+traced runtime runs per process, which is how an API or worker process runs.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -30,12 +38,20 @@ from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, Span, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
 
 from meridian import __version__
 from meridian.settings import Settings
 
+JobFunction = Callable[..., Awaitable[Any]]
 # Probes and scrapes, every few seconds on every instance: traced, they would bury the
 # requests.
 _UNTRACED = "/healthz$,/readyz$,/metrics$"
@@ -48,12 +64,19 @@ class Tracing:
     """The tracer provider of an app and the drivers' instrumentation; ``close`` sends
     what is still buffered and undoes the instrumentation."""
 
-    def __init__(self, settings: Settings, exporter: SpanExporter | None = None) -> None:
-        service = os.environ.get("OTEL_SERVICE_NAME") or "meridian-api"
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: str = "meridian-api",
+        exporter: SpanExporter | None = None,
+    ) -> None:
+        service = os.environ.get("OTEL_SERVICE_NAME") or service
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": service, "service.version": __version__}),
-            sampler=ParentBased(TraceIdRatioBased(settings.traces_sample_ratio)),
+            sampler=ParentBased(_NoLoneCalls(settings.traces_sample_ratio)),
         )
+        self.tracer = self.provider.get_tracer("meridian")
         self.provider.add_span_processor(
             BatchSpanProcessor(exporter or OTLPSpanExporter(endpoint=settings.traces_endpoint))
         )
@@ -61,24 +84,66 @@ class Tracing:
         self._redis = RedisInstrumentor()
 
     @classmethod
-    def of(cls, settings: Settings) -> Tracing | None:
-        return cls(settings) if settings.traces_endpoint else None
+    def of(cls, settings: Settings, *, service: str = "meridian-api") -> Tracing | None:
+        return cls(settings, service=service) if settings.traces_endpoint else None
 
     def instrument(self, app: FastAPI) -> None:
+        """An API process: each request a span, the drivers' calls inside it."""
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=self.provider,
             excluded_urls=_UNTRACED,
             server_request_hook=_without_query,
         )
+        self.instrument_drivers()
+
+    def instrument_drivers(self) -> None:
         # Parameters stay out: they are the records' fields.
         self._asyncpg.instrument(tracer_provider=self.provider, capture_parameters=False)
         self._redis.instrument(tracer_provider=self.provider)
+
+    def traced(self, job: JobFunction) -> JobFunction:
+        """A worker's job function whose every run is a span (named as the job; the
+        job queue knows the function by its name, which the wrapper keeps)."""
+
+        @functools.wraps(job)
+        async def run(ctx: Any, **kwargs: Any) -> Any:
+            with self.tracer.start_as_current_span(f"job {job.__name__}", kind=SpanKind.CONSUMER):
+                return await job(ctx, **kwargs)
+
+        return run
 
     def close(self) -> None:
         self._asyncpg.uninstrument()
         self._redis.uninstrument()
         self.provider.shutdown()
+
+
+class _NoLoneCalls(Sampler):
+    """The root sampler: a client span without a parent (a driver's call outside any
+    request or job) is dropped; other roots are kept at the ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if kind is SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP)
+        return self._ratio.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"NoLoneCalls{{{self._ratio.get_description()}}}"
 
 
 def _without_query(span: Span, scope: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from meridian.events.jobs import queue_for
 from meridian.health import exposition
 from meridian.runtime import Runtime
 from meridian.settings import Settings
+from meridian.telemetry import Tracing
 from meridian.web import targets
 from meridian.worker.consumers import Consumer, GroupReader
 from meridian.worker.relay import Relay
@@ -90,6 +91,7 @@ class RunningWorker:
     readers: list[GroupReader]
     jobs: Worker[Any]
     stop_event: asyncio.Event
+    tracing: Tracing | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -102,6 +104,8 @@ class RunningWorker:
         await self.context.queue.disconnect()
         await self.context.redis.aclose()
         await self.context.runtime.stop()
+        if self.tracing is not None:
+            self.tracing.close()  # sends what is still buffered
 
 
 async def start_worker(settings: Settings, *, name: str | None = None) -> RunningWorker:
@@ -120,6 +124,10 @@ async def start_worker(settings: Settings, *, name: str | None = None) -> Runnin
         return await prune_expired(runtime, default_days=settings.event_retention_days)
 
     functions: list[JobFunction] = [f for p in parts for f in p.functions]
+    tracing = Tracing.of(settings, service="meridian-worker")
+    if tracing is not None:
+        tracing.instrument_drivers()
+        functions = [tracing.traced(f) for f in functions]
     cron: list[CronJob[Any]] = [c for p in parts for c in p.cron_jobs]
     cron.append(CronJob(retention, cron="17 * * * *", unique=True))
 
@@ -154,7 +162,7 @@ async def start_worker(settings: Settings, *, name: str | None = None) -> Runnin
         for part in parts
         for consumer in part.consumers
     ]
-    running = RunningWorker(ctx, relay, readers, jobs, stop)
+    running = RunningWorker(ctx, relay, readers, jobs, stop, tracing)
     # The shards this process knows: the runtime re-reads the topology every 30 s.
     shards = lambda: sorted(runtime.engines.shards)  # noqa: E731
     running.tasks.append(
