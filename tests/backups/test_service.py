@@ -30,17 +30,13 @@ from meridian.backups.errors import (
 from meridian.backups.service import BackupDeps, export_tenant, import_tenant
 from meridian.backups.wiring import backup_deps
 from meridian.models import shard_metadata
+from tests.backups.helpers import SSN, api_view, delete, new_token, populate, post, same
 from tests.encryption.conftest import runtime_of
-from tests.fields.helpers import define
-from tests.fixtures.api import Tenant, onboard, token_for
+from tests.fixtures.api import Tenant, onboard
 from tests.fixtures.databases import TestDatabases, raw_dsn
-from tests.fixtures.users import new_user_id
 
-SSN = "AB-123-456"
 # Every shard table but the residency row, which each shard writes for itself.
 TABLES = sorted(t for t in shard_metadata.tables if t != "tenant_residency")
-LISTS = ("/v1/contacts", "/v1/accounts", "/v1/leads", "/v1/cases", "/v1/opportunities",
-         "/v1/activities", "/v1/users", "/v1/roles")  # fmt: skip
 
 
 @pytest.fixture
@@ -51,117 +47,6 @@ def key() -> OperatorKey:
 @pytest.fixture
 def deps(app_client: httpx.AsyncClient) -> BackupDeps:
     return backup_deps(runtime_of(app_client))
-
-
-async def _post(client: httpx.AsyncClient, tenant: Tenant, path: str, **body: Any) -> Any:
-    resp = await client.post(path, json=body, headers=tenant.headers)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-async def _populate(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, str]:
-    """Records of several kinds, users with a reporting line, shares, sealed built-in
-    fields and a sensitive custom field; the ids a test looks up again."""
-    # A role of the tenant's own (rules in the control plane), held by a user.
-    await _post(
-        client,
-        tenant,
-        "/v1/roles",
-        name="auditor",
-        permissions=[{"object": "contacts", "action": "read"}],
-    )
-    manager = await new_user_id(client, tenant, role="sales_manager")
-    rep = await new_user_id(client, tenant, manager_id=manager)
-    await new_user_id(client, tenant, role="auditor", manager_id=manager)
-    await define(client, tenant, "contacts", name="ssn", type="text", sensitive=True)
-    await define(client, tenant, "contacts", name="tier", type="text")
-    parent = await _post(client, tenant, "/v1/accounts", name="Parent", tax_id="98-7654321")
-    child = await _post(
-        client, tenant, "/v1/accounts", name="Child", parent_id=parent["id"], owner_id=rep
-    )
-    ada = await _post(
-        client,
-        tenant,
-        "/v1/contacts",
-        first_name="Ada",
-        last_name="Lovelace",
-        email="Ada.Lovelace@Example.com",
-        phone="+44 20 7946 0000",
-        account_id=child["id"],
-        owner_id=rep,
-        custom={"ssn": SSN, "tier": "gold"},
-    )
-    for i in range(5):
-        await _post(
-            client, tenant, "/v1/contacts", last_name=f"Contact {i}", email=f"c{i}@example.test"
-        )
-    await _post(
-        client,
-        tenant,
-        "/v1/opportunities",
-        account_id=parent["id"],
-        name="Big deal",
-        amount="1250.5",
-        currency="eur",
-        owner_id=manager,
-    )
-    await _post(client, tenant, "/v1/leads", last_name="Hopper", email="grace@cobol.example")
-    await _post(client, tenant, "/v1/cases", subject="Late", priority="high", contact_id=ada["id"])
-    await _post(
-        client,
-        tenant,
-        "/v1/activities",
-        type="call",
-        subject="Met",
-        occurred_at="2026-03-01T09:00:00+00:00",
-        contact_id=ada["id"],
-    )
-    for path in (f"/v1/contacts/{ada['id']}", f"/v1/accounts/{parent['id']}"):
-        await _post(client, tenant, f"{path}/shares", user_id=manager)
-    await _post(client, tenant, f"/v1/contacts/{ada['id']}/shares", team_id=manager)
-    return {"ada": ada["id"], "parent": parent["id"], "manager": manager, "rep": rep}
-
-
-async def _api_view(
-    client: httpx.AsyncClient, tenant: Tenant, made: dict[str, str]
-) -> dict[str, Any]:
-    """What the API answers about the tenant: every list, shares, searches."""
-    view: dict[str, Any] = {}
-    for path in LISTS:
-        resp = await client.get(path, params={"limit": "200"}, headers=tenant.headers)
-        assert resp.status_code == 200, resp.text
-        view[path] = resp.json()["data"]
-    assert view["/v1/contacts"], "nothing to compare"
-    # The policy version (the roles' ETag) is set past any an instance may hold by a
-    # restore: compared apart (_same).
-    view["policy_version"] = {r.pop("policy_version") for r in view["/v1/roles"]}
-    for path in (f"/v1/contacts/{made['ada']}", f"/v1/accounts/{made['parent']}"):
-        resp = await client.get(f"{path}/shares", headers=tenant.headers)
-        assert resp.status_code == 200, resp.text
-        view[f"{path}/shares"] = resp.json()["data"]
-    for params in (
-        {"email": "ada.lovelace@example.com"},  # blind index of a built-in field
-        {"phone": "+442079460000"},
-        {"filter": f"custom.ssn[eq]:{SSN.lower()}"},  # of a sensitive custom field
-    ):
-        resp = await client.get("/v1/contacts", params=params, headers=tenant.headers)
-        assert resp.status_code == 200, resp.text
-        view[str(params)] = [r["id"] for r in resp.json()["data"]]
-        assert view[str(params)] == [made["ada"]], params
-    resp = await client.get(
-        "/v1/leads", params={"email": "GRACE@cobol.example"}, headers=tenant.headers
-    )
-    view["lead search"] = [r["id"] for r in resp.json()["data"]]
-    assert len(view["lead search"]) == 1
-    return view
-
-
-def _same(after: dict[str, Any], before: dict[str, Any]) -> None:
-    """The restored tenant as the API answered before, but a newer policy version."""
-    (old,), (new,) = before["policy_version"], after["policy_version"]
-    assert new > old
-    rest = {k: v for k, v in after.items() if k != "policy_version"}
-    assert rest == {k: v for k, v in before.items() if k != "policy_version"}
 
 
 async def _rows(shard_url: str, tenant_id: str) -> dict[str, list[str]]:
@@ -194,19 +79,6 @@ def _shard_url(databases: TestDatabases, shard_id: str) -> str:
     return raw_dsn(databases.shards[shard_id][1])
 
 
-async def _delete(client: httpx.AsyncClient, admin: dict[str, str], tenant: Tenant) -> None:
-    resp = await client.delete(f"/admin/v1/tenants/{tenant.id}", headers=admin)
-    assert resp.status_code == 200, resp.text
-    gone = await client.get("/v1/contacts", headers=tenant.headers)
-    assert gone.status_code == 401, gone.text
-
-
-async def _new_token(client: httpx.AsyncClient, tenant: Tenant) -> Tenant:
-    """The tenant's restored client signs in again (its secret's hash came back)."""
-    tenant.token = await token_for(client, tenant.client_id, tenant.client_secret)
-    return tenant
-
-
 @pytest.mark.parametrize("onto", ["same shard", "other shard"])
 async def test_export_delete_import_gives_back_the_same_tenant(
     app_client: httpx.AsyncClient,
@@ -218,8 +90,8 @@ async def test_export_delete_import_gives_back_the_same_tenant(
     tmp_path: Path,
     onto: str,
 ) -> None:
-    made = await _populate(app_client, tenant)
-    before = await _api_view(app_client, tenant, made)
+    made = await populate(app_client, tenant)
+    before = await api_view(app_client, tenant, made)
     rows_before = await _rows(_shard_url(databases, tenant.shard_id), tenant.id)
     rules_before = await _control(
         databases,
@@ -248,15 +120,15 @@ async def test_export_delete_import_gives_back_the_same_tenant(
     ):
         assert plain not in everything, plain
 
-    await _delete(app_client, admin_headers, tenant)
+    await delete(app_client, admin_headers, tenant)
     target = tenant.shard_id if onto == "same shard" else "eu-1"
     assert target != tenant.shard_id or onto == "same shard"
     done = await import_tenant(deps, archive, key, shard=target)
     assert done["shard"] == target
     assert done["replaced_deleted_tenant"] is True
 
-    tenant = await _new_token(app_client, tenant)
-    _same(await _api_view(app_client, tenant, made), before)
+    tenant = await new_token(app_client, tenant)
+    same(await api_view(app_client, tenant, made), before)
     assert await _rows(_shard_url(databases, target), tenant.id) == rows_before
     if target != "us-1":
         # The deleted tenant's unreadable rows are gone from the shard it left.
@@ -279,7 +151,7 @@ async def test_export_delete_import_gives_back_the_same_tenant(
         == rules_before
     )
     # Writes go on: a new contact is sealed with the restored key and found by it.
-    new = await _post(app_client, tenant, "/v1/contacts", last_name="New", email="new@example.test")
+    new = await post(app_client, tenant, "/v1/contacts", last_name="New", email="new@example.test")
     found = await app_client.get(
         "/v1/contacts", params={"email": "NEW@example.test"}, headers=tenant.headers
     )
@@ -294,21 +166,21 @@ async def test_import_places_by_region_and_refuses_a_live_tenant(
     key: OperatorKey,
     tmp_path: Path,
 ) -> None:
-    made = await _populate(app_client, tenant)
+    made = await populate(app_client, tenant)
     archive = tmp_path / "t.tar.gz"
     await export_tenant(deps, tenant.id, archive, key)
     with pytest.raises(ExportRefused, match="never overwritten"):
         await export_tenant(deps, tenant.id, archive, key)
     with pytest.raises(ImportRefused, match="exists and is active"):
         await import_tenant(deps, archive, key)
-    before = await _api_view(app_client, tenant, made)
-    await _delete(app_client, admin_headers, tenant)
+    before = await api_view(app_client, tenant, made)
+    await delete(app_client, admin_headers, tenant)
     with pytest.raises(ExportRefused, match="crypto-shredded"):
         await export_tenant(deps, tenant.id, tmp_path / "again.tar.gz", key)
     done = await import_tenant(deps, archive, key)  # no --shard: the region's shard
     assert done["shard"] == "us-1"
-    tenant = await _new_token(app_client, tenant)
-    _same(await _api_view(app_client, tenant, made), before)
+    tenant = await new_token(app_client, tenant)
+    same(await api_view(app_client, tenant, made), before)
 
 
 def _tamper(archive: Path, member: str, change: Any) -> Path:
@@ -335,11 +207,11 @@ async def test_a_tampered_archive_or_a_wrong_key_is_refused_with_nothing_written
     key: OperatorKey,
     tmp_path: Path,
 ) -> None:
-    made = await _populate(app_client, tenant)
+    made = await populate(app_client, tenant)
     archive = tmp_path / "t.tar.gz"
     await export_tenant(deps, tenant.id, archive, key)
-    before = await _api_view(app_client, tenant, made)
-    await _delete(app_client, admin_headers, tenant)
+    before = await api_view(app_client, tenant, made)
+    await delete(app_client, admin_headers, tenant)
     shredded = await _rows(_shard_url(databases, "us-1"), tenant.id)
     elsewhere = await _rows(_shard_url(databases, "eu-1"), tenant.id)
 
@@ -367,8 +239,8 @@ async def test_a_tampered_archive_or_a_wrong_key_is_refused_with_nothing_written
     ] == ["deleted"]
     # And the sound archive still restores.
     await import_tenant(deps, archive, key, shard="eu-1")
-    tenant = await _new_token(app_client, tenant)
-    _same(await _api_view(app_client, tenant, made), before)
+    tenant = await new_token(app_client, tenant)
+    same(await api_view(app_client, tenant, made), before)
 
 
 def _forge(archive: Path, key: OperatorKey, member: str, change: Any) -> Path:
@@ -400,10 +272,10 @@ async def test_rows_that_differ_from_the_source_are_not_restored(
 ) -> None:
     """An archive consistent in itself whose rows are not the ones the source hashed:
     the shard's own row hashes catch it, and the shard's transaction is rolled back."""
-    await _populate(app_client, tenant)
+    await populate(app_client, tenant)
     archive = tmp_path / "t.tar.gz"
     await export_tenant(deps, tenant.id, archive, key)
-    await _delete(app_client, admin_headers, tenant)
+    await delete(app_client, admin_headers, tenant)
     forged = _forge(archive, key, "shard/contact.copy", lambda d: d.replace(b"gold", b"gilt"))
     with pytest.raises(ImportRefused, match="restored rows of contact differ"):
         await import_tenant(deps, forged, key, shard="eu-1")
@@ -421,11 +293,11 @@ async def test_a_failure_in_the_control_plane_leaves_nothing_on_the_shard(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    made = await _populate(app_client, tenant)
+    made = await populate(app_client, tenant)
     archive = tmp_path / "t.tar.gz"
     await export_tenant(deps, tenant.id, archive, key)
-    before = await _api_view(app_client, tenant, made)
-    await _delete(app_client, admin_headers, tenant)
+    before = await api_view(app_client, tenant, made)
+    await delete(app_client, admin_headers, tenant)
 
     async def fails(*args: object) -> None:
         raise RuntimeError("the KMS is down")
@@ -443,8 +315,8 @@ async def test_a_failure_in_the_control_plane_leaves_nothing_on_the_shard(
     assert [tuple(r) for r in still] == [("deleted", "us-1")]
     monkeypatch.undo()
     await import_tenant(deps, archive, key, shard="eu-1")
-    tenant = await _new_token(app_client, tenant)
-    _same(await _api_view(app_client, tenant, made), before)
+    tenant = await new_token(app_client, tenant)
+    same(await api_view(app_client, tenant, made), before)
 
 
 async def test_an_archive_restores_where_the_tenant_never_existed_and_not_over_a_slug(
@@ -458,11 +330,11 @@ async def test_an_archive_restores_where_the_tenant_never_existed_and_not_over_a
 ) -> None:
     """A lost tenant: its control rows gone too (a control plane restored from before
     it existed). Its slug taken meanwhile by another tenant is refused."""
-    made = await _populate(app_client, tenant)
+    made = await populate(app_client, tenant)
     archive = tmp_path / "t.tar.gz"
     await export_tenant(deps, tenant.id, archive, key)
-    before = await _api_view(app_client, tenant, made)
-    await _delete(app_client, admin_headers, tenant)
+    before = await api_view(app_client, tenant, made)
+    await delete(app_client, admin_headers, tenant)
     tid = uuid.UUID(tenant.id)
     conn = await asyncpg.connect(_shard_url(databases, tenant.shard_id))
     try:
@@ -475,14 +347,14 @@ async def test_an_archive_restores_where_the_tenant_never_existed_and_not_over_a
     squatter = await onboard(app_client, admin_headers, slug=tenant.slug)
     with pytest.raises(ImportRefused, match="belongs to another tenant"):
         await import_tenant(deps, archive, key)
-    await _delete(app_client, admin_headers, squatter)
+    await delete(app_client, admin_headers, squatter)
     await _control(databases, "UPDATE tenant SET slug = $2 WHERE id = $1",
                    uuid.UUID(squatter.id), f"gone-{uuid.uuid4().hex[:8]}")  # fmt: skip
     done = await import_tenant(deps, archive, key)
     assert done["replaced_deleted_tenant"] is False
     assert done["epoch"] == 2
-    tenant = await _new_token(app_client, tenant)
-    _same(await _api_view(app_client, tenant, made), before)
+    tenant = await new_token(app_client, tenant)
+    same(await api_view(app_client, tenant, made), before)
 
 
 def test_operator_keys_are_read_raw_or_base64(tmp_path: Path) -> None:

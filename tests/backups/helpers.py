@@ -1,0 +1,140 @@
+"""What the tenant archive tests share: a tenant with something of everything made
+through the API, what the API answers about it, and deleting it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.fields.helpers import define
+from tests.fixtures.api import Tenant, token_for
+from tests.fixtures.users import new_user_id
+
+SSN = "AB-123-456"
+LISTS = ("/v1/contacts", "/v1/accounts", "/v1/leads", "/v1/cases", "/v1/opportunities",
+         "/v1/activities", "/v1/users", "/v1/roles")  # fmt: skip
+
+
+async def post(client: httpx.AsyncClient, tenant: Tenant, path: str, **body: Any) -> Any:
+    resp = await client.post(path, json=body, headers=tenant.headers)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+async def populate(client: httpx.AsyncClient, tenant: Tenant) -> dict[str, str]:
+    """Records of several kinds, users with a reporting line, shares, sealed built-in
+    fields and a sensitive custom field; the ids a test looks up again."""
+    # A role of the tenant's own (rules in the control plane), held by a user.
+    await post(
+        client,
+        tenant,
+        "/v1/roles",
+        name="auditor",
+        permissions=[{"object": "contacts", "action": "read"}],
+    )
+    manager = await new_user_id(client, tenant, role="sales_manager")
+    rep = await new_user_id(client, tenant, manager_id=manager)
+    await new_user_id(client, tenant, role="auditor", manager_id=manager)
+    await define(client, tenant, "contacts", name="ssn", type="text", sensitive=True)
+    await define(client, tenant, "contacts", name="tier", type="text")
+    parent = await post(client, tenant, "/v1/accounts", name="Parent", tax_id="98-7654321")
+    child = await post(
+        client, tenant, "/v1/accounts", name="Child", parent_id=parent["id"], owner_id=rep
+    )
+    ada = await post(
+        client,
+        tenant,
+        "/v1/contacts",
+        first_name="Ada",
+        last_name="Lovelace",
+        email="Ada.Lovelace@Example.com",
+        phone="+44 20 7946 0000",
+        account_id=child["id"],
+        owner_id=rep,
+        custom={"ssn": SSN, "tier": "gold"},
+    )
+    for i in range(5):
+        await post(
+            client, tenant, "/v1/contacts", last_name=f"Contact {i}", email=f"c{i}@example.test"
+        )
+    await post(
+        client,
+        tenant,
+        "/v1/opportunities",
+        account_id=parent["id"],
+        name="Big deal",
+        amount="1250.5",
+        currency="eur",
+        owner_id=manager,
+    )
+    await post(client, tenant, "/v1/leads", last_name="Hopper", email="grace@cobol.example")
+    await post(client, tenant, "/v1/cases", subject="Late", priority="high", contact_id=ada["id"])
+    await post(
+        client,
+        tenant,
+        "/v1/activities",
+        type="call",
+        subject="Met",
+        occurred_at="2026-03-01T09:00:00+00:00",
+        contact_id=ada["id"],
+    )
+    for path in (f"/v1/contacts/{ada['id']}", f"/v1/accounts/{parent['id']}"):
+        await post(client, tenant, f"{path}/shares", user_id=manager)
+    await post(client, tenant, f"/v1/contacts/{ada['id']}/shares", team_id=manager)
+    return {"ada": ada["id"], "parent": parent["id"], "manager": manager, "rep": rep}
+
+
+async def api_view(
+    client: httpx.AsyncClient, tenant: Tenant, made: dict[str, str]
+) -> dict[str, Any]:
+    """What the API answers about the tenant: every list, shares, searches."""
+    view: dict[str, Any] = {}
+    for path in LISTS:
+        resp = await client.get(path, params={"limit": "200"}, headers=tenant.headers)
+        assert resp.status_code == 200, resp.text
+        view[path] = resp.json()["data"]
+    assert view["/v1/contacts"], "nothing to compare"
+    # The policy version (the roles' ETag) is set past any an instance may hold by a
+    # restore: compared apart (same).
+    view["policy_version"] = {r.pop("policy_version") for r in view["/v1/roles"]}
+    for path in (f"/v1/contacts/{made['ada']}", f"/v1/accounts/{made['parent']}"):
+        resp = await client.get(f"{path}/shares", headers=tenant.headers)
+        assert resp.status_code == 200, resp.text
+        view[f"{path}/shares"] = resp.json()["data"]
+    for params in (
+        {"email": "ada.lovelace@example.com"},  # blind index of a built-in field
+        {"phone": "+442079460000"},
+        {"filter": f"custom.ssn[eq]:{SSN.lower()}"},  # of a sensitive custom field
+    ):
+        resp = await client.get("/v1/contacts", params=params, headers=tenant.headers)
+        assert resp.status_code == 200, resp.text
+        view[str(params)] = [r["id"] for r in resp.json()["data"]]
+        assert view[str(params)] == [made["ada"]], params
+    resp = await client.get(
+        "/v1/leads", params={"email": "GRACE@cobol.example"}, headers=tenant.headers
+    )
+    view["lead search"] = [r["id"] for r in resp.json()["data"]]
+    assert len(view["lead search"]) == 1
+    return view
+
+
+def same(after: dict[str, Any], before: dict[str, Any]) -> None:
+    """The restored tenant as the API answered before, but a newer policy version."""
+    (old,), (new,) = before["policy_version"], after["policy_version"]
+    assert new > old
+    rest = {k: v for k, v in after.items() if k != "policy_version"}
+    assert rest == {k: v for k, v in before.items() if k != "policy_version"}
+
+
+async def delete(client: httpx.AsyncClient, admin: dict[str, str], tenant: Tenant) -> None:
+    resp = await client.delete(f"/admin/v1/tenants/{tenant.id}", headers=admin)
+    assert resp.status_code == 200, resp.text
+    gone = await client.get("/v1/contacts", headers=tenant.headers)
+    assert gone.status_code == 401, gone.text
+
+
+async def new_token(client: httpx.AsyncClient, tenant: Tenant) -> Tenant:
+    """The tenant's restored client signs in again (its secret's hash came back)."""
+    tenant.token = await token_for(client, tenant.client_id, tenant.client_secret)
+    return tenant
