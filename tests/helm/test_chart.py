@@ -21,6 +21,8 @@ import yaml
 from jsonschema import Draft7Validator
 
 from meridian.settings import Settings
+from tests.deploy.dockerfile import stages, user_ids
+from tests.helm.promql import FAMILIES, contract_problems, family_of, used_series
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "meridian"
@@ -108,9 +110,32 @@ def _delete(values: dict[str, Any], path: str) -> None:
         ("set", "worker.terminationGracePeriodSeconds", -5),
         ("set", "worker.podLabels", {"tier": 1}),
         ("set", "worker.extraEnv", [{"value": "no name"}]),
-        # The worker has no port and no probes to configure.
+        # The worker has no probes, and its one port is worker.metrics.port.
         ("set", "worker.livenessProbe", {"periodSeconds": 10}),
         ("set", "worker.port", 8080),
+        ("set", "worker.metrics.port", 80),
+        ("set", "worker.metrics.port", "9101"),
+        ("delete", "worker.metrics.port", None),
+        ("set", "worker.metrics.path", "/metrics"),
+        ("delete", "metrics", None),
+        ("set", "metrics.unknown", {}),
+        ("set", "metrics.grafanaDashboard.enabled", "yes"),
+        ("set", "metrics.grafanaDashboard.labels", {"grafana_dashboard": 1}),
+        ("set", "metrics.grafanaDashboard.namespace", "Monitoring"),
+        ("set", "metrics.prometheusRule.enabled", 1),
+        ("set", "metrics.prometheusRule.apiSelector", '{job="meridian"}'),
+        ("set", "metrics.prometheusRule.alerts.newAlert", {"enabled": True}),
+        ("delete", "metrics.prometheusRule.alerts.shardDown", None),
+        ("set", "metrics.prometheusRule.alerts.highErrorRate.ratio", 5),
+        ("set", "metrics.prometheusRule.alerts.highErrorRate.ratio", 0),
+        ("set", "metrics.prometheusRule.alerts.highErrorRate.window", "five minutes"),
+        ("delete", "metrics.prometheusRule.alerts.highLatency.p99Seconds", None),
+        ("set", "metrics.prometheusRule.alerts.highLatency.p99Seconds", "1s"),
+        ("set", "metrics.prometheusRule.alerts.shardDown.for", 120),
+        ("set", "metrics.prometheusRule.alerts.moveLag.bytes", "64Mi"),
+        ("set", "metrics.prometheusRule.alerts.webhookDeadLetters.count", -1),
+        ("set", "metrics.prometheusRule.alerts.webhookDeadLetters.severity", "Page Me"),
+        ("set", "metrics.prometheusRule.alerts.webhookDeadLetters.expr", "up == 0"),
     ],
 )
 def test_schema_rejects_bad_values(change: str, path: str, value: Any) -> None:
@@ -137,6 +162,11 @@ def test_schema_rejects_bad_values(change: str, path: str, value: Any) -> None:
         ("config.directoryTtl", None),
         ("extraConfig", {"MERIDIAN_SOMETHING_NEW": "1"}),
         ("secrets.env", [{"name": "MERIDIAN_KEK", "key": "kek", "secretName": "kms"}]),
+        ("worker.metrics", {"enabled": False, "port": 9101}),
+        ("metrics.grafanaDashboard", {"enabled": True, "namespace": "monitoring"}),
+        ("metrics.prometheusRule.alerts.shardDown.enabled", False),
+        ("metrics.prometheusRule.alerts.moveLag.bytes", 1 << 30),
+        ("metrics.prometheusRule.apiSelector", 'namespace="crm",app="meridian"'),
     ],
 )
 def test_schema_accepts_other_good_values(path: str, value: Any) -> None:
@@ -177,6 +207,10 @@ def test_chart_files_exist() -> None:
         "templates/configmap.yaml",
         "templates/migration-job.yaml",
         "templates/servicemonitor.yaml",
+        "templates/worker-service.yaml",
+        "templates/grafana-dashboard.yaml",
+        "templates/prometheusrule.yaml",
+        "dashboards/meridian.json",
     ]:
         assert (CHART / name).is_file(), name
 
@@ -225,6 +259,11 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
+    return found
+
+
 def deployment(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
     """The one Deployment of a component (api or worker)."""
     (found,) = [
@@ -259,6 +298,7 @@ def test_default_render_has_the_expected_objects(helm: str) -> None:
         "HorizontalPodAutoscaler",
         "Job",
         "PodDisruptionBudget",
+        "Service",
         "Service",
         "ServiceAccount",
     ]
@@ -326,9 +366,11 @@ def test_optional_objects_follow_their_switches(helm: str) -> None:
     kinds = {d["kind"] for d in docs}
     assert "ServiceMonitor" in kinds
     assert not kinds & {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Job"}
-    (monitor,) = by_kind(docs, "ServiceMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    monitors = by_kind(docs, "ServiceMonitor")
+    assert [m["metadata"]["name"] for m in monitors] == ["rel-meridian", "rel-meridian-worker"]
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert deployment(docs, "api")["spec"]["replicas"] == 4
     assert deployment(docs, "worker")["spec"]["replicas"] == 1
 
@@ -341,14 +383,19 @@ def test_worker_deployment_runs_meridian_worker_like_the_api(helm: str) -> None:
     (api_container,) = api_pod["containers"]
     (container,) = pod["containers"]
     assert [*container["command"], *container["args"]] == ["meridian", "worker"]
-    # The API's settings from the API's sources: the ConfigMap, the same Secret refs.
+    # The API's settings from the API's sources: the ConfigMap, the same Secret refs;
+    # beside them only the port of its own /metrics.
     assert container["envFrom"] == api_container["envFrom"]
-    assert container["env"] == api_container["env"]
+    worker_only = {"name": "MERIDIAN_WORKER_METRICS_PORT", "value": "9101"}
+    assert worker_only in container["env"]
+    assert [v for v in container["env"] if v != worker_only] == api_container["env"]
     assert container["image"] == api_container["image"]
     assert pod["serviceAccountName"] == api_pod["serviceAccountName"]
     assert pod["automountServiceAccountToken"] is False
-    # It serves no HTTP: nothing to expose and nothing for a probe to call.
-    assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+    # Its one port is /metrics; no probe (an answering metrics port says nothing of
+    # whether it gets its work done).
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9101, "protocol": "TCP"}]
+    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container)
     assert pod["securityContext"] == api_pod["securityContext"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -435,9 +482,9 @@ def test_api_selectors_never_select_worker_or_migration_pods(helm: str) -> None:
     }
     for component, labels in components.items():
         assert labels["app.kubernetes.io/component"] == component
-    (service,) = by_kind(docs, "Service")
+    service = named(docs, "Service", "rel-meridian")
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
-    (monitor,) = by_kind(docs, "ServiceMonitor")
+    monitor = named(docs, "ServiceMonitor", "rel-meridian")
     api_selectors = {
         "Deployment": api["spec"]["selector"]["matchLabels"],
         "Service": service["spec"]["selector"],
@@ -535,11 +582,13 @@ def test_rendered_environment_configures_meridian(
     ]
     # The API gets neither owner DSN.
     assert api.control_admin_dsn is None
-    # The worker gets exactly the API's settings.
+    # The worker gets exactly the API's settings, and the port of its /metrics.
     worker_container = deployment(docs, "worker")["spec"]["template"]["spec"]["containers"][0]
     worker_env = _kubelet_env(worker_container, config, SECRETS)
-    assert worker_env == api_env
-    assert _settings_from(worker_env, monkeypatch) == api
+    worker = _settings_from(worker_env, monkeypatch)
+    assert worker.worker_metrics_port == 9101
+    assert api.worker_metrics_port is None
+    assert worker == api.model_copy(update={"worker_metrics_port": 9101})
 
     (job,) = by_kind(docs, "Job")
     job_env = _kubelet_env(job["spec"]["template"]["spec"]["containers"][0], config, SECRETS)
@@ -626,3 +675,268 @@ def test_the_documented_citus_shard_is_valid_and_reaches_the_settings(
         ("us-1", None, secrets["meridian-secrets/shard-us-1-admin-dsn"]),
         ("us-citus-1", "citus", secrets["citus-owner/shard-us-citus-1-admin-dsn"]),
     ]
+
+
+# -- the image, the pods' user, metrics ------------------------------------------------
+
+
+def containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every container of the API, the worker and the migration Job, by name."""
+    workloads = [*by_kind(docs, "Deployment"), *by_kind(docs, "Job")]
+    return {c["name"]: c for w in workloads for c in w["spec"]["template"]["spec"]["containers"]}
+
+
+def env_names(container: dict[str, Any]) -> list[str]:
+    return [v["name"] for v in container.get("env", [])]
+
+
+def test_the_image_is_the_dockerfile_s_at_the_app_version(helm: str) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    found = {c["image"] for c in containers(render(helm)).values()}
+    assert found == {f"ghcr.io/meridian/meridian:{chart['appVersion']}"}
+    tagged = {c["image"] for c in containers(render(helm, "image.tag=1.2.3")).values()}
+    assert tagged == {"ghcr.io/meridian/meridian:1.2.3"}
+
+
+def test_every_pod_runs_as_the_image_s_non_root_user(helm: str) -> None:
+    uid, gid = user_ids(stages()[1][-1])
+    docs = render(helm)
+    workloads = [*by_kind(docs, "Deployment"), *by_kind(docs, "Job")]
+    assert len(workloads) == 3
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (uid, gid, gid)
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_several_api_workers_share_a_metrics_folder_on_the_tmp_volume(helm: str) -> None:
+    single = containers(render(helm))
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env_names(single["api"])
+    docs = render(helm, "api.workers=4")
+    api = deployment(docs, "api")
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    (folder,) = [v["value"] for v in container["env"] if v["name"] == "PROMETHEUS_MULTIPROC_DIR"]
+    assert folder == "/tmp/metrics"
+    # On a writable volume (the root filesystem is read-only): the emptyDir at /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+    mount = max((p for p in mounts if folder.startswith(p.rstrip("/") + "/")), key=len)
+    assert "emptyDir" in volumes[mounts[mount]]
+    # Only the API's processes share it.
+    others = containers(docs)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env_names(others["worker"])
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env_names(others["migrate"])
+
+
+def test_worker_metrics_service_and_monitor(helm: str) -> None:
+    docs = render(helm, "serviceMonitor.enabled=true", "worker.metrics.port=9200")
+    worker = deployment(docs, "worker")
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert {"name": "MERIDIAN_WORKER_METRICS_PORT", "value": "9200"} in container["env"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9200, "protocol": "TCP"}]
+    service = named(docs, "Service", "rel-meridian-worker")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9200, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert selects(service["spec"]["selector"], pod_labels(worker))
+    assert not selects(service["spec"]["selector"], pod_labels(deployment(docs, "api")))
+    monitor = named(docs, "ServiceMonitor", "rel-meridian-worker")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    api_service = named(docs, "Service", "rel-meridian")
+    assert not selects(
+        monitor["spec"]["selector"]["matchLabels"], api_service["metadata"]["labels"]
+    )
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    # Off: no port, no setting, nothing to scrape, no alert on what it would count.
+    off = render(
+        helm, "serviceMonitor.enabled=true", "worker.metrics.enabled=false",
+        "metrics.prometheusRule.enabled=true",
+    )  # fmt: skip
+    (container,) = deployment(off, "worker")["spec"]["template"]["spec"]["containers"]
+    assert "ports" not in container
+    assert "MERIDIAN_WORKER_METRICS_PORT" not in env_names(container)
+    assert [s["metadata"]["name"] for s in by_kind(off, "Service")] == ["rel-meridian"]
+    assert [m["metadata"]["name"] for m in by_kind(off, "ServiceMonitor")] == ["rel-meridian"]
+    assert "MeridianWebhookDeadLetters" not in alerts(off)
+
+
+def test_every_rendered_meridian_variable_is_a_setting(helm: str) -> None:
+    """With every optional part on, every MERIDIAN_* variable a container gets (the
+    ConfigMap's and its own) is a Settings field, but for the chart's shard DSN
+    variables, which MERIDIAN_SHARDS refers to."""
+    docs = render(
+        helm, "api.workers=2", "serviceMonitor.enabled=true",
+        "metrics.grafanaDashboard.enabled=true", "metrics.prometheusRule.enabled=true",
+    )  # fmt: skip
+    fields = {f"MERIDIAN_{f.upper()}" for f in Settings.model_fields}
+    (config_map,) = [
+        c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config")
+    ]
+    names = set(config_map["data"])
+    for container in containers(docs).values():
+        names |= {n for n in env_names(container) if n.startswith("MERIDIAN_")}
+    internal = {n for n in names if re.fullmatch(r"MERIDIAN_SHARD_\d+_(ADMIN_)?DSN", n)}
+    assert internal
+    assert names - internal - fields == set()
+
+
+# -- the Grafana dashboard and the alerts ------------------------------------------------
+
+
+def dashboard(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    config_map = named(docs, "ConfigMap", "rel-meridian-dashboard")
+    (text,) = config_map["data"].values()
+    parsed: dict[str, Any] = json.loads(text)
+    return parsed
+
+
+def panel_exprs(board: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+
+
+def alerts(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    rules = by_kind(docs, "PrometheusRule")
+    return {r["alert"]: r for rule in rules for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def test_the_contract_check_catches_drift() -> None:
+    assert contract_problems('sum(rate(meridian_http_requests_total{status=~"5.."}[5m]))') == []
+    assert contract_problems("sum(rate(meridian_http_request_total[5m]))")
+    assert contract_problems("up == 0")
+    assert contract_problems('meridian_shard_up{region="us"}')
+    assert contract_problems("max by (region) (meridian_shard_up)")
+    assert contract_problems("rate(meridian_http_request_duration_seconds[5m])")
+    assert contract_problems('rate(meridian_tenant_requests_total{tenant="a"}[5m])') == []
+
+
+def test_the_dashboard_is_off_by_default_and_a_labelled_config_map_when_on(helm: str) -> None:
+    assert not any(c["metadata"]["name"].endswith("-dashboard") for c in render(helm))
+    docs = render(
+        helm, "metrics.grafanaDashboard.enabled=true",
+        "metrics.grafanaDashboard.namespace=monitoring",
+        "metrics.grafanaDashboard.annotations.grafana_folder=Meridian",
+    )  # fmt: skip
+    config_map = named(docs, "ConfigMap", "rel-meridian-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Meridian"}
+    board = dashboard(docs)
+    assert board["title"] == "Meridian"
+    assert board["uid"]
+    # The same JSON as the chart's file, byte for byte but for the final newline.
+    assert json.loads((CHART / "dashboards" / "meridian.json").read_text()) == board
+
+
+def test_the_dashboard_uses_only_contract_metrics_and_all_of_them(helm: str) -> None:
+    board = dashboard(render(helm, "metrics.grafanaDashboard.enabled=true"))
+    exprs = panel_exprs(board)
+    assert len(exprs) >= 10
+    problems = {e: contract_problems(e) for e in exprs if contract_problems(e)}
+    assert problems == {}
+    used = {family_of(s) for e in exprs for s in used_series(e)}
+    assert used == FAMILIES
+    # The variables every query filters by exist.
+    variables = {v["name"] for v in board["templating"]["list"]}
+    for expr in exprs:
+        assert set(re.findall(r"\$(\w+)", expr)) - {"__rate_interval"} <= variables, expr
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+ALERTS = {
+    "MeridianHighErrorRate",
+    "MeridianHighLatencyP99",
+    "MeridianShardDown",
+    "MeridianTenantMoveLagging",
+    "MeridianWebhookDeadLetters",
+}
+
+
+def test_alerts_are_off_by_default_and_name_only_contract_metrics(helm: str) -> None:
+    assert by_kind(render(helm), "PrometheusRule") == []
+    docs = render(helm, "metrics.prometheusRule.enabled=true")
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    found = alerts(docs)
+    assert set(found) == ALERTS
+    for name, alert in found.items():
+        assert contract_problems(alert["expr"]) == [], name
+        assert alert["labels"]["severity"] in {"critical", "warning"}, name
+        assert alert["annotations"]["summary"], name
+    assert found["MeridianShardDown"]["labels"]["severity"] == "critical"
+    families = {name: {family_of(s) for s in used_series(a["expr"])} for name, a in found.items()}
+    assert families == {
+        "MeridianHighErrorRate": {"meridian_http_requests_total"},
+        "MeridianHighLatencyP99": {"meridian_http_request_duration_seconds"},
+        "MeridianShardDown": {"meridian_shard_up"},
+        "MeridianTenantMoveLagging": {"meridian_tenant_move_lag_bytes"},
+        "MeridianWebhookDeadLetters": {"meridian_webhook_dead_letters_total"},
+    }
+
+
+def test_alerts_select_the_series_the_service_monitors_scrape(helm: str) -> None:
+    docs = render(helm, "metrics.prometheusRule.enabled=true", "serviceMonitor.enabled=true")
+    found = alerts(docs)
+    # Prometheus names a ServiceMonitor target's job after its Service.
+    api_job = named(docs, "Service", "rel-meridian")["metadata"]["name"]
+    worker_job = named(docs, "Service", "rel-meridian-worker")["metadata"]["name"]
+    for name in ALERTS - {"MeridianWebhookDeadLetters"}:
+        assert f'namespace="crm", job="{api_job}"' in found[name]["expr"], name
+    assert f'job="{worker_job}"' in found["MeridianWebhookDeadLetters"]["expr"]
+    custom = alerts(
+        render(
+            helm, "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.apiSelector=service=\"crm-api\"",
+            "metrics.prometheusRule.workerSelector=service=\"crm-worker\"",
+        )
+    )  # fmt: skip
+    assert 'meridian_shard_up{service="crm-api"}' in custom["MeridianShardDown"]["expr"]
+    assert '{service="crm-worker"}' in custom["MeridianWebhookDeadLetters"]["expr"]
+    for name, alert in custom.items():
+        assert contract_problems(alert["expr"]) == [], name
+
+
+THRESHOLDS = """
+metrics:
+  prometheusRule:
+    enabled: true
+    labels: {release: kube-prometheus-stack}
+    alerts:
+      highErrorRate: {enabled: true, ratio: 0.02, window: 10m, for: 3m, severity: warning}
+      highLatency: {enabled: true, p99Seconds: 0.75, window: 15m, for: 20m, severity: warning}
+      shardDown: {enabled: false, for: 1m, severity: critical}
+      moveLag: {enabled: true, bytes: 1073741824, for: 30m, severity: critical}
+      webhookDeadLetters: {enabled: true, count: 0, window: 6h, severity: info}
+"""
+
+
+def test_alert_thresholds_come_from_the_values(helm: str, tmp_path: Path) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(THRESHOLDS)
+    docs = render(helm, values_file=values_file)
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    found = alerts(docs)
+    assert set(found) == ALERTS - {"MeridianShardDown"}
+    errors = found["MeridianHighErrorRate"]
+    assert errors["expr"].rstrip().endswith("> 0.02")
+    assert "[10m]" in errors["expr"]
+    assert (errors["for"], errors["labels"]["severity"]) == ("3m", "warning")
+    latency = found["MeridianHighLatencyP99"]
+    assert latency["expr"].rstrip().endswith("> 0.75")
+    assert "histogram_quantile(0.99," in latency["expr"]
+    assert "[15m]" in latency["expr"]
+    assert latency["for"] == "20m"
+    lag = found["MeridianTenantMoveLagging"]
+    # Printed as written, not as 1.073741824e+09.
+    assert lag["expr"].rstrip().endswith("> 1073741824")
+    assert (lag["for"], lag["labels"]["severity"]) == ("30m", "critical")
+    dead = found["MeridianWebhookDeadLetters"]
+    assert dead["expr"].rstrip().endswith("[6h])) > 0")
+    assert dead["labels"]["severity"] == "info"

@@ -163,3 +163,15 @@ owner DSNs and neither the control plane's app DSN nor Redis, which migrations d
 - name: PYTHONUNBUFFERED
   value: "1"
 {{- end }}
+
+{{/*
+PromQL label matchers of the API's series and of the worker's: the values', else those
+the chart's ServiceMonitors give them (Prometheus names a target's job after its Service).
+*/}}
+{{- define "meridian.apiSeries" -}}
+{{- .Values.metrics.prometheusRule.apiSelector | default (printf "namespace=%q, job=%q" .Release.Namespace (include "meridian.fullname" .)) }}
+{{- end }}
+
+{{- define "meridian.workerSeries" -}}
+{{- .Values.metrics.prometheusRule.workerSelector | default (printf "namespace=%q, job=%q" .Release.Namespace (printf "%s-worker" (include "meridian.fullname" .))) }}
+{{- end }}
