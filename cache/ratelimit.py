@@ -110,6 +110,13 @@ class Verdict:
         return None if self.allowed else next(s for s in self.states if s.wait > 0)
 
 
+def _state(q: Quota, tat: int, now: int) -> QuotaState:
+    """The quota ``q`` with its TAT at ``tat``, seen at ``now`` (ticks)."""
+    wait = max(0, tat + q.interval - q.span - now)
+    remaining = max(0, (q.span - (tat - now)) // q.interval)
+    return QuotaState(q, remaining, (tat - now) / TICKS, wait / TICKS)
+
+
 class _Key:
     """This process's view of one quota key: the TAT (the shared one as last synced,
     plus what this process let through since) and the requests not yet added to it."""
@@ -167,10 +174,37 @@ class RateLimiter:
                 k.tat = tat
                 k.pending += 1
                 self._dirty.add(q.key)
-            wait = max(0, tat + q.interval - q.span - now)
-            remaining = max(0, (q.span - (tat - now)) // q.interval)
-            states.append(QuotaState(q, remaining, (tat - now) / TICKS, wait / TICKS))
+            states.append(_state(q, tat, now))
         return Verdict(allowed, tuple(states))
+
+    async def standing(self, quotas: Sequence[Quota]) -> tuple[QuotaState, ...]:
+        """Where each quota stands now, nothing taken: the later of this process's TAT
+        and the shared one in Redis (every instance's requests up to its last sync).
+        Without Redis, this process's view alone."""
+        now = int(self._clock() * TICKS)
+        shared = await self._shared([q.key for q in quotas])
+        states = []
+        for q, theirs in zip(quotas, shared, strict=True):
+            k = self._keys.get(q.key)
+            states.append(_state(q, max(now, theirs, k.tat if k is not None else 0), now))
+        return tuple(states)
+
+    async def _shared(self, keys: list[str]) -> list[int]:
+        none = [0] * len(keys)
+        if self._redis is None or not keys or not self.breaker.allow():
+            return none
+        try:
+            async with asyncio.timeout(self._timeout):
+                # One tenant's keys share a hash tag: one node of a Redis Cluster.
+                found = await self._redis.mget(keys)
+        except TimeoutError:
+            self.breaker.timed_out()
+            return none
+        except (RedisError, OSError):
+            self.breaker.failure()
+            return none
+        self.breaker.success()
+        return [int(float(v)) if v is not None else 0 for v in found]
 
     def _key(self, quota: Quota) -> _Key:
         # A key names its quota's size (the callers put it there), so a key's quota

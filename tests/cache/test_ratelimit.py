@@ -123,6 +123,43 @@ async def test_instances_share_their_counts_through_redis(
     assert not b.hit(_quotas(b, t0, "user:1", 100, 10)).allowed
 
 
+async def test_standing_tells_the_fleets_count_and_takes_nothing(
+    redis_factory: Callable[[], AnyRedis],
+) -> None:
+    clock = Clock()
+    namespace = f"t{uuid.uuid4().hex[:6]}"
+    a = RateLimiter(redis_factory(), namespace=namespace, op_timeout=SLOW_OK, clock=clock)
+    viewer = RateLimiter(redis_factory(), namespace=namespace, op_timeout=SLOW_OK, clock=clock)
+    tenant = uuid.uuid4().hex
+    quotas = _quotas(a, tenant, "user:1", 100, 10)
+    for _ in range(4):
+        assert a.hit(quotas).allowed
+    # Not shared yet: an instance that saw none of them knows of none.
+    assert [s.remaining for s in await viewer.standing(quotas)] == [100, 10]
+    assert await a.sync()
+    for _ in range(2):  # asked again: nothing was taken
+        assert [s.remaining for s in await viewer.standing(quotas)] == [96, 6]
+    states = await a.standing(quotas)
+    assert [s.remaining for s in states] == [96, 6]
+    assert states[1].reset == 24.0  # four requests at one per 6 s
+    assert a.hit(quotas).states[1].remaining == 5
+    # A quota nobody used is whole.
+    unused = _quotas(a, uuid.uuid4().hex, "user:1", 100, 10)
+    assert [s.remaining for s in await viewer.standing(unused)] == [100, 10]
+
+
+async def test_standing_without_redis_is_this_process_view() -> None:
+    clock = Clock()
+    down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    limiter = RateLimiter(
+        down, breaker=CircuitBreaker(failure_threshold=1, cooldown=60.0), clock=clock
+    )
+    quotas = _quotas(limiter, uuid.uuid4().hex, "user:1", 100, 10)
+    assert limiter.hit(quotas).allowed
+    assert [s.remaining for s in await limiter.standing(quotas)] == [99, 9]
+    assert limiter.breaker.is_open
+
+
 async def test_redis_down_each_process_counts_alone_never_an_error() -> None:
     clock = Clock()
     down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)

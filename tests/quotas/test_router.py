@@ -5,6 +5,8 @@ upload), each set per tenant by a platform admin; another tenant is not touched.
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 
 from tests.crud.test_batch import send
@@ -86,6 +88,59 @@ async def test_calls_per_day_and_what_every_role_sees(
     problem = assert_problem(spent, 429, "rate-limited")
     assert (problem["quota"], problem["limit"]) == ("day", 4)
     assert int(spent.headers["retry-after"]) > 3600  # a rolling day: 6 hours a call
+
+
+async def test_platform_admins_see_a_tenants_quotas_and_use(
+    app_client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    tenant: Tenant,
+    other_tenant: Tenant,
+) -> None:
+    # Six a minute: a request comes back only every 10 s, so the counts hold still.
+    await _limit(
+        app_client,
+        admin_headers,
+        tenant,
+        tenant_per_minute=6,
+        calls_per_day=1000,
+        records_per_object=7,
+    )
+    for name in ("A", "B"):
+        made = await app_client.post("/v1/accounts", json={"name": name}, headers=tenant.headers)
+        assert made.status_code == 201, made.text
+    reader = await role_headers(app_client, tenant, "read_only", scope="crm:read")
+    assert (await app_client.get("/v1/contacts", headers=reader)).status_code == 200
+    own = await _quotas(app_client, tenant.headers)  # the tenant's fourth call today
+    resp = await app_client.get(f"/admin/v1/tenants/{tenant.id}/quotas", headers=admin_headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["plan"] == "standard"  # onboarding's default
+    shown = {q["name"]: q for q in resp.json()["data"]}
+    # Every caller's requests (a client's, a user's), none taken by looking.
+    assert (shown["calls_per_day"]["limit"], shown["calls_per_day"]["used"]) == (1000, 4)
+    assert shown["tenant_per_minute"]["used"] == 4
+    assert "caller_per_minute" not in shown  # each caller's own: the tenant's view
+    assert (
+        shown["records_per_object.account"]["limit"],
+        shown["records_per_object.account"]["used"],
+    ) == (7, 2)
+    assert shown["stored_bytes"]["used"] == 0
+    assert {k: v for k, v in own.items() if k.startswith("records")} == {
+        k: v for k, v in shown.items() if k.startswith("records")
+    }
+    again = await app_client.get(f"/admin/v1/tenants/{tenant.id}/quotas", headers=admin_headers)
+    assert {q["name"]: q["used"] for q in again.json()["data"]}["calls_per_day"] == 4
+    # The other tenant's are its own.
+    other = await app_client.get(
+        f"/admin/v1/tenants/{other_tenant.id}/quotas", headers=admin_headers
+    )
+    assert {q["name"]: q["used"] for q in other.json()["data"]}["records_per_object.account"] == 0
+    # Platform admins only; an unknown tenant is 404.
+    denied = await app_client.get(f"/admin/v1/tenants/{tenant.id}/quotas", headers=tenant.headers)
+    assert denied.status_code == 403
+    missing = await app_client.get(
+        f"/admin/v1/tenants/{uuid.uuid4()}/quotas", headers=admin_headers
+    )
+    assert_problem(missing, 404, "not-found")
 
 
 async def test_stored_bytes_refuse_a_new_upload(

@@ -9,6 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from cache.ratelimit import QuotaState
 from meridian.admin.moves import moves_admin
 from meridian.admin.schemas import (
     ClientCreate,
@@ -31,9 +32,18 @@ from meridian.crud.http import IdempotencyKeyHeader, LimitQuery, stored_response
 from meridian.crud.idempotency import StoredResponse
 from meridian.crud.schemas import Page
 from meridian.deps import AdminPrincipal, RuntimeDep
-from meridian.errors import Conflict, DedicatedShardOccupied, IdempotencyKeyReused, invalid_field
+from meridian.errors import (
+    Conflict,
+    DedicatedShardOccupied,
+    IdempotencyKeyReused,
+    NotFound,
+    invalid_field,
+)
 from meridian.oauth.schemas import TokensRevoked
+from meridian.quotas import service as quotas
+from meridian.quotas.schemas import Quotas
 from meridian.settings import LIMIT_NAMES, Settings
+from meridian.web import ratelimit
 from meridian.web.openapi import problems
 from meridian.web.responses import json_response
 from sharding.models import MoveState
@@ -105,6 +115,28 @@ async def change_tenant(
 async def get_tenant_limits(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
     """The tenant's limits: its plan's, or its own where they were set."""
     return json_response(_limits(rt.settings, await tenant_admin.get(admin_deps(rt), tenant_id)))
+
+
+@router.get("/tenants/{tenant_id}/quotas", response_model=Quotas)
+async def get_tenant_quotas(tenant_id: UUID, rt: RuntimeDep, _: AdminPrincipal) -> Response:
+    """What the tenant may use and what it uses now: its requests per minute and per
+    day as every instance counted them up to its last share (a tenth of a second ago;
+    its callers' own per-minute quotas are not shown), and its records per object and
+    stored bytes, counted on its shard."""
+    await tenant_admin.get(admin_deps(rt), tenant_id)  # 404 for a tenant never known
+    tenant = await rt.directory.resolve(tenant_id)
+    if tenant is None or tenant.status is TenantStatus.DELETED:
+        raise NotFound(f"Tenant {tenant_id} was deleted.")
+    if tenant.status is TenantStatus.PROVISIONING:
+        raise Conflict(f"Tenant {tenant_id} is still being provisioned.")
+    limits = rt.settings.limits_of(tenant.plan, dict(tenant.limits))
+    states: tuple[QuotaState, ...] = ()
+    if rt.limiter is not None:
+        states = await rt.limiter.standing(ratelimit.tenant_quotas(rt.limiter, limits, tenant))
+    async with rt.router.reader(tenant, on_stale=rt.refresh_tenant) as conn:
+        counted = await quotas.stored(conn, tenant.tenant_id, limits)
+    data = [*quotas.requests(limits, states, caller=False), *counted]
+    return json_response({"plan": tenant.plan, "data": data})
 
 
 @router.put("/tenants/{tenant_id}/limits", response_model=LimitsRead)

@@ -60,16 +60,20 @@ def quotas_of(
 ) -> tuple[Quota, ...]:
     """The quotas a request of ``principal`` for ``tenant`` counts against. A quota's
     size is in its key: a new limit starts full, whatever the old one left."""
+    minute, day = tenant_quotas(limiter, limits, tenant)
+    caller = limits.caller_per_minute
+    caller_key = limiter.key(str(tenant.tenant_id), f"{caller_of(principal)}/{caller}")
+    return (minute, Quota("caller", caller_key, caller, MINUTE), day)
+
+
+def tenant_quotas(
+    limiter: RateLimiter, limits: PlanLimits, tenant: TenantContext
+) -> tuple[Quota, Quota]:
+    """The tenant's own quotas (of all its callers): per minute, and per day."""
     tenant_key = str(tenant.tenant_id)
-    minute, caller, day = (
-        limits.tenant_per_minute,
-        limits.caller_per_minute,
-        limits.calls_per_day,
-    )
-    caller_key = limiter.key(tenant_key, f"{caller_of(principal)}/{caller}")
+    minute, day = limits.tenant_per_minute, limits.calls_per_day
     return (
         Quota("tenant", limiter.key(tenant_key, f"tenant/{minute}"), minute, MINUTE),
-        Quota("caller", caller_key, caller, MINUTE),
         Quota("day", limiter.key(tenant_key, f"day/{day}"), day, DAY),
     )
 
