@@ -42,6 +42,7 @@ from sharding.catalog import quote_ident, tenant_tables
 from sharding.engine import ShardEngine, asyncpg_dsn
 from sharding.errors import ShardingError, UnknownShardError
 from sharding.models import FINAL_MOVE_STATES, MoveState, Shard, TenantMove
+from sharding.tenant_rows import SESSION, delete_tenant_rows
 from tenancy.models import DirectoryEntry, Tenant
 
 log = logging.getLogger("sharding.mover")
@@ -50,14 +51,7 @@ RESIDENCY = "tenant_residency"
 _UNFINISHED = "tenant {} has a move that is not finished"
 # Session settings of the mover's shard connections: row text (hashed to compare both
 # sides) must render the same on both servers.
-_SESSION = {
-    "TimeZone": "UTC",
-    "DateStyle": "ISO, YMD",
-    "IntervalStyle": "postgres",
-    "extra_float_digits": "3",
-    "bytea_output": "hex",
-    "application_name": "meridian-mover",
-}
+_SESSION = {**SESSION, "application_name": "meridian-mover"}
 # What a shard that cannot be reached looks like: a refused or timed-out connection, a
 # server shutting down or starting up, a connection lost mid-query (and "connection is
 # closed" on its next use). Which shard it was is asked afterwards (``_unreachable``).
@@ -1112,34 +1106,9 @@ class Mover:
             await src.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(name)}")
 
     async def _delete_tenant(self, conn: asyncpg.Connection, tenant_id: UUID) -> dict[str, int]:
-        """Delete every row of the tenant on ``conn``'s shard in batches, children
-        before parents and the residency row last; returns the rows deleted per table.
-
-        Foreign-key triggers are off (session_replication_role = replica): a table that
-        refers to itself (accounts' parents, users' managers) cannot be deleted in
-        batches otherwise, and every key includes tenant_id, so deleting all of one
-        tenant's rows leaves no other row dangling."""
-        tables = await _deletion_order(conn)
-        deleted: dict[str, int] = {}
-        await conn.execute("SET session_replication_role = replica")
-        try:
-            for table in tables:
-                total = 0
-                while True:
-                    status = await conn.execute(
-                        f"DELETE FROM {quote_ident(table)} WHERE ctid = ANY(ARRAY("  # noqa: S608
-                        f"SELECT ctid FROM {quote_ident(table)} WHERE tenant_id = $1 "
-                        f"LIMIT {int(self.options.delete_batch)}))",
-                        tenant_id,
-                    )
-                    count = int(status.split()[-1])
-                    total += count
-                    if count < self.options.delete_batch:
-                        break
-                deleted[table] = total
-        finally:
-            await conn.execute("RESET session_replication_role")
-        return deleted
+        """Every row of the tenant on ``conn``'s shard, in batches; the rows deleted per
+        table (``sharding.tenant_rows``, as a tenant archive's restore deletes them)."""
+        return await delete_tenant_rows(conn, tenant_id, batch=self.options.delete_batch)
 
     async def _check_shards(self, tenant_id: UUID, source: _Shard, target: _Shard) -> None:
         for shard in (source, target):
@@ -1368,8 +1337,3 @@ async def _moved_tables(conn: asyncpg.Connection) -> list[str]:
     """The shard's tables that hold tenant rows, but the residency row (each shard's
     own record, written by the mover)."""
     return sorted(t for t in await tenant_tables(conn) if t != RESIDENCY)
-
-
-async def _deletion_order(conn: asyncpg.Connection) -> list[str]:
-    """Tenant tables, every table before the tables it refers to; residency last."""
-    return list(reversed(await tenant_tables(conn)))
