@@ -34,6 +34,8 @@ class Options:
     zipf_s: float
     think_min: float
     think_max: float
+    # The flood scenario's tenant (a slug; empty: the credentials file's first).
+    flood_tenant: str = ""
 
 
 def parse_think_time(raw: str) -> tuple[float, float]:
@@ -58,6 +60,7 @@ def options_of(environment: Environment) -> Options:
         zipf_s=float(DEFAULT_ZIPF_S if zipf_s is None else zipf_s),
         think_min=think[0],
         think_max=think[1],
+        flood_tenant=str(getattr(parsed, "flood_tenant", None) or ""),
     )
 
 
@@ -103,6 +106,11 @@ class Platform:
         # one, as in a credentials file from before the seeder made them).
         desks = [t for t in self.credentials.tenants if t.support_client is not None]
         self.support_zipf = Zipf(desks, options.zipf_s) if desks else None
+        # The flood scenario: the flooding tenant and the others on its shard (None: it
+        # has none, so there is nobody to measure beside it).
+        self.flood_tenant = self.credentials.tenant(options.flood_tenant)
+        neighbours = self.credentials.shard_neighbours(self.flood_tenant)
+        self.neighbour_zipf = Zipf(neighbours, options.zipf_s) if neighbours else None
         self.tokens = TokenCache()
         self.tenants: dict[str, TenantState] = {}
         self._lock = threading.Lock()
@@ -168,6 +176,12 @@ class MeridianUser(FastHttpUser):
     connection_timeout = 5.0
     # Think time is scaled per kind of user (an integration is a machine, an admin rare).
     think_factor = 1.0
+    # Put before every request name but the token endpoint's ("flood: /v1/contacts"):
+    # the traffic of a group of users, measured apart from the rest of a run (the
+    # locustfile's final statistics add up each group).
+    request_prefix = ""
+    # Left out of a run unless named on the command line (a scenario of its own).
+    only_when_named = False
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
@@ -248,7 +262,12 @@ class MeridianUser(FastHttpUser):
             payload = {"data": content[0]}
             sent["Content-Type"] = content[1]
         with self.client.request(
-            method, url, name=name, headers=sent, catch_response=True, **payload
+            method,
+            url,
+            name=self.request_prefix + name,
+            headers=sent,
+            catch_response=True,
+            **payload,
         ) as resp:
             status = resp.status_code
             parsed = _json(resp.content)

@@ -54,6 +54,19 @@ class Credentials:
     def regions(self) -> tuple[str, ...]:
         return tuple(sorted({t.region for t in self.tenants}))
 
+    def tenant(self, slug: str | None) -> TenantCredentials:
+        """The tenant of this slug; none named: the first (the hottest of the Zipf skew)."""
+        if not slug:
+            return self.tenants[0]
+        for tenant in self.tenants:
+            if tenant.slug == slug:
+                return tenant
+        raise CredentialsError(f"no seeded tenant {slug!r} in the credentials file")
+
+    def shard_neighbours(self, tenant: TenantCredentials) -> tuple[TenantCredentials, ...]:
+        """The other tenants on ``tenant``'s shard (in file order, so still by rank)."""
+        return tuple(t for t in self.tenants if t.shard_id == tenant.shard_id and t.id != tenant.id)
+
     @classmethod
     def load(cls, path: Path) -> Credentials:
         try:

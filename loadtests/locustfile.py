@@ -29,14 +29,28 @@ template (``/v1/contacts/{id}``) so statistics group per endpoint.
   follows its progress (with no worker running, it stays queued: still a success).
 - PlatformAdmin (one per test): lists tenants and shards, looks tenants up, and
   onboards a new tenant now and then.
+
+The flood scenario (`python -m loadtests.flood`) has two more users, run only when
+named on the command line (`locust -f … Neighbour Flooder --flood-tenant SLUG`):
+
+- Flooder: one tenant (``--flood-tenant``) asking, with no pause, for a contacts page
+  filtered by `contains`, which makes PostgreSQL scan the tenant's contacts; the
+  bulkheads' 503 tenant-busy and the rate limits' 429 are expected answers.
+- Neighbour: a sales rep of another tenant on the flooding tenant's shard, whose
+  latency the bulkheads are there to keep.
+
+Their requests are named `flood: …` and `neighbour: …`; the final statistics add up
+each such group and count every request's answers by status.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -124,6 +138,15 @@ def _add_arguments(parser: Any) -> None:
     )
 
     group.add_argument(
+        "--flood-tenant",
+        type=str,
+        env_var="MERIDIAN_LOADTEST_FLOOD_TENANT",
+        default="",
+        help="The flood scenario's flooding tenant, a slug of the credentials file "
+        "(default: its first tenant).",
+    )
+
+    group.add_argument(
         "--final-stats",
         type=str,
         default="",
@@ -138,6 +161,70 @@ def _load_credentials(environment: Environment, **_: Any) -> None:
     # Fail at start-up, in every process, rather than in the first user.
     platform(environment)
     _environment.append(environment)
+
+
+def _select_user_classes(environment: Environment, **_: Any) -> None:
+    """Users of a scenario of their own (the flood's) run only when named on the command
+    line: Locust otherwise runs every class of the file, and the default mix must stay
+    what it is. (A weight of 0 would not do: Locust drops such classes when it builds
+    the environment, before ``--config-users`` could give them a count.)"""
+    if getattr(environment.parsed_options, "user_classes", None):
+        return
+    environment.user_classes[:] = [
+        c for c in environment.user_classes if not getattr(c, "only_when_named", False)
+    ]
+
+
+# Answers per request, by status: Locust keeps successes and failures only, and a flood's
+# 200s, 503s and 429s are all successes. Workers send theirs with each stats report.
+_statuses: Counter[tuple[str, str, int]] = Counter()
+
+
+def _count_status(request_type: str, name: str, response: Any = None, **_: Any) -> None:
+    status = getattr(response, "status_code", None) or 0  # 0: no answer
+    _statuses[(request_type, name, int(status))] += 1
+
+
+def _report_statuses(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    data["meridian_statuses"] = [[m, n, s, c] for (m, n, s), c in _statuses.items()]
+    _statuses.clear()
+
+
+def _merge_statuses(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    for method, name, status, count in data.get("meridian_statuses") or ():
+        _statuses[(str(method), str(name), int(status))] += int(count)
+
+
+def _reset_statuses(**_: Any) -> None:
+    # With --reset-stats Locust forgets what the ramp-up did once every user runs
+    # (each process its own); the counts follow the statistics.
+    if _environment and _environment[-1].reset_stats:
+        _statuses.clear()
+
+
+def _status_counts(method: str, name: str) -> dict[str, int]:
+    return {
+        str(s): c for (m, n, s), c in sorted(_statuses.items()) if (m, n) == (method, name) and c
+    }
+
+
+def _groups(entries: list[StatsEntry]) -> list[Json]:
+    """One entry per group of request names (``group: name``), every request of the
+    group together: percentiles need the merged histogram, not the entries' own."""
+    merged: dict[str, StatsEntry] = {}
+    statuses: dict[str, Counter[str]] = {}
+    for e in entries:
+        group, sep, _ = e.name.partition(": ")
+        if not sep:
+            continue
+        if group not in merged:
+            merged[group] = StatsEntry(e.stats, group, "")
+            statuses[group] = Counter()
+        merged[group].extend(e)
+        statuses[group].update(_status_counts(e.method or "", e.name))
+    return [
+        {**_entry(merged[g]), "statuses": dict(sorted(statuses[g].items()))} for g in sorted(merged)
+    ]
 
 
 def _entry(entry: StatsEntry) -> Json:
@@ -169,11 +256,13 @@ def _write_final_stats(**_: Any) -> None:
     if not path or isinstance(env.runner, WorkerRunner) or env.runner is None:
         return
     stats = env.stats
+    entries = [e for e in stats.entries.values() if e.num_requests or e.num_failures]
     data = {
         "total": _entry(stats.total),
         "endpoints": [
-            _entry(e) for e in stats.entries.values() if e.num_requests or e.num_failures
+            {**_entry(e), "statuses": _status_counts(e.method or "", e.name)} for e in entries
         ],
+        "groups": _groups(entries),
         "failures": [
             {
                 "method": e.method,
@@ -192,6 +281,11 @@ def _write_final_stats(**_: Any) -> None:
 _events: Any = events
 _events.init_command_line_parser.add_listener(_add_arguments)
 _events.init.add_listener(_load_credentials)
+_events.init.add_listener(_select_user_classes)
+_events.request.add_listener(_count_status)
+_events.report_to_master.add_listener(_report_statuses)
+_events.worker_report.add_listener(_merge_statuses)
+_events.spawning_complete.add_listener(_reset_statuses)
 _events.quit.add_listener(_write_final_stats)
 
 
@@ -203,19 +297,24 @@ def _key() -> str:
     return f"lt-{uuid.uuid4()}"
 
 
-def _conflict_is(slug: str) -> Check:
-    """A 409 is an expected outcome only with this problem type (others are failures)."""
+def _problem_is(status: int, slug: str) -> Check:
+    """A ``status`` is an expected outcome only with this problem type (others are
+    failures)."""
 
     def check(reply: Reply) -> str | None:
-        if reply.status != 409:
+        if reply.status != status:
             return None
         kind = reply.body.get("type") if isinstance(reply.body, dict) else None
         if kind == PROBLEM + slug:
             return None
         found = kind.removeprefix(PROBLEM) if isinstance(kind, str) else "no problem type"
-        return f"HTTP 409 {found}"
+        return f"HTTP {status} {found}"
 
     return check
+
+
+def _conflict_is(slug: str) -> Check:
+    return _problem_is(409, slug)
 
 
 def _multipart(*parts: tuple[str, str | None, str, bytes]) -> tuple[bytes, str]:
@@ -990,7 +1089,7 @@ class IntegrationClient(MeridianUser):
             check=every_item_written,
         )
         if reply.ok:
-            state.remember("external_contact", (r["external_id"] for r in rows))
+            state.remember("external_contact", (str(r["external_id"]) for r in rows))
 
     @task(1)
     def import_file(self) -> None:
@@ -1035,6 +1134,57 @@ class IntegrationClient(MeridianUser):
             )
             if not progress.ok or (progress.body or {}).get("state") == "done":
                 return
+
+
+class Neighbour(SalesRep):
+    """The flood scenario's neighbour: a sales rep of another tenant on the flooding
+    tenant's shard, whose latency the bulkheads are there to keep. Named on the command
+    line only (see ``_select_user_classes``)."""
+
+    only_when_named = True
+    request_prefix = "neighbour: "
+
+    def on_start(self) -> None:
+        neighbours = self.platform.neighbour_zipf
+        if neighbours is None:
+            flood = self.platform.flood_tenant
+            logging.error("no other tenant on %s's shard %s", flood.slug, flood.shard_id)
+            raise StopUser()
+        self.tenant = neighbours.pick(self.rng)
+        super().on_start()
+
+
+class Flooder(MeridianUser):
+    """The flood scenario's flooder: one tenant (``--flood-tenant``) asking, with no
+    pause, for a contacts page filtered by ``contains`` (``loadtests.bench.bulkhead``'s
+    FLOOD_PATH), for which PostgreSQL scans the tenant's contacts: a request that holds
+    a shard connection long and costs the API little. Past the tenant's share of the
+    shard's connections the bulkhead answers 503 tenant-busy, past its quota the rate
+    limits 429: the answers a flood should get, so they count as successes. Named on the
+    command line only (see ``_select_user_classes``)."""
+
+    only_when_named = True
+    request_prefix = "flood: "
+
+    def on_start(self) -> None:
+        self.tenant = self.platform.flood_tenant
+
+    def wait_time(self) -> float:
+        return 0.0  # a runaway job does not think
+
+    @task
+    def flood(self) -> None:
+        # A needle no title holds, new each time: the same page again would be answered
+        # by the list cache and spare the shard, as a runaway job's queries do not.
+        needle = f"nobody-has-this-{uuid.uuid4().hex[:12]}"
+        self.call(
+            "GET",
+            "/v1/contacts",
+            name="/v1/contacts?filter=contains",
+            params={"limit": "50", "filter": f"title[contains]:{needle}"},
+            expect=(200, 429, 503),
+            check=_problem_is(503, "tenant-busy"),
+        )
 
 
 class PlatformAdmin(MeridianUser):
