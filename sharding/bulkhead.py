@@ -83,7 +83,10 @@ class TenantBulkhead:
                 self._release(tenant_id)
             else:
                 waiter.cancel()
-                slots.waiters.remove(waiter)
+                # Cancelled by its timeout, it may have been passed over (and dropped
+                # from the line) by a release that ran before this did.
+                if waiter in slots.waiters:
+                    slots.waiters.remove(waiter)
                 self._forget_if_idle(tenant_id, slots)
             if isinstance(exc, TimeoutError):
                 raise TenantBusyError(tenant_id, retry_after=1.0) from None
@@ -101,5 +104,7 @@ class TenantBulkhead:
         self._forget_if_idle(tenant_id, slots)
 
     def _forget_if_idle(self, tenant_id: UUID, slots: _Slots) -> None:
-        if slots.held == 0 and not slots.waiters:
-            self._tenants.pop(tenant_id, None)
+        # This entry only: a waiter that gave up late may hold one already forgotten
+        # and replaced by a newer request's.
+        if slots.held == 0 and not slots.waiters and self._tenants.get(tenant_id) is slots:
+            del self._tenants[tenant_id]

@@ -7,6 +7,7 @@ flooding tenant, its neighbour on the same shard served."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 
 import httpx
@@ -61,6 +62,33 @@ async def test_excess_waits_in_order_then_is_refused() -> None:
     await asyncio.gather(*holders)
     assert bulkhead.held(tenant) == 0
     assert bulkhead.held(other) == 0
+
+
+async def test_a_waiter_that_gives_up_as_its_slot_frees_leaks_nothing_and_breaks_nothing() -> None:
+    """A waiter's timeout cancels it at once, but it runs its clean-up only later: a
+    release in between passes it over (dropping it from the line) and may forget the
+    tenant, whose next request makes a new entry. The late clean-up must neither fail
+    nor drop that new entry (its release would then fail: a 500, not a 503)."""
+    bulkhead = TenantBulkhead(1, wait=30.0)
+    tenant = uuid.uuid4()
+    first = bulkhead.hold(tenant)
+    await first.__aenter__()
+    # Another request (this task holds the slot: its own would pass through).
+    late = asyncio.create_task(
+        _holding(bulkhead, tenant, asyncio.Event()), context=contextvars.Context()
+    )
+    await asyncio.sleep(0)  # in line
+    assert bulkhead.held(tenant) == 1
+    late.cancel()  # as its timeout does: the waiter is cancelled now, cleaned up later
+    await first.__aexit__(None, None, None)  # passes it over; the tenant is forgotten
+    assert bulkhead.held(tenant) == 0
+    newer = bulkhead.hold(tenant)
+    await newer.__aenter__()  # a new entry, before the late clean-up runs
+    (outcome,) = await asyncio.gather(late, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError), outcome
+    assert bulkhead.held(tenant) == 1  # the newer request's slot, still counted
+    await newer.__aexit__(None, None, None)
+    assert bulkhead.held(tenant) == 0
 
 
 async def test_a_request_never_waits_on_itself() -> None:
