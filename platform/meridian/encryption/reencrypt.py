@@ -15,27 +15,23 @@ version is destroyed only once no row carries it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from meridian.crud.custom import blind_text
 from meridian.encryption import repository as sealed_rows
-from meridian.encryption.fields import SENSITIVE, FieldUnreadable, custom_column, seal_custom
+from meridian.encryption.fields import SENSITIVE
+from meridian.encryption.reseal import CUSTOM_VALUES, reseal_custom_value, reseal_fields
 from meridian.runtime import Runtime
 from tenancy.context import TenantContext
-from tenancy.crypto import NORMALIZERS, DecryptionError, FieldCipher, key_version_of
+from tenancy.crypto import FieldCipher
 
 # (table, rows done in this table, rows to do in this table when it started)
 Progress = Callable[[str, int, int], None]
-# The sensitive custom values' entry among the tables (their rows are per value).
-CUSTOM_VALUES = "custom_value"
 
 
 @dataclass
@@ -60,31 +56,6 @@ async def rotate_tenant_key(rt: Runtime, tenant_id: UUID, *, propagation: float)
     async with rt.control.begin() as conn:
         await rt.keyring.activate(conn, tenant_id, version)
     return version
-
-
-def _reseal(
-    table: str,
-    row: Mapping[str, Any],
-    old: dict[int, FieldCipher],
-    new: FieldCipher,
-    tenant_id: UUID,
-) -> list[bytes | None]:
-    """Storage columns of one row under ``new``: (enc, bidx) per sensitive field."""
-    out: list[bytes | None] = []
-    row_id: UUID = row["id"]
-    for name in SENSITIVE[table]:
-        blob = row[f"{name}_enc"]
-        if blob is None:
-            out += [None, None]
-            continue
-        try:
-            plain = old[key_version_of(blob)].decrypt(table, name, row_id, blob)
-        except (DecryptionError, KeyError) as exc:
-            # Never write over a value we cannot read: stop and report the cell.
-            raise FieldUnreadable(table, name, row_id, type(exc).__name__) from exc
-        out.append(new.encrypt(table, name, row_id, plain))
-        out.append(new.blind_index(table, name, NORMALIZERS[name](plain)))
-    return out
 
 
 async def pending(rt: Runtime, tenant: TenantContext) -> dict[str, dict[int, int]]:
@@ -191,7 +162,7 @@ def _table_batches(
         )
 
     async def write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-        sealed = [_reseal(table, r, old, new, tenant_id) for r in rows]
+        sealed = [reseal_fields(table, r, old, new) for r in rows]
         by_column = zip(storage, zip(*sealed, strict=True), strict=True)
         await sealed_rows.reseal(
             session,
@@ -217,33 +188,10 @@ def _custom_batches(tenant_id: UUID, old: dict[int, FieldCipher], new: FieldCiph
         )
 
     async def write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-        values = [_resealed_value(r, old, new) for r in rows]
+        values = [reseal_custom_value(r, old, new) for r in rows]
         await sealed_rows.reseal_custom(session, tenant_id, version=new.version, values=values)
 
     return _Batches(read, write, lambda rows: max(r["record_id"] for r in rows))
-
-
-def _resealed_value(
-    row: Mapping[str, Any], old: dict[int, FieldCipher], new: FieldCipher
-) -> dict[str, Any]:
-    table, record_id, name = row["object"], row["record_id"], row["name"]
-    column = custom_column(name)
-    try:
-        blob = base64.b64decode(row["sealed_value"])
-        plain = old[key_version_of(blob)].decrypt(table, column, record_id, blob)
-    except (DecryptionError, KeyError, ValueError) as exc:
-        # Never write over a value we cannot read: stop and report the cell.
-        raise FieldUnreadable(table, column, record_id, type(exc).__name__) from exc
-    sealed = seal_custom(new, table, record_id, name, orjson.loads(plain))
-    return {
-        "record_id": record_id,
-        "field_id": row["field_id"],
-        "object": table,
-        "name": name,
-        "sealed": sealed["sealed"],
-        "bidx": new.blind_index(table, column, blind_text(row["type"], orjson.loads(plain))),
-        "unique": row["is_unique"],
-    }
 
 
 async def retire_unused(rt: Runtime, tenant: TenantContext) -> list[int]:
