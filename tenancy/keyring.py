@@ -134,6 +134,13 @@ class DataKey:
     destroyed_at: datetime | None = None
 
 
+def new_data_key(version: int = 1) -> DataKey:
+    """A new active data key, in memory only: for a tenant whose rows are sealed before
+    its keys are stored (a sandbox copy of an archive seals every value under the new
+    tenant's key, then ``restore_keys`` wraps it with the tenant's other rows)."""
+    return DataKey(version, "active", os.urandom(32), datetime.now(UTC))
+
+
 class TenantKeyring:
     def __init__(
         self,
