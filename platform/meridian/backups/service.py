@@ -124,7 +124,7 @@ class BackupDeps:
 
 
 @contextlib.asynccontextmanager
-async def _control_owner(deps: BackupDeps) -> AsyncIterator[AsyncEngine]:
+async def control_owner(deps: BackupDeps) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(deps.control_owner_dsn, pool_size=2, max_overflow=0)
     try:
         yield engine
@@ -133,7 +133,7 @@ async def _control_owner(deps: BackupDeps) -> AsyncIterator[AsyncEngine]:
 
 
 @contextlib.asynccontextmanager
-async def _shard_admin(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+async def shard_admin(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(asyncpg_dsn(admin_dsn), timeout=10.0, server_settings=SESSION)
     try:
         yield conn
@@ -141,24 +141,24 @@ async def _shard_admin(admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
+async def driver_of(conn: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under ``conn``, in its transaction: COPY runs on it."""
     raw = await conn.get_raw_connection()
     driver: asyncpg.Connection = raw.driver_connection
     return driver
 
 
-async def _session_settings(conn: AsyncConnection) -> None:
+async def session_settings(conn: AsyncConnection) -> None:
     # The control rows render and parse as the shard rows do (see tenant_rows.SESSION).
     for name, value in SESSION.items():
         await conn.execute(select(func.set_config(name, value, True)))
 
 
-async def _workdir() -> Path:
+async def make_workdir() -> Path:
     return Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="meridian-archive-"))
 
 
-async def _remove(path: Path) -> None:
+async def remove_dir(path: Path) -> None:
     await asyncio.to_thread(shutil.rmtree, path, True)
 
 
@@ -263,9 +263,9 @@ async def export_tenant(
     started = time.monotonic()
     await asyncio.to_thread(_check_out, out)
     archive_id = new_id()
-    workdir = await _workdir()
+    workdir = await make_workdir()
     try:
-        async with _control_owner(deps) as control:
+        async with control_owner(deps) as control:
             async with control.connect() as conn:
                 home = await _find_tenant(conn, tenant)
             if home.engine != ShardEngine.POSTGRES.value:
@@ -277,7 +277,7 @@ async def export_tenant(
             entries: list[TableEntry] = []
             files: dict[str, Path] = {}
             async with (
-                _shard_admin(home.admin_dsn) as shard,
+                shard_admin(home.admin_dsn) as shard,
                 shard.transaction(isolation="repeatable_read", readonly=True),
             ):
                 # The snapshot starts here: it must be of the tenant's home at the epoch
@@ -309,9 +309,9 @@ async def export_tenant(
                 # One snapshot of the control rows and keys.
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
                 await conn.begin()
-                await _session_settings(conn)
+                await session_settings(conn)
                 keys = await deps.keyring.unwrapped_keys(conn, tenant_id)
-                driver = await _driver(conn)
+                driver = await driver_of(conn)
                 control_columns = await copied_columns(driver, [t for t, _, _ in CONTROL_TABLES])
                 for table, where, left_out in CONTROL_TABLES:
                     cols = [c for c in control_columns[table] if c not in left_out]
@@ -347,7 +347,7 @@ async def export_tenant(
         )
         size = await asyncio.to_thread(write_archive, out, manifest, key, keys_json, files)
     finally:
-        await _remove(workdir)
+        await remove_dir(workdir)
     return {
         "tenant": home.tenant["id"],
         "slug": home.tenant["slug"],
@@ -408,6 +408,29 @@ async def _import_lock(control: AsyncEngine, tenant_id: UUID) -> AsyncIterator[N
             await conn.commit()
 
 
+async def target_shard(deps: BackupDeps, region: str, shard_id: str | None) -> ShardInfo:
+    """Where an archive is restored: ``shard_id``, else where placement puts a new
+    tenant of ``region``; a plain PostgreSQL shard that is not offline."""
+    shards = await deps.reload_topology()
+    if shard_id is not None:
+        shard = next((s for s in shards if s.id == shard_id), None)
+        if shard is None:
+            raise ImportRefused(f"no shard {shard_id!r} in the topology")
+        if shard.state == "offline":
+            raise ImportRefused(f"shard {shard_id} is offline")
+    else:
+        try:
+            shard = choose_shard(shards, await deps.tenant_counts(), region)
+        except PlacementError as exc:
+            raise ImportRefused(f"{exc}: name a shard with --shard") from exc
+    if shard.engine is not ShardEngine.POSTGRES:
+        raise ImportRefused(
+            f"shard {shard.id} is a {shard.engine.value} shard: archives are restored onto "
+            "plain PostgreSQL shards"
+        )
+    return shard
+
+
 async def _plan(
     deps: BackupDeps, control: AsyncEngine, manifest: Manifest, shard_id: str | None
 ) -> _Plan:
@@ -434,25 +457,7 @@ async def _plan(
         )
     if holder is not None:
         raise ImportRefused(f"slug {slug!r} belongs to another tenant ({holder})")
-    shards = await deps.reload_topology()
-    counts = await deps.tenant_counts()
-    if shard_id is not None:
-        shard = next((s for s in shards if s.id == shard_id), None)
-        if shard is None:
-            raise ImportRefused(f"no shard {shard_id!r} in the topology")
-        if shard.state == "offline":
-            raise ImportRefused(f"shard {shard_id} is offline")
-    else:
-        region = str(manifest.tenant["region"])
-        try:
-            shard = choose_shard(shards, counts, region)
-        except PlacementError as exc:
-            raise ImportRefused(f"{exc}: name a shard with --shard") from exc
-    if shard.engine is not ShardEngine.POSTGRES:
-        raise ImportRefused(
-            f"shard {shard.id} is a {shard.engine.value} shard: archives are restored onto "
-            "plain PostgreSQL shards"
-        )
+    shard = await target_shard(deps, str(manifest.tenant["region"]), shard_id)
     async with control.connect() as conn:
         dsns = dict((await conn.execute(select(Shard.id, Shard.admin_dsn))).all())
     leftover = existing.shard_id if existing is not None else None
@@ -470,7 +475,7 @@ async def _plan(
     )
 
 
-async def _check_schema(conn: asyncpg.Connection, manifest: Manifest, where: str) -> None:
+async def check_schema(conn: asyncpg.Connection, manifest: Manifest, where: str) -> None:
     """The database at the archive's revision, its tables with the archive's columns."""
     plane = "shard" if where.startswith("shard") else "control"
     wanted = str(manifest.source[f"{plane}_revision"])
@@ -542,7 +547,7 @@ async def _restore_control(
     the policy version it has now."""
     manifest, tenant_id = opened.manifest, plan.tenant_id
     async with control.connect() as conn, conn.begin():
-        await _session_settings(conn)
+        await session_settings(conn)
         # Placement decisions are serialised: a dedicated shard takes one tenant.
         await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
         if plan.shard.dedicated:
@@ -569,8 +574,8 @@ async def _restore_control(
                 text("DELETE FROM tenant WHERE id = :t AND status = :s"),
                 {"t": tenant_id, "s": TenantStatus.DELETED.value},
             )
-        driver = await _driver(conn)
-        await _check_schema(driver, manifest, "the control plane")
+        driver = await driver_of(conn)
+        await check_schema(driver, manifest, "the control plane")
         for entry in manifest.of("control"):
             rows = await copy_in(driver, entry.name, entry.columns, opened.files[entry.member])
             if rows != entry.rows:
@@ -603,32 +608,32 @@ async def import_tenant(
     """What `meridian tenants import` does: restore the archive as the same tenant, onto
     ``shard`` (default: where placement puts a new tenant of its region)."""
     started = time.monotonic()
-    workdir = await _workdir()
+    workdir = await make_workdir()
     try:
         opened = await asyncio.to_thread(read_archive, archive, key, workdir)
         manifest, tenant_id = opened.manifest, opened.manifest.tenant_id
-        async with _control_owner(deps) as control, _import_lock(control, tenant_id):
+        async with control_owner(deps) as control, _import_lock(control, tenant_id):
             plan = await _plan(deps, control, manifest, shard)
             async with control.connect() as conn:
-                await _check_schema(await _driver(conn), manifest, "the control plane")
-            async with _shard_admin(plan.admin_dsn) as conn:
-                await _check_schema(conn, manifest, f"shard {plan.shard.id}")
+                await check_schema(await driver_of(conn), manifest, "the control plane")
+            async with shard_admin(plan.admin_dsn) as conn:
+                await check_schema(conn, manifest, f"shard {plan.shard.id}")
                 rows = await _restore_shard(conn, opened, plan)
             try:
                 policy = await _restore_control(deps, control, opened, plan)
             except BaseException:
                 # Nothing of the tenant may stay on the shard without its control rows.
-                async with _shard_admin(plan.admin_dsn) as conn:
+                async with shard_admin(plan.admin_dsn) as conn:
                     await delete_tenant_rows(conn, tenant_id)
                 raise
         await _announce(deps, tenant_id, policy)
         purged: dict[str, int] = {}
         if plan.leftover_admin_dsn is not None and plan.leftover_shard != plan.shard.id:
             # The deleted tenant's unreadable rows on the shard it lived on.
-            async with _shard_admin(plan.leftover_admin_dsn) as conn, conn.transaction():
+            async with shard_admin(plan.leftover_admin_dsn) as conn, conn.transaction():
                 purged = await delete_tenant_rows(conn, tenant_id)
     finally:
-        await _remove(workdir)
+        await remove_dir(workdir)
     return {
         "tenant": str(tenant_id),
         "slug": manifest.tenant["slug"],
