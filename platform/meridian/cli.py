@@ -653,20 +653,40 @@ def tenants_import(
             show_default=False,
         ),
     ] = None,
+    as_new: Annotated[
+        str | None,
+        typer.Option(
+            "--as-new",
+            help="Restore it as a new tenant of this slug beside the original (a sandbox "
+            "copy: new ids, new data keys, a first client of its own, webhooks disabled).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="The new tenant's name (with --as-new). Default: the original's, with (sandbox).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Restore a tenant from its archive, as the same tenant (after a loss, or after it
-    was deleted), onto any shard at the archive's schema revision. Everything is
-    checked first; the tenant is reachable only once all of it is back, and a failure
-    leaves nothing behind."""
+    was deleted), or with --as-new as a new tenant beside it, onto any shard at the
+    archive's schema revision. Everything is checked first; the tenant is reachable
+    only once all of it is in place, and a failure leaves nothing behind."""
     from meridian.backups.archive import load_operator_key
     from meridian.backups.errors import BackupError
     from meridian.operations import import_tenant_archive
 
     with _one_line("tenants import", BackupError):
+        if name is not None and as_new is None:
+            raise BackupError("--name names the new tenant of --as-new")
         key = load_operator_key(key_file)
 
         async def work(rt: Runtime) -> dict[str, object]:
-            return await import_tenant_archive(rt, archive, key, shard=shard)
+            return await import_tenant_archive(
+                rt, archive, key, shard=shard, as_new=as_new, name=name
+            )
 
         typer.echo(json.dumps(_with_runtime("tenants import", work)))
 

@@ -36,6 +36,7 @@ from meridian.admin.moves import move_body, moves_admin, region_target, run_move
 from meridian.admin.schemas import MoveCreate, MoveRead
 from meridian.admin.service import tenant_admin
 from meridian.admin.wiring import admin_deps
+from meridian.backups import sandbox
 from meridian.backups import service as backups
 from meridian.backups.archive import OperatorKey
 from meridian.backups.wiring import backup_deps
@@ -349,10 +350,21 @@ async def export_tenant_archive(
 
 
 async def import_tenant_archive(
-    rt: Runtime, archive: Path, key: OperatorKey, *, shard: str | None
+    rt: Runtime,
+    archive: Path,
+    key: OperatorKey,
+    *,
+    shard: str | None,
+    as_new: str | None = None,
+    name: str | None = None,
 ) -> dict[str, object]:
-    """What `meridian tenants import` does: the archived tenant restored as itself, onto
-    ``shard`` or where placement puts it."""
+    """What `meridian tenants import` does: the archived tenant restored as itself, or
+    with ``as_new`` as a new tenant of that slug beside it (a sandbox copy, named
+    ``name``), onto ``shard`` or where placement puts it."""
+    if as_new is not None:
+        return await sandbox.import_as_new(
+            backup_deps(rt), archive, key, slug=as_new, name=name, shard=shard
+        )
     return await backups.import_tenant(backup_deps(rt), archive, key, shard=shard)
 
 
