@@ -21,14 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from meridian.encryption import repository as sealed_rows
 from meridian.encryption.fields import SENSITIVE
-from meridian.encryption.reseal import CUSTOM_VALUES, reseal_custom_value, reseal_fields
+from meridian.encryption.reseal import (
+    CUSTOM_VALUES,
+    EXPORT_FILTER,
+    FILES,
+    reseal_custom_value,
+    reseal_fields,
+)
 from meridian.runtime import Runtime
 from tenancy.context import TenantContext
-from tenancy.crypto import FieldCipher
+from tenancy.crypto import FieldCipher, key_version_of
 
 # (table, rows done in this table, rows to do in this table when it started)
 Progress = Callable[[str, int, int], None]
@@ -200,6 +207,8 @@ async def retire_unused(rt: Runtime, tenant: TenantContext) -> list[int]:
     active = (await rt.keyring.active_cipher(tenant_id)).version
     todo = await pending(rt, tenant)
     in_use = {v for versions in todo.values() for v in versions}
+    async with rt.router.reader(tenant) as conn:
+        in_use |= await kept_by_files(conn, tenant_id, active)
     retired: list[int] = []
     rt.keyring.forget(tenant_id)  # decide on the committed versions, not a cached list
     async with rt.control.begin() as conn:
@@ -212,6 +221,22 @@ async def retire_unused(rt: Runtime, tenant: TenantContext) -> list[int]:
     # After the commit: a read in between would have cached the versions as they were.
     rt.keyring.forget(tenant_id)
     return retired
+
+
+async def kept_by_files(conn: asyncpg.Connection, tenant_id: UUID, below: int) -> set[int]:
+    """The versions older than ``below`` that stored files and export filters were
+    sealed with. A rotation does not seal them again (they are the transfers' own,
+    and short-lived: an export expires, an import's upload goes with its import), so
+    such a version is kept until the last of them is gone; destroyed, it would leave
+    them unreadable."""
+    files = await sealed_rows.key_versions(conn, FILES, tenant_id, below, column="key_version")
+    table, column = EXPORT_FILTER
+    blobs = await conn.fetch(
+        f"SELECT {column}_enc FROM {table} WHERE tenant_id = $1 AND {column}_enc IS NOT NULL",  # noqa: S608
+        tenant_id,
+    )
+    filters = {key_version_of(bytes(b[0])) for b in blobs}
+    return set(files) | {v for v in filters if v < below}
 
 
 async def resolve_tenant(rt: Runtime, tenant: str) -> TenantContext:
