@@ -3,15 +3,20 @@ through the API, what the API answers about it, and deleting it."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 
+from meridian.models import shard_metadata
 from tests.fields.helpers import define
 from tests.fixtures.api import Tenant, token_for
 from tests.fixtures.users import new_user_id
 
 SSN = "AB-123-456"
+# Every shard table but the residency row, which each shard writes for itself.
+TABLES = sorted(t for t in shard_metadata.tables if t != "tenant_residency")
 LISTS = ("/v1/contacts", "/v1/accounts", "/v1/leads", "/v1/cases", "/v1/opportunities",
          "/v1/activities", "/v1/users", "/v1/roles")  # fmt: skip
 
@@ -138,3 +143,30 @@ async def new_token(client: httpx.AsyncClient, tenant: Tenant) -> Tenant:
     """The tenant's restored client signs in again (its secret's hash came back)."""
     tenant.token = await token_for(client, tenant.client_id, tenant.client_secret)
     return tenant
+
+
+async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """``sql``'s rows on the database at ``url`` (a shard's or the control plane's)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def shard_rows(url: str, tenant_id: str) -> dict[str, list[str]]:
+    """Every row of the tenant on the shard at ``url`` as text, per table (bytea in hex)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            table: sorted(
+                r[0]
+                for r in await conn.fetch(
+                    f'SELECT t::text FROM "{table}" AS t WHERE tenant_id = $1',
+                    uuid.UUID(tenant_id),
+                )
+            )
+            for table in TABLES
+        }
+    finally:
+        await conn.close()

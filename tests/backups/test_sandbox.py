@@ -6,13 +6,11 @@ that exists is refused with nothing written."""
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -20,52 +18,22 @@ from meridian.backups.archive import OperatorKey
 from meridian.backups.errors import ImportRefused
 from meridian.backups.sandbox import DISABLED_REASON, NOT_CARRIED
 from meridian.backups.service import BackupDeps, export_tenant
-from meridian.backups.wiring import backup_deps
 from meridian.models import shard_metadata
 from meridian.operations import import_tenant_archive
-from tests.backups.helpers import SSN, api_view, delete, populate, post
+from tests.backups.helpers import (
+    SSN,
+    api_view,
+    delete,
+    fetch,
+    populate,
+    post,
+    shard_rows,
+)
 from tests.encryption.conftest import runtime_of
 from tests.fixtures.api import Tenant, token_for
 from tests.fixtures.databases import TestDatabases, raw_dsn
 
-TABLES = sorted(t for t in shard_metadata.tables if t != "tenant_residency")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-@pytest.fixture
-def key() -> OperatorKey:
-    return OperatorKey(os.urandom(32))
-
-
-@pytest.fixture
-def deps(app_client: httpx.AsyncClient) -> BackupDeps:
-    return backup_deps(runtime_of(app_client))
-
-
-async def _shard_text(url: str, tenant_id: str) -> dict[str, list[str]]:
-    """Every row of the tenant on a shard as text, per table (bytea in hex)."""
-    conn = await asyncpg.connect(url)
-    try:
-        return {
-            table: sorted(
-                r[0]
-                for r in await conn.fetch(
-                    f'SELECT t::text FROM "{table}" AS t WHERE tenant_id = $1',
-                    uuid.UUID(tenant_id),
-                )
-            )
-            for table in TABLES
-        }
-    finally:
-        await conn.close()
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
 
 
 def _translate(value: Any, ids: dict[str, str]) -> Any:
@@ -86,7 +54,7 @@ async def _id_map(databases: TestDatabases, old: Tenant, new: Tenant) -> dict[st
     ids = {old.id: new.id}
     for table in (t for t, m in shard_metadata.tables.items() if "id" in m.c):
         rows = [
-            await _fetch(
+            await fetch(
                 raw_dsn(databases.shards[t.shard_id][1]),
                 f'SELECT id::text FROM "{table}" WHERE tenant_id = $1 ORDER BY id',
                 uuid.UUID(t.id),
@@ -119,7 +87,7 @@ async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
         event_types=["contact.created"],
     )
     before = await api_view(app_client, tenant, made)
-    original_rows = await _shard_text(raw_dsn(databases.shards["us-1"][1]), tenant.id)
+    original_rows = await shard_rows(raw_dsn(databases.shards["us-1"][1]), tenant.id)
     archive = tmp_path / "t.tar.gz"
     await export_tenant(deps, tenant.slug, archive, key)
 
@@ -175,7 +143,7 @@ async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
     assert copied_hook["disabled_reason"] == DISABLED_REASON
 
     # No id of the original is left anywhere in the sandbox's rows.
-    sandbox_rows = await _shard_text(raw_dsn(databases.shards["eu-1"][1]), new_id)
+    sandbox_rows = await shard_rows(raw_dsn(databases.shards["eu-1"][1]), new_id)
     old_ids = {i for rows in original_rows.values() for r in rows for i in UUID_RE.findall(r)}
     assert tenant.id in old_ids
     assert made["ada"] in old_ids
@@ -192,14 +160,14 @@ async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
         assert not sandbox_rows[table], table
 
     # Its own keys: one version, not the original's key material.
-    keys = await _fetch(
+    keys = await fetch(
         raw_dsn(databases.control),
         "SELECT tenant_id::text, version, state FROM tenant_key WHERE tenant_id = ANY($1) "
         "ORDER BY 1",
         [uuid.UUID(new_id)],
     )
     assert [tuple(k) for k in keys] == [(new_id, 1, "active")]
-    control = await _fetch(
+    control = await fetch(
         raw_dsn(databases.control),
         "SELECT t.status, t.region, t.plan, d.shard_id, d.epoch, "
         "(SELECT count(*) FROM oauth_client c WHERE c.tenant_id = t.id) AS clients, "
@@ -207,11 +175,11 @@ async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
         "AS rules FROM tenant t JOIN tenant_directory d ON d.tenant_id = t.id WHERE t.id = $1",
         uuid.UUID(new_id),
     )
-    plan = await _fetch(
+    plan = await fetch(
         raw_dsn(databases.control), "SELECT plan FROM tenant WHERE id = $1", uuid.UUID(tenant.id)
     )
     assert tuple(control[0])[:6] == ("active", "eu", plan[0][0], "eu-1", 1, 1)
-    original_rules = await _fetch(
+    original_rules = await fetch(
         raw_dsn(databases.control),
         "SELECT count(*) FROM casbin_rule WHERE v1 = $1 OR v2 = $1",
         tenant.id,
@@ -219,7 +187,7 @@ async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
     assert control[0]["rules"] == original_rules[0][0] > 0
 
     # The original: untouched, its rows and its searches.
-    assert await _shard_text(raw_dsn(databases.shards["us-1"][1]), tenant.id) == original_rows
+    assert await shard_rows(raw_dsn(databases.shards["us-1"][1]), tenant.id) == original_rows
     again = await api_view(app_client, tenant, made)
     assert again == before
 
@@ -253,9 +221,9 @@ async def test_a_taken_slug_is_refused_with_nothing_written(
     await export_tenant(deps, tenant.slug, archive, key)
     rt = runtime_of(app_client)
     control = raw_dsn(databases.control)
-    tenants = await _fetch(control, "SELECT id, slug FROM tenant ORDER BY id")
+    tenants = await fetch(control, "SELECT id, slug FROM tenant ORDER BY id")
     counts = {
-        shard: await _fetch(
+        shard: await fetch(
             raw_dsn(url),
             "SELECT (SELECT count(*) FROM contact), (SELECT count(*) FROM tenant_residency)",
         )
@@ -265,10 +233,10 @@ async def test_a_taken_slug_is_refused_with_nothing_written(
         await import_tenant_archive(rt, archive, key, shard="eu-1", as_new=tenant.slug)
     with pytest.raises(ImportRefused, match="is not a slug"):
         await import_tenant_archive(rt, archive, key, shard="eu-1", as_new="Not A Slug")
-    assert await _fetch(control, "SELECT id, slug FROM tenant ORDER BY id") == tenants
+    assert await fetch(control, "SELECT id, slug FROM tenant ORDER BY id") == tenants
     for shard, (_, url) in databases.shards.items():
         assert (
-            await _fetch(
+            await fetch(
                 raw_dsn(url),
                 "SELECT (SELECT count(*) FROM contact), (SELECT count(*) FROM tenant_residency)",
             )
@@ -290,7 +258,7 @@ async def test_a_failure_in_the_control_plane_leaves_no_sandbox_rows(
     await export_tenant(deps, tenant.slug, archive, key)
     rt = runtime_of(app_client)
     shard = raw_dsn(databases.shards["eu-1"][1])
-    residents = await _fetch(shard, "SELECT tenant_id FROM tenant_residency ORDER BY 1")
+    residents = await fetch(shard, "SELECT tenant_id FROM tenant_residency ORDER BY 1")
 
     async def fails(*args: object) -> None:
         raise RuntimeError("the KMS is down")
@@ -298,12 +266,12 @@ async def test_a_failure_in_the_control_plane_leaves_no_sandbox_rows(
     monkeypatch.setattr(rt.keyring, "restore_keys", fails)
     with pytest.raises(RuntimeError, match="KMS"):
         await import_tenant_archive(rt, archive, key, shard="eu-1", as_new="half-way")
-    assert await _fetch(shard, "SELECT tenant_id FROM tenant_residency ORDER BY 1") == residents
-    assert not await _fetch(
+    assert await fetch(shard, "SELECT tenant_id FROM tenant_residency ORDER BY 1") == residents
+    assert not await fetch(
         shard, "SELECT 1 FROM contact WHERE tenant_id <> ALL($1::uuid[])",
         [r["tenant_id"] for r in residents],
     )  # fmt: skip
-    assert not await _fetch(
+    assert not await fetch(
         raw_dsn(databases.control), "SELECT 1 FROM tenant WHERE slug = 'half-way'"
     )
 

@@ -28,51 +28,24 @@ from meridian.backups.errors import (
     WrongOperatorKey,
 )
 from meridian.backups.service import BackupDeps, export_tenant, import_tenant
-from meridian.backups.wiring import backup_deps
-from meridian.models import shard_metadata
-from tests.backups.helpers import SSN, api_view, delete, new_token, populate, post, same
-from tests.encryption.conftest import runtime_of
+from tests.backups.helpers import (
+    SSN,
+    TABLES,
+    api_view,
+    delete,
+    fetch,
+    new_token,
+    populate,
+    post,
+    same,
+    shard_rows,
+)
 from tests.fixtures.api import Tenant, onboard
 from tests.fixtures.databases import TestDatabases, raw_dsn
 
-# Every shard table but the residency row, which each shard writes for itself.
-TABLES = sorted(t for t in shard_metadata.tables if t != "tenant_residency")
-
-
-@pytest.fixture
-def key() -> OperatorKey:
-    return OperatorKey(os.urandom(32))
-
-
-@pytest.fixture
-def deps(app_client: httpx.AsyncClient) -> BackupDeps:
-    return backup_deps(runtime_of(app_client))
-
-
-async def _rows(shard_url: str, tenant_id: str) -> dict[str, list[str]]:
-    """Every row of the tenant on a shard, as text, per table."""
-    conn = await asyncpg.connect(shard_url)
-    try:
-        return {
-            table: sorted(
-                r[0]
-                for r in await conn.fetch(
-                    f'SELECT t::text FROM "{table}" AS t WHERE tenant_id = $1',
-                    uuid.UUID(tenant_id),
-                )
-            )
-            for table in TABLES
-        }
-    finally:
-        await conn.close()
-
 
 async def _control(databases: TestDatabases, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(raw_dsn(databases.control))
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
+    return await fetch(raw_dsn(databases.control), sql, *args)
 
 
 def _shard_url(databases: TestDatabases, shard_id: str) -> str:
@@ -92,7 +65,7 @@ async def test_export_delete_import_gives_back_the_same_tenant(
 ) -> None:
     made = await populate(app_client, tenant)
     before = await api_view(app_client, tenant, made)
-    rows_before = await _rows(_shard_url(databases, tenant.shard_id), tenant.id)
+    rows_before = await shard_rows(_shard_url(databases, tenant.shard_id), tenant.id)
     rules_before = await _control(
         databases,
         "SELECT ptype, v0, v1, v2, v3 FROM casbin_rule WHERE v1 = $1 OR v2 = $1 "
@@ -129,10 +102,10 @@ async def test_export_delete_import_gives_back_the_same_tenant(
 
     tenant = await new_token(app_client, tenant)
     same(await api_view(app_client, tenant, made), before)
-    assert await _rows(_shard_url(databases, target), tenant.id) == rows_before
+    assert await shard_rows(_shard_url(databases, target), tenant.id) == rows_before
     if target != "us-1":
         # The deleted tenant's unreadable rows are gone from the shard it left.
-        left = await _rows(_shard_url(databases, "us-1"), tenant.id)
+        left = await shard_rows(_shard_url(databases, "us-1"), tenant.id)
         assert not any(left.values())
     status = await _control(
         databases,
@@ -212,8 +185,8 @@ async def test_a_tampered_archive_or_a_wrong_key_is_refused_with_nothing_written
     await export_tenant(deps, tenant.id, archive, key)
     before = await api_view(app_client, tenant, made)
     await delete(app_client, admin_headers, tenant)
-    shredded = await _rows(_shard_url(databases, "us-1"), tenant.id)
-    elsewhere = await _rows(_shard_url(databases, "eu-1"), tenant.id)
+    shredded = await shard_rows(_shard_url(databases, "us-1"), tenant.id)
+    elsewhere = await shard_rows(_shard_url(databases, "eu-1"), tenant.id)
 
     one_row = _tamper(archive, "shard/contact.copy", lambda d: d.replace(b"Lovelace", b"Lovelacf"))
     with pytest.raises(ArchiveInvalid, match=r"checksum mismatch: shard/contact\.copy"):
@@ -229,8 +202,8 @@ async def test_a_tampered_archive_or_a_wrong_key_is_refused_with_nothing_written
         await import_tenant(deps, cut, key, shard="eu-1")
 
     # Nothing changed: the tenant is still the deleted one, its rows where they were.
-    assert await _rows(_shard_url(databases, "us-1"), tenant.id) == shredded
-    assert await _rows(_shard_url(databases, "eu-1"), tenant.id) == elsewhere
+    assert await shard_rows(_shard_url(databases, "us-1"), tenant.id) == shredded
+    assert await shard_rows(_shard_url(databases, "eu-1"), tenant.id) == elsewhere
     assert [
         r["status"]
         for r in await _control(
@@ -279,8 +252,8 @@ async def test_rows_that_differ_from_the_source_are_not_restored(
     forged = _forge(archive, key, "shard/contact.copy", lambda d: d.replace(b"gold", b"gilt"))
     with pytest.raises(ImportRefused, match="restored rows of contact differ"):
         await import_tenant(deps, forged, key, shard="eu-1")
-    assert not any((await _rows(_shard_url(databases, "eu-1"), tenant.id)).values())
-    assert (await _rows(_shard_url(databases, "us-1"), tenant.id))["contact"]
+    assert not any((await shard_rows(_shard_url(databases, "eu-1"), tenant.id)).values())
+    assert (await shard_rows(_shard_url(databases, "us-1"), tenant.id))["contact"]
 
 
 async def test_a_failure_in_the_control_plane_leaves_nothing_on_the_shard(
@@ -305,7 +278,7 @@ async def test_a_failure_in_the_control_plane_leaves_nothing_on_the_shard(
     monkeypatch.setattr(deps.keyring, "restore_keys", fails)
     with pytest.raises(RuntimeError, match="KMS"):
         await import_tenant(deps, archive, key, shard="eu-1")
-    assert not any((await _rows(_shard_url(databases, "eu-1"), tenant.id)).values())
+    assert not any((await shard_rows(_shard_url(databases, "eu-1"), tenant.id)).values())
     still = await _control(
         databases,
         "SELECT t.status, d.shard_id FROM tenant t JOIN tenant_directory d "
