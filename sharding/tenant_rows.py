@@ -5,10 +5,16 @@ copied with, copying them out and in, and deleting them.
 Copies use PostgreSQL's text format under fixed session settings (``SESSION``), so
 the same rows give the same bytes whichever server writes them, and a server at the
 same schema revision reads them back as they were stored.
+
+The same statements run on a plain PostgreSQL shard and on a Citus coordinator: each
+names the tenant (``tenant_id = $1``), so Citus routes it to the one worker holding
+the tenant's shard group, and COPY into a distributed table goes through the
+coordinator. Deleting is the one place the engines differ (``delete_tenant_rows``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,8 @@ from uuid import UUID
 import asyncpg
 
 from sharding.catalog import quote_ident, tenant_tables
-from sharding.engine import TENANT_COLUMN
+from sharding.engine import TENANT_COLUMN, ShardEngine, detect_engine, traits
+from sharding.errors import ShardingError
 
 # How rows render as text, whatever the server's defaults: timestamps in UTC and ISO,
 # floats exactly, bytea in hex. (The mover's connections use the same settings.)
@@ -46,6 +53,45 @@ _PRIMARY_KEY = (
 )
 
 Sink = Callable[[bytes], Awaitable[None]]
+
+
+class RowAccessError(ShardingError):
+    """The connected role cannot write a tenant's rows by COPY: row-level security
+    applies to it."""
+
+
+async def require_copy_in(conn: asyncpg.Connection, engine: ShardEngine | str) -> None:
+    """Refuses unless the connected role may COPY rows into the shard's tables: a
+    superuser or a role with BYPASSRLS. PostgreSQL refuses COPY FROM into a table whose
+    row-level security applies to the role ("COPY FROM not supported with row-level
+    security"), and every shard table is under FORCE, which binds its owner too. On
+    Citus the rows are copied on the workers as the same role, so it must bypass
+    row-level security there as well."""
+    role = await conn.fetchrow(
+        "SELECT current_user AS name, rolsuper OR rolbypassrls AS bypasses FROM pg_roles"
+        " WHERE rolname = current_user"
+    )
+    assert role is not None
+    where: list[str] = (
+        []
+        if role["bypasses"]
+        else ["the coordinator" if traits(engine).distributes_tables else "the shard"]
+    )
+    if traits(engine).distributes_tables:
+        where += [
+            f"worker {r['nodename']}:{r['nodeport']}"
+            for r in await conn.fetch(
+                "SELECT nodename, nodeport FROM run_command_on_workers($$SELECT rolsuper OR"
+                " rolbypassrls FROM pg_roles WHERE rolname = current_user$$)"
+                " WHERE NOT success OR result <> 't'"
+            )
+        ]
+    if where:
+        raise RowAccessError(
+            f"role {role['name']} is bound by the shard tables' forced row-level security "
+            f"on {', '.join(where)}, and PostgreSQL refuses COPY into them: give the "
+            "shard an admin DSN of a superuser or of a role with BYPASSRLS (on every node)"
+        )
 
 
 async def copied_columns(conn: asyncpg.Connection, tables: Sequence[str]) -> dict[str, list[str]]:
@@ -92,17 +138,47 @@ async def copy_in(conn: asyncpg.Connection, table: str, columns: Sequence[str], 
     return int(status.split()[-1])
 
 
-async def delete_tenant_rows(
-    conn: asyncpg.Connection, tenant_id: UUID, *, batch: int = DELETE_BATCH
-) -> dict[str, int]:
-    """Delete every row of the tenant on ``conn``'s shard in batches, tables referring to
-    others first and the residency row last; the rows deleted per table (tables with
-    none left out).
+async def enter_tenant_rows(conn: asyncpg.Connection, tenant_id: UUID) -> None:
+    """Lets the rest of ``conn``'s transaction see and write the tenant's rows under
+    the tables' forced row-level security, whatever the role: a shard's owner (a
+    Citus shard's admin role usually is) is bound by it and sees no row without it; a
+    superuser is not. ``SET LOCAL``, not ``set_config``: Citus passes only ``SET
+    LOCAL`` on to its workers (``citus.propagate_set_commands = 'local'``, a database
+    setting of every Citus shard). It takes no parameter, hence the literal, made
+    from a UUID."""
+    await conn.execute(f"SET LOCAL app.tenant_id = '{UUID(str(tenant_id))}'")
 
-    Foreign-key triggers are off (session_replication_role = replica, which needs a
-    superuser): a table that refers to itself (accounts' parents, users' managers)
-    cannot be deleted in batches otherwise, and every key includes tenant_id, so
-    deleting all of one tenant's rows leaves no other row dangling."""
+
+async def delete_tenant_rows(
+    conn: asyncpg.Connection,
+    tenant_id: UUID,
+    *,
+    engine: ShardEngine | str | None = None,
+    batch: int = DELETE_BATCH,
+) -> dict[str, int]:
+    """Delete every row of the tenant on ``conn``'s shard, tables referring to others
+    first and the residency row last; the rows deleted per table (tables with none
+    left out). ``engine`` is the shard's (the topology's); found on the database when
+    not given, since the plain way below must never run on distributed tables.
+
+    On plain PostgreSQL, in batches with foreign-key triggers off
+    (session_replication_role = replica, which needs a superuser): a table that
+    refers to itself (accounts' parents, users' managers) cannot be deleted in
+    batches otherwise, and every key includes tenant_id, so deleting all of one
+    tenant's rows leaves no other row dangling.
+
+    On Citus, one ``DELETE ... WHERE tenant_id = $1`` per table in one transaction
+    (the caller's, or one of its own): each is routed to the tenant's worker, so the
+    transaction stays there and commits at once. The batches cannot be used there:
+    ``ctid`` names a row only within one shard (the same ctid exists in every shard
+    of a table), and session_replication_role is neither propagated to the workers
+    nor allowed to the shard's owner. One statement per table needs neither: the
+    foreign-key checks of a self-referring table run at its end, once every row of
+    the tenant is gone."""
+    if engine is None:
+        engine = await detect_engine(conn)
+    if traits(engine).distributes_tables:
+        return await _delete_routed(conn, tenant_id)
     deleted: dict[str, int] = {}
     await conn.execute("SET session_replication_role = replica")
     try:
@@ -123,4 +199,22 @@ async def delete_tenant_rows(
                 deleted[table] = total
     finally:
         await conn.execute("RESET session_replication_role")
+    return deleted
+
+
+async def _delete_routed(conn: asyncpg.Connection, tenant_id: UUID) -> dict[str, int]:
+    """``delete_tenant_rows`` on a Citus shard (see there)."""
+    deleted: dict[str, int] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        if not conn.is_in_transaction():
+            await stack.enter_async_context(conn.transaction())
+        await enter_tenant_rows(conn, tenant_id)
+        for table in reversed(await tenant_tables(conn)):
+            status = await conn.execute(
+                f"DELETE FROM {quote_ident(table)} WHERE {TENANT_COLUMN} = $1",  # noqa: S608
+                tenant_id,
+            )
+            count = int(status.split()[-1])
+            if count:
+                deleted[table] = count
     return deleted
