@@ -54,6 +54,7 @@ from meridian.backups.service import (
     RESIDENCY_TABLE,
     BackupDeps,
     check_schema,
+    check_writable,
     control_owner,
     driver_of,
     make_workdir,
@@ -80,7 +81,7 @@ from meridian.transfers.files import FileUnreadable, file_cipher, seal, unseal
 from sharding import verify
 from sharding.catalog import quote_ident, tenant_tables
 from sharding.engines import ShardInfo
-from sharding.tenant_rows import copy_in, delete_tenant_rows
+from sharding.tenant_rows import copy_in, delete_tenant_rows, enter_tenant_rows
 from tenancy.context import TenantStatus
 from tenancy.crypto import FieldCipher
 from tenancy.keyring import DataKey, new_data_key
@@ -643,6 +644,9 @@ async def _restore_shard(
     counts = _Counts()
     entries = opened.manifest.of("shard")
     async with conn.transaction():
+        # The new tenant's rows are written under forced row-level security (see
+        # enter_tenant_rows); the staged copies are temporary tables without it.
+        await enter_tenant_rows(conn, target.new_tenant)
         tables = [t for t in await tenant_tables(conn) if t != RESIDENCY_TABLE]
         if sorted(tables) != sorted(e.name for e in entries):
             raise ImportRefused(f"shard {target.shard.id} does not have the archive's tables")
@@ -850,6 +854,7 @@ async def import_as_new(
             )
             async with shard_admin(target.admin_dsn) as conn:
                 await check_schema(conn, manifest, f"shard {info.id}")
+                await check_writable(conn, info)
                 counts, files = await _restore_shard(conn, opened, target, workdir)
             try:
                 async with control.connect() as conn, conn.begin():
@@ -859,7 +864,7 @@ async def import_as_new(
             except BaseException:
                 # Nothing of the sandbox may stay on the shard without its control rows.
                 async with shard_admin(target.admin_dsn) as conn:
-                    await delete_tenant_rows(conn, new_tenant)
+                    await delete_tenant_rows(conn, new_tenant, engine=info.engine)
                 raise
         deps.keyring.forget(new_tenant)
         await deps.directory.invalidate(new_tenant)

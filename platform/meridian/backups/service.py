@@ -8,8 +8,8 @@ residency row at the directory's epoch, so a move that switched meanwhile is not
 and every key version its rows use must be among the keys archived, so a key
 rotation that retired a version meanwhile is noticed. Either makes the export stop.
 
-**Import** restores the archive as the same tenant, onto any plain PostgreSQL shard at
-the archive's schema revision:
+**Import** restores the archive as the same tenant, onto any shard at the archive's
+schema revision, plain PostgreSQL or Citus, whichever the source was:
 
 1. the archive is checked whole (operator key, MAC, checksums) before anything else;
 2. the tenant must not exist, or exist as deleted (crypto-shredded: its leftover rows
@@ -24,6 +24,14 @@ the archive's schema revision:
 
 A session advisory lock on the control plane keeps two imports of one tenant apart
 (the clean-up of one must never delete the other's rows).
+
+**Citus shards** run the same statements on the coordinator: every one names the
+tenant, so Citus routes it to the worker holding the tenant's shard group, and a
+transaction of them stays on that worker (one snapshot for an export, one commit for
+an import). COPY into a distributed table goes through the coordinator. The tenant
+is entered with ``SET LOCAL app.tenant_id`` (``tenant_rows.enter_tenant_rows``), so
+an admin role bound by forced row-level security (a Citus shard's owner) sees and
+writes its rows; only deleting differs (``tenant_rows.delete_tenant_rows``).
 """
 
 from __future__ import annotations
@@ -62,16 +70,19 @@ from meridian.directory import CachedDirectory
 from meridian.ids import new_id
 from sharding import verify
 from sharding.catalog import quote_ident, tenant_tables
-from sharding.engine import ShardEngine, asyncpg_dsn
+from sharding.engine import asyncpg_dsn
 from sharding.engines import ShardInfo
 from sharding.models import Shard, TenantResidency
 from sharding.placement import PlacementError, choose_shard
 from sharding.tenant_rows import (
     SESSION,
+    RowAccessError,
     copied_columns,
     copy_in,
     copy_out,
     delete_tenant_rows,
+    enter_tenant_rows,
+    require_copy_in,
     schema_revision,
 )
 from tenancy.context import TenantStatus
@@ -268,11 +279,6 @@ async def export_tenant(
         async with control_owner(deps) as control:
             async with control.connect() as conn:
                 home = await _find_tenant(conn, tenant)
-            if home.engine != ShardEngine.POSTGRES.value:
-                raise ExportRefused(
-                    f"tenant {home.tenant['slug']} is on shard {home.shard_id}, a {home.engine} "
-                    "shard: archives are made of plain PostgreSQL shards"
-                )
             tenant_id = UUID(home.tenant["id"])
             entries: list[TableEntry] = []
             files: dict[str, Path] = {}
@@ -280,8 +286,14 @@ async def export_tenant(
                 shard_admin(home.admin_dsn) as shard,
                 shard.transaction(isolation="repeatable_read", readonly=True),
             ):
+                await enter_tenant_rows(shard, tenant_id)
                 # The snapshot starts here: it must be of the tenant's home at the epoch
-                # the directory named (a move switched meanwhile: not any more).
+                # the directory named (a move switched meanwhile: not any more). On
+                # Citus every statement below that reads rows names the tenant, so all
+                # go to the one worker holding its shard group, over the one connection
+                # Citus keeps for that group in a transaction; measured on Citus 13.2,
+                # that worker transaction keeps the coordinator's repeatable-read
+                # snapshot across statements (tests/backups/test_citus.py checks it).
                 residency = await shard.fetchrow(
                     f"SELECT epoch FROM {RESIDENCY_TABLE} WHERE tenant_id = $1",  # noqa: S608
                     tenant_id,
@@ -386,6 +398,7 @@ class _Plan:
     # policy version (the restored one is newer, so no instance keeps older rules).
     leftover_shard: str | None
     leftover_admin_dsn: str | None
+    leftover_engine: str | None
     leftover_policy: int
 
 
@@ -410,7 +423,8 @@ async def _import_lock(control: AsyncEngine, tenant_id: UUID) -> AsyncIterator[N
 
 async def target_shard(deps: BackupDeps, region: str, shard_id: str | None) -> ShardInfo:
     """Where an archive is restored: ``shard_id``, else where placement puts a new
-    tenant of ``region``; a plain PostgreSQL shard that is not offline."""
+    tenant of ``region``; a shard that is not offline, of either engine (the rows of
+    an archive do not depend on the engine they were read from)."""
     shards = await deps.reload_topology()
     if shard_id is not None:
         shard = next((s for s in shards if s.id == shard_id), None)
@@ -423,11 +437,6 @@ async def target_shard(deps: BackupDeps, region: str, shard_id: str | None) -> S
             shard = choose_shard(shards, await deps.tenant_counts(), region)
         except PlacementError as exc:
             raise ImportRefused(f"{exc}: name a shard with --shard") from exc
-    if shard.engine is not ShardEngine.POSTGRES:
-        raise ImportRefused(
-            f"shard {shard.id} is a {shard.engine.value} shard: archives are restored onto "
-            "plain PostgreSQL shards"
-        )
     return shard
 
 
@@ -459,18 +468,22 @@ async def _plan(
         raise ImportRefused(f"slug {slug!r} belongs to another tenant ({holder})")
     shard = await target_shard(deps, str(manifest.tenant["region"]), shard_id)
     async with control.connect() as conn:
-        dsns = dict((await conn.execute(select(Shard.id, Shard.admin_dsn))).all())
+        shards = {
+            r.id: r for r in (await conn.execute(select(Shard.id, Shard.admin_dsn, Shard.engine)))
+        }
     leftover = existing.shard_id if existing is not None else None
+    left = shards.get(leftover) if leftover is not None else None
     old_epoch = existing.epoch if existing is not None and existing.epoch is not None else 0
     return _Plan(
         tenant_id=tenant_id,
         shard=shard,
-        admin_dsn=dsns[shard.id],
+        admin_dsn=shards[shard.id].admin_dsn,
         # Past both the archive's and a deleted tenant's epoch: an instance that still
         # holds either entry is refused by the shard and reads the directory again.
         epoch=max(int(manifest.source["epoch"]), old_epoch) + 1,
         leftover_shard=leftover,
-        leftover_admin_dsn=dsns.get(leftover) if leftover is not None else None,
+        leftover_admin_dsn=left.admin_dsn if left is not None else None,
+        leftover_engine=left.engine if left is not None else None,
         leftover_policy=int(policy or 0),
     )
 
@@ -493,6 +506,14 @@ async def check_schema(conn: asyncpg.Connection, manifest: Manifest, where: str)
             raise ImportRefused(f"{where}: table {entry.name} does not have the archive's columns")
 
 
+async def check_writable(conn: asyncpg.Connection, shard: ShardInfo) -> None:
+    """The shard's admin role may COPY the archive's rows in (``require_copy_in``)."""
+    try:
+        await require_copy_in(conn, shard.engine)
+    except RowAccessError as exc:
+        raise ImportRefused(f"shard {shard.id}: {exc}") from exc
+
+
 async def _columns_or_none(conn: asyncpg.Connection, tables: list[str]) -> dict[str, list[str]]:
     try:
         return await copied_columns(conn, tables)
@@ -506,9 +527,10 @@ async def _restore_shard(conn: asyncpg.Connection, opened: OpenedArchive, plan: 
     manifest, tenant_id = opened.manifest, plan.tenant_id
     entries = manifest.of("shard")
     async with conn.transaction():
+        await enter_tenant_rows(conn, tenant_id)
         if plan.leftover_shard == plan.shard.id:
             # The deleted tenant's rows: ciphertext nobody can open any more.
-            await delete_tenant_rows(conn, tenant_id)
+            await delete_tenant_rows(conn, tenant_id, engine=plan.shard.engine)
         tables = [t for t in await tenant_tables(conn) if t != RESIDENCY_TABLE]
         if sorted(tables) != sorted(e.name for e in entries):
             raise ImportRefused(f"shard {plan.shard.id} does not have the archive's tables")
@@ -618,20 +640,21 @@ async def import_tenant(
                 await check_schema(await driver_of(conn), manifest, "the control plane")
             async with shard_admin(plan.admin_dsn) as conn:
                 await check_schema(conn, manifest, f"shard {plan.shard.id}")
+                await check_writable(conn, plan.shard)
                 rows = await _restore_shard(conn, opened, plan)
             try:
                 policy = await _restore_control(deps, control, opened, plan)
             except BaseException:
                 # Nothing of the tenant may stay on the shard without its control rows.
                 async with shard_admin(plan.admin_dsn) as conn:
-                    await delete_tenant_rows(conn, tenant_id)
+                    await delete_tenant_rows(conn, tenant_id, engine=plan.shard.engine)
                 raise
         await _announce(deps, tenant_id, policy)
         purged: dict[str, int] = {}
         if plan.leftover_admin_dsn is not None and plan.leftover_shard != plan.shard.id:
             # The deleted tenant's unreadable rows on the shard it lived on.
             async with shard_admin(plan.leftover_admin_dsn) as conn, conn.transaction():
-                purged = await delete_tenant_rows(conn, tenant_id)
+                purged = await delete_tenant_rows(conn, tenant_id, engine=plan.leftover_engine)
     finally:
         await remove_dir(workdir)
     return {
