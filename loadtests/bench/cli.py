@@ -8,7 +8,8 @@ Cases (wrk -t1 -c<connections>, a warm-up run first, <workers> uvicorn workers e
   (the floor; as the PostgreSQL superuser, so no RLS and no transaction around it);
 - Meridian ``GET /v1/contacts/{id}`` with the record cache on and off (bearer token,
   tenant resolution, rate limits, routing, residency check, RLS), ids spread over all
-  contacts, and cached with the rate limits off (what their Redis call costs);
+  contacts, and cached with the rate limits off (what they cost) and traced (every
+  request, and one in ten), exporting to an OTLP sink in the bench (what tracing costs);
 - the same uncached read spread over two tenants on two shards;
 - Meridian ``GET /v1/contacts?limit=50`` with the list cache off, against the bare
   endpoint's same SQL, and with the list cache on;
@@ -40,8 +41,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import asyncpg
@@ -101,6 +104,16 @@ CASES = [
         "`GET /v1/contacts/{id}`, record cache on, rate limits off",
         "Meridian",
     ),
+    Case(
+        "get_cached_traced",
+        "`GET /v1/contacts/{id}`, record cache on, every request traced (OTLP)",
+        "Meridian",
+    ),
+    Case(
+        "get_cached_sampled",
+        "`GET /v1/contacts/{id}`, record cache on, one request in ten traced",
+        "Meridian",
+    ),
     Case("get_uncached", "`GET /v1/contacts/{id}`, record cache off", "Meridian"),
     Case("get_two_shards", "`GET /v1/contacts/{id}`, cache off, 2 tenants on 2 shards", "Meridian"),
     Case("bare_list", "first 50 contacts, bare asyncpg (same SQL)", "bare FastAPI"),
@@ -112,6 +125,8 @@ RATIOS = [
     Ratio("uncached GET / bare PK read (req/s)", "get_uncached", "bare_get", "rps", at_least=0.8),
     Ratio("cached GET / uncached GET (req/s)", "get_cached", "get_uncached", "rps"),
     Ratio("cached GET, rate limits on / off (req/s)", "get_cached", "get_cached_unlimited", "rps"),
+    Ratio("cached GET, traced / not (req/s)", "get_cached_traced", "get_cached", "rps"),
+    Ratio("cached GET, 10 % traced / not (req/s)", "get_cached_sampled", "get_cached", "rps"),
     Ratio("uncached GET p99 / bare PK read p99", "get_uncached", "bare_get", "p99", at_most=1.0),
     Ratio("cached GET p99 / bare PK read p99", "get_cached", "bare_get", "p99", at_most=1.0),
     Ratio("uncached GET / hello-world (req/s)", "get_uncached", "hello", "rps"),
@@ -273,21 +288,42 @@ class Bench:
                 self._measure("bare_list", server, [(path, None)])
 
     def unlimited(self) -> None:
-        """The cached read without rate limits: what the limiter's Redis call costs."""
-        if not self._wants("get_cached_unlimited"):
+        """The cached read without rate limits: what the limiter costs a request."""
+        self._cached_variant("get_cached_unlimited", {"MERIDIAN_RATE_LIMITS": "false"})
+
+    def traced(self) -> None:
+        """The cached read traced, every request and one in ten, exported over
+        OTLP/HTTP to a sink in this process: what tracing costs."""
+        for key, ratio in (("get_cached_traced", "1"), ("get_cached_sampled", "0.1")):
+            if not self._wants(key):
+                continue
+            with OtlpSink() as sink:
+                extra = {
+                    "MERIDIAN_TRACES_ENDPOINT": sink.url,
+                    "MERIDIAN_TRACES_SAMPLE_RATIO": ratio,
+                }
+                self._cached_variant(key, extra)
+                print(f"  spans exported to the sink: {sink.batches} batches, {sink.bytes:,} bytes")
+
+    def _cached_variant(self, key: str, extra: dict[str, str]) -> None:
+        """``GET /v1/contacts/{id}``, record cache on, on a server with ``extra`` set."""
+        if not self._wants(key):
             return
         port = free_port()
         env = {
             **server_env(self.prepared.settings),
             "MERIDIAN_CACHE_RECORDS": "true",
             "MERIDIAN_CACHE_LISTS": "true",
-            "MERIDIAN_RATE_LIMITS": "false",
+            **extra,
         }
         argv = meridian_argv(port, self.args.workers)
-        with Server("meridian-unlimited", argv, env, port, "/readyz", self.log_dir) as server:
+        with Server(f"meridian-{key}", argv, env, port, "/readyz", self.log_dir) as server:
             first = self.prepared.tenants[0]
             _check(f"{server.base_url}/v1/contacts/{first.contact_ids[0]}", first.token)
-            self._measure("get_cached_unlimited", server, _get_requests([first]))
+            self._measure(key, server, _get_requests([first]))
+            refused = self._refused(server)
+            if refused:
+                print(f"  answers other than 200, from /metrics: {refused}")
 
     def meridian(self, *, cached: bool) -> None:
         keys = (
@@ -402,6 +438,19 @@ class Bench:
         )
 
     @staticmethod
+    def _refused(server: Server) -> dict[str, float]:
+        """The server's answers by status but 200 (wrk counts them, not which)."""
+        status, body = http_get(server.base_url + "/metrics")
+        if status != 200:
+            return {}
+        text = body.decode()
+        return {
+            code: found
+            for code in ("400", "401", "404", "429", "500", "503", "504")
+            if (found := counter_total(text, "meridian_http_requests_total", status=code))
+        }
+
+    @staticmethod
     def _contact_l1_hits(server: Server) -> float:
         """Record-cache hits so far (one worker's count when there are several)."""
         status, body = http_get(server.base_url + "/metrics")
@@ -416,6 +465,7 @@ class Bench:
             ("bare FastAPI server", self.bare),
             ("Meridian, record cache on", lambda: self.meridian(cached=True)),
             ("Meridian, record cache on, rate limits off", self.unlimited),
+            ("Meridian, record cache on, traced", self.traced),
             ("Meridian, record cache off", lambda: self.meridian(cached=False)),
             ("Meridian, many tenants", self.many),
             ("Meridian, Citus shard and plain shard", self.citus),
@@ -424,6 +474,39 @@ class Bench:
             for title, step in steps:
                 print(f"round {round_no}/{self.args.rounds}: {title}", flush=True)
                 step()
+
+
+class OtlpSink:
+    """An OTLP/HTTP receiver that takes every export and keeps only its size, on a
+    thread of the bench (the API process exports to it as to a collector)."""
+
+    def __init__(self) -> None:
+        self.batches = self.bytes = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(size)
+                sink.batches += 1
+                sink.bytes += size
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}/v1/traces"
+
+    def __enter__(self) -> OtlpSink:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 async def _pg_version(pg: PgServer) -> str:

@@ -94,6 +94,9 @@ class Tracing:
             tracer_provider=self.provider,
             excluded_urls=_UNTRACED,
             server_request_hook=_without_query,
+            # A span per ASGI message (the body's receive, each send) would triple the
+            # spans of a request and tell nothing the request's span does not.
+            exclude_spans=["receive", "send"],
         )
         self.instrument_drivers()
 
