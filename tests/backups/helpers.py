@@ -3,12 +3,18 @@ through the API, what the API answers about it, and deleting it."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import tarfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
+from meridian.backups.archive import Manifest, OperatorKey
 from meridian.models import shard_metadata
 from tests.fields.helpers import define
 from tests.fixtures.api import Tenant, token_for
@@ -170,3 +176,36 @@ async def shard_rows(url: str, tenant_id: str) -> dict[str, list[str]]:
         }
     finally:
         await conn.close()
+
+
+def tamper(archive: Path, member: str, change: Any) -> Path:
+    """A copy of ``archive`` with ``member``'s bytes passed through ``change``."""
+    out = archive.with_name(f"tampered-{member.replace('/', '-')}.tar.gz")
+    with tarfile.open(archive) as src, tarfile.open(out, "w:gz") as dst:
+        for m in src:
+            f = src.extractfile(m)
+            assert f is not None
+            data = f.read()
+            if m.name == member:
+                data = change(data)
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    return out
+
+
+def forge(archive: Path, key: OperatorKey, member: str, change: Any) -> Path:
+    """A copy of ``archive`` with ``member`` changed and the manifest made to agree (its
+    checksum and MAC), as a holder of the operator key could."""
+    changed = tamper(archive, member, change)
+    with tarfile.open(changed) as tar:
+        f = tar.extractfile(member)
+        assert f is not None
+        digest = hashlib.sha256(f.read()).hexdigest()
+        m = tar.extractfile("manifest.json")
+        assert m is not None
+        manifest = Manifest.decode(m.read(), key)
+    tables = tuple(
+        dataclasses.replace(t, sha256=digest) if t.member == member else t for t in manifest.tables
+    )
+    resealed = dataclasses.replace(manifest, tables=tables).encode(key)
+    return tamper(changed, "manifest.json", lambda _: resealed)

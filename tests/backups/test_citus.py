@@ -29,13 +29,14 @@ from tests.backups.helpers import (
     api_view,
     delete,
     fetch,
+    forge,
     new_token,
     populate,
     post,
     same,
     shard_rows,
+    tamper,
 )
-from tests.backups.test_service import _forge, _tamper
 from tests.citus.shard_admin import shard_admin_dsn
 from tests.encryption.conftest import runtime_of
 from tests.fixtures.api import Tenant, token_for
@@ -204,13 +205,13 @@ async def test_a_forged_archive_or_a_failure_leaves_the_citus_shard_as_it_was(
         await _record_admin_dsn(platform, await shard_admin_dsn(engines_citus_cluster))
     assert await shard_rows(citus, tenant.id) == shredded
 
-    tampered = _tamper(archive, "shard/contact.copy", lambda d: d.replace(b"Lovelace", b"Lovelacf"))
+    tampered = tamper(archive, "shard/contact.copy", lambda d: d.replace(b"Lovelace", b"Lovelacf"))
     with pytest.raises(ArchiveInvalid, match=r"checksum mismatch: shard/contact\.copy"):
         await import_tenant(deps, tampered, key, shard=CITUS_SHARD)
     # Consistent in itself, but not the rows the source hashed: refused by the Citus
     # shard's own row hashes, after the leftovers were deleted and the rows copied in
     # the same transaction, which is rolled back whole on the worker.
-    forged = _forge(archive, key, "shard/contact.copy", lambda d: d.replace(b"gold", b"gilt"))
+    forged = forge(archive, key, "shard/contact.copy", lambda d: d.replace(b"gold", b"gilt"))
     with pytest.raises(ImportRefused, match="restored rows of contact differ"):
         await import_tenant(deps, forged, key, shard=CITUS_SHARD)
     assert await shard_rows(citus, tenant.id) == shredded

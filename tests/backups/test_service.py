@@ -7,9 +7,6 @@ undone with nothing left behind."""
 from __future__ import annotations
 
 import base64
-import dataclasses
-import hashlib
-import io
 import os
 import tarfile
 import uuid
@@ -20,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from meridian.backups.archive import Manifest, OperatorKey
+from meridian.backups.archive import OperatorKey
 from meridian.backups.errors import (
     ArchiveInvalid,
     ExportRefused,
@@ -34,11 +31,13 @@ from tests.backups.helpers import (
     api_view,
     delete,
     fetch,
+    forge,
     new_token,
     populate,
     post,
     same,
     shard_rows,
+    tamper,
 )
 from tests.fixtures.api import Tenant, onboard
 from tests.fixtures.databases import TestDatabases, raw_dsn
@@ -156,21 +155,6 @@ async def test_import_places_by_region_and_refuses_a_live_tenant(
     same(await api_view(app_client, tenant, made), before)
 
 
-def _tamper(archive: Path, member: str, change: Any) -> Path:
-    """A copy of ``archive`` with ``member``'s bytes passed through ``change``."""
-    out = archive.with_name(f"tampered-{member.replace('/', '-')}.tar.gz")
-    with tarfile.open(archive) as src, tarfile.open(out, "w:gz") as dst:
-        for m in src:
-            f = src.extractfile(m)
-            assert f is not None
-            data = f.read()
-            if m.name == member:
-                data = change(data)
-                m.size = len(data)
-            dst.addfile(m, io.BytesIO(data))
-    return out
-
-
 async def test_a_tampered_archive_or_a_wrong_key_is_refused_with_nothing_written(
     app_client: httpx.AsyncClient,
     admin_headers: dict[str, str],
@@ -188,10 +172,10 @@ async def test_a_tampered_archive_or_a_wrong_key_is_refused_with_nothing_written
     shredded = await shard_rows(_shard_url(databases, "us-1"), tenant.id)
     elsewhere = await shard_rows(_shard_url(databases, "eu-1"), tenant.id)
 
-    one_row = _tamper(archive, "shard/contact.copy", lambda d: d.replace(b"Lovelace", b"Lovelacf"))
+    one_row = tamper(archive, "shard/contact.copy", lambda d: d.replace(b"Lovelace", b"Lovelacf"))
     with pytest.raises(ArchiveInvalid, match=r"checksum mismatch: shard/contact\.copy"):
         await import_tenant(deps, one_row, key, shard="eu-1")
-    manifest = _tamper(archive, "manifest.json", lambda d: d.replace(b'"rows": 6', b'"rows": 7'))
+    manifest = tamper(archive, "manifest.json", lambda d: d.replace(b'"rows": 6', b'"rows": 7'))
     with pytest.raises(ArchiveInvalid, match="MAC does not match"):
         await import_tenant(deps, manifest, key, shard="eu-1")
     with pytest.raises(WrongOperatorKey, match="sealed under operator key"):
@@ -216,24 +200,6 @@ async def test_a_tampered_archive_or_a_wrong_key_is_refused_with_nothing_written
     same(await api_view(app_client, tenant, made), before)
 
 
-def _forge(archive: Path, key: OperatorKey, member: str, change: Any) -> Path:
-    """A copy of ``archive`` with ``member`` changed and the manifest made to agree (its
-    checksum and MAC), as a holder of the operator key could."""
-    changed = _tamper(archive, member, change)
-    with tarfile.open(changed) as tar:
-        f = tar.extractfile(member)
-        assert f is not None
-        digest = hashlib.sha256(f.read()).hexdigest()
-        m = tar.extractfile("manifest.json")
-        assert m is not None
-        manifest = Manifest.decode(m.read(), key)
-    tables = tuple(
-        dataclasses.replace(t, sha256=digest) if t.member == member else t for t in manifest.tables
-    )
-    resealed = dataclasses.replace(manifest, tables=tables).encode(key)
-    return _tamper(changed, "manifest.json", lambda _: resealed)
-
-
 async def test_rows_that_differ_from_the_source_are_not_restored(
     app_client: httpx.AsyncClient,
     admin_headers: dict[str, str],
@@ -249,7 +215,7 @@ async def test_rows_that_differ_from_the_source_are_not_restored(
     archive = tmp_path / "t.tar.gz"
     await export_tenant(deps, tenant.id, archive, key)
     await delete(app_client, admin_headers, tenant)
-    forged = _forge(archive, key, "shard/contact.copy", lambda d: d.replace(b"gold", b"gilt"))
+    forged = forge(archive, key, "shard/contact.copy", lambda d: d.replace(b"gold", b"gilt"))
     with pytest.raises(ImportRefused, match="restored rows of contact differ"):
         await import_tenant(deps, forged, key, shard="eu-1")
     assert not any((await shard_rows(_shard_url(databases, "eu-1"), tenant.id)).values())
