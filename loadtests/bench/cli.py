@@ -77,6 +77,7 @@ from loadtests.bench.report import (
     Ratio,
     Report,
     WrkResult,
+    counter_by,
     counter_total,
     docs_section,
     median_result,
@@ -443,12 +444,12 @@ class Bench:
         status, body = http_get(server.base_url + "/metrics")
         if status != 200:
             return {}
-        text = body.decode()
-        return {
-            code: found
-            for code in ("400", "401", "404", "429", "500", "503", "504")
-            if (found := counter_total(text, "meridian_http_requests_total", status=code))
-        }
+        by_status: dict[str, float] = {}
+        for labels, count in counter_by(body.decode(), "meridian_http_requests_total").items():
+            code = dict(labels)["status"]
+            if code != "200":
+                by_status[code] = by_status.get(code, 0) + count
+        return by_status
 
     @staticmethod
     def _contact_l1_hits(server: Server) -> float:

@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
+
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
@@ -218,20 +220,20 @@ def docs_section(*, title: str, command: str, environment: Iterable[str], report
     return f"\n## {title}\n\nCommand:\n\n```\n{command}\n```\n\n{env}\n\n{report.markdown()}\n"
 
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
-
-
 def counter_total(metrics: str, name: str, **labels: str) -> float:
     """Sum of a Prometheus counter's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in metrics.splitlines():
-        match = _SAMPLE.match(line)
-        if not match or match.group("name") != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group("labels")))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group("value"))
-    return total
+    return sum(counter_by(metrics, name, **labels).values())
+
+
+def counter_by(metrics: str, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """A Prometheus counter's samples whose labels include ``labels``, by their labels
+    (prometheus_client's parser: label values may hold braces, as route templates do)."""
+    found: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
 
 
 DOCS_INTRO = """# Benchmarks
