@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import re
 import tarfile
 import uuid
 from pathlib import Path
@@ -209,3 +210,41 @@ def forge(archive: Path, key: OperatorKey, member: str, change: Any) -> Path:
     )
     resealed = dataclasses.replace(manifest, tables=tables).encode(key)
     return tamper(changed, "manifest.json", lambda _: resealed)
+
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def translate(value: Any, ids: dict[str, str]) -> Any:
+    """``value`` with every id of ``ids`` replaced, inside strings too."""
+    if isinstance(value, dict):
+        return {translate(k, ids): translate(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [translate(v, ids) for v in value]
+    if isinstance(value, str):
+        return UUID_RE.sub(lambda m: ids.get(m.group(), m.group()), value)
+    return value
+
+
+async def id_map(old: tuple[str, str], new: tuple[str, str]) -> dict[str, str]:
+    """Old id → new id of every row with an id, for a tenant (shard URL, tenant id) and
+    its sandbox copy, paired in id order on both sides: if the new ids did not keep the
+    old ones' order, the pairs (and what the API answers translated through them) would
+    not match."""
+    from meridian.backups.sandbox import NOT_CARRIED
+
+    ids = {old[1]: new[1]}
+    for table in (t for t, m in shard_metadata.tables.items() if "id" in m.c):
+        if table in NOT_CARRIED:
+            continue
+        before, after = [
+            await fetch(
+                url,
+                f'SELECT id::text FROM "{table}" WHERE tenant_id = $1 ORDER BY id',
+                uuid.UUID(tenant_id),
+            )
+            for url, tenant_id in (old, new)
+        ]
+        assert len(before) == len(after), table
+        ids.update((a[0], b[0]) for a, b in zip(before, after, strict=True))
+    return ids

@@ -9,7 +9,6 @@ the restored tenant's statements are routed to one worker."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,21 +20,23 @@ import pytest
 from meridian.backups import service
 from meridian.backups.archive import OperatorKey
 from meridian.backups.errors import ArchiveInvalid, ImportRefused
-from meridian.backups.sandbox import NOT_CARRIED, import_as_new
+from meridian.backups.sandbox import import_as_new
 from meridian.backups.service import BackupDeps, export_tenant, import_tenant
 from meridian.backups.wiring import backup_deps
-from meridian.models import shard_metadata
 from tests.backups.helpers import (
+    UUID_RE,
     api_view,
     delete,
     fetch,
     forge,
+    id_map,
     new_token,
     populate,
     post,
     same,
     shard_rows,
     tamper,
+    translate,
 )
 from tests.citus.shard_admin import shard_admin_dsn
 from tests.encryption.conftest import runtime_of
@@ -43,8 +44,6 @@ from tests.fixtures.api import Tenant, token_for
 from tests.fixtures.citus import CitusCluster
 from tests.fixtures.citus_api import CITUS_SHARD
 from tests.fixtures.engines import Platform
-
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 async def _record_admin_dsn(platform: Platform, dsn: str) -> None:
@@ -236,17 +235,6 @@ async def test_a_forged_archive_or_a_failure_leaves_the_citus_shard_as_it_was(
     same(await api_view(client, tenant, made), before)
 
 
-def _translate(value: Any, ids: dict[str, str]) -> Any:
-    """``value`` with every id of ``ids`` replaced, inside strings too."""
-    if isinstance(value, dict):
-        return {_translate(k, ids): _translate(v, ids) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_translate(v, ids) for v in value]
-    if isinstance(value, str):
-        return UUID_RE.sub(lambda m: ids.get(m.group(), m.group()), value)
-    return value
-
-
 async def test_a_sandbox_copy_of_a_citus_tenant_is_made_on_the_citus_shard(
     platform: Platform, deps: BackupDeps, key: OperatorKey, tmp_path: Path
 ) -> None:
@@ -271,26 +259,12 @@ async def test_a_sandbox_copy_of_a_citus_tenant_is_made_on_the_citus_shard(
         client_secret=str(creds["client_secret"]),
         token=await token_for(client, str(creds["client_id"]), str(creds["client_secret"])),
     )
-    # Old id → new id, paired in id order (the new ids keep the old ones' order).
-    ids = {tenant.id: sandbox.id}
-    for table in (t for t, m in shard_metadata.tables.items() if "id" in m.c):
-        if table in NOT_CARRIED:
-            continue
-        old, new = [
-            await fetch(
-                citus,
-                f'SELECT id::text FROM "{table}" WHERE tenant_id = $1 ORDER BY id',
-                uuid.UUID(t),
-            )
-            for t in (tenant.id, sandbox.id)
-        ]
-        assert len(old) == len(new), table
-        ids.update((a[0], b[0]) for a, b in zip(old, new, strict=True))
+    ids = await id_map((citus, tenant.id), (citus, sandbox.id))
     copy = await api_view(client, sandbox, {name: ids[old] for name, old in made.items()})
     assert copy["policy_version"] == {1}
-    expected = _translate({k: v for k, v in before.items() if k != "policy_version"}, ids)
+    expected = translate({k: v for k, v in before.items() if k != "policy_version"}, ids)
     assert {k: v for k, v in copy.items() if k != "policy_version"} == {
-        _translate(k, ids): v for k, v in expected.items()
+        translate(k, ids): v for k, v in expected.items()
     }
     # No id of the original in the sandbox's rows; the original untouched.
     old_ids = {i for rows in original_rows.values() for r in rows for i in UUID_RE.findall(r)}

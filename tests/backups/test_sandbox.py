@@ -6,10 +6,8 @@ that exists is refused with nothing written."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,54 +16,22 @@ from meridian.backups.archive import OperatorKey
 from meridian.backups.errors import ImportRefused
 from meridian.backups.sandbox import DISABLED_REASON, NOT_CARRIED
 from meridian.backups.service import BackupDeps, export_tenant
-from meridian.models import shard_metadata
 from meridian.operations import import_tenant_archive
 from tests.backups.helpers import (
     SSN,
+    UUID_RE,
     api_view,
     delete,
     fetch,
+    id_map,
     populate,
     post,
     shard_rows,
+    translate,
 )
 from tests.encryption.conftest import runtime_of
 from tests.fixtures.api import Tenant, token_for
 from tests.fixtures.databases import TestDatabases, raw_dsn
-
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _translate(value: Any, ids: dict[str, str]) -> Any:
-    """``value`` with every id of ``ids`` replaced, inside strings too (paths)."""
-    if isinstance(value, dict):
-        return {_translate(k, ids): _translate(v, ids) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_translate(v, ids) for v in value]
-    if isinstance(value, str):
-        return UUID_RE.sub(lambda m: ids.get(m.group(), m.group()), value)
-    return value
-
-
-async def _id_map(databases: TestDatabases, old: Tenant, new: Tenant) -> dict[str, str]:
-    """Old id → new id of every row with an id, paired in id order on both sides: if
-    the new ids did not keep the old ones' order, the pairs (and what the API answers
-    translated through them) would not match."""
-    ids = {old.id: new.id}
-    for table in (t for t, m in shard_metadata.tables.items() if "id" in m.c):
-        rows = [
-            await fetch(
-                raw_dsn(databases.shards[t.shard_id][1]),
-                f'SELECT id::text FROM "{table}" WHERE tenant_id = $1 ORDER BY id',
-                uuid.UUID(t.id),
-            )
-            for t in (old, new)
-        ]
-        if table in NOT_CARRIED:
-            continue
-        assert len(rows[0]) == len(rows[1]), table
-        ids.update((a[0], b[0]) for a, b in zip(*rows, strict=True))
-    return ids
 
 
 async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
@@ -115,14 +81,17 @@ async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
     # Through the API, with the sandbox's own token: the same content, other ids, the
     # same order; lookups, owners, managers and shares point at the new ids; the
     # blind-index searches (email, phone, a sensitive custom field) find the records.
-    ids = await _id_map(databases, tenant, sandbox)
+    ids = await id_map(
+        (raw_dsn(databases.shards[tenant.shard_id][1]), tenant.id),
+        (raw_dsn(databases.shards[sandbox.shard_id][1]), sandbox.id),
+    )
     assert all(new != old for old, new in ids.items())
     new_made = {name: ids[old] for name, old in made.items()}
     copy = await api_view(app_client, sandbox, new_made)
     assert copy["policy_version"] == {1}
-    expected = _translate({k: v for k, v in before.items() if k != "policy_version"}, ids)
+    expected = translate({k: v for k, v in before.items() if k != "policy_version"}, ids)
     assert {k: v for k, v in copy.items() if k != "policy_version"} == {
-        _translate(k, ids): v for k, v in expected.items()
+        translate(k, ids): v for k, v in expected.items()
     }
     # One record read whole: its sealed fields and sensitive custom value opened under
     # the sandbox's key, its references the new ids.
@@ -130,7 +99,7 @@ async def test_import_as_new_makes_a_sandbox_beside_the_live_original(
     original_ada = resp.json()
     resp = await app_client.get(f"/v1/contacts/{ids[made['ada']]}", headers=sandbox.headers)
     assert resp.status_code == 200, resp.text
-    assert resp.json() == _translate(original_ada, ids)
+    assert resp.json() == translate(original_ada, ids)
     assert resp.json()["custom"]["ssn"] == SSN
     assert resp.json()["phone"] == original_ada["phone"] is not None
 

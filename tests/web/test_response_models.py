@@ -764,6 +764,7 @@ async def drive_platform(
     ok(await client.get(f"/admin/v1/tenants/{tenant.id}", headers=a))
     ok(await client.get(f"/admin/v1/tenants/{tenant.id}/limits", headers=a))
     ok(await client.put(f"/admin/v1/tenants/{tenant.id}/limits", json={}, headers=a))
+    ok(await client.get(f"/admin/v1/tenants/{tenant.id}/quotas", headers=a))
     ok(await client.get("/admin/v1/shards", headers=a))
     ok(await client.get("/admin/v1/moves", params={"tenant_id": tenant.id}, headers=a))
     refused(await client.get(f"/admin/v1/moves/{uuid.uuid4()}", headers=a), 404)
