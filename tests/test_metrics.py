@@ -1,7 +1,8 @@
 """The request metrics of /metrics: by route template and status (never the path), an
 unmatched path as one series, the duration histogram, and only the busiest tenants
 named. (Several processes counting into one exposition: tests/test_cli.py; the states
-read when scraped: tests/test_health.py.)"""
+read when scraped: tests/test_health.py.) And the chart's metric contract, against
+what the processes serve."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meridian.settings import Settings
+from meridian.worker.main import serve_metrics
 from tests.fixtures.api import Tenant, instance
+from tests.fixtures.redis_servers import free_port
+from tests.fixtures.worker import running_worker
+from tests.helm.promql import COUNTERS_AND_GAUGES, HISTOGRAMS
 
 
 @pytest.fixture
@@ -75,3 +80,37 @@ async def test_only_the_busiest_tenants_are_named(
     # No request metric carries a tenant.
     counted = await samples(client, "meridian_http_requests_total")
     assert not any(tenant.id in value for key in counted for value in key)
+
+
+async def test_the_charts_metric_contract_is_what_the_api_and_the_worker_serve(
+    client: httpx.AsyncClient, tenant: Tenant, settings: Settings
+) -> None:
+    """The dashboard and alerts are checked against a contract (tests/helm/promql.py);
+    this checks the contract against the processes: every series it names is served,
+    with exactly its labels, so the two cannot drift apart."""
+    assert (await client.get("/v1/contacts", headers=tenant.headers)).status_code == 200
+    port = free_port()
+    async with running_worker(settings) as worker:
+        worker.context.runtime.metrics.counter(
+            "meridian_webhook_dead_letters", "as the delivery job names it", ["reason"]
+        ).labels("expired")  # a child, so the family has a sample to read labels from
+        runner = await serve_metrics(worker.context.runtime, port, host="127.0.0.1")
+        try:
+            async with httpx.AsyncClient() as http:
+                served = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        finally:
+            await runner.cleanup()
+    served += (await client.get("/metrics")).text
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(served):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    names = {f.name for f in text_string_to_metric_families(served)}
+    for name, expected in COUNTERS_AND_GAUGES.items():
+        family = name.removesuffix("_total")
+        assert family in names, name
+        if name in labels:  # a family without samples yet (no move running) has none
+            assert labels[name] == set(expected), name
+    for name, expected in HISTOGRAMS.items():
+        assert labels[f"{name}_count"] == set(expected), name
+        assert labels[f"{name}_bucket"] == {*expected, "le"}, name

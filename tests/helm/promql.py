@@ -17,7 +17,7 @@ COUNTERS_AND_GAUGES: dict[str, frozenset[str]] = {
     "meridian_http_requests_total": frozenset({"method", "route", "status"}),
     "meridian_shard_up": frozenset({"shard"}),
     "meridian_tenant_move_lag_bytes": frozenset({"move", "source", "target"}),
-    "meridian_webhook_dead_letters_total": frozenset(),
+    "meridian_webhook_dead_letters_total": frozenset({"reason"}),
     "meridian_tenant_requests_total": frozenset({"tenant"}),
     "meridian_cache_requests_total": frozenset({"level", "kind", "result"}),
     "meridian_cache_l2_errors_total": frozenset({"reason"}),
