@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 
 from meridian.backups.archive import Manifest, OperatorKey
+from meridian.backups.sandbox import NOT_CARRIED
 from meridian.models import shard_metadata
 from tests.fields.helpers import define
 from tests.fixtures.api import Tenant, token_for
@@ -231,8 +232,6 @@ async def id_map(old: tuple[str, str], new: tuple[str, str]) -> dict[str, str]:
     its sandbox copy, paired in id order on both sides: if the new ids did not keep the
     old ones' order, the pairs (and what the API answers translated through them) would
     not match."""
-    from meridian.backups.sandbox import NOT_CARRIED
-
     ids = {old[1]: new[1]}
     for table in (t for t, m in shard_metadata.tables.items() if "id" in m.c):
         if table in NOT_CARRIED:
