@@ -1,10 +1,39 @@
-"""Placement: which shard a new tenant goes to."""
+"""Placement: which shard a new tenant goes to, and the lock that serialises placement
+decisions (an onboarding, a tenant archive's restore) on the control plane."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from uuid import UUID
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sharding.engines import ShardInfo
+from tenancy.models import DirectoryEntry
+
+PLACEMENT_LOCK = 0x504C4143  # "PLAC"
+
+
+async def lock_placement(conn: AsyncConnection) -> None:
+    """Placement decisions one at a time, until ``conn``'s transaction ends: a
+    dedicated shard takes one tenant, however many ask at once."""
+    await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
+
+
+async def dedicated_taken(
+    conn: AsyncConnection, shard: ShardInfo, tenant_id: UUID | None = None
+) -> bool:
+    """Whether ``shard`` is dedicated and already holds a tenant (other than
+    ``tenant_id``); to be asked under ``lock_placement``."""
+    if not shard.dedicated:
+        return False
+    stmt = (
+        select(func.count()).select_from(DirectoryEntry).where(DirectoryEntry.shard_id == shard.id)
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(DirectoryEntry.tenant_id != tenant_id)
+    return bool(await conn.scalar(stmt))
 
 
 class PlacementError(Exception):

@@ -43,13 +43,11 @@ from sharding.driver import MoveDriver
 from sharding.engine import ShardEngine, asyncpg_dsn
 from sharding.engines import ShardEngines, ShardInfo
 from sharding.models import Shard
-from sharding.placement import PlacementError, choose_shard
+from sharding.placement import PlacementError, choose_shard, dedicated_taken, lock_placement
 from sharding.router import ShardRouter
 from tenancy.context import TenantStatus
 from tenancy.keyring import TenantKeyring
 from tenancy.models import DirectoryEntry, Tenant
-
-PLACEMENT_LOCK = 0x504C4143  # "PLAC": serialises placement decisions (and restores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +171,7 @@ class TenantAdminService:
                         ).where(Tenant.slug.in_([body.slug for _, body, _ in by_region]))
                     )
                 }
-                await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
+                await lock_placement(conn)
                 shards = await deps.reload_topology()
                 counts = dict(await deps.tenant_counts())
                 tenants: list[dict[str, Any]] = []
@@ -253,7 +251,7 @@ class TenantAdminService:
         key: str | None,
         fingerprint: bytes,
     ) -> UUID:
-        await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
+        await lock_placement(conn)
         shards = await deps.reload_topology()
         if body.shard_id is not None:
             shard = next((s for s in shards if s.id == body.shard_id), None)
@@ -266,7 +264,7 @@ class TenantAdminService:
                     f"region: shard {shard.id!r} is in region {shard.region!r}, "
                     f"not {body.region!r}."
                 )
-            if shard.dedicated and (await deps.tenant_counts()).get(shard.id, 0) > 0:
+            if await dedicated_taken(conn, shard):
                 # Decided under the placement lock: two onboardings cannot both take it.
                 raise DedicatedShardOccupied(
                     f"Shard {shard.id!r} is dedicated and already holds a tenant; "

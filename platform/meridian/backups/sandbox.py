@@ -43,11 +43,10 @@ from uuid import UUID
 import asyncpg
 import orjson
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meridian.admin.schemas import Slug
-from meridian.admin.service import PLACEMENT_LOCK
 from meridian.backups.archive import OpenedArchive, OperatorKey, read_archive
 from meridian.backups.errors import ImportRefused
 from meridian.backups.service import (
@@ -81,11 +80,12 @@ from meridian.transfers.files import FileUnreadable, file_cipher, seal, unseal
 from sharding import verify
 from sharding.catalog import quote_ident, tenant_tables
 from sharding.engines import ShardInfo
+from sharding.placement import dedicated_taken, lock_placement
 from sharding.tenant_rows import copy_in, delete_tenant_rows, enter_tenant_rows
 from tenancy.context import TenantStatus
 from tenancy.crypto import FieldCipher
 from tenancy.keyring import DataKey, new_data_key
-from tenancy.models import DirectoryEntry, Tenant
+from tenancy.models import Tenant
 
 # Shard tables a sandbox copy leaves out, and why. Their rows are still staged (their
 # ids are in the map, and the archive's row hashes are checked whole).
@@ -739,15 +739,9 @@ async def _restore_control(
     last; its first client (id, secret, scope)."""
     tenant_id = target.new_tenant
     await session_settings(conn)
-    await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
-    if target.shard.dedicated:
-        holders = await conn.scalar(
-            select(func.count())
-            .select_from(DirectoryEntry)
-            .where(DirectoryEntry.shard_id == target.shard.id)
-        )
-        if holders:
-            raise ImportRefused(f"shard {target.shard.id} is dedicated and holds a tenant")
+    await lock_placement(conn)
+    if await dedicated_taken(conn, target.shard):
+        raise ImportRefused(f"shard {target.shard.id} is dedicated and holds a tenant")
     driver = await driver_of(conn)
     entries = {e.name: e for e in opened.manifest.of("control")}
     for table in CONTROL_CARRIED:

@@ -53,7 +53,6 @@ import asyncpg
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from meridian.admin.service import PLACEMENT_LOCK
 from meridian.backups.archive import (
     Manifest,
     OpenedArchive,
@@ -73,7 +72,7 @@ from sharding.catalog import quote_ident, tenant_tables
 from sharding.engine import asyncpg_dsn
 from sharding.engines import ShardInfo
 from sharding.models import Shard, TenantResidency
-from sharding.placement import PlacementError, choose_shard
+from sharding.placement import PlacementError, choose_shard, dedicated_taken, lock_placement
 from sharding.tenant_rows import (
     SESSION,
     RowAccessError,
@@ -570,18 +569,9 @@ async def _restore_control(
     manifest, tenant_id = opened.manifest, plan.tenant_id
     async with control.connect() as conn, conn.begin():
         await session_settings(conn)
-        # Placement decisions are serialised: a dedicated shard takes one tenant.
-        await conn.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
-        if plan.shard.dedicated:
-            holders = await conn.scalar(
-                select(func.count())
-                .select_from(DirectoryEntry)
-                .where(
-                    DirectoryEntry.shard_id == plan.shard.id, DirectoryEntry.tenant_id != tenant_id
-                )
-            )
-            if holders:
-                raise ImportRefused(f"shard {plan.shard.id} is dedicated and holds a tenant")
+        await lock_placement(conn)
+        if await dedicated_taken(conn, plan.shard, tenant_id):
+            raise ImportRefused(f"shard {plan.shard.id} is dedicated and holds a tenant")
         if plan.leftover_shard is not None:
             # The deleted tenant: its keys are destroyed already; its rules have no
             # foreign key, the rest goes with the tenant row.
