@@ -31,6 +31,7 @@ from loadtests.bench.prepare import (
     Prepared,
     _onboard,
     _seed_contacts,
+    caches,
     drop_databases,
     prepare,
     server_env,
@@ -74,8 +75,7 @@ def _run(
 ) -> tuple[WrkResult, WrkResult, WrkResult]:
     env = {
         **server_env(prepared.settings),
-        "MERIDIAN_CACHE_RECORDS": "false",
-        "MERIDIAN_CACHE_LISTS": "false",
+        **caches(on=False),
     }
     if limit is not None:
         env["MERIDIAN_TENANT_CONNECTIONS"] = limit

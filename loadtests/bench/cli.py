@@ -66,6 +66,7 @@ from loadtests.bench.prepare import (
     BenchTenant,
     PgServer,
     Prepared,
+    caches,
     contact_sql,
     drop_databases,
     prepare,
@@ -313,8 +314,7 @@ class Bench:
         port = free_port()
         env = {
             **server_env(self.prepared.settings),
-            "MERIDIAN_CACHE_RECORDS": "true",
-            "MERIDIAN_CACHE_LISTS": "true",
+            **caches(on=True),
             **extra,
         }
         argv = meridian_argv(port, self.args.workers)
@@ -336,8 +336,7 @@ class Bench:
         port = free_port()
         env = {
             **server_env(self.prepared.settings),
-            "MERIDIAN_CACHE_RECORDS": "true" if cached else "false",
-            "MERIDIAN_CACHE_LISTS": "true" if cached else "false",
+            **caches(on=cached),
         }
         name = "meridian-cached" if cached else "meridian-uncached"
         argv = meridian_argv(port, self.args.workers)
@@ -369,8 +368,7 @@ class Bench:
         port = free_port()
         env = {
             **server_env(self.prepared.settings),
-            "MERIDIAN_CACHE_RECORDS": "false",
-            "MERIDIAN_CACHE_LISTS": "false",
+            **caches(on=False),
         }
         argv = meridian_argv(port, self.args.workers)
         with Server("meridian-many", argv, env, port, "/readyz", self.log_dir) as server:
@@ -399,8 +397,7 @@ class Bench:
         port = free_port()
         env = {
             **server_env(setup.settings),
-            "MERIDIAN_CACHE_RECORDS": "false",
-            "MERIDIAN_CACHE_LISTS": "false",
+            **caches(on=False),
         }
         argv = meridian_argv(port, self.args.workers)
         tenants = {"plain": citus.plain_tenant(self.prepared), "citus": setup.tenant}

@@ -57,6 +57,7 @@ from loadtests.bench.prepare import (
     BenchTenant,
     _onboard,
     _seed_contacts,
+    caches,
     server_env,
 )
 from loadtests.bench.servers import ROOT, Server, meridian_argv
@@ -984,8 +985,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  seeded in {setup.seconds:.1f} s", flush=True)
         env = {
             **server_env(setup.settings),
-            "MERIDIAN_CACHE_RECORDS": "false",
-            "MERIDIAN_CACHE_LISTS": "false",
+            **caches(on=False),
         }
         port = free_port()
         argv_ = meridian_argv(port, args.workers)

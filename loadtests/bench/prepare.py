@@ -98,6 +98,12 @@ def bench_settings(
     return Settings(**values)
 
 
+def caches(on: bool) -> dict[str, str]:
+    """The record and list caches of a `meridian serve` process, on or off."""
+    value = "true" if on else "false"
+    return {"MERIDIAN_CACHE_RECORDS": value, "MERIDIAN_CACHE_LISTS": value}
+
+
 def server_env(settings: Settings) -> dict[str, str]:
     """The MERIDIAN_* environment that gives a `meridian serve` process these settings."""
     shards = [s.model_dump(exclude_none=True) for s in settings.shards]
