@@ -165,7 +165,7 @@ class RequireTenant:
                 "The tenant is still being provisioned.", headers={"Retry-After": "1"}
             )
         # Refused requests too: a tenant flooding past its quota is still the busiest.
-        runtime.metrics.tenant_request(str(tenant.tenant_id))
+        runtime.metrics.tenant_request(tenant.tenant_id)
         if runtime.limiter is not None:
             # Before anything else is read for the request: a refused one costs little.
             await ratelimit.check(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import Metric
@@ -90,7 +91,7 @@ class Metrics:
         )
         # labels() takes a lock and builds a key on each call; these run on every request.
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._tenants: dict[str, Any] = {}
+        self._tenants: dict[UUID, Any] = {}
         self._counters: dict[str, Counter] = {}
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
@@ -113,10 +114,10 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def tenant_request(self, tenant_id: str) -> None:
+    def tenant_request(self, tenant_id: UUID) -> None:
         child = self._tenants.get(tenant_id)
         if child is None:
-            child = self._tenants[tenant_id] = self.tenant_requests.labels(tenant_id)
+            child = self._tenants[tenant_id] = self.tenant_requests.labels(str(tenant_id))
         child.inc()
 
     def families(self) -> Iterator[Metric]:
